@@ -1,0 +1,268 @@
+"""The HTTP edge: the Scenario API client and the asset downloader.
+
+Everything aiohttp raises is converted here into :mod:`batchgen.errors`.  The API
+client sends the Basic credentials on each request it makes to the API origin and
+follows no redirects; the downloader has its own session with no credentials at all,
+so a signed CDN URL (another origin) never sees them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiohttp
+from yarl import URL
+
+from .config import MAX_API_BODY_BYTES, MAX_ASSET_BYTES, ApiSettings
+from .errors import (
+    AmbiguousSubmitError,
+    ApiError,
+    CredentialsError,
+    DownloadError,
+    MalformedResponseError,
+    PermanentApiError,
+    RateLimitedError,
+    TransientApiError,
+)
+from .records import Asset, JobRecord, Submission, parse_asset, parse_job, parse_submission
+
+BULK_ASSET_LIMIT = 200
+DRY_RUN_STATUS = 269
+USER_AGENT = "batchgen/0.1"
+DOWNLOAD_CHUNK = 256 * 1024
+
+
+def _reason(body: bytes) -> tuple[str, str, Any]:
+    """(reason, name, details) from an error body, tolerating anything."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body[:200].decode("utf-8", "replace").strip(), "", None
+    if not isinstance(payload, dict):
+        return "", "", None
+    reason = payload.get("reason") or payload.get("message") or ""
+    return str(reason)[:500], str(payload.get("name") or ""), payload.get("details")
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None  # an HTTP-date: rare from APIs; fall back to our own backoff
+
+
+class ScenarioClient:
+    """A thin, typed adapter over the Scenario REST API."""
+
+    def __init__(self, settings: ApiSettings, session: aiohttp.ClientSession) -> None:
+        self._settings = settings
+        self._session = session
+        self._base = URL(settings.base_url.rstrip("/"))
+        self._headers = {
+            "Authorization": settings.credentials.authorization_header(),
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: ApiSettings) -> AsyncIterator[ScenarioClient]:
+        connector = aiohttp.TCPConnector(limit=100)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            yield cls(settings, session)
+
+    def _url(self, path: str, query: dict[str, str] | None) -> URL:
+        merged = dict(query or {})
+        if self._settings.project_id:
+            merged.setdefault("projectId", self._settings.project_id)
+        url = self._base.with_path(self._base.path.rstrip("/") + path)
+        return url.with_query(merged) if merged else url
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> tuple[int, Any]:
+        """One request; returns (status, parsed JSON) for a success, raises ours otherwise."""
+        url = self._url(path, query)
+        creates = method == "POST" and path.startswith("/v1/generate/")
+        what = f"{method} {path}"
+        try:
+            async with self._session.request(
+                method,
+                url,
+                json=body,
+                headers=self._headers,
+                allow_redirects=False,
+                timeout=self._timeout,
+            ) as response:
+                raw = await response.content.read(MAX_API_BODY_BYTES + 1)
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+        except aiohttp.ClientConnectorError as exc:
+            # Nothing reached the server: safe to retry, even a submission.
+            raise TransientApiError(f"{what}: cannot connect to {url.host}:{url.port}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            message = f"{what}: {type(exc).__name__} before the answer arrived"
+            if creates:
+                raise AmbiguousSubmitError(message) from exc
+            raise TransientApiError(message) from exc
+
+        if len(raw) > MAX_API_BODY_BYTES:
+            raise (AmbiguousSubmitError if creates else MalformedResponseError)(
+                f"{what}: response larger than {MAX_API_BODY_BYTES} bytes"
+            )
+        if 200 <= status < 300:
+            try:
+                return status, json.loads(raw) if raw else None
+            except ValueError as exc:
+                error_type = AmbiguousSubmitError if creates else MalformedResponseError
+                raise error_type(f"{what}: answered {status} with a body that is not JSON") from exc
+        reason, name, details = _reason(raw)
+        message = f"{what}: HTTP {status}" + (f": {reason}" if reason else "")
+        if status == 401:
+            raise CredentialsError(
+                "the API refused the credentials (HTTP 401): check SCENARIO_API_KEY and "
+                "SCENARIO_API_SECRET"
+            )
+        if status == 429:
+            limit = details.get("actionLimit") if isinstance(details, dict) else None
+            raise RateLimitedError(
+                message,
+                reason=reason,
+                retry_after=_retry_after(retry_after),
+                action_limit=limit if isinstance(limit, int) and not isinstance(limit, bool) else None,
+            )
+        if status >= 500:
+            error_type = AmbiguousSubmitError if creates else TransientApiError
+            raise error_type(message, status=status, reason=reason)
+        if 300 <= status < 400:
+            raise PermanentApiError(f"{what}: unexpected redirect (HTTP {status})", status=status)
+        raise PermanentApiError(message, status=status, reason=reason or f"HTTP {status}", name=name)
+
+    async def submit(self, model: str, body: dict[str, Any]) -> Submission:
+        status, payload = await self.request("POST", f"/v1/generate/custom/{model}", body=body)
+        try:
+            return parse_submission(payload)
+        except MalformedResponseError as exc:
+            raise AmbiguousSubmitError(f"POST /v1/generate/custom/{model}: {exc}") from exc
+
+    async def estimate(self, model: str, body: dict[str, Any]) -> float | None:
+        """Ask the dry run (HTTP 269) for the cost of one job; creates nothing."""
+        _, payload = await self.request(
+            "POST", f"/v1/generate/custom/{model}", query={"dryRun": "true"}, body=body
+        )
+        cost = payload.get("creativeUnitsCost") if isinstance(payload, dict) else None
+        return float(cost) if isinstance(cost, int | float) else None
+
+    async def get_job(self, job_id: str) -> JobRecord:
+        _, payload = await self.request("GET", f"/v1/jobs/{job_id}")
+        return parse_job(payload)
+
+    async def get_assets(self, asset_ids: Sequence[str]) -> list[Asset]:
+        """Fresh signed URLs for these assets, in the order asked."""
+        if len(asset_ids) == 1:
+            _, payload = await self.request("GET", f"/v1/assets/{asset_ids[0]}")
+            return [parse_asset(payload)]
+        found: dict[str, Asset] = {}
+        for start in range(0, len(asset_ids), BULK_ASSET_LIMIT):
+            chunk = list(asset_ids[start : start + BULK_ASSET_LIMIT])
+            _, payload = await self.request("POST", "/v1/assets/get-bulk", body={"assetIds": chunk})
+            items = payload.get("assets") if isinstance(payload, dict) else None
+            if not isinstance(items, list):
+                raise MalformedResponseError("POST /v1/assets/get-bulk: no assets list")
+            for item in items:
+                asset = parse_asset(item)
+                found[asset.id] = asset
+        missing = [a for a in asset_ids if a not in found]
+        if missing:
+            raise MalformedResponseError(f"asset lookup did not return {len(missing)} asset(s)")
+        return [found[a] for a in asset_ids]
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        models: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            query = {"pageSize": "100"} | ({"paginationToken": token} if token else {})
+            _, payload = await self.request("GET", "/v1/models", query=query)
+            if not isinstance(payload, dict):
+                raise MalformedResponseError("GET /v1/models: not an object")
+            models.extend(m for m in payload.get("models") or [] if isinstance(m, dict))
+            token = payload.get("nextPaginationToken") or None
+            if not token:
+                return models
+
+
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    path: Path
+    size: int
+    sha256: str
+
+
+class AssetDownloader:
+    """Fetches signed URLs with a session that has no credentials, into files that
+    appear under their final name only once complete and verified."""
+
+    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_read=min(timeout, 60.0))
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, timeout: float) -> AsyncIterator[AssetDownloader]:
+        async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
+            yield cls(session, timeout)
+
+    async def fetch(self, url: str, destination: Path, expected_size: int | None = None) -> Downloaded:
+        partial = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.part")
+        digest = hashlib.sha256()
+        received = 0
+        host = URL(url).host
+        try:
+            async with self._session.get(url, timeout=self._timeout) as response:
+                if response.status != 200:
+                    # 403 from a CDN usually means the signature expired: a fresh URL helps.
+                    transient = response.status in (403, 408, 429) or response.status >= 500
+                    raise DownloadError(
+                        f"asset host {host} answered HTTP {response.status}", transient=transient
+                    )
+                announced = response.content_length
+                limit = min(x for x in (announced, expected_size, MAX_ASSET_BYTES) if x is not None)
+                async with aiofiles.open(partial, "wb") as handle:
+                    async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+                        received += len(chunk)
+                        if received > limit:
+                            raise DownloadError(f"asset from {host} is longer than announced")
+                        digest.update(chunk)
+                        await handle.write(chunk)
+            for wanted in (announced, expected_size):
+                if wanted is not None and received != wanted:
+                    raise DownloadError(f"asset from {host} was cut short: {received} of {wanted} bytes")
+            if received == 0:
+                raise DownloadError(f"asset from {host} is empty")
+            os.replace(partial, destination)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DownloadError(f"download from {host} failed: {type(exc).__name__}") from exc
+        finally:
+            if partial.exists():
+                partial.unlink()
+        return Downloaded(path=destination, size=received, sha256=digest.hexdigest())
+
+
+__all__ = ["ApiError", "AssetDownloader", "Downloaded", "ScenarioClient"]

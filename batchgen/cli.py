@@ -1,0 +1,286 @@
+"""Command line: ``batchgen run | validate | sim``.
+
+Known errors print as one line on stderr with a non-zero exit code; set
+``BATCHGEN_TRACEBACK=1`` to see the traceback as well.
+
+Exit codes: 0 every unit succeeded, 1 some units failed, 2 invalid input or
+configuration, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+from anyio.abc import CancelScope
+from yarl import URL
+
+from . import config as defaults
+from .api import AssetDownloader, ScenarioClient
+from .config import ApiSettings, Credentials, EngineSettings, RetrySettings
+from .engine import Engine, Summary
+from .errors import BatchgenError, ConfigError
+from .manifest import Manifest, count_units, iter_units, load_manifest
+from .results import ResultsFile
+from .sim import SimConfig, serve
+
+EXIT_OK = 0
+EXIT_FAILED_UNITS = 1
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("batchgen")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _positive_int(name: str, maximum: int) -> object:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{name} must be between 1 and {maximum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(name: str) -> object:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="batchgen", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="generate every unit of a manifest")
+    run.add_argument("manifest", type=Path)
+    run.add_argument("--out", type=Path, help="output directory (default: the manifest's output, "
+                     "else output/<manifest name>)")
+    run.add_argument("--concurrency", type=_positive_int("--concurrency", defaults.MAX_CONCURRENCY),
+                     help=f"jobs in flight at the server at most (default {defaults.DEFAULT_CONCURRENCY})")
+    run.add_argument("--poll-interval", type=_positive_float("--poll-interval"),
+                     default=defaults.DEFAULT_POLL_INTERVAL, metavar="SECONDS",
+                     help=f"seconds between status checks (default {defaults.DEFAULT_POLL_INTERVAL:g})")
+    run.add_argument("--downloads", type=_positive_int("--downloads", 64),
+                     default=defaults.DEFAULT_DOWNLOAD_WORKERS,
+                     help=f"downloads at once (default {defaults.DEFAULT_DOWNLOAD_WORKERS})")
+    run.add_argument("--api-url", help=f"API base URL (default ${defaults.API_URL_VARIABLE}, "
+                     f"else {defaults.DEFAULT_API_URL})")
+    run.add_argument("--project-id", help=f"Scenario project id (default ${defaults.PROJECT_VARIABLE})")
+    run.add_argument("--simulate", action="store_true",
+                     help="start the embedded simulator and run against it (no account, no network)")
+    run.add_argument("--sim-job-seconds", type=_positive_float("--sim-job-seconds"), default=1.0,
+                     help="with --simulate: how long each simulated job takes (default 1)")
+    _add_verbosity(run)
+
+    validate = commands.add_parser("validate", help="check a manifest and count its units; sends nothing")
+    validate.add_argument("manifest", type=Path)
+    _add_verbosity(validate)
+
+    sim = commands.add_parser("sim", help="serve the Scenario simulator until stopped")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=0, help="API port (default: any free port)")
+    sim.add_argument("--cdn-port", type=int, default=0, help="asset host port (default: any free port)")
+    sim.add_argument("--key", default="sim-key", help="API key to accept (default sim-key)")
+    sim.add_argument("--secret", default="sim-secret", help="API secret to accept (default sim-secret)")
+    sim.add_argument("--job-seconds", type=_positive_float("--job-seconds"), default=1.0)
+    sim.add_argument("--jitter", type=float, default=0.3, help="job time spread, as a fraction")
+    sim.add_argument("--failure-rate", type=float, default=0.0, help="fraction of jobs that fail")
+    sim.add_argument("--in-flight-limit", type=int, default=None,
+                     help="answer 429 above this many running jobs")
+    sim.add_argument("--url-lifetime", type=_positive_float("--url-lifetime"), default=600.0,
+                     help="seconds a signed asset URL stays valid")
+    sim.add_argument("--seed", type=int, default=0)
+    _add_verbosity(sim)
+    return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", help="log every request decision")
+    group.add_argument("-q", "--quiet", action="store_true", help="only warnings and the summary")
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    stamp = "" if sys.stderr.isatty() else "%(asctime)s "
+    handler.setFormatter(logging.Formatter(f"{stamp}%(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        _setup_logging(args)
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "sim":
+            return _sim(args)
+        return _run(args)
+    except KeyboardInterrupt:
+        print("batchgen: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
+        known = _known_error(exc)
+        if known is None:
+            raise
+        if os.environ.get(defaults.TRACEBACK_VARIABLE):
+            traceback.print_exception(exc)
+        print(f"batchgen: error: {known}", file=sys.stderr)
+        return known.exit_code
+
+
+def _known_error(exc: BaseException) -> BatchgenError | None:
+    """The error to show: ours, also when a task group wrapped it."""
+    if isinstance(exc, BatchgenError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _known_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _load(path: Path) -> tuple[Manifest, int]:
+    manifest = load_manifest(path)
+    return manifest, count_units(manifest)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    manifest, total = _load(args.manifest)
+    print(f"{args.manifest}: ok, {len(manifest.entries)} entries expand to {total} units")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    manifest, total = _load(args.manifest)
+    out_dir = args.out or manifest.output or defaults.DEFAULT_OUTPUT_ROOT / args.manifest.stem
+    concurrency = args.concurrency or manifest.concurrency or defaults.DEFAULT_CONCURRENCY
+
+    if args.simulate:
+        credentials = Credentials(key="sim", secret=secrets.token_urlsafe(24))
+        base_url = ""
+    else:
+        credentials = Credentials.from_environment()
+        base_url = args.api_url or os.environ.get(defaults.API_URL_VARIABLE) or defaults.DEFAULT_API_URL
+        parsed = URL(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ConfigError(f"--api-url: not an http(s) URL: {base_url!r}")
+    project_id = args.project_id or os.environ.get(defaults.PROJECT_VARIABLE) or None
+
+    engine_settings = EngineSettings(
+        output_dir=out_dir,
+        concurrency=concurrency,
+        poll_interval=args.poll_interval,
+        download_workers=args.downloads,
+    )
+    log.info("%s: %d units, output in %s, %d in flight at most", args.manifest, total, out_dir, concurrency)
+    summary = anyio.run(_run_async, args, manifest, total, credentials, base_url, project_id, engine_settings)
+    print(f"batchgen: {summary.line()}")
+    for unit_id, reason in summary.failures:
+        print(f"  failed {unit_id}: {reason}")
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if summary.failed == 0 and summary.done + summary.skipped == total else EXIT_FAILED_UNITS
+
+
+async def _run_async(
+    args: argparse.Namespace,
+    manifest: Manifest,
+    total: int,
+    credentials: Credentials,
+    base_url: str,
+    project_id: str | None,
+    settings: EngineSettings,
+) -> Summary:
+    results = ResultsFile(settings.output_dir)
+    already = results.load()
+    if already:
+        log.info("%d units already done in %s; they are skipped", already, settings.output_dir)
+    async with contextlib.AsyncExitStack() as stack:
+        if args.simulate:
+            sim_config = SimConfig(
+                api_key=credentials.key, api_secret=credentials.secret, job_seconds=args.sim_job_seconds
+            )
+            simulator = await stack.enter_async_context(serve(sim_config))
+            base_url = simulator.api_url
+            log.info("simulator running at %s", base_url)
+        api_settings = ApiSettings(base_url=base_url, credentials=credentials, project_id=project_id,
+                                   retry=RetrySettings())
+        client = await stack.enter_async_context(ScenarioClient.open(api_settings))
+        fetcher = await stack.enter_async_context(AssetDownloader.open(api_settings.download_timeout))
+        results.open()
+        stack.callback(results.close)
+        engine = Engine(client, fetcher, results, settings, api_settings.retry)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope, engine.summary)
+            await engine.run(iter_units(manifest), total)
+            tg.cancel_scope.cancel()
+        return engine.summary
+
+
+async def _stop_on_signal(scope: CancelScope, summary: Summary) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.warning("%s: stopping; jobs already submitted keep running at the server",
+                        signal.Signals(signum).name)
+            summary.interrupted = True
+            scope.cancel()
+            return
+
+
+def _sim(args: argparse.Namespace) -> int:
+    config = SimConfig(
+        api_key=args.key,
+        api_secret=args.secret,
+        job_seconds=args.job_seconds,
+        jitter=args.jitter,
+        failure_rate=args.failure_rate,
+        in_flight_limit=args.in_flight_limit,
+        url_lifetime=args.url_lifetime,
+        seed=args.seed,
+    )
+
+    async def serve_forever() -> None:
+        async with serve(config, host=args.host, port=args.port, cdn_port=args.cdn_port) as simulator:
+            print(f"simulator API at {simulator.api_url} (assets at {simulator.cdn_url})", flush=True)
+            print(f"accepting key {config.api_key!r} with the secret given by --secret; Ctrl-C stops",
+                  flush=True)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    return
+
+    anyio.run(serve_forever)
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Run configuration: frozen records, with every default named here and nowhere else."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CredentialsError
+
+DEFAULT_API_URL = "https://api.cloud.scenario.com"
+DEFAULT_CONCURRENCY = 4
+MAX_CONCURRENCY = 1000
+DEFAULT_POLL_INTERVAL = 2.0
+DEFAULT_DOWNLOAD_WORKERS = 8
+DEFAULT_STATUS_REQUESTS_AT_ONCE = 16
+DEFAULT_REQUEST_TIMEOUT = 60.0
+DEFAULT_DOWNLOAD_TIMEOUT = 300.0
+DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_BACKOFF_BASE = 0.5
+DEFAULT_BACKOFF_MAX = 30.0
+DEFAULT_OUTPUT_ROOT = Path("output")
+# A body larger than this from the API is a bug or an attack, not a job record.
+MAX_API_BODY_BYTES = 16 * 1024 * 1024
+MAX_ASSET_BYTES = 512 * 1024 * 1024
+PROGRESS_EVERY_SECONDS = 5.0
+
+KEY_VARIABLES = ("SCENARIO_API_KEY", "SCENARIO_SDK_API_KEY")
+SECRET_VARIABLES = ("SCENARIO_API_SECRET", "SCENARIO_SDK_API_SECRET")
+API_URL_VARIABLE = "SCENARIO_API_URL"
+PROJECT_VARIABLE = "SCENARIO_PROJECT_ID"
+TRACEBACK_VARIABLE = "BATCHGEN_TRACEBACK"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """API key and secret. ``repr`` never shows the secret."""
+
+    key: str
+    secret: str = field(repr=False)
+
+    def authorization_header(self) -> str:
+        token = base64.b64encode(f"{self.key}:{self.secret}".encode()).decode("ascii")
+        return f"Basic {token}"
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Credentials:
+        env = os.environ if environ is None else environ
+        key = next((env[name] for name in KEY_VARIABLES if env.get(name)), "")
+        secret = next((env[name] for name in SECRET_VARIABLES if env.get(name)), "")
+        if not key or not secret:
+            raise CredentialsError(
+                "no API credentials: set SCENARIO_API_KEY and SCENARIO_API_SECRET "
+                "(or SCENARIO_SDK_API_KEY/SCENARIO_SDK_API_SECRET), or use --simulate"
+            )
+        return cls(key=key, secret=secret)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backoff_base: float = DEFAULT_BACKOFF_BASE
+    backoff_max: float = DEFAULT_BACKOFF_MAX
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    base_url: str
+    credentials: Credentials
+    project_id: str | None = None
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
+    retry: RetrySettings = RetrySettings()
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    output_dir: Path
+    concurrency: int = DEFAULT_CONCURRENCY
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    download_workers: int = DEFAULT_DOWNLOAD_WORKERS
+    status_requests_at_once: int = DEFAULT_STATUS_REQUESTS_AT_ONCE
+    progress_every: float = PROGRESS_EVERY_SECONDS

@@ -1,0 +1,315 @@
+"""The pipeline: submitter → one shared poller → downloader pool → recorder.
+
+One anyio task group owns every stage; memory object streams join them, and each
+stage closes what it sends on so the next one ends cleanly.  A slot of the
+``CapacityLimiter`` is held from a unit's POST until its job reaches a terminal status,
+so at most ``concurrency`` jobs are ever running at the server on our behalf.
+
+The API and the downloader are reached through the small protocols below, so tests
+can drive the engine with a scripted fake.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from .api import Downloaded
+from .config import EngineSettings, RetrySettings
+from .errors import ApiError, BatchgenError, DownloadError, PermanentApiError
+from .manifest import Unit
+from .policy import Request, with_retries
+from .records import Asset, JobRecord, Submission
+from .results import ResultsFile, UnitResult
+
+log = logging.getLogger("batchgen")
+
+IMAGES_DIR = "images"
+# How many failure reasons the summary keeps to show; the results file has them all.
+SUMMARY_FAILURES_SHOWN = 10
+
+
+class Api(Protocol):
+    async def submit(self, model: str, body: dict[str, Any]) -> Submission: ...
+
+    async def get_job(self, job_id: str) -> JobRecord: ...
+
+    async def get_assets(self, asset_ids: Sequence[str]) -> list[Asset]: ...
+
+
+class Fetcher(Protocol):
+    async def fetch(self, url: str, destination: Path, expected_size: int | None = None) -> Downloaded: ...
+
+
+@dataclass(slots=True)
+class InFlight:
+    unit: Unit
+    job_id: str
+    slot: object
+    cost: float | None
+
+
+@dataclass(slots=True)
+class Summary:
+    total: int = 0
+    skipped: int = 0
+    submitted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cost: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        parts = [
+            f"{self.succeeded} succeeded",
+            f"{self.failed} failed",
+            f"{self.skipped} already done",
+        ]
+        remaining = self.total - self.skipped - self.done
+        if remaining > 0:
+            parts.append(f"{remaining} not finished")
+        return f"{', '.join(parts)}; cost {self.cost:g} CU; {elapsed:.1f}s"
+
+
+class Engine:
+    def __init__(
+        self,
+        api: Api,
+        fetcher: Fetcher,
+        results: ResultsFile,
+        settings: EngineSettings,
+        retry: RetrySettings,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._api = api
+        self._fetcher = fetcher
+        self._results = results
+        self._settings = settings
+        self._retry = retry
+        self._rng = rng or random.Random()
+        self._slots = anyio.CapacityLimiter(settings.concurrency)
+        self._images = settings.output_dir / IMAGES_DIR
+        self.summary = Summary()
+        self.in_flight = 0
+
+    async def run(self, units: Iterable[Unit], total: int) -> Summary:
+        self.summary.total = total
+        self._images.mkdir(parents=True, exist_ok=True)
+        jobs_send, jobs_receive = anyio.create_memory_object_stream[InFlight](math.inf)
+        finished_send, finished_receive = anyio.create_memory_object_stream[tuple[InFlight, JobRecord]](
+            math.inf
+        )
+        results_send, results_receive = anyio.create_memory_object_stream[UnitResult](math.inf)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._recorder, results_receive)
+            tg.start_soon(self._submitter, units, jobs_send, results_send.clone())
+            tg.start_soon(self._poller, jobs_receive, finished_send, results_send.clone())
+            for _ in range(self._settings.download_workers):
+                tg.start_soon(self._downloader, finished_receive.clone(), results_send.clone())
+            finished_receive.close()
+            results_send.close()
+        return self.summary
+
+    # ---------------------------------------------------------------- submitter
+
+    async def _submitter(
+        self,
+        units: Iterable[Unit],
+        jobs: ObjectSendStream[InFlight],
+        results: ObjectSendStream[UnitResult],
+    ) -> None:
+        async with jobs, results, anyio.create_task_group() as tg:
+            for unit in units:
+                if self._results.is_done(unit.id):
+                    self.summary.skipped += 1
+                    continue
+                slot = object()
+                await self._slots.acquire_on_behalf_of(slot)
+                tg.start_soon(self._submit_one, unit, slot, jobs, results)
+
+    async def _submit_one(
+        self,
+        unit: Unit,
+        slot: object,
+        jobs: ObjectSendStream[InFlight],
+        results: ObjectSendStream[UnitResult],
+    ) -> None:
+        body = unit.request_body()
+        try:
+            submission = await with_retries(
+                Request.SUBMIT, lambda: self._api.submit(unit.model, body), self._retry, self._rng
+            )
+        except ApiError as exc:
+            self._slots.release_on_behalf_of(slot)
+            await results.send(UnitResult.failure(unit, error=_describe(exc)))
+            return
+        self.summary.submitted += 1
+        self.in_flight += 1
+        log.debug("submitted unit %s as job %s", unit.id, submission.job.job_id)
+        await jobs.send(InFlight(unit, submission.job.job_id, slot, submission.cost))
+
+    # ---------------------------------------------------------------- poller
+
+    async def _poller(
+        self,
+        jobs: ObjectReceiveStream[InFlight],
+        finished: ObjectSendStream[tuple[InFlight, JobRecord]],
+        results: ObjectSendStream[UnitResult],
+    ) -> None:
+        watched: dict[str, InFlight] = {}
+        more_coming = True
+        requests_at_once = anyio.CapacityLimiter(self._settings.status_requests_at_once)
+        async with jobs, finished, results:
+            while more_coming or watched:
+                if not watched:  # idle: wait for the next submission, however long it takes
+                    try:
+                        item = await jobs.receive()
+                    except anyio.EndOfStream:
+                        more_coming = False
+                        continue
+                    watched[item.job_id] = item
+                # Until the next tick, keep taking in new jobs.
+                deadline = anyio.current_time() + self._settings.poll_interval
+                with anyio.move_on_after(self._settings.poll_interval):
+                    async for item in jobs:
+                        watched[item.job_id] = item
+                    more_coming = False
+                    await anyio.sleep_until(deadline)
+
+                outcomes: dict[str, JobRecord | BatchgenError] = {}
+
+                async def check(job_id: str, record: dict[str, JobRecord | BatchgenError]) -> None:
+                    async with requests_at_once:
+                        try:
+                            record[job_id] = await with_retries(
+                                Request.JOB_STATUS, lambda: self._api.get_job(job_id), self._retry, self._rng
+                            )
+                        except ApiError as exc:
+                            record[job_id] = exc
+
+                async with anyio.create_task_group() as tg:
+                    for job_id in list(watched):
+                        tg.start_soon(check, job_id, outcomes)
+
+                for job_id, outcome in outcomes.items():
+                    item = watched[job_id]
+                    if isinstance(outcome, PermanentApiError):
+                        del watched[job_id]
+                        self._job_ended(item)
+                        await results.send(
+                            UnitResult.failure(item.unit, job_id=job_id, error=_describe(outcome))
+                        )
+                    elif isinstance(outcome, BatchgenError):
+                        log.warning("job %s: status unknown for now (%s); still watching it", job_id, outcome)
+                    elif outcome.terminal:
+                        del watched[job_id]
+                        self._job_ended(item)
+                        await finished.send((item, outcome))
+
+    def _job_ended(self, item: InFlight) -> None:
+        self.in_flight -= 1
+        self._slots.release_on_behalf_of(item.slot)
+
+    # ---------------------------------------------------------------- downloader
+
+    async def _downloader(
+        self,
+        finished: ObjectReceiveStream[tuple[InFlight, JobRecord]],
+        results: ObjectSendStream[UnitResult],
+    ) -> None:
+        async with finished, results:
+            async for message in finished:
+                item, job = message
+                cost = job.cost if job.cost is not None else item.cost
+                if job.status != "success":
+                    error = job.error or f"job ended with status {job.status}"
+                    await results.send(UnitResult.failure(item.unit, job_id=job.job_id, error=error, cost=cost))
+                    continue
+                try:
+                    files = await self._download_job(item.unit, job)
+                except (ApiError, DownloadError) as exc:
+                    await results.send(
+                        UnitResult.failure(item.unit, job_id=job.job_id, error=_describe(exc), cost=cost)
+                    )
+                    continue
+                await results.send(UnitResult.success(item.unit, job_id=job.job_id, files=files, cost=cost))
+
+    async def _download_job(self, unit: Unit, job: JobRecord) -> list[tuple[str, str]]:
+        if job.asset_ids:
+            assets = await with_retries(
+                Request.ASSET_LOOKUP, lambda: self._api.get_assets(job.asset_ids), self._retry, self._rng
+            )
+        elif job.image_urls:
+            assets = [Asset(id=f"{job.job_id}-{i}", url=url) for i, url in enumerate(job.image_urls)]
+        else:
+            raise DownloadError("the job succeeded but lists no assets", transient=False)
+        files: list[tuple[str, str]] = []
+        for index, asset in enumerate(assets):
+            destination = self._images / f"{unit.id}_{index}{asset.suffix}"
+            downloaded = await with_retries(
+                Request.DOWNLOAD,
+                self._fetch_fresh(asset, destination, refresh=bool(job.asset_ids)),
+                self._retry,
+                self._rng,
+            )
+            relative = downloaded.path.relative_to(self._settings.output_dir).as_posix()
+            files.append((relative, downloaded.sha256))
+        return files
+
+    def _fetch_fresh(self, asset: Asset, destination: Path, *, refresh: bool) -> Callable[[], Awaitable[Downloaded]]:
+        """An attempt function: the first try uses the URL in hand; later tries fetch a
+        new signed URL first, since the likeliest cause of a failed download is expiry."""
+        tries = 0
+
+        async def attempt() -> Downloaded:
+            nonlocal tries
+            tries += 1
+            current = asset
+            if refresh and tries > 1:
+                current = (await self._api.get_assets([asset.id]))[0]
+            return await self._fetcher.fetch(current.url, destination, current.size)
+
+        return attempt
+
+    # ---------------------------------------------------------------- recorder
+
+    async def _recorder(self, results: ObjectReceiveStream[UnitResult]) -> None:
+        last_report = time.monotonic()
+        async with results:
+            async for result in results:
+                self._results.append(result)
+                if result.status == "success":
+                    self.summary.succeeded += 1
+                else:
+                    self.summary.failed += 1
+                    if len(self.summary.failures) < SUMMARY_FAILURES_SHOWN:
+                        self.summary.failures.append((result.unit.id, result.error or ""))
+                    log.warning("unit %s failed: %s", result.unit.id, result.error)
+                if result.cost:
+                    self.summary.cost += result.cost
+                now = time.monotonic()
+                if now - last_report >= self._settings.progress_every:
+                    last_report = now
+                    log.info("progress: %s; %d in flight", self.summary.line(), self.in_flight)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ApiError) and error.reason:
+        return f"HTTP {error.status}: {error.reason}" if error.status else error.reason
+    return str(error)

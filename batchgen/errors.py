@@ -1,0 +1,108 @@
+"""Every error batchgen raises on purpose, in one tree.
+
+::
+
+    BatchgenError                      anything batchgen knows how to explain in one line
+    ├── ConfigError                    exit 2: bad input or configuration, nothing sent
+    │   ├── ManifestError              names file, line and field
+    │   └── CredentialsError           no key/secret, or the API refused them (401)
+    ├── ApiError                       the Scenario API answered with an error, or not at all
+    │   ├── PermanentApiError          400, 403, 404: retrying cannot help
+    │   ├── RateLimitedError           429: too many requests or too many jobs in flight
+    │   ├── TransientApiError          5xx, connection and timeout errors: may succeed later
+    │   │   └── AmbiguousSubmitError   a POST that may have created a job before it failed
+    │   └── MalformedResponseError     a 2xx whose body is not what the API documents
+    └── DownloadError                  an asset could not be fetched or did not verify
+
+Errors from aiohttp are converted at the HTTP boundary (``batchgen.api``) with
+``raise ... from exc``, so code above it only ever sees this tree.  Messages never
+contain credentials or signed URLs.
+"""
+
+from __future__ import annotations
+
+
+class BatchgenError(Exception):
+    """Base of every error batchgen explains in one line."""
+
+    exit_code = 1
+
+
+class ConfigError(BatchgenError):
+    """Invalid input or configuration: the run is refused before anything is sent."""
+
+    exit_code = 2
+
+
+class ManifestError(ConfigError):
+    """A manifest (or a prompts file it names) is invalid at a known place."""
+
+    def __init__(self, path: str, line: int | None, field: str, message: str) -> None:
+        self.path = path
+        self.line = line
+        self.field = field
+        self.message = message
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {field}: {message}")
+
+
+class CredentialsError(ConfigError):
+    """Credentials are missing, or the API refused them."""
+
+
+class ApiError(BatchgenError):
+    """The API answered with an error status, or the request did not complete."""
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason or message
+
+
+class PermanentApiError(ApiError):
+    """400/403/404: the same request will fail the same way."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, reason: str = "", name: str = ""
+    ) -> None:
+        super().__init__(message, status=status, reason=reason)
+        self.name = name
+
+
+class RateLimitedError(ApiError):
+    """429. ``action_limit`` is the server's in-flight job limit when it says so."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "",
+        retry_after: float | None = None,
+        action_limit: int | None = None,
+    ) -> None:
+        super().__init__(message, status=429, reason=reason)
+        self.retry_after = retry_after
+        self.action_limit = action_limit
+
+
+class TransientApiError(ApiError):
+    """5xx, a dropped connection or a timeout: the same request may succeed later."""
+
+
+class AmbiguousSubmitError(TransientApiError):
+    """A submission failed after the request may have reached the server.
+
+    The job may exist and be billed; blindly retrying could pay for it twice.
+    """
+
+
+class MalformedResponseError(ApiError):
+    """A success status whose body does not have the documented shape."""
+
+
+class DownloadError(BatchgenError):
+    """An asset could not be downloaded, or what arrived did not verify."""
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient

@@ -1,0 +1,116 @@
+"""What to do when a request fails: one table, plain functions, no I/O.
+
+The HTTP adapter turns every failure into an error from :mod:`batchgen.errors`; this
+module decides from the kind of request and that error whether to retry it, fail the
+unit, or stop the run, and how long to wait.  The loop itself is tenacity's.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+from tenacity import AsyncRetrying, RetryCallState
+
+from .config import RetrySettings
+from .errors import (
+    AmbiguousSubmitError,
+    ApiError,
+    CredentialsError,
+    DownloadError,
+    MalformedResponseError,
+    PermanentApiError,
+    RateLimitedError,
+    TransientApiError,
+)
+
+T = TypeVar("T")
+
+# A 429 on submit means nothing was created, and it lasts as long as the jobs in
+# flight do, so it is worth waiting for far longer than a 5xx.
+RATE_LIMITED_SUBMIT_ATTEMPTS = 40
+
+
+class Request(enum.Enum):
+    SUBMIT = "submit"
+    JOB_STATUS = "job status"
+    ASSET_LOOKUP = "asset lookup"
+    DOWNLOAD = "download"
+    OTHER_READ = "read"
+
+
+class Action(enum.Enum):
+    RETRY = "retry"
+    FAIL_UNIT = "fail the unit"
+    STOP_RUN = "stop the run"
+
+
+def decide(request: Request, error: BaseException) -> Action:
+    """The retry table.  Anything not an error of ours (cancellation included) is not ours
+    to decide: it is never retried and propagates."""
+    if isinstance(error, CredentialsError):
+        return Action.STOP_RUN
+    if isinstance(error, AmbiguousSubmitError):
+        # The job may exist and be billed: never resubmitted blindly.
+        return Action.FAIL_UNIT
+    if isinstance(error, RateLimitedError | TransientApiError):
+        return Action.RETRY
+    if isinstance(error, MalformedResponseError):
+        return Action.FAIL_UNIT if request is Request.SUBMIT else Action.RETRY
+    if isinstance(error, PermanentApiError):
+        return Action.FAIL_UNIT
+    if isinstance(error, DownloadError):
+        return Action.RETRY if error.transient else Action.FAIL_UNIT
+    if isinstance(error, ApiError):
+        return Action.FAIL_UNIT
+    return Action.STOP_RUN
+
+
+def attempts_allowed(request: Request, error: BaseException | None, settings: RetrySettings) -> int:
+    if request is Request.SUBMIT and isinstance(error, RateLimitedError):
+        return max(settings.max_attempts, RATE_LIMITED_SUBMIT_ATTEMPTS)
+    return settings.max_attempts
+
+
+def backoff_delay(
+    attempt: int, error: BaseException | None, settings: RetrySettings, rng: random.Random
+) -> float:
+    """Exponential backoff with full jitter; a server's Retry-After wins when it is given."""
+    if isinstance(error, RateLimitedError) and error.retry_after is not None:
+        return min(max(error.retry_after, 0.0), settings.backoff_max)
+    ceiling = min(settings.backoff_max, settings.backoff_base * (2 ** max(attempt - 1, 0)))
+    return rng.uniform(0, ceiling)
+
+
+async def with_retries(
+    request: Request,
+    call: Callable[[], Awaitable[T]],
+    settings: RetrySettings,
+    rng: random.Random | None = None,
+) -> T:
+    """Run ``call`` under the policy for ``request``: retried while the table says so."""
+    generator = rng or random.Random()
+
+    def should_retry(state: RetryCallState) -> bool:
+        error = state.outcome.exception() if state.outcome else None
+        return error is not None and decide(request, error) is Action.RETRY
+
+    def should_stop(state: RetryCallState) -> bool:
+        error = state.outcome.exception() if state.outcome else None
+        return state.attempt_number >= attempts_allowed(request, error, settings)
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        return backoff_delay(state.attempt_number, error, settings, generator)
+
+    retrying = AsyncRetrying(
+        retry=should_retry, stop=should_stop, wait=wait, sleep=anyio.sleep, reraise=True
+    )
+    async def attempt() -> T:
+        # tenacity only awaits what a coroutine *function* returns; callers pass lambdas.
+        return await call()
+
+    return await retrying(attempt)

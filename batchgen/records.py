@@ -1,0 +1,107 @@
+"""Pure parsing of the API's JSON into records.  Accepts both the reference shape
+(``job.jobId``, ``metadata.assetIds``) and the quick-start's (``job.id``,
+``job.result.images[].url``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import MalformedResponseError
+
+RUNNING_STATUSES = frozenset({"pending", "queued", "warming-up", "in-progress", "finalizing"})
+TERMINAL_STATUSES = frozenset({"success", "failure", "canceled"})
+MIME_SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    job_id: str
+    status: str
+    asset_ids: tuple[str, ...] = ()
+    image_urls: tuple[str, ...] = ()
+    error: str | None = None
+    cost: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    job: JobRecord
+    cost: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    id: str
+    url: str
+    mime_type: str | None = None
+    size: int | None = None
+
+    @property
+    def suffix(self) -> str:
+        return MIME_SUFFIXES.get((self.mime_type or "").lower(), ".png")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def parse_job(payload: Any) -> JobRecord:
+    """``{"job": {...}}`` or a bare job object, as found in job lists."""
+    job = payload.get("job", payload) if isinstance(payload, dict) else None
+    if not isinstance(job, dict):
+        raise MalformedResponseError("job response has no job object")
+    job_id = job.get("jobId") or job.get("id")
+    status = job.get("status")
+    if not isinstance(job_id, str) or not job_id:
+        raise MalformedResponseError("job response has no jobId")
+    if not isinstance(status, str) or not status:
+        raise MalformedResponseError(f"job {job_id} has no status")
+    metadata = job.get("metadata") if isinstance(job.get("metadata"), dict) else {}
+    asset_ids = metadata.get("assetIds") or ()
+    if not isinstance(asset_ids, list | tuple) or not all(isinstance(a, str) for a in asset_ids):
+        raise MalformedResponseError(f"job {job_id} has a malformed assetIds list")
+    urls: list[str] = []
+    result = job.get("result")
+    if isinstance(result, dict) and isinstance(result.get("images"), list):
+        urls = [i["url"] for i in result["images"] if isinstance(i, dict) and isinstance(i.get("url"), str)]
+    error = metadata.get("error")
+    billing = job.get("billing") if isinstance(job.get("billing"), dict) else {}
+    return JobRecord(
+        job_id=job_id,
+        status=status,
+        asset_ids=tuple(asset_ids),
+        image_urls=tuple(urls),
+        error=str(error) if error else None,
+        cost=_number(billing.get("cuCost")),
+    )
+
+
+def parse_submission(payload: Any) -> Submission:
+    job = parse_job(payload)
+    cost = _number(payload.get("creativeUnitsCost")) if isinstance(payload, dict) else None
+    return Submission(job=job, cost=cost if cost is not None else job.cost)
+
+
+def parse_asset(payload: Any) -> Asset:
+    asset = payload.get("asset", payload) if isinstance(payload, dict) else None
+    if not isinstance(asset, dict):
+        raise MalformedResponseError("asset response has no asset object")
+    asset_id, url = asset.get("id"), asset.get("url")
+    if not isinstance(asset_id, str) or not isinstance(url, str) or not url:
+        raise MalformedResponseError("asset response has no id or url")
+    properties = asset.get("properties") if isinstance(asset.get("properties"), dict) else {}
+    size = properties.get("size")
+    mime = asset.get("mimeType")
+    return Asset(
+        id=asset_id,
+        url=url,
+        mime_type=mime if isinstance(mime, str) else None,
+        size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
+    )

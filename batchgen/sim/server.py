@@ -1,0 +1,475 @@
+"""The simulator's state and its two aiohttp applications (API and CDN).
+
+Jobs advance with time and are computed when asked (no background tasks):
+``queued → warming-up → in-progress → finalizing → success | failure`` over a duration
+of ``job_seconds`` with ``jitter``.  Everything random comes from one seeded
+generator, so a run reproduces.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import math
+import random
+import secrets
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from .png import make_png
+
+DEFAULT_MODELS = ("model_bfl-flux-2-dev", "model_imagen4-ultra", "model_sim-fast")
+ACCEPTED_FIELDS = frozenset(
+    {
+        "prompt",
+        "width",
+        "height",
+        "aspectRatio",
+        "seed",
+        "numOutputs",
+        "negativePrompt",
+        "guidance",
+        "numInferenceSteps",
+        "style",
+    }
+)
+MAX_SIDE = 4096
+MAX_OUTPUTS = 8
+MAX_PAGE_SIZE = 100
+PHASES = (("queued", 0.15), ("warming-up", 0.3), ("in-progress", 0.85), ("finalizing", 1.0))
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    api_key: str = "sim-key"
+    api_secret: str = "sim-secret"
+    job_seconds: float = 1.0
+    jitter: float = 0.3
+    failure_rate: float = 0.0
+    in_flight_limit: int | None = None
+    url_lifetime: float = 600.0
+    seed: int = 0
+    models: tuple[str, ...] = DEFAULT_MODELS
+
+
+@dataclass(slots=True)
+class SimJob:
+    job_id: str
+    model: str
+    body: dict[str, Any]
+    created_wall: float
+    start: float
+    duration: float
+    fails: bool
+    cost: float
+    asset_ids: list[str]
+
+    def phase(self, now: float) -> tuple[str, float]:
+        """(status, wall-clock time it began)."""
+        fraction = (now - self.start) / self.duration if self.duration > 0 else 1.0
+        begun = 0.0
+        for status, end in PHASES:
+            if fraction < end:
+                return status, self.created_wall + begun * self.duration
+            begun = end
+        return ("failure" if self.fails else "success"), self.created_wall + self.duration
+
+
+@dataclass(slots=True)
+class SimAsset:
+    asset_id: str
+    job_id: str
+    width: int
+    height: int
+    seed: int
+    prompt: str
+    model: str
+    index: int
+    _bytes: bytes | None = None
+
+    def content(self) -> bytes:
+        if self._bytes is None:
+            self._bytes = make_png(self.width, self.height, f"{self.asset_id}:{self.prompt}:{self.seed}")
+        return self._bytes
+
+
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_iso(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _error(status: int, reason: str, **extra: Any) -> web.Response:
+    return web.json_response({"reason": reason, **extra}, status=status)
+
+
+@dataclass
+class Simulator:
+    """Shared state of both origins, and the counters tests read."""
+
+    config: SimConfig
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    api_url: str = ""
+    cdn_url: str = ""
+    jobs: dict[str, SimJob] = field(default_factory=dict)
+    assets: dict[str, SimAsset] = field(default_factory=dict)
+    requests: Counter[str] = field(default_factory=Counter)
+    jobs_created_per_body: Counter[str] = field(default_factory=Counter)
+    cdn_authorization_headers: int = 0
+    served_sha256: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.config.seed)
+        self._signing_key = secrets.token_bytes(32)
+        token = base64.b64encode(f"{self.config.api_key}:{self.config.api_secret}".encode())
+        self._expected_auth = b"Basic " + token
+        self._running: set[str] = set()
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    @property
+    def jobs_created(self) -> int:
+        return len(self.jobs)
+
+    def in_flight(self) -> int:
+        now = self.clock()
+        self._running = {j for j in self._running if not self._is_terminal(self.jobs[j], now)}
+        return len(self._running)
+
+    @staticmethod
+    def _is_terminal(job: SimJob, now: float) -> bool:
+        return job.phase(now)[0] in ("success", "failure")
+
+    def _authorized(self, request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(given, self._expected_auth)
+
+    def _sign(self, asset_id: str, expires: int) -> str:
+        message = f"{asset_id}:{expires}".encode()
+        return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
+
+    def signed_url(self, asset_id: str) -> str:
+        expires = int(self.wall() + self.config.url_lifetime)
+        return f"{self.cdn_url}/assets/{asset_id}.png?Expires={expires}&Signature={self._sign(asset_id, expires)}"
+
+    def cost_of(self, body: dict[str, Any]) -> float:
+        pixels = int(body.get("width") or 1024) * int(body.get("height") or 1024)
+        return float(math.ceil(pixels / (1024 * 1024) * 4) * int(body.get("numOutputs") or 1))
+
+    # ------------------------------------------------------------------ rendering
+
+    def job_json(self, job: SimJob) -> dict[str, Any]:
+        now = self.clock()
+        status, since = job.phase(now)
+        history = []
+        begun = 0.0
+        for name, end in PHASES:
+            history.append({"date": _iso(job.created_wall + begun * job.duration), "status": name})
+            if name == status:
+                break
+            begun = end
+        if status in ("success", "failure"):
+            history.append({"date": _iso(since), "status": status})
+        metadata: dict[str, Any] = {"input": job.body, "modelId": job.model}
+        if status == "success":
+            metadata["assetIds"] = list(job.asset_ids)
+        elif status == "failure":
+            metadata["error"] = "Simulated generation failure"
+        fraction = min(max((now - job.start) / job.duration, 0.0), 1.0) if job.duration else 1.0
+        return {
+            "jobId": job.job_id,
+            "jobType": "custom",
+            "status": status,
+            "progress": round(fraction, 3),
+            "createdAt": _iso(job.created_wall),
+            "updatedAt": _iso(since),
+            "statusHistory": history,
+            "authorId": "sim-user",
+            "ownerId": "sim-team",
+            "billing": {"cuCost": job.cost, "cuDiscount": 0},
+            "metadata": metadata,
+        }
+
+    def asset_json(self, asset: SimAsset) -> dict[str, Any]:
+        return {
+            "id": asset.asset_id,
+            "url": self.signed_url(asset.asset_id),
+            "mimeType": "image/png",
+            "kind": "image",
+            "status": "success",
+            "properties": {"width": asset.width, "height": asset.height, "size": len(asset.content())},
+            "metadata": {
+                "prompt": asset.prompt,
+                "seed": str(asset.seed),
+                "modelId": asset.model,
+                "parentJobId": asset.job_id,
+                "outputIndex": asset.index,
+            },
+        }
+
+    # ------------------------------------------------------------------ API handlers
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.requests[f"{request.method} {request.match_info.route.resource.canonical if request.match_info.route.resource else request.path}"] += 1
+        if not self._authorized(request):
+            return _error(401, "Unauthorized")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def _submit(self, request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        if model not in self.config.models:
+            return _error(404, f"Model {model} not found")
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "Body is not valid JSON")
+        problem = _body_problem(body)
+        if problem:
+            return _error(400, problem)
+        cost = self.cost_of(body)
+        if request.query.get("dryRun") == "true":
+            return web.json_response(
+                {"creativeUnitsCost": cost, "creativeUnitsDiscount": 0, "costDetails": {}}, status=269
+            )
+        limit = self.config.in_flight_limit
+        if limit is not None and self.in_flight() >= limit:
+            return _error(
+                429,
+                "Too many parallel jobs",
+                details={"actionName": "parallelCustomJobs", "actionLimit": limit},
+            )
+        job = self._create_job(model, body, cost)
+        return web.json_response(
+            {"job": self.job_json(job), "creativeUnitsCost": cost, "creativeUnitsDiscount": 0, "costDetails": {}}
+        )
+
+    def _create_job(self, model: str, body: dict[str, Any], cost: float) -> SimJob:
+        job_id = f"job_{secrets.token_hex(12)}"
+        spread = self.config.jitter * self.config.job_seconds
+        duration = max(self.config.job_seconds + self._rng.uniform(-spread, spread), 0.0)
+        outputs = int(body.get("numOutputs") or 1)
+        seed = body.get("seed")
+        job = SimJob(
+            job_id=job_id,
+            model=model,
+            body=body,
+            created_wall=self.wall(),
+            start=self.clock(),
+            duration=duration,
+            fails=self._rng.random() < self.config.failure_rate,
+            cost=cost,
+            asset_ids=[],
+        )
+        for index in range(outputs):
+            asset_id = f"asset_{secrets.token_hex(12)}"
+            job.asset_ids.append(asset_id)
+            self.assets[asset_id] = SimAsset(
+                asset_id=asset_id,
+                job_id=job_id,
+                width=int(body.get("width") or 1024),
+                height=int(body.get("height") or 1024),
+                seed=(int(seed) if isinstance(seed, int) else self._rng.randrange(2**31)) + index,
+                prompt=str(body["prompt"]),
+                model=model,
+                index=index,
+            )
+        self.jobs[job_id] = job
+        self._running.add(job_id)
+        self.jobs_created_per_body[json.dumps([model, body], sort_keys=True)] += 1
+        return job
+
+    def _finished_asset(self, asset_id: str) -> SimAsset | None:
+        asset = self.assets.get(asset_id)
+        if asset is None or self.jobs[asset.job_id].phase(self.clock())[0] != "success":
+            return None
+        return asset
+
+    async def _get_job(self, request: web.Request) -> web.Response:
+        job = self.jobs.get(request.match_info["job_id"])
+        if job is None:
+            return _error(404, "Job not found")
+        return web.json_response({"job": self.job_json(job)})
+
+    async def _job_action(self, request: web.Request) -> web.Response:
+        if request.match_info["job_id"] not in self.jobs:
+            return _error(404, "Job not found")
+        return _error(400, "Cannot cancel this type of job. Action not permitted.")
+
+    async def _list_jobs(self, request: web.Request) -> web.Response:
+        query = request.query
+        try:
+            page_size = min(int(query.get("pageSize", "50")), MAX_PAGE_SIZE)
+            offset = int(query.get("paginationToken", "0"))
+            updated_after = _parse_iso(query["updatedAfter"]) if "updatedAfter" in query else None
+            created_after = _parse_iso(query["createdAfter"]) if "createdAfter" in query else None
+        except ValueError:
+            return _error(400, "Invalid query parameters")
+        if page_size < 1 or offset < 0:
+            return _error(400, "Invalid query parameters")
+        filtered = "status" in query or "type" in query or "types" in query
+        if updated_after is not None and not filtered:
+            return _error(400, "updatedAfter requires a status or type filter")
+        if created_after is not None and filtered:
+            return _error(400, "createdAfter cannot be combined with status or type filters")
+        job_types = set((query.get("types") or query.get("type") or "custom").split(","))
+        ordered = list(self.jobs.values())[offset : offset + page_size]
+        page = []
+        for job in ordered:
+            rendered = self.job_json(job)
+            if "custom" not in job_types:
+                continue
+            if "status" in query and rendered["status"] != query["status"]:
+                continue
+            if updated_after is not None and _parse_iso(rendered["updatedAt"]) <= updated_after:
+                continue
+            if created_after is not None and job.created_wall <= created_after:
+                continue
+            page.append(rendered)
+        payload: dict[str, Any] = {"jobs": page}
+        if offset + page_size < len(self.jobs):
+            payload["nextPaginationToken"] = str(offset + page_size)
+        return web.json_response(payload)
+
+    async def _get_asset(self, request: web.Request) -> web.Response:
+        asset = self._finished_asset(request.match_info["asset_id"])
+        if asset is None:
+            return _error(404, "Asset not found")
+        return web.json_response({"asset": self.asset_json(asset)})
+
+    async def _bulk_assets(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "Body is not valid JSON")
+        ids = body.get("assetIds") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not ids or len(ids) > 200:
+            return _error(400, "assetIds must list 1 to 200 ids")
+        found = [self._finished_asset(str(i)) for i in ids]
+        return web.json_response({"assets": [self.asset_json(a) for a in found if a is not None]})
+
+    async def _list_models(self, request: web.Request) -> web.Response:
+        try:
+            page_size = min(int(request.query.get("pageSize", "50")), 500)
+            offset = int(request.query.get("paginationToken", "0"))
+        except ValueError:
+            return _error(400, "Invalid query parameters")
+        names = self.config.models[offset : offset + page_size]
+        payload: dict[str, Any] = {
+            "models": [{"id": m, "name": m, "type": "custom", "status": "trained"} for m in names]
+        }
+        if offset + page_size < len(self.config.models):
+            payload["nextPaginationToken"] = str(offset + page_size)
+        return web.json_response(payload)
+
+    async def _get_model(self, request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        if model not in self.config.models:
+            return _error(404, f"Model {model} not found")
+        return web.json_response({"model": {"id": model, "name": model, "type": "custom"}})
+
+    def api_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_post("/v1/generate/custom/{model}", self._submit)
+        app.router.add_get("/v1/jobs", self._list_jobs)
+        app.router.add_get("/v1/jobs/{job_id}", self._get_job)
+        app.router.add_post("/v1/jobs/{job_id}/action", self._job_action)
+        app.router.add_post("/v1/assets/get-bulk", self._bulk_assets)
+        app.router.add_get("/v1/assets/{asset_id}", self._get_asset)
+        app.router.add_get("/v1/models", self._list_models)
+        app.router.add_get("/v1/models/{model}", self._get_model)
+        return app
+
+    # ------------------------------------------------------------------ CDN
+
+    async def _cdn_get(self, request: web.Request) -> web.Response:
+        self.requests["GET cdn"] += 1
+        if "Authorization" in request.headers:
+            self.cdn_authorization_headers += 1
+        asset_id = request.match_info["asset_id"]
+        try:
+            expires = int(request.query.get("Expires", ""))
+        except ValueError:
+            return web.Response(status=403, text="AccessDenied")
+        signature = request.query.get("Signature", "")
+        valid = hmac.compare_digest(signature, self._sign(asset_id, expires))
+        if not valid or expires < self.wall() or asset_id not in self.assets:
+            return web.Response(status=403, text="AccessDenied: Request has expired")
+        content = self.assets[asset_id].content()
+        self.served_sha256[asset_id] = hashlib.sha256(content).hexdigest()
+        return web.Response(body=content, content_type="image/png")
+
+    def cdn_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/assets/{asset_id}.png", self._cdn_get)
+        return app
+
+
+def _body_problem(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return "Body must be a JSON object"
+    unknown = sorted(set(body) - ACCEPTED_FIELDS)
+    if unknown:
+        return f"Unknown field(s): {', '.join(unknown)}"
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        return "prompt is required and must be a non-empty string"
+    for side in ("width", "height"):
+        value = body.get(side)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 16 or value > MAX_SIDE:
+            return f"{side} must be a positive multiple of 16 up to {MAX_SIDE}"
+    outputs = body.get("numOutputs", 1)
+    if isinstance(outputs, bool) or not isinstance(outputs, int) or not 1 <= outputs <= MAX_OUTPUTS:
+        return f"numOutputs must be between 1 and {MAX_OUTPUTS}"
+    return None
+
+
+def decode_basic(header: str) -> tuple[str, str] | None:
+    """The (key, secret) of a Basic header, for tests that check what was sent."""
+    if not header.startswith("Basic "):
+        return None
+    try:
+        key, _, secret = base64.b64decode(header[6:]).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return key, secret
+
+
+@asynccontextmanager
+async def serve(
+    config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0, cdn_port: int = 0
+) -> AsyncIterator[Simulator]:
+    """Run the API and CDN origins on loopback for the duration of the block."""
+    simulator = Simulator(config or SimConfig())
+    runners: list[web.AppRunner] = []
+    try:
+        urls = []
+        for app, wanted in ((simulator.api_app(), port), (simulator.cdn_app(), cdn_port)):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(runner, host, wanted)
+            await site.start()
+            bound_host, bound_port = runner.addresses[0][:2]
+            urls.append(f"http://{bound_host}:{bound_port}")
+        simulator.api_url, simulator.cdn_url = urls
+        yield simulator
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
