@@ -131,7 +131,9 @@ class ScenarioClient:
             try:
                 return status, json.loads(raw) if raw else None
             except ValueError as exc:
-                error_type = AmbiguousSubmitError if creates else MalformedResponseError
+                error_type: type[ApiError] = (
+                    AmbiguousSubmitError if creates else MalformedResponseError
+                )
                 raise error_type(f"{what}: answered {status} with a body that is not JSON") from exc
         reason, name, details = _reason(raw)
         message = f"{what}: HTTP {status}" + (f": {reason}" if reason else "")
@@ -146,14 +148,18 @@ class ScenarioClient:
                 message,
                 reason=reason,
                 retry_after=_retry_after(retry_after),
-                action_limit=limit if isinstance(limit, int) and not isinstance(limit, bool) else None,
+                action_limit=limit
+                if isinstance(limit, int) and not isinstance(limit, bool)
+                else None,
             )
         if status >= 500:
-            error_type = AmbiguousSubmitError if creates else TransientApiError
-            raise error_type(message, status=status, reason=reason)
+            server_error: type[ApiError] = AmbiguousSubmitError if creates else TransientApiError
+            raise server_error(message, status=status, reason=reason)
         if 300 <= status < 400:
             raise PermanentApiError(f"{what}: unexpected redirect (HTTP {status})", status=status)
-        raise PermanentApiError(message, status=status, reason=reason or f"HTTP {status}", name=name)
+        raise PermanentApiError(
+            message, status=status, reason=reason or f"HTTP {status}", name=name
+        )
 
     async def submit(self, model: str, body: dict[str, Any]) -> Submission:
         status, payload = await self.request("POST", f"/v1/generate/custom/{model}", body=body)
@@ -225,11 +231,13 @@ class AssetDownloader:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, timeout: float) -> AsyncIterator[AssetDownloader]:
+    async def open(cls, seconds: float) -> AsyncIterator[AssetDownloader]:
         async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
-            yield cls(session, timeout)
+            yield cls(session, seconds)
 
-    async def fetch(self, url: str, destination: Path, expected_size: int | None = None) -> Downloaded:
+    async def fetch(
+        self, url: str, destination: Path, expected_size: int | None = None
+    ) -> Downloaded:
         partial = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.part")
         digest = hashlib.sha256()
         received = 0
@@ -253,7 +261,9 @@ class AssetDownloader:
                         await handle.write(chunk)
             for wanted in (announced, expected_size):
                 if wanted is not None and received != wanted:
-                    raise DownloadError(f"asset from {host} was cut short: {received} of {wanted} bytes")
+                    raise DownloadError(
+                        f"asset from {host} was cut short: {received} of {wanted} bytes"
+                    )
             if received == 0:
                 raise DownloadError(f"asset from {host} is empty")
             os.replace(partial, destination)

@@ -17,11 +17,11 @@ import secrets
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
-from anyio.abc import CancelScope
+from anyio import CancelScope
 from yarl import URL
 
 from . import config as defaults
@@ -46,12 +46,14 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}")
 
 
-def _positive_int(name: str, maximum: int) -> object:
+def _positive_int(name: str, maximum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a whole number, got {text!r}"
+            ) from None
         if not 1 <= value <= maximum:
             raise argparse.ArgumentTypeError(f"{name} must be between 1 and {maximum}, got {value}")
         return value
@@ -59,7 +61,7 @@ def _positive_int(name: str, maximum: int) -> object:
     return parse
 
 
-def _positive_float(name: str) -> object:
+def _positive_float(name: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -78,42 +80,78 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="generate every unit of a manifest")
     run.add_argument("manifest", type=Path)
-    run.add_argument("--out", type=Path, help="output directory (default: the manifest's output, "
-                     "else output/<manifest name>)")
-    run.add_argument("--concurrency", type=_positive_int("--concurrency", defaults.MAX_CONCURRENCY),
-                     help=f"jobs in flight at the server at most (default {defaults.DEFAULT_CONCURRENCY})")
-    run.add_argument("--poll-interval", type=_positive_float("--poll-interval"),
-                     default=defaults.DEFAULT_POLL_INTERVAL, metavar="SECONDS",
-                     help=f"seconds between status checks (default {defaults.DEFAULT_POLL_INTERVAL:g})")
-    run.add_argument("--downloads", type=_positive_int("--downloads", 64),
-                     default=defaults.DEFAULT_DOWNLOAD_WORKERS,
-                     help=f"downloads at once (default {defaults.DEFAULT_DOWNLOAD_WORKERS})")
-    run.add_argument("--api-url", help=f"API base URL (default ${defaults.API_URL_VARIABLE}, "
-                     f"else {defaults.DEFAULT_API_URL})")
-    run.add_argument("--project-id", help=f"Scenario project id (default ${defaults.PROJECT_VARIABLE})")
-    run.add_argument("--simulate", action="store_true",
-                     help="start the embedded simulator and run against it (no account, no network)")
-    run.add_argument("--sim-job-seconds", type=_positive_float("--sim-job-seconds"), default=1.0,
-                     help="with --simulate: how long each simulated job takes (default 1)")
+    run.add_argument(
+        "--out",
+        type=Path,
+        help="output directory (default: the manifest's output, else output/<manifest name>)",
+    )
+    run.add_argument(
+        "--concurrency",
+        type=_positive_int("--concurrency", defaults.MAX_CONCURRENCY),
+        help=f"jobs in flight at the server at most (default {defaults.DEFAULT_CONCURRENCY})",
+    )
+    run.add_argument(
+        "--poll-interval",
+        type=_positive_float("--poll-interval"),
+        default=defaults.DEFAULT_POLL_INTERVAL,
+        metavar="SECONDS",
+        help=f"seconds between status checks (default {defaults.DEFAULT_POLL_INTERVAL:g})",
+    )
+    run.add_argument(
+        "--downloads",
+        type=_positive_int("--downloads", 64),
+        default=defaults.DEFAULT_DOWNLOAD_WORKERS,
+        help=f"downloads at once (default {defaults.DEFAULT_DOWNLOAD_WORKERS})",
+    )
+    run.add_argument(
+        "--api-url",
+        help=f"API base URL (default ${defaults.API_URL_VARIABLE}, "
+        f"else {defaults.DEFAULT_API_URL})",
+    )
+    run.add_argument(
+        "--project-id", help=f"Scenario project id (default ${defaults.PROJECT_VARIABLE})"
+    )
+    run.add_argument(
+        "--simulate",
+        action="store_true",
+        help="start the embedded simulator and run against it (no account, no network)",
+    )
+    run.add_argument(
+        "--sim-job-seconds",
+        type=_positive_float("--sim-job-seconds"),
+        default=1.0,
+        help="with --simulate: how long each simulated job takes (default 1)",
+    )
     _add_verbosity(run)
 
-    validate = commands.add_parser("validate", help="check a manifest and count its units; sends nothing")
+    validate = commands.add_parser(
+        "validate", help="check a manifest and count its units; sends nothing"
+    )
     validate.add_argument("manifest", type=Path)
     _add_verbosity(validate)
 
     sim = commands.add_parser("sim", help="serve the Scenario simulator until stopped")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=0, help="API port (default: any free port)")
-    sim.add_argument("--cdn-port", type=int, default=0, help="asset host port (default: any free port)")
+    sim.add_argument(
+        "--cdn-port", type=int, default=0, help="asset host port (default: any free port)"
+    )
     sim.add_argument("--key", default="sim-key", help="API key to accept (default sim-key)")
-    sim.add_argument("--secret", default="sim-secret", help="API secret to accept (default sim-secret)")
+    sim.add_argument(
+        "--secret", default="sim-secret", help="API secret to accept (default sim-secret)"
+    )
     sim.add_argument("--job-seconds", type=_positive_float("--job-seconds"), default=1.0)
     sim.add_argument("--jitter", type=float, default=0.3, help="job time spread, as a fraction")
     sim.add_argument("--failure-rate", type=float, default=0.0, help="fraction of jobs that fail")
-    sim.add_argument("--in-flight-limit", type=int, default=None,
-                     help="answer 429 above this many running jobs")
-    sim.add_argument("--url-lifetime", type=_positive_float("--url-lifetime"), default=600.0,
-                     help="seconds a signed asset URL stays valid")
+    sim.add_argument(
+        "--in-flight-limit", type=int, default=None, help="answer 429 above this many running jobs"
+    )
+    sim.add_argument(
+        "--url-lifetime",
+        type=_positive_float("--url-lifetime"),
+        default=600.0,
+        help="seconds a signed asset URL stays valid",
+    )
     sim.add_argument("--seed", type=int, default=0)
     _add_verbosity(sim)
     return parser
@@ -189,11 +227,13 @@ def _run(args: argparse.Namespace) -> int:
         credentials = Credentials(key="sim", secret=secrets.token_urlsafe(24))
         base_url = ""
     else:
-        credentials = Credentials.from_environment()
-        base_url = args.api_url or os.environ.get(defaults.API_URL_VARIABLE) or defaults.DEFAULT_API_URL
+        base_url = (
+            args.api_url or os.environ.get(defaults.API_URL_VARIABLE) or defaults.DEFAULT_API_URL
+        )
         parsed = URL(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ConfigError(f"--api-url: not an http(s) URL: {base_url!r}")
+        credentials = Credentials.from_environment()
     project_id = args.project_id or os.environ.get(defaults.PROJECT_VARIABLE) or None
 
     engine_settings = EngineSettings(
@@ -202,14 +242,26 @@ def _run(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         download_workers=args.downloads,
     )
-    log.info("%s: %d units, output in %s, %d in flight at most", args.manifest, total, out_dir, concurrency)
-    summary = anyio.run(_run_async, args, manifest, total, credentials, base_url, project_id, engine_settings)
+    log.info(
+        "%s: %d units, output in %s, %d in flight at most",
+        args.manifest,
+        total,
+        out_dir,
+        concurrency,
+    )
+    summary = anyio.run(
+        _run_async, args, manifest, total, credentials, base_url, project_id, engine_settings
+    )
     print(f"batchgen: {summary.line()}")
     for unit_id, reason in summary.failures:
         print(f"  failed {unit_id}: {reason}")
     if summary.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_OK if summary.failed == 0 and summary.done + summary.skipped == total else EXIT_FAILED_UNITS
+    return (
+        EXIT_OK
+        if summary.failed == 0 and summary.done + summary.skipped == total
+        else EXIT_FAILED_UNITS
+    )
 
 
 async def _run_async(
@@ -228,15 +280,20 @@ async def _run_async(
     async with contextlib.AsyncExitStack() as stack:
         if args.simulate:
             sim_config = SimConfig(
-                api_key=credentials.key, api_secret=credentials.secret, job_seconds=args.sim_job_seconds
+                api_key=credentials.key,
+                api_secret=credentials.secret,
+                job_seconds=args.sim_job_seconds,
             )
             simulator = await stack.enter_async_context(serve(sim_config))
             base_url = simulator.api_url
             log.info("simulator running at %s", base_url)
-        api_settings = ApiSettings(base_url=base_url, credentials=credentials, project_id=project_id,
-                                   retry=RetrySettings())
+        api_settings = ApiSettings(
+            base_url=base_url, credentials=credentials, project_id=project_id, retry=RetrySettings()
+        )
         client = await stack.enter_async_context(ScenarioClient.open(api_settings))
-        fetcher = await stack.enter_async_context(AssetDownloader.open(api_settings.download_timeout))
+        fetcher = await stack.enter_async_context(
+            AssetDownloader.open(api_settings.download_timeout)
+        )
         results.open()
         stack.callback(results.close)
         engine = Engine(client, fetcher, results, settings, api_settings.retry)
@@ -250,8 +307,10 @@ async def _run_async(
 async def _stop_on_signal(scope: CancelScope, summary: Summary) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            log.warning("%s: stopping; jobs already submitted keep running at the server",
-                        signal.Signals(signum).name)
+            log.warning(
+                "%s: stopping; jobs already submitted keep running at the server",
+                signal.Signals(signum).name,
+            )
             summary.interrupted = True
             scope.cancel()
             return
@@ -270,10 +329,16 @@ def _sim(args: argparse.Namespace) -> int:
     )
 
     async def serve_forever() -> None:
-        async with serve(config, host=args.host, port=args.port, cdn_port=args.cdn_port) as simulator:
-            print(f"simulator API at {simulator.api_url} (assets at {simulator.cdn_url})", flush=True)
-            print(f"accepting key {config.api_key!r} with the secret given by --secret; Ctrl-C stops",
-                  flush=True)
+        async with serve(
+            config, host=args.host, port=args.port, cdn_port=args.cdn_port
+        ) as simulator:
+            print(
+                f"simulator API at {simulator.api_url} (assets at {simulator.cdn_url})", flush=True
+            )
+            print(
+                f"accepting key {config.api_key!r} with the secret given by --secret; Ctrl-C stops",
+                flush=True,
+            )
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     return

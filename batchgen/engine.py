@@ -47,7 +47,9 @@ class Api(Protocol):
 
 
 class Fetcher(Protocol):
-    async def fetch(self, url: str, destination: Path, expected_size: int | None = None) -> Downloaded: ...
+    async def fetch(
+        self, url: str, destination: Path, expected_size: int | None = None
+    ) -> Downloaded: ...
 
 
 @dataclass(slots=True)
@@ -112,9 +114,9 @@ class Engine:
         self.summary.total = total
         self._images.mkdir(parents=True, exist_ok=True)
         jobs_send, jobs_receive = anyio.create_memory_object_stream[InFlight](math.inf)
-        finished_send, finished_receive = anyio.create_memory_object_stream[tuple[InFlight, JobRecord]](
-            math.inf
-        )
+        finished_send, finished_receive = anyio.create_memory_object_stream[
+            tuple[InFlight, JobRecord]
+        ](math.inf)
         results_send, results_receive = anyio.create_memory_object_stream[UnitResult](math.inf)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._recorder, results_receive)
@@ -198,7 +200,10 @@ class Engine:
                     async with requests_at_once:
                         try:
                             record[job_id] = await with_retries(
-                                Request.JOB_STATUS, lambda: self._api.get_job(job_id), self._retry, self._rng
+                                Request.JOB_STATUS,
+                                lambda: self._api.get_job(job_id),
+                                self._retry,
+                                self._rng,
                             )
                         except ApiError as exc:
                             record[job_id] = exc
@@ -216,7 +221,11 @@ class Engine:
                             UnitResult.failure(item.unit, job_id=job_id, error=_describe(outcome))
                         )
                     elif isinstance(outcome, BatchgenError):
-                        log.warning("job %s: status unknown for now (%s); still watching it", job_id, outcome)
+                        log.warning(
+                            "job %s: status unknown for now (%s); still watching it",
+                            job_id,
+                            outcome,
+                        )
                     elif outcome.terminal:
                         del watched[job_id]
                         self._job_ended(item)
@@ -239,24 +248,35 @@ class Engine:
                 cost = job.cost if job.cost is not None else item.cost
                 if job.status != "success":
                     error = job.error or f"job ended with status {job.status}"
-                    await results.send(UnitResult.failure(item.unit, job_id=job.job_id, error=error, cost=cost))
+                    await results.send(
+                        UnitResult.failure(item.unit, job_id=job.job_id, error=error, cost=cost)
+                    )
                     continue
                 try:
                     files = await self._download_job(item.unit, job)
                 except (ApiError, DownloadError) as exc:
                     await results.send(
-                        UnitResult.failure(item.unit, job_id=job.job_id, error=_describe(exc), cost=cost)
+                        UnitResult.failure(
+                            item.unit, job_id=job.job_id, error=_describe(exc), cost=cost
+                        )
                     )
                     continue
-                await results.send(UnitResult.success(item.unit, job_id=job.job_id, files=files, cost=cost))
+                await results.send(
+                    UnitResult.success(item.unit, job_id=job.job_id, files=files, cost=cost)
+                )
 
     async def _download_job(self, unit: Unit, job: JobRecord) -> list[tuple[str, str]]:
         if job.asset_ids:
             assets = await with_retries(
-                Request.ASSET_LOOKUP, lambda: self._api.get_assets(job.asset_ids), self._retry, self._rng
+                Request.ASSET_LOOKUP,
+                lambda: self._api.get_assets(job.asset_ids),
+                self._retry,
+                self._rng,
             )
         elif job.image_urls:
-            assets = [Asset(id=f"{job.job_id}-{i}", url=url) for i, url in enumerate(job.image_urls)]
+            assets = [
+                Asset(id=f"{job.job_id}-{i}", url=url) for i, url in enumerate(job.image_urls)
+            ]
         else:
             raise DownloadError("the job succeeded but lists no assets", transient=False)
         files: list[tuple[str, str]] = []
@@ -272,7 +292,9 @@ class Engine:
             files.append((relative, downloaded.sha256))
         return files
 
-    def _fetch_fresh(self, asset: Asset, destination: Path, *, refresh: bool) -> Callable[[], Awaitable[Downloaded]]:
+    def _fetch_fresh(
+        self, asset: Asset, destination: Path, *, refresh: bool
+    ) -> Callable[[], Awaitable[Downloaded]]:
         """An attempt function: the first try uses the URL in hand; later tries fetch a
         new signed URL first, since the likeliest cause of a failed download is expiry."""
         tries = 0

@@ -115,7 +115,9 @@ class _Reader:
         line = node.start_mark.line + 1 if node is not None else None
         return ManifestError(self.display, line, field_name, message)
 
-    def mapping(self, node: yaml.Node, field_name: str, allowed: tuple[str, ...]) -> dict[str, yaml.Node]:
+    def mapping(
+        self, node: yaml.Node, field_name: str, allowed: tuple[str, ...]
+    ) -> dict[str, yaml.Node]:
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(node, field_name, f"must be a mapping, got {_kind(node)}")
         self._constructor.flatten_mapping(node)
@@ -164,7 +166,9 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(node, field_name, f"must be a whole number, got {_type_name(value)}")
         if not minimum <= value <= maximum:
-            raise self.fail(node, field_name, f"must be between {minimum} and {maximum}, got {value}")
+            raise self.fail(
+                node, field_name, f"must be between {minimum} and {maximum}, got {value}"
+            )
         return value
 
     def dimension(self, node: yaml.Node, field_name: str) -> int:
@@ -214,6 +218,8 @@ def load_manifest(path: str | Path) -> Manifest:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         problem = exc.problem or exc.context or "malformed YAML"
+        if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
+            problem += f" ({exc.context} begun on line {exc.context_mark.line + 1})"
         raise ManifestError(display, line, "yaml", problem) from exc
     except yaml.YAMLError as exc:
         raise ManifestError(display, None, "yaml", str(exc).splitlines()[0]) from exc
@@ -234,7 +240,9 @@ def load_manifest(path: str | Path) -> Manifest:
         output = path.parent / reader.string(top["output"], "output")
     concurrency = None
     if "concurrency" in top:
-        concurrency = reader.integer(top["concurrency"], "concurrency", minimum=1, maximum=MAX_CONCURRENCY)
+        concurrency = reader.integer(
+            top["concurrency"], "concurrency", minimum=1, maximum=MAX_CONCURRENCY
+        )
     if "jobs" not in top:
         raise reader.fail(root, "jobs", "missing: the manifest must have a jobs: list")
     job_nodes = reader.sequence(top["jobs"], "jobs")
@@ -250,7 +258,7 @@ def load_manifest(path: str | Path) -> Manifest:
                 raise reader.fail(
                     node,
                     f"jobs[{index}].id",
-                    f"duplicate id {entry.label!r} (first used on line {explicit_ids[entry.label]})",
+                    f"duplicate id {entry.label!r} (first on line {explicit_ids[entry.label]})",
                 )
             explicit_ids[entry.label] = entry.line
         entries.append(entry)
@@ -278,7 +286,11 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
     if ("prompt" in items) == ("prompts_file" in items):
         raise reader.fail(node, name, "give exactly one of prompt or prompts_file")
 
-    model = reader.string(items["model"], f"{name}.model") if "model" in items else defaults.get("model")
+    model = (
+        reader.string(items["model"], f"{name}.model")
+        if "model" in items
+        else defaults.get("model")
+    )
     if model is None:
         raise reader.fail(node, f"{name}.model", "no model: set model at the top or in this entry")
 
@@ -289,14 +301,21 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
                 raise reader.fail(items[key], f"{name}.{key}", "give either sizes or width/height")
         size_nodes = reader.sequence(items["sizes"], f"{name}.sizes")
         if not size_nodes:
-            raise reader.fail(items["sizes"], f"{name}.sizes", "must list at least one [width, height]")
+            raise reader.fail(
+                items["sizes"], f"{name}.sizes", "must list at least one [width, height]"
+            )
         for size_index, size_node in enumerate(size_nodes):
             size_name = f"{name}.sizes[{size_index}]"
             pair = reader.sequence(size_node, size_name)
             if len(pair) != 2:
-                raise reader.fail(size_node, size_name, f"must be [width, height], got {len(pair)} values")
+                raise reader.fail(
+                    size_node, size_name, f"must be [width, height], got {len(pair)} values"
+                )
             sizes.append(
-                (reader.dimension(pair[0], f"{size_name}[0]"), reader.dimension(pair[1], f"{size_name}[1]"))
+                (
+                    reader.dimension(pair[0], f"{size_name}[0]"),
+                    reader.dimension(pair[1], f"{size_name}[1]"),
+                )
             )
     else:
         dims: dict[str, int] = {}
@@ -306,7 +325,9 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
             elif key in defaults:
                 dims[key] = defaults[key]
             else:
-                raise reader.fail(node, f"{name}.{key}", f"no {key}: set it at the top or in this entry")
+                raise reader.fail(
+                    node, f"{name}.{key}", f"no {key}: set it at the top or in this entry"
+                )
         sizes.append((dims["width"], dims["height"]))
     if len(set(sizes)) != len(sizes):
         raise reader.fail(items["sizes"], f"{name}.sizes", "lists the same size twice")
@@ -356,7 +377,9 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
                         values_node, var_name, f"values must be strings or numbers, got {value!r}"
                     )
             variables.append((var, tuple(values)))
-        _check_template(reader, items["prompt"], f"{name}.prompt", prompt, {v for v, _ in variables})
+        _check_template(
+            reader, items["prompt"], f"{name}.prompt", prompt, {v for v, _ in variables}
+        )
         used = _template_fields(prompt)
         for var, _ in variables:
             if var not in used:
@@ -382,11 +405,15 @@ def _template_fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
 
 
-def _check_template(reader: _Reader, node: yaml.Node, field_name: str, template: str, names: set[str]) -> None:
+def _check_template(
+    reader: _Reader, node: yaml.Node, field_name: str, template: str, names: set[str]
+) -> None:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise reader.fail(node, field_name, f"bad template: {exc} (write {{{{ for a literal brace)") from exc
+        raise reader.fail(
+            node, field_name, f"bad template: {exc} (write {{{{ for a literal brace)"
+        ) from exc
     for _, name, spec, conversion in parsed:
         if name is None:
             continue
@@ -434,9 +461,14 @@ def unit_id(canonical_request: str, repeat: int) -> str:
     return digest[:UNIT_ID_HEX_DIGITS]
 
 
-def _canonical_request(model: str, prompt: str, width: int, height: int, params: Mapping[str, Any]) -> str:
+def _canonical_request(
+    model: str, prompt: str, width: int, height: int, params: Mapping[str, Any]
+) -> str:
     return json.dumps(
-        [model, prompt, width, height, params], sort_keys=True, ensure_ascii=False, separators=(",", ":")
+        [model, prompt, width, height, params],
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
     )
 
 
@@ -505,9 +537,13 @@ def _read_csv(path: Path) -> Iterator[tuple[str, Mapping[str, Any], str]]:
                 raise ManifestError(display, reader.line_num, "row", str(exc)) from exc
             line = reader.line_num
             if None in row:
-                raise ManifestError(display, line, "row", f"more values than the {len(header)} columns")
+                raise ManifestError(
+                    display, line, "row", f"more values than the {len(header)} columns"
+                )
             if any(value is None for value in row.values()):
-                raise ManifestError(display, line, "row", f"fewer values than the {len(header)} columns")
+                raise ManifestError(
+                    display, line, "row", f"fewer values than the {len(header)} columns"
+                )
             prompt = row.pop("prompt").strip()
             if not prompt:
                 raise ManifestError(display, line, "prompt", "must not be empty")
@@ -528,7 +564,9 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Mapping[str, Any], str]]:
                 raise ManifestError(display, number, "json", "each line must be a JSON object")
             prompt = record.pop("prompt", None)
             if not isinstance(prompt, str):
-                problem = "missing" if prompt is None else f"must be a string, got {_type_name(prompt)}"
+                problem = (
+                    "missing" if prompt is None else f"must be a string, got {_type_name(prompt)}"
+                )
                 raise ManifestError(display, number, "prompt", problem)
             if not prompt.strip():
                 raise ManifestError(display, number, "prompt", "must not be empty")

@@ -109,6 +109,7 @@ async def with_retries(
     retrying = AsyncRetrying(
         retry=should_retry, stop=should_stop, wait=wait, sleep=anyio.sleep, reraise=True
     )
+
     async def attempt() -> T:
         # tenacity only awaits what a coroutine *function* returns; callers pass lambdas.
         return await call()

@@ -11,7 +11,12 @@ from .errors import MalformedResponseError
 
 RUNNING_STATUSES = frozenset({"pending", "queued", "warming-up", "in-progress", "finalizing"})
 TERMINAL_STATUSES = frozenset({"success", "failure", "canceled"})
-MIME_SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
+MIME_SUFFIXES = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,10 @@ class Asset:
         return MIME_SUFFIXES.get((self.mime_type or "").lower(), ".png")
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -63,16 +72,20 @@ def parse_job(payload: Any) -> JobRecord:
         raise MalformedResponseError("job response has no jobId")
     if not isinstance(status, str) or not status:
         raise MalformedResponseError(f"job {job_id} has no status")
-    metadata = job.get("metadata") if isinstance(job.get("metadata"), dict) else {}
+    metadata = _mapping(job.get("metadata"))
     asset_ids = metadata.get("assetIds") or ()
     if not isinstance(asset_ids, list | tuple) or not all(isinstance(a, str) for a in asset_ids):
         raise MalformedResponseError(f"job {job_id} has a malformed assetIds list")
     urls: list[str] = []
     result = job.get("result")
     if isinstance(result, dict) and isinstance(result.get("images"), list):
-        urls = [i["url"] for i in result["images"] if isinstance(i, dict) and isinstance(i.get("url"), str)]
+        urls = [
+            i["url"]
+            for i in result["images"]
+            if isinstance(i, dict) and isinstance(i.get("url"), str)
+        ]
     error = metadata.get("error")
-    billing = job.get("billing") if isinstance(job.get("billing"), dict) else {}
+    billing = _mapping(job.get("billing"))
     return JobRecord(
         job_id=job_id,
         status=status,
@@ -96,7 +109,7 @@ def parse_asset(payload: Any) -> Asset:
     asset_id, url = asset.get("id"), asset.get("url")
     if not isinstance(asset_id, str) or not isinstance(url, str) or not url:
         raise MalformedResponseError("asset response has no id or url")
-    properties = asset.get("properties") if isinstance(asset.get("properties"), dict) else {}
+    properties = _mapping(asset.get("properties"))
     size = properties.get("size")
     mime = asset.get("mimeType")
     return Asset(

@@ -99,12 +99,16 @@ class SimAsset:
 
     def content(self) -> bytes:
         if self._bytes is None:
-            self._bytes = make_png(self.width, self.height, f"{self.asset_id}:{self.prompt}:{self.seed}")
+            self._bytes = make_png(
+                self.width, self.height, f"{self.asset_id}:{self.prompt}:{self.seed}"
+            )
         return self._bytes
 
 
 def _iso(wall: float) -> str:
-    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def _parse_iso(value: str) -> float:
@@ -163,7 +167,8 @@ class Simulator:
 
     def signed_url(self, asset_id: str) -> str:
         expires = int(self.wall() + self.config.url_lifetime)
-        return f"{self.cdn_url}/assets/{asset_id}.png?Expires={expires}&Signature={self._sign(asset_id, expires)}"
+        signature = self._sign(asset_id, expires)
+        return f"{self.cdn_url}/assets/{asset_id}.png?Expires={expires}&Signature={signature}"
 
     def cost_of(self, body: dict[str, Any]) -> float:
         pixels = int(body.get("width") or 1024) * int(body.get("height") or 1024)
@@ -210,7 +215,11 @@ class Simulator:
             "mimeType": "image/png",
             "kind": "image",
             "status": "success",
-            "properties": {"width": asset.width, "height": asset.height, "size": len(asset.content())},
+            "properties": {
+                "width": asset.width,
+                "height": asset.height,
+                "size": len(asset.content()),
+            },
             "metadata": {
                 "prompt": asset.prompt,
                 "seed": str(asset.seed),
@@ -224,7 +233,8 @@ class Simulator:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        self.requests[f"{request.method} {request.match_info.route.resource.canonical if request.match_info.route.resource else request.path}"] += 1
+        resource = request.match_info.route.resource
+        self.requests[f"{request.method} {resource.canonical if resource else request.path}"] += 1
         if not self._authorized(request):
             return _error(401, "Unauthorized")
         response: web.StreamResponse = await handler(request)
@@ -244,7 +254,8 @@ class Simulator:
         cost = self.cost_of(body)
         if request.query.get("dryRun") == "true":
             return web.json_response(
-                {"creativeUnitsCost": cost, "creativeUnitsDiscount": 0, "costDetails": {}}, status=269
+                {"creativeUnitsCost": cost, "creativeUnitsDiscount": 0, "costDetails": {}},
+                status=269,
             )
         limit = self.config.in_flight_limit
         if limit is not None and self.in_flight() >= limit:
@@ -255,7 +266,12 @@ class Simulator:
             )
         job = self._create_job(model, body, cost)
         return web.json_response(
-            {"job": self.job_json(job), "creativeUnitsCost": cost, "creativeUnitsDiscount": 0, "costDetails": {}}
+            {
+                "job": self.job_json(job),
+                "creativeUnitsCost": cost,
+                "creativeUnitsDiscount": 0,
+                "costDetails": {},
+            }
         )
 
     def _create_job(self, model: str, body: dict[str, Any], cost: float) -> SimJob:
@@ -432,7 +448,13 @@ def _body_problem(body: Any) -> str | None:
         value = body.get(side)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 16 or value > MAX_SIDE:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value <= 0
+            or value % 16
+            or value > MAX_SIDE
+        ):
             return f"{side} must be a positive multiple of 16 up to {MAX_SIDE}"
     outputs = body.get("numOutputs", 1)
     if isinstance(outputs, bool) or not isinstance(outputs, int) or not 1 <= outputs <= MAX_OUTPUTS:

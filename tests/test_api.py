@@ -1,0 +1,234 @@
+"""The thin HTTP adapter, against aioresponses: what it sends and how it converts errors."""
+
+from __future__ import annotations
+
+import base64
+import inspect
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+
+from batchgen.api import ScenarioClient
+from batchgen.config import ApiSettings, Credentials
+from batchgen.errors import (
+    AmbiguousSubmitError,
+    BatchgenError,
+    CredentialsError,
+    MalformedResponseError,
+    PermanentApiError,
+    RateLimitedError,
+    TransientApiError,
+)
+
+BASE = "https://api.example.test"
+SECRET = "very-secret-value"
+SUBMIT = f"{BASE}/v1/generate/custom/model_x"
+
+
+class _NothingWritten:
+    output_size = 0
+
+
+class _CompatResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 predates aiohttp 3.14's required ``stream_writer`` argument
+    (pnuckowski/aioresponses#289, open); a finished request only reads its size."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", _NothingWritten())
+        super().__init__(*args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _aioresponses_compat(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aioresponses.core
+
+    if "stream_writer" in inspect.signature(aiohttp.ClientResponse.__init__).parameters:
+        monkeypatch.setattr(aioresponses.core, "ClientResponse", _CompatResponse)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[ScenarioClient]:
+    settings = ApiSettings(base_url=BASE, credentials=Credentials("key", SECRET), project_id="proj")
+    async with ScenarioClient.open(settings) as opened:
+        yield opened
+
+
+@pytest.mark.anyio
+async def test_submit_sends_basic_auth_and_body_and_reads_either_job_shape(
+    client: ScenarioClient,
+) -> None:
+    with aioresponses() as mocked:
+        mocked.post(
+            f"{SUBMIT}?projectId=proj",
+            payload={"job": {"jobId": "job_1", "status": "queued"}, "creativeUnitsCost": 4},
+        )
+        mocked.post(
+            f"{SUBMIT}?projectId=proj", payload={"job": {"id": "job_2", "status": "queued"}}
+        )
+        first = await client.submit("model_x", {"prompt": "p", "width": 512, "height": 512})
+        second = await client.submit("model_x", {"prompt": "p"})
+        ((call, *_),) = [v for k, v in mocked.requests.items() if k[0] == "POST"]
+    assert (first.job.job_id, first.cost, second.job.job_id) == ("job_1", 4.0, "job_2")
+    expected = "Basic " + base64.b64encode(f"key:{SECRET}".encode()).decode()
+    assert call.kwargs["headers"]["Authorization"] == expected
+    assert call.kwargs["json"] == {"prompt": "p", "width": 512, "height": 512}
+    assert call.kwargs["allow_redirects"] is False
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "status", "body", "headers", "error_type", "check"),
+    [
+        (
+            "POST",
+            400,
+            {"reason": "width must be a multiple of 16"},
+            {},
+            PermanentApiError,
+            lambda e: e.reason == "width must be a multiple of 16",
+        ),
+        (
+            "POST",
+            403,
+            {"reason": "no", "name": "ModelAccessRestrictedError"},
+            {},
+            PermanentApiError,
+            lambda e: e.name == "ModelAccessRestrictedError",
+        ),
+        ("POST", 401, {"reason": "Unauthorized"}, {}, CredentialsError, lambda e: True),
+        (
+            "POST",
+            429,
+            {"reason": "busy", "details": {"actionLimit": 5}},
+            {"Retry-After": "7"},
+            RateLimitedError,
+            lambda e: (e.action_limit, e.retry_after) == (5, 7.0),
+        ),
+        (
+            "POST",
+            502,
+            "<html>bad gateway</html>",
+            {},
+            AmbiguousSubmitError,
+            lambda e: e.status == 502,
+        ),
+        ("POST", 200, "not json", {}, AmbiguousSubmitError, lambda e: True),
+        ("POST", 200, {"job": {"status": "queued"}}, {}, AmbiguousSubmitError, lambda e: True),
+        ("GET", 503, {"reason": "down"}, {}, TransientApiError, lambda e: e.status == 503),
+        ("GET", 404, {"reason": "Job not found"}, {}, PermanentApiError, lambda e: e.status == 404),
+        ("GET", 200, {"job": {"jobId": "j"}}, {}, MalformedResponseError, lambda e: True),
+        (
+            "GET",
+            302,
+            "",
+            {"Location": "https://elsewhere.test/"},
+            PermanentApiError,
+            lambda e: True,
+        ),
+    ],
+)
+async def test_errors_are_converted_at_the_boundary(
+    client: ScenarioClient,
+    method: str,
+    status: int,
+    body: object,
+    headers: dict[str, str],
+    error_type: type[BatchgenError],
+    check: object,
+) -> None:
+    with aioresponses() as mocked:
+        kwargs = {"status": status, "headers": headers}
+        kwargs.update({"payload": body} if isinstance(body, dict) else {"body": body})
+        if method == "POST":
+            mocked.post(f"{SUBMIT}?projectId=proj", **kwargs)
+            call = client.submit("model_x", {"prompt": "p"})
+        else:
+            mocked.get(f"{BASE}/v1/jobs/j?projectId=proj", **kwargs)
+            call = client.get_job("j")
+        with pytest.raises(error_type) as caught:
+            await call
+    assert type(caught.value) is error_type
+    assert check(caught.value)  # type: ignore[operator]
+    assert SECRET not in str(caught.value)
+
+
+@pytest.mark.anyio
+async def test_connection_errors_before_and_after_sending(client: ScenarioClient) -> None:
+    with aioresponses() as mocked:
+        refused = aiohttp.ClientConnectorError(
+            aiohttp.client_reqrep.ConnectionKey(
+                "api.example.test", 443, True, None, None, None, None
+            ),
+            OSError(111, "refused"),
+        )
+        mocked.post(f"{SUBMIT}?projectId=proj", exception=refused)
+        mocked.post(f"{SUBMIT}?projectId=proj", exception=aiohttp.ServerDisconnectedError())
+        mocked.get(f"{BASE}/v1/jobs/j?projectId=proj", exception=TimeoutError())
+        with pytest.raises(TransientApiError) as not_sent:
+            await client.submit("model_x", {"prompt": "p"})
+        assert type(not_sent.value) is TransientApiError  # nothing was sent: safe to retry
+        with pytest.raises(AmbiguousSubmitError):
+            await client.submit("model_x", {"prompt": "p"})
+        with pytest.raises(TransientApiError):
+            await client.get_job("j")
+
+
+@pytest.mark.anyio
+async def test_assets_by_one_and_in_bulk_keep_the_order_asked(client: ScenarioClient) -> None:
+    with aioresponses() as mocked:
+        mocked.get(
+            f"{BASE}/v1/assets/a1?projectId=proj",
+            payload={"asset": {"id": "a1", "url": "https://cdn/a1", "mimeType": "image/jpeg"}},
+        )
+        mocked.post(
+            f"{BASE}/v1/assets/get-bulk?projectId=proj",
+            payload={
+                "assets": [
+                    {"id": "a3", "url": "https://cdn/a3", "properties": {"size": 10}},
+                    {"id": "a2", "url": "https://cdn/a2"},
+                ]
+            },
+        )
+        (single,) = await client.get_assets(["a1"])
+        bulk = await client.get_assets(["a2", "a3"])
+    assert (single.id, single.suffix) == ("a1", ".jpg")
+    assert [a.id for a in bulk] == ["a2", "a3"] and bulk[1].size == 10
+
+
+@pytest.mark.anyio
+async def test_job_records_read_both_shapes(client: ScenarioClient) -> None:
+    with aioresponses() as mocked:
+        mocked.get(
+            f"{BASE}/v1/jobs/j1?projectId=proj",
+            payload={
+                "job": {
+                    "jobId": "j1",
+                    "status": "success",
+                    "billing": {"cuCost": 3},
+                    "metadata": {"assetIds": ["a", "b"]},
+                }
+            },
+        )
+        mocked.get(
+            f"{BASE}/v1/jobs/j2?projectId=proj",
+            payload={
+                "job": {
+                    "id": "j2",
+                    "status": "success",
+                    "result": {"images": [{"url": "https://media/x.png"}]},
+                }
+            },
+        )
+        mocked.get(
+            f"{BASE}/v1/jobs/j3?projectId=proj",
+            payload={
+                "job": {"jobId": "j3", "status": "failure", "metadata": {"error": "NSFW content"}}
+            },
+        )
+        one, two, three = [await client.get_job(j) for j in ("j1", "j2", "j3")]
+    assert (one.asset_ids, one.cost, one.terminal) == (("a", "b"), 3.0, True)
+    assert two.image_urls == ("https://media/x.png",)
+    assert three.error == "NSFW content"

@@ -1,0 +1,275 @@
+"""The CLI against the simulator on loopback: what lands on disk is what was served."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from batchgen.cli import main
+from batchgen.sim import Simulator
+from tests.conftest import SIM_SECRET
+
+MANIFEST = """\
+model: model_sim-fast
+width: 256
+height: 256
+jobs:
+  - id: cats
+    prompt: "a {animal} in {style}"
+    vars: {animal: [cat, lynx], style: [oil, ink]}
+  - prompt: "a mixed-size tile"
+    sizes: [[128, 64], [320, 192]]
+    count: 2
+  - prompts_file: prompts.csv
+    params: {numOutputs: 2}
+"""
+CSV = "prompt,sku\nred mug,A1\nblue mug,B2\n"
+UNITS = 4 + 4 + 2
+
+
+def read_results(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def assert_matches_what_was_served(out: Path, results: list[dict], sim: Simulator) -> None:
+    for record in results:
+        assert record["status"] == "success", record
+        job = sim.jobs[record["job_id"]]
+        assert len(record["files"]) == len(job.asset_ids) == len(record["sha256"])
+        for relative, digest, asset_id in zip(
+            record["files"], record["sha256"], job.asset_ids, strict=True
+        ):
+            content = (out / relative).read_bytes()
+            assert content == sim.assets[asset_id].content()
+            assert hashlib.sha256(content).hexdigest() == digest
+        body = sim.jobs[record["job_id"]].body
+        assert (body["prompt"], body["width"], body["height"]) == (
+            record["prompt"],
+            record["width"],
+            record["height"],
+        )
+
+
+def test_run_against_the_simulator_with_api_url(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    write("prompts.csv", CSV)
+    manifest = write("jobs.yaml", MANIFEST)
+    sim = start_simulator()
+    out = tmp_path / "out"
+    code = main(
+        [
+            "run",
+            str(manifest),
+            "--out",
+            str(out),
+            "--api-url",
+            sim.api_url,
+            "--concurrency",
+            "3",
+            "--poll-interval",
+            "0.05",
+        ]
+    )
+    assert code == 0
+    results = read_results(out)
+    assert len(results) == UNITS and len({r["id"] for r in results}) == UNITS
+    assert_matches_what_was_served(out, results, sim)
+    assert sim.jobs_created == UNITS  # nothing submitted twice
+    assert sim.cdn_authorization_headers == 0
+    csv_rows = [r for r in results if r["metadata"].get("sku")]
+    assert sorted(r["metadata"]["sku"] for r in csv_rows) == ["A1", "B2"]
+    assert all(len(r["files"]) == 2 for r in csv_rows)
+    assert all(r["cost"] and r["cost"] > 0 for r in results)
+    assert not list(out.rglob("*.part"))
+    captured = capsys.readouterr()
+    assert SIM_SECRET not in captured.out + captured.err
+    assert SIM_SECRET not in (out / "results.jsonl").read_text()
+
+    # Run again: everything is done, nothing is submitted or rewritten.
+    before = (out / "results.jsonl").read_bytes()
+    assert main(["run", str(manifest), "--out", str(out), "--api-url", sim.api_url]) == 0
+    assert sim.jobs_created == UNITS
+    assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_in_flight_jobs_never_exceed_concurrency(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+) -> None:
+    # The server refuses a 4th running job: a slot must be held until the job ends,
+    # not just for the POST, or this run would meet 429s.
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n  - prompt: p\n    count: 12\n",
+    )
+    sim = start_simulator(in_flight_limit=3, job_seconds=0.15)
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "run",
+                str(manifest),
+                "--out",
+                str(out),
+                "--api-url",
+                sim.api_url,
+                "--concurrency",
+                "3",
+                "--poll-interval",
+                "0.02",
+            ]
+        )
+        == 0
+    )
+    assert sim.requests["POST /v1/generate/custom/{model}"] == 12  # no 429 was ever answered
+    assert sim.jobs_created == 12
+
+
+def test_failed_jobs_give_exit_1_with_reasons_and_are_retried_next_run(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+) -> None:
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 64\nheight: 64\n"
+        "jobs:\n  - prompt: p\n    count: 6\n  - prompt: q\n    params: {bogus: 1}\n",
+    )
+    sim = start_simulator(failure_rate=0.5, seed=3)
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "run",
+                str(manifest),
+                "--out",
+                str(out),
+                "--api-url",
+                sim.api_url,
+                "--poll-interval",
+                "0.02",
+            ]
+        )
+        == 1
+    )
+    results = read_results(out)
+    failed = [r for r in results if r["status"] == "failure"]
+    assert any("Simulated generation failure" in r["error"] for r in failed)
+    assert any(r["prompt"] == "q" and "Unknown field(s): bogus" in r["error"] for r in failed)
+    assert len(results) == 7
+
+    # A second run retries only the failures and keeps one line per unit.
+    succeeded_before = {r["id"] for r in results if r["status"] == "success"}
+    created_before = sim.jobs_created
+    main(
+        [
+            "run",
+            str(manifest),
+            "--out",
+            str(out),
+            "--api-url",
+            sim.api_url,
+            "--poll-interval",
+            "0.02",
+        ]
+    )
+    again = read_results(out)
+    assert len(again) == 7 and len({r["id"] for r in again}) == 7
+    assert sim.jobs_created - created_before == len([r for r in failed if r["prompt"] == "p"])
+    assert succeeded_before <= {r["id"] for r in again if r["status"] == "success"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "{manifest}", "--concurrency", "0"], "--concurrency"),
+        (["run", "{manifest}", "--poll-interval", "-1"], "--poll-interval"),
+        (["run", "{manifest}", "--api-url", "ftp://x"], "--api-url"),
+        (["run", "{bad}"], "bad.yaml:5: jobs[0].width"),
+        (["validate", "{bad}"], "bad.yaml:5: jobs[0].width"),
+        (["run", "{manifest}"], "no API credentials"),
+    ],
+)
+def test_invalid_input_exits_2_with_one_line_and_writes_nothing(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    for name in (
+        "SCENARIO_API_KEY",
+        "SCENARIO_API_SECRET",
+        "SCENARIO_SDK_API_KEY",
+        "SCENARIO_SDK_API_SECRET",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    manifest = write("ok.yaml", "model: m\nwidth: 64\nheight: 64\njobs:\n  - prompt: p\n")
+    bad = write(
+        "bad.yaml", "model: m\nwidth: 64\nheight: 64\njobs:\n  - {prompt: p, width: 1000}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(manifest=manifest, bad=bad) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "output").exists()
+
+
+def test_validate_counts_units(
+    write: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    write("prompts.csv", CSV)
+    manifest = write("jobs.yaml", MANIFEST)
+    assert main(["validate", str(manifest)]) == 0
+    assert f"expand to {UNITS} units" in capsys.readouterr().out
+
+
+def test_the_readme_demo_runs_as_a_subprocess(tmp_path: Path) -> None:
+    """`batchgen run jobs.example.yaml --simulate` from a fresh directory, as the README says."""
+    example = Path(__file__).resolve().parent.parent / "jobs.example.yaml"
+    (tmp_path / "jobs.example.yaml").write_text(example.read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCENARIO_")}
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "batchgen",
+            "run",
+            "jobs.example.yaml",
+            "--simulate",
+            "--sim-job-seconds",
+            "0.2",
+            "--poll-interval",
+            "0.05",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    out = tmp_path / "output" / "jobs.example"
+    results = read_results(out)
+    assert results and all(r["status"] == "success" for r in results)
+    for record in results:
+        for relative in record["files"]:
+            assert (out / relative).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from batchgen.errors import ManifestError
+from batchgen.manifest import count_units, iter_units, load_manifest
+
+Write = Callable[[str, str], Path]
+
+BASE = "model: m1\nwidth: 512\nheight: 512\n"
+
+
+def units_of(write: Write, text: str) -> list:
+    return list(iter_units(load_manifest(write("m.yaml", text))))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (BASE + "jobs:\n  - prompt: a cat\n", [("a cat", 512, 512, 0)]),
+        (
+            BASE + "jobs:\n  - prompt: a cat\n    count: 3\n",
+            [("a cat", 512, 512, r) for r in range(3)],
+        ),
+        (
+            BASE + "jobs:\n  - prompt: a cat\n    sizes: [[256, 256], [768, 432]]\n",
+            [("a cat", 256, 256, 0), ("a cat", 768, 432, 0)],
+        ),
+        (
+            BASE + "jobs:\n  - prompt: 'a {a} in {s}'\n    vars: {a: [cat, dog], s: [oil, ink]}\n",
+            [
+                ("a cat in oil", 512, 512, 0),
+                ("a cat in ink", 512, 512, 0),
+                ("a dog in oil", 512, 512, 0),
+                ("a dog in ink", 512, 512, 0),
+            ],
+        ),
+        # Without vars a prompt is taken literally, braces and all.
+        (BASE + "jobs:\n  - prompt: 'json {like} this'\n", [("json {like} this", 512, 512, 0)]),
+        # The same request again later continues the repeat count instead of colliding.
+        (
+            BASE + "jobs:\n  - prompt: a cat\n  - prompt: a cat\n",
+            [("a cat", 512, 512, 0), ("a cat", 512, 512, 1)],
+        ),
+        (
+            "model: m1\njobs:\n  - prompt: p\n    width: 1024\n    height: 64\n    model: m2\n",
+            [("p", 1024, 64, 0)],
+        ),
+    ],
+)
+def test_expansion(write: Write, text: str, expected: list) -> None:
+    units = units_of(write, text)
+    assert [(u.prompt, u.width, u.height, u.repeat) for u in units] == expected
+    assert len({u.id for u in units}) == len(units)
+
+
+def test_ids_are_stable_and_depend_on_every_request_field(write: Write) -> None:
+    first = units_of(write, BASE + "jobs:\n  - prompt: a cat\n    params: {seed: 1}\n")
+    again = units_of(write, BASE + "jobs:\n  - prompt: a cat\n    params: {seed: 1}\n")
+    assert [u.id for u in first] == [u.id for u in again]
+    for variant in (
+        BASE + "jobs:\n  - prompt: a cat!\n    params: {seed: 1}\n",
+        BASE + "jobs:\n  - prompt: a cat\n    params: {seed: 2}\n",
+        BASE.replace("m1", "m2") + "jobs:\n  - prompt: a cat\n    params: {seed: 1}\n",
+        BASE.replace("width: 512", "width: 528")
+        + "jobs:\n  - prompt: a cat\n    params: {seed: 1}\n",
+    ):
+        assert units_of(write, variant)[0].id != first[0].id
+
+
+def test_params_merge_and_request_body(write: Write) -> None:
+    text = (
+        BASE
+        + "params: {seed: 1, guidance: 3.5}\n"
+        + "jobs:\n  - prompt: p\n    params: {seed: 7, numOutputs: 2}\n"
+    )
+    (unit,) = units_of(write, text)
+    assert unit.request_body() == {
+        "prompt": "p",
+        "width": 512,
+        "height": 512,
+        "seed": 7,
+        "guidance": 3.5,
+        "numOutputs": 2,
+    }
+
+
+def test_prompt_files_carry_their_extra_columns(write: Write) -> None:
+    write("p.txt", "first prompt\n\n  second prompt  \n")
+    write("p.csv", 'prompt,sku,colour\n"a red, shiny cup",A1,red\nplain mug,B2,white\n')
+    write("p.jsonl", '{"prompt": "from json", "tag": [1, 2]}\n\n{"prompt": "again"}\n')
+    text = (
+        BASE
+        + "jobs:\n  - prompts_file: p.txt\n  - prompts_file: p.csv\n  - prompts_file: p.jsonl\n"
+    )
+    units = units_of(write, text)
+    assert [u.prompt for u in units] == [
+        "first prompt",
+        "second prompt",
+        "a red, shiny cup",
+        "plain mug",
+        "from json",
+        "again",
+    ]
+    assert units[2].metadata == {"sku": "A1", "colour": "red"}
+    assert units[4].metadata == {"tag": [1, 2]}
+    assert units[1].source.endswith("p.txt:3")
+    assert units[3].source.endswith("p.csv:3")
+
+
+def test_expansion_is_lazy(write: Write) -> None:
+    write("big.txt", "".join(f"prompt {i}\n" for i in range(1000)) + "\n" * 3 + ",\n")
+    manifest = load_manifest(write("m.yaml", BASE + "jobs:\n  - prompts_file: big.txt\n"))
+    iterator = iter_units(manifest)
+    assert (
+        next(iterator).prompt == "prompt 0"
+    )  # the rest of the file is not needed for the first unit
+    assert count_units(manifest) == 1001
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "message"),
+    [
+        (BASE + "jobs:\n  - prompt: [unclosed\n", 6, "yaml", "flow sequence begun on line 5"),
+        (BASE + "jobs:\n  - prompt: a\n   x: : y\n", 6, "yaml", ""),
+        (BASE + "jobs:\n  - promt: a cat\n", 5, "jobs[0].promt", "did you mean 'prompt'"),
+        (BASE + "colour: red\njobs:\n  - prompt: a\n", 4, "colour", "unknown key"),
+        (BASE + "jobs:\n  - prompt: a\n    width: 1000\n", 6, "jobs[0].width", "multiple of 16"),
+        (BASE + "jobs:\n  - prompt: a\n    width: -16\n", 6, "jobs[0].width", "multiple of 16"),
+        (BASE + "jobs:\n  - prompt: a\n    height: '512'\n", 6, "jobs[0].height", "whole number"),
+        (BASE + "jobs:\n  - prompt: a\n    width: true\n", 6, "jobs[0].width", "whole number"),
+        (BASE + "jobs:\n  - prompt: '   '\n", 5, "jobs[0].prompt", "empty"),
+        (BASE + "jobs:\n  - prompt: 12\n", 5, "jobs[0].prompt", "must be a string"),
+        (BASE + "jobs:\n  - prompts_file: nowhere.txt\n", 5, "jobs[0].prompts_file", "not found"),
+        (BASE + "jobs:\n  - prompts_file: p.docx\n", 5, "jobs[0].prompts_file", "must end in"),
+        (
+            BASE + "jobs:\n  - {id: a, prompt: x}\n  - {id: a, prompt: y}\n",
+            6,
+            "jobs[1].id",
+            "duplicate",
+        ),
+        (BASE + "jobs:\n  - prompt: a\n    count: 0\n", 6, "jobs[0].count", "between"),
+        (BASE + "jobs:\n  - prompt: a\n    prompts_file: x.txt\n", 5, "jobs[0]", "exactly one"),
+        (
+            BASE + "jobs:\n  - prompt: a\n    params: {width: 16}\n",
+            6,
+            "jobs[0].params.width",
+            "own field",
+        ),
+        (
+            BASE + "jobs:\n  - prompt: a\n    params: {when: 2024-01-01}\n",
+            6,
+            "jobs[0].params.when",
+            "JSON",
+        ),
+        (
+            BASE + "jobs:\n  - prompt: 'a {x} {z}'\n    vars: {x: [1]}\n",
+            5,
+            "jobs[0].prompt",
+            "{z} has no",
+        ),
+        (
+            BASE + "jobs:\n  - prompt: 'a {x}'\n    vars: {x: [1], y: [2]}\n",
+            6,
+            "jobs[0].vars.y",
+            "not used",
+        ),
+        (
+            BASE + "jobs:\n  - prompt: a\n    sizes: [[512]]\n",
+            6,
+            "jobs[0].sizes[0]",
+            "[width, height]",
+        ),
+        (BASE + "jobs:\n  - prompt: a\n    sizes: [[512, 500]]\n", 6, "jobs[0].sizes[0][1]", "16"),
+        (BASE + "jobs: []\n", 4, "jobs", "at least one"),
+        (
+            BASE + "jobs:\n  - prompt: a\n  - prompt: b\n    model: m\n    model: n\n",
+            8,
+            "jobs[1].model",
+            "twice",
+        ),
+        ("width: 512\nheight: 512\njobs:\n  - prompt: a\n", 4, "jobs[0].model", "no model"),
+        (BASE + "concurrency: 0\njobs:\n  - prompt: a\n", 4, "concurrency", "between"),
+        ("- just\n- a list\n", 1, "", "must be a mapping"),
+    ],
+)
+def test_bad_manifests_name_file_line_and_field(
+    write: Write, text: str, line: int, field: str, message: str
+) -> None:
+    path = write("bad.yaml", text)
+    with pytest.raises(ManifestError) as caught:
+        count_units(load_manifest(path))
+    error = caught.value
+    assert (error.path, error.line, error.field) == (str(path), line, field)
+    assert message in error.message
+    assert "\n" not in str(error)
+    assert str(error).startswith(f"{path}:{line}: ")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "line", "field"),
+    [
+        ("p.csv", "text,sku\nhello,1\n", 1, "prompt"),
+        ("p.csv", "prompt,sku\nhello,1\n,2\n", 3, "prompt"),
+        ("p.csv", "prompt,sku\nhello,1,extra\n", 2, "row"),
+        ("p.jsonl", '{"prompt": "ok"}\n{"prompt": \n', 2, "json"),
+        ("p.jsonl", '{"prompt": "ok"}\n{"text": "no prompt"}\n', 2, "prompt"),
+        ("p.jsonl", '["not", "an object"]\n', 1, "json"),
+    ],
+)
+def test_bad_prompt_files_name_their_own_line(
+    write: Write, name: str, content: str, line: int, field: str
+) -> None:
+    prompts = write(name, content)
+    manifest = load_manifest(write("m.yaml", BASE + f"jobs:\n  - prompts_file: {name}\n"))
+    with pytest.raises(ManifestError) as caught:
+        count_units(manifest)
+    assert (caught.value.path, caught.value.line, caught.value.field) == (str(prompts), line, field)
+
+
+def test_missing_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="file not found"):
+        load_manifest(tmp_path / "absent.yaml")
