@@ -430,9 +430,15 @@ def iter_units(manifest: Manifest) -> Iterator[Unit]:
     """Yield every unit of the manifest in order, reading prompts files as it goes."""
     occurrences: dict[bytes, int] = {}
     for entry in manifest.entries:
+        # Everything in the canonical request but the prompt is fixed per entry and size:
+        # encode it once, not once per prompt (this loop runs millions of times).
+        model_json = json.dumps(entry.model, ensure_ascii=False)
+        params_json = _canonical_json(entry.params)
+        tails = [(w, h, f",{w},{h},{params_json}]") for w, h in entry.sizes]
         for prompt, metadata, source in _iter_prompts(manifest, entry):
-            for width, height in entry.sizes:
-                request = _canonical_request(entry.model, prompt, width, height, entry.params)
+            head = f"[{model_json},{json.dumps(prompt, ensure_ascii=False)}"
+            for width, height, tail in tails:
+                request = head + tail
                 key = hashlib.sha256(request.encode()).digest()[:12]
                 first_repeat = occurrences.get(key, 0)
                 occurrences[key] = first_repeat + entry.count
@@ -461,15 +467,16 @@ def unit_id(canonical_request: str, repeat: int) -> str:
     return digest[:UNIT_ID_HEX_DIGITS]
 
 
-def _canonical_request(
+def canonical_request(
     model: str, prompt: str, width: int, height: int, params: Mapping[str, Any]
 ) -> str:
-    return json.dumps(
-        [model, prompt, width, height, params],
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    """The definition of what a unit id digests; :func:`iter_units` builds the same
+    string piecewise, and a test holds the two equal."""
+    return _canonical_json([model, prompt, width, height, params])
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def _iter_prompts(manifest: Manifest, entry: Entry) -> Iterator[tuple[str, Mapping[str, Any], str]]:

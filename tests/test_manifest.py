@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from batchgen.errors import ManifestError
-from batchgen.manifest import count_units, iter_units, load_manifest
+from batchgen.manifest import canonical_request, count_units, iter_units, load_manifest, unit_id
 
 Write = Callable[[str, str], Path]
 
@@ -69,6 +69,17 @@ def test_ids_are_stable_and_depend_on_every_request_field(write: Write) -> None:
         + "jobs:\n  - prompt: a cat\n    params: {seed: 1}\n",
     ):
         assert units_of(write, variant)[0].id != first[0].id
+
+
+def test_unit_ids_digest_the_canonical_request(write: Write) -> None:
+    text = BASE + 'jobs:\n  - prompt: "caf\u00e9 \\"quoted\\" {x}"\n    vars: {x: [1, two]}\n'
+    text += "    sizes: [[16, 32], [64, 48]]\n    count: 2\n"
+    text += "    params: {z: [1, {b: 2, a: null}], seed: 5}\n"
+    units = units_of(write, text)
+    assert len(units) == 8
+    for unit in units:
+        request = canonical_request(unit.model, unit.prompt, unit.width, unit.height, unit.params)
+        assert unit.id == unit_id(request, unit.repeat)
 
 
 def test_params_merge_and_request_body(write: Write) -> None:
