@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -273,3 +274,42 @@ def test_the_readme_demo_runs_as_a_subprocess(tmp_path: Path) -> None:
     for record in results:
         for relative in record["files"]:
             assert (out / relative).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_run_with_a_summary_and_exit_130(tmp_path: Path, signum: int) -> None:
+    (tmp_path / "jobs.yaml").write_text(
+        "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n  - prompt: p\n    count: 5\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCENARIO_")}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "batchgen",
+            "run",
+            "jobs.yaml",
+            "--simulate",
+            "-v",
+            "--sim-job-seconds",
+            "60",
+            "--poll-interval",
+            "0.05",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # signal only once a job is really in flight
+            if "submitted unit" in line:
+                break
+        process.send_signal(signum)
+        stdout, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "not finished" in stdout
