@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"downloads at once (default {defaults.DEFAULT_DOWNLOAD_WORKERS})",
     )
     run.add_argument(
+        "--retries",
+        type=_positive_int("--retries", 100),
+        default=defaults.DEFAULT_MAX_ATTEMPTS,
+        metavar="N",
+        help="attempts per request before a unit is given up "
+        f"(default {defaults.DEFAULT_MAX_ATTEMPTS}; a 429 on submit is waited out longer)",
+    )
+    run.add_argument(
         "--api-url",
         help=f"API base URL (default ${defaults.API_URL_VARIABLE}, "
         f"else {defaults.DEFAULT_API_URL})",
@@ -288,7 +296,10 @@ async def _run_async(
             base_url = simulator.api_url
             log.info("simulator running at %s", base_url)
         api_settings = ApiSettings(
-            base_url=base_url, credentials=credentials, project_id=project_id, retry=RetrySettings()
+            base_url=base_url,
+            credentials=credentials,
+            project_id=project_id,
+            retry=RetrySettings(max_attempts=args.retries),
         )
         client = await stack.enter_async_context(ScenarioClient.open(api_settings))
         fetcher = await stack.enter_async_context(

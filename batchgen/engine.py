@@ -143,6 +143,12 @@ class Engine:
                     continue
                 slot = object()
                 await self._slots.acquire_on_behalf_of(slot)
+                job_id = self._results.job_to_reattach(unit.id)
+                if job_id is not None:
+                    log.info("unit %s: downloading again from its job %s", unit.id, job_id)
+                    self.in_flight += 1
+                    await jobs.send(InFlight(unit, job_id, slot, None))
+                    continue
                 tg.start_soon(self._submit_one, unit, slot, jobs, results)
 
     async def _submit_one(
@@ -249,7 +255,13 @@ class Engine:
                 if job.status != "success":
                     error = job.error or f"job ended with status {job.status}"
                     await results.send(
-                        UnitResult.failure(item.unit, job_id=job.job_id, error=error, cost=cost)
+                        UnitResult.failure(
+                            item.unit,
+                            job_id=job.job_id,
+                            error=error,
+                            cost=cost,
+                            job_status=job.status,
+                        )
                     )
                     continue
                 try:
@@ -257,7 +269,11 @@ class Engine:
                 except (ApiError, DownloadError) as exc:
                     await results.send(
                         UnitResult.failure(
-                            item.unit, job_id=job.job_id, error=_describe(exc), cost=cost
+                            item.unit,
+                            job_id=job.job_id,
+                            error=_describe(exc),
+                            cost=cost,
+                            job_status=job.status,
                         )
                     )
                     continue

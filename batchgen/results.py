@@ -28,18 +28,39 @@ class UnitResult:
     files: tuple[tuple[str, str], ...] = ()
     cost: float | None = None
     error: str | None = None
+    job_status: str | None = None
 
     @classmethod
     def success(
         cls, unit: Unit, *, job_id: str, files: list[tuple[str, str]], cost: float | None
     ) -> UnitResult:
-        return cls(unit=unit, status="success", job_id=job_id, files=tuple(files), cost=cost)
+        return cls(
+            unit=unit,
+            status="success",
+            job_id=job_id,
+            files=tuple(files),
+            cost=cost,
+            job_status="success",
+        )
 
     @classmethod
     def failure(
-        cls, unit: Unit, *, error: str, job_id: str | None = None, cost: float | None = None
+        cls,
+        unit: Unit,
+        *,
+        error: str,
+        job_id: str | None = None,
+        cost: float | None = None,
+        job_status: str | None = None,
     ) -> UnitResult:
-        return cls(unit=unit, status="failure", job_id=job_id, error=error, cost=cost)
+        return cls(
+            unit=unit,
+            status="failure",
+            job_id=job_id,
+            error=error,
+            cost=cost,
+            job_status=job_status,
+        )
 
     def to_json(self) -> dict[str, Any]:
         unit = self.unit
@@ -54,6 +75,7 @@ class UnitResult:
             "params": dict(unit.params),
             "repeat": unit.repeat,
             "job_id": self.job_id,
+            "job_status": self.job_status,
             "files": [path for path, _ in self.files],
             "sha256": [digest for _, digest in self.files],
             "cost": self.cost,
@@ -77,6 +99,7 @@ class ResultsFile:
         self._done: set[str] = set()
         self._retried: set[str] = set()
         self._failed_before: set[str] = set()
+        self._reattach: dict[str, str] = {}
         self._previous_bytes = 0
         self._handle: TextIO | None = None
 
@@ -96,15 +119,25 @@ class ResultsFile:
                 unit_id = record.get("id") if isinstance(record, dict) else None
                 if not isinstance(unit_id, str):
                     continue
+                self._reattach.pop(unit_id, None)
                 if record.get("status") == "success" and _files_present(self.out_dir, record):
                     self._done.add(unit_id)
                     self._failed_before.discard(unit_id)
-                else:
-                    self._failed_before.add(unit_id)
+                    continue
+                self._done.discard(unit_id)
+                self._failed_before.add(unit_id)
+                job_id = record.get("job_id")
+                if record.get("job_status") == "success" and isinstance(job_id, str):
+                    # The images were made and paid for; only their download is missing.
+                    self._reattach[unit_id] = job_id
         return len(self._done)
 
     def is_done(self, unit_id: str) -> bool:
         return unit_id in self._done
+
+    def job_to_reattach(self, unit_id: str) -> str | None:
+        """The id of a job that succeeded for this unit but whose files are missing."""
+        return self._reattach.get(unit_id)
 
     def open(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -313,3 +314,43 @@ def test_a_signal_stops_the_run_with_a_summary_and_exit_130(tmp_path: Path, sign
         process.kill()
     assert process.returncode == 130
     assert "not finished" in stdout
+
+
+def test_a_failed_download_is_fetched_again_from_its_job_never_resubmitted(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+) -> None:
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 64\nheight: 64\n"
+        "jobs:\n  - prompt: p\n    count: 3\n    params: {numOutputs: 2}\n",
+    )
+    sim = start_simulator(url_lifetime=0)  # every signed URL has expired on arrival
+    out = tmp_path / "out"
+    argv = [
+        "run",
+        str(manifest),
+        "--out",
+        str(out),
+        "--api-url",
+        sim.api_url,
+        "--poll-interval",
+        "0.02",
+        "--retries",
+        "2",
+    ]
+    assert main(argv) == 1
+    first = read_results(out)
+    assert [r["status"] for r in first] == ["failure"] * 3
+    assert all(r["job_status"] == "success" and "HTTP 403" in r["error"] for r in first)
+    assert not list((out / "images").iterdir())  # nothing partial under any name
+
+    sim.config = dataclasses.replace(sim.config, url_lifetime=600)
+    assert main(argv) == 0
+    again = read_results(out)
+    assert len(again) == 3
+    assert sim.jobs_created == 3  # the images were paid for once
+    assert {r["job_id"] for r in again} == {r["job_id"] for r in first}
+    assert_matches_what_was_served(out, again, sim)
