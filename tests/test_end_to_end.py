@@ -36,6 +36,10 @@ CSV = "prompt,sku\nred mug,A1\nblue mug,B2\n"
 UNITS = 4 + 4 + 2
 
 
+def run_cli(sim: Simulator, manifest: Path, out: Path, *options: str) -> int:
+    return main(["run", str(manifest), "--out", str(out), "--api-url", sim.api_url, *options])
+
+
 def read_results(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
@@ -70,19 +74,14 @@ def test_run_against_the_simulator_with_api_url(
     manifest = write("jobs.yaml", MANIFEST)
     sim = start_simulator()
     out = tmp_path / "out"
-    code = main(
-        [
-            "run",
-            str(manifest),
-            "--out",
-            str(out),
-            "--api-url",
-            sim.api_url,
-            "--concurrency",
-            "3",
-            "--poll-interval",
-            "0.05",
-        ]
+    code = run_cli(
+        sim,
+        manifest,
+        out,
+        "--concurrency",
+        "3",
+        "--poll-interval",
+        "0.05",
     )
     assert code == 0
     results = read_results(out)
@@ -101,7 +100,7 @@ def test_run_against_the_simulator_with_api_url(
 
     # Run again: everything is done, nothing is submitted or rewritten.
     before = (out / "results.jsonl").read_bytes()
-    assert main(["run", str(manifest), "--out", str(out), "--api-url", sim.api_url]) == 0
+    assert run_cli(sim, manifest, out) == 0
     assert sim.jobs_created == UNITS
     assert (out / "results.jsonl").read_bytes() == before
 
@@ -121,19 +120,14 @@ def test_in_flight_jobs_never_exceed_concurrency(
     sim = start_simulator(in_flight_limit=3, job_seconds=0.15)
     out = tmp_path / "out"
     assert (
-        main(
-            [
-                "run",
-                str(manifest),
-                "--out",
-                str(out),
-                "--api-url",
-                sim.api_url,
-                "--concurrency",
-                "3",
-                "--poll-interval",
-                "0.02",
-            ]
+        run_cli(
+            sim,
+            manifest,
+            out,
+            "--concurrency",
+            "3",
+            "--poll-interval",
+            "0.02",
         )
         == 0
     )
@@ -155,17 +149,12 @@ def test_failed_jobs_give_exit_1_with_reasons_and_are_retried_next_run(
     sim = start_simulator(failure_rate=0.5, seed=3)
     out = tmp_path / "out"
     assert (
-        main(
-            [
-                "run",
-                str(manifest),
-                "--out",
-                str(out),
-                "--api-url",
-                sim.api_url,
-                "--poll-interval",
-                "0.02",
-            ]
+        run_cli(
+            sim,
+            manifest,
+            out,
+            "--poll-interval",
+            "0.02",
         )
         == 1
     )
@@ -178,17 +167,12 @@ def test_failed_jobs_give_exit_1_with_reasons_and_are_retried_next_run(
     # A second run retries only the failures and keeps one line per unit.
     succeeded_before = {r["id"] for r in results if r["status"] == "success"}
     created_before = sim.jobs_created
-    main(
-        [
-            "run",
-            str(manifest),
-            "--out",
-            str(out),
-            "--api-url",
-            sim.api_url,
-            "--poll-interval",
-            "0.02",
-        ]
+    run_cli(
+        sim,
+        manifest,
+        out,
+        "--poll-interval",
+        "0.02",
     )
     again = read_results(out)
     assert len(again) == 7 and len({r["id"] for r in again}) == 7
@@ -329,26 +313,15 @@ def test_a_failed_download_is_fetched_again_from_its_job_never_resubmitted(
     )
     sim = start_simulator(url_lifetime=0)  # every signed URL has expired on arrival
     out = tmp_path / "out"
-    argv = [
-        "run",
-        str(manifest),
-        "--out",
-        str(out),
-        "--api-url",
-        sim.api_url,
-        "--poll-interval",
-        "0.02",
-        "--retries",
-        "2",
-    ]
-    assert main(argv) == 1
+    options = ("--poll-interval", "0.02", "--retries", "2")
+    assert run_cli(sim, manifest, out, *options) == 1
     first = read_results(out)
     assert [r["status"] for r in first] == ["failure"] * 3
     assert all(r["job_status"] == "success" and "HTTP 403" in r["error"] for r in first)
     assert not list((out / "images").iterdir())  # nothing partial under any name
 
     sim.config = dataclasses.replace(sim.config, url_lifetime=600)
-    assert main(argv) == 0
+    assert run_cli(sim, manifest, out, *options) == 0
     again = read_results(out)
     assert len(again) == 3
     assert sim.jobs_created == 3  # the images were paid for once
