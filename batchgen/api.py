@@ -15,6 +15,7 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ from .errors import (
 from .records import Asset, JobRecord, Submission, parse_asset, parse_job, parse_submission
 
 BULK_ASSET_LIMIT = 200
+# A job list that never ends is a server bug; stop following it somewhere.
+MAX_LIST_PAGES = 10_000
 DRY_RUN_STATUS = 269
 USER_AGENT = "batchgen/0.1"
 DOWNLOAD_CHUNK = 256 * 1024
@@ -199,6 +202,25 @@ class ScenarioClient:
         if missing:
             raise MalformedResponseError(f"asset lookup did not return {len(missing)} asset(s)")
         return [found[a] for a in asset_ids]
+
+    async def jobs_created_after(self, since: datetime) -> list[JobRecord]:
+        """Every job created after ``since``, following pagination tokens through pages
+        that may be empty while a token is still given."""
+        created_after = since.astimezone(UTC).isoformat(timespec="milliseconds")
+        found: list[JobRecord] = []
+        token: str | None = None
+        for _ in range(MAX_LIST_PAGES):
+            query = {"createdAfter": created_after.replace("+00:00", "Z"), "pageSize": "100"}
+            if token:
+                query["paginationToken"] = token
+            _, payload = await self.request("GET", "/v1/jobs", query=query)
+            if not isinstance(payload, dict) or not isinstance(payload.get("jobs", []), list):
+                raise MalformedResponseError("GET /v1/jobs: no jobs list")
+            found.extend(parse_job(item) for item in payload.get("jobs") or [])
+            token = payload.get("nextPaginationToken") or None
+            if not token:
+                return found
+        raise MalformedResponseError(f"GET /v1/jobs: more than {MAX_LIST_PAGES} pages")
 
     async def list_models(self) -> list[dict[str, Any]]:
         models: list[dict[str, Any]] = []

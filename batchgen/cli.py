@@ -160,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=600.0,
         help="seconds a signed asset URL stays valid",
     )
+    sim.add_argument(
+        "--lose-answer-rate",
+        type=float,
+        default=0.0,
+        help="fraction of submissions whose job is created but whose answer is lost",
+    )
     sim.add_argument("--seed", type=int, default=0)
     _add_verbosity(sim)
     return parser
@@ -336,6 +342,7 @@ def _sim(args: argparse.Namespace) -> int:
         failure_rate=args.failure_rate,
         in_flight_limit=args.in_flight_limit,
         url_lifetime=args.url_lifetime,
+        lose_answer_rate=args.lose_answer_rate,
         seed=args.seed,
     )
 

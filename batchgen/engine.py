@@ -11,12 +11,15 @@ can drive the engine with a scripted fake.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,15 +28,17 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from .api import Downloaded
 from .config import EngineSettings, RetrySettings
-from .errors import ApiError, BatchgenError, DownloadError, PermanentApiError
+from .errors import AmbiguousSubmitError, ApiError, BatchgenError, DownloadError, PermanentApiError
 from .manifest import Unit
 from .policy import Request, with_retries
-from .records import Asset, JobRecord, Submission
+from .records import Asset, JobRecord, Submission, made_for
 from .results import ResultsFile, UnitResult
 
 log = logging.getLogger("batchgen")
 
 IMAGES_DIR = "images"
+# Jobs created this long before a lost POST are still candidates: clocks differ.
+RECONCILE_CLOCK_MARGIN = timedelta(seconds=60)
 # How many failure reasons the summary keeps to show; the results file has them all.
 SUMMARY_FAILURES_SHOWN = 10
 
@@ -44,6 +49,8 @@ class Api(Protocol):
     async def get_job(self, job_id: str) -> JobRecord: ...
 
     async def get_assets(self, asset_ids: Sequence[str]) -> list[Asset]: ...
+
+    async def jobs_created_after(self, since: datetime) -> list[JobRecord]: ...
 
 
 class Fetcher(Protocol):
@@ -109,6 +116,10 @@ class Engine:
         self._images = settings.output_dir / IMAGES_DIR
         self.summary = Summary()
         self.in_flight = 0
+        # Job ids that belong to a unit already; a lost answer never adopts one of them.
+        self._claimed: set[str] = set(results.known_job_ids())
+        self._posting: Counter[str] = Counter()
+        self._posting_changed = anyio.Condition()
 
     async def run(self, units: Iterable[Unit], total: int) -> Summary:
         self.summary.total = total
@@ -159,18 +170,84 @@ class Engine:
         results: ObjectSendStream[UnitResult],
     ) -> None:
         body = unit.request_body()
-        try:
-            submission = await with_retries(
-                Request.SUBMIT, lambda: self._api.submit(unit.model, body), self._retry, self._rng
-            )
-        except ApiError as exc:
-            self._slots.release_on_behalf_of(slot)
-            await results.send(UnitResult.failure(unit, error=_describe(exc)))
-            return
+        key = json.dumps([unit.model, body], sort_keys=True)
+        error: ApiError | None = None
+        for _ in range(self._retry.max_attempts):
+            started = datetime.now(UTC)
+            self._posting[key] += 1
+            try:
+                submission = await with_retries(
+                    Request.SUBMIT,
+                    lambda: self._api.submit(unit.model, body),
+                    self._retry,
+                    self._rng,
+                )
+            except AmbiguousSubmitError as exc:
+                await self._post_ended(key)
+                log.warning("unit %s: %s; looking for the job it may have created", unit.id, exc)
+                error = exc
+                try:
+                    adopted = await self._reconcile(key, body, started)
+                except ApiError as list_error:
+                    log.warning(
+                        "unit %s: cannot list jobs (%s); not resubmitting", unit.id, list_error
+                    )
+                    break
+                if adopted is None:
+                    continue  # the job was never created: submitting again pays once
+                log.info("unit %s: adopted job %s whose answer was lost", unit.id, adopted.job_id)
+                await self._submitted(unit, adopted.job_id, slot, adopted.cost, jobs)
+                return
+            except ApiError as exc:
+                await self._post_ended(key)
+                error = exc
+                break
+            else:
+                self._claimed.add(submission.job.job_id)
+                await self._post_ended(key)
+                await self._submitted(unit, submission.job.job_id, slot, submission.cost, jobs)
+                return
+        self._slots.release_on_behalf_of(slot)
+        reason = _describe(error) if error else "not submitted"
+        await results.send(UnitResult.failure(unit, error=reason))
+
+    async def _submitted(
+        self,
+        unit: Unit,
+        job_id: str,
+        slot: object,
+        cost: float | None,
+        jobs: ObjectSendStream[InFlight],
+    ) -> None:
         self.summary.submitted += 1
         self.in_flight += 1
-        log.debug("submitted unit %s as job %s", unit.id, submission.job.job_id)
-        await jobs.send(InFlight(unit, submission.job.job_id, slot, submission.cost))
+        log.debug("submitted unit %s as job %s", unit.id, job_id)
+        await jobs.send(InFlight(unit, job_id, slot, cost))
+
+    async def _post_ended(self, key: str) -> None:
+        async with self._posting_changed:
+            self._posting[key] -= 1
+            self._posting_changed.notify_all()
+
+    async def _reconcile(
+        self, key: str, body: dict[str, Any], started: datetime
+    ) -> JobRecord | None:
+        """The unclaimed job created by an identical request since ``started``, if any.
+
+        Waits first until no identical request is still being answered, so a job whose
+        answer is merely late is claimed by its own unit, not adopted by this one."""
+        async with self._posting_changed:
+            while self._posting[key]:
+                await self._posting_changed.wait()
+        since = started - RECONCILE_CLOCK_MARGIN
+        found = await with_retries(
+            Request.JOB_LIST, lambda: self._api.jobs_created_after(since), self._retry, self._rng
+        )
+        for job in sorted(found, key=lambda j: j.created_at):
+            if job.job_id not in self._claimed and made_for(job, body):
+                self._claimed.add(job.job_id)
+                return job
+        return None
 
     # ---------------------------------------------------------------- poller
 

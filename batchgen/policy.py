@@ -37,6 +37,7 @@ RATE_LIMITED_SUBMIT_ATTEMPTS = 40
 class Request(enum.Enum):
     SUBMIT = "submit"
     JOB_STATUS = "job status"
+    JOB_LIST = "job list"
     ASSET_LOOKUP = "asset lookup"
     DOWNLOAD = "download"
     OTHER_READ = "read"
@@ -44,6 +45,7 @@ class Request(enum.Enum):
 
 class Action(enum.Enum):
     RETRY = "retry"
+    RECONCILE = "find out whether the job exists before submitting again"
     FAIL_UNIT = "fail the unit"
     STOP_RUN = "stop the run"
 
@@ -55,7 +57,7 @@ def decide(request: Request, error: BaseException) -> Action:
         return Action.STOP_RUN
     if isinstance(error, AmbiguousSubmitError):
         # The job may exist and be billed: never resubmitted blindly.
-        return Action.FAIL_UNIT
+        return Action.RECONCILE
     if isinstance(error, RateLimitedError | TransientApiError):
         return Action.RETRY
     if isinstance(error, MalformedResponseError):

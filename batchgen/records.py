@@ -27,6 +27,10 @@ class JobRecord:
     image_urls: tuple[str, ...] = ()
     error: str | None = None
     cost: float | None = None
+    # What the job was asked to make (``metadata.input``) and when: used to recognise
+    # a job whose creation answer was lost.
+    request: dict[str, Any] | None = None
+    created_at: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -93,7 +97,20 @@ def parse_job(payload: Any) -> JobRecord:
         image_urls=tuple(urls),
         error=str(error) if error else None,
         cost=_number(billing.get("cuCost")),
+        request=metadata.get("input") if isinstance(metadata.get("input"), dict) else None,
+        created_at=str(job.get("createdAt") or ""),
     )
+
+
+def made_for(job: JobRecord, body: dict[str, Any]) -> bool:
+    """Whether ``job`` was created by a POST of ``body``: every field sent is in the
+    job's recorded input with the same value (the API may add defaults of its own)."""
+    if job.request is None:
+        return False
+    return all(job.request.get(key, _ABSENT) == value for key, value in body.items())
+
+
+_ABSENT = object()
 
 
 def parse_submission(payload: Any) -> Submission:

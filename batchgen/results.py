@@ -100,6 +100,7 @@ class ResultsFile:
         self._retried: set[str] = set()
         self._failed_before: set[str] = set()
         self._reattach: dict[str, str] = {}
+        self._job_ids: set[str] = set()
         self._previous_bytes = 0
         self._handle: TextIO | None = None
 
@@ -120,6 +121,8 @@ class ResultsFile:
                 if not isinstance(unit_id, str):
                     continue
                 self._reattach.pop(unit_id, None)
+                if isinstance(record.get("job_id"), str):
+                    self._job_ids.add(record["job_id"])
                 if record.get("status") == "success" and _files_present(self.out_dir, record):
                     self._done.add(unit_id)
                     self._failed_before.discard(unit_id)
@@ -134,6 +137,10 @@ class ResultsFile:
 
     def is_done(self, unit_id: str) -> bool:
         return unit_id in self._done
+
+    def known_job_ids(self) -> set[str]:
+        """Every job id an earlier run recorded for some unit."""
+        return self._job_ids
 
     def job_to_reattach(self, unit_id: str) -> str | None:
         """The id of a job that succeeded for this unit but whose files are missing."""

@@ -232,3 +232,24 @@ async def test_job_records_read_both_shapes(client: ScenarioClient) -> None:
     assert (one.asset_ids, one.cost, one.terminal) == (("a", "b"), 3.0, True)
     assert two.image_urls == ("https://media/x.png",)
     assert three.error == "NSFW content"
+
+
+@pytest.mark.anyio
+async def test_jobs_created_after_follows_tokens_through_empty_pages(
+    client: ScenarioClient,
+) -> None:
+    from datetime import UTC, datetime
+
+    since = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
+    url = f"{BASE}/v1/jobs"
+    base_query = "createdAfter=2026-01-02T03:04:05.600Z&pageSize=100&projectId=proj"
+    job = {"jobId": "j1", "status": "queued", "metadata": {"input": {"prompt": "p"}}}
+    with aioresponses() as mocked:
+        mocked.get(f"{url}?{base_query}", payload={"jobs": [], "nextPaginationToken": "t1"})
+        mocked.get(
+            f"{url}?{base_query}&paginationToken=t1",
+            payload={"jobs": [job], "nextPaginationToken": "t2"},
+        )
+        mocked.get(f"{url}?{base_query}&paginationToken=t2", payload={"jobs": []})
+        found = await client.jobs_created_after(since)
+    assert [(j.job_id, j.request) for j in found] == [("j1", {"prompt": "p"})]

@@ -327,3 +327,28 @@ def test_a_failed_download_is_fetched_again_from_its_job_never_resubmitted(
     assert sim.jobs_created == 3  # the images were paid for once
     assert {r["job_id"] for r in again} == {r["job_id"] for r in first}
     assert_matches_what_was_served(out, again, sim)
+
+
+def test_lost_answers_are_reconciled_so_every_unit_is_made_and_paid_once(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+) -> None:
+    # Identical bodies (count > 1) are the hard case: each lost answer must adopt a
+    # different job, and none may take the job another unit's answer is bringing.
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 64\nheight: 64\n"
+        "jobs:\n  - prompt: same\n    count: 12\n  - prompt: 'p{n}'\n"
+        "    vars: {n: [1, 2, 3, 4, 5, 6, 7, 8]}\n",
+    )
+    sim = start_simulator(lose_answer_rate=0.4, seed=7)
+    out = tmp_path / "out"
+    assert run_cli(sim, manifest, out, "--poll-interval", "0.02", "--concurrency", "6") == 0
+    results = read_results(out)
+    assert len(results) == 20 and {r["status"] for r in results} == {"success"}
+    assert sim.answers_lost > 3
+    assert sim.jobs_created == 20  # no job paid for twice, none lost
+    assert len({r["job_id"] for r in results}) == 20
+    assert_matches_what_was_served(out, results, sim)

@@ -23,8 +23,9 @@ S, J, A, D = Request.SUBMIT, Request.JOB_STATUS, Request.ASSET_LOOKUP, Request.D
     ("request_kind", "error", "action"),
     [
         (S, TransientApiError("connect refused"), Action.RETRY),
-        (S, AmbiguousSubmitError("timeout after sending"), Action.FAIL_UNIT),
-        (S, AmbiguousSubmitError("HTTP 502", status=502), Action.FAIL_UNIT),
+        (S, AmbiguousSubmitError("timeout after sending"), Action.RECONCILE),
+        (S, AmbiguousSubmitError("HTTP 502", status=502), Action.RECONCILE),
+        (Request.JOB_LIST, TransientApiError("HTTP 500", status=500), Action.RETRY),
         (S, RateLimitedError("429"), Action.RETRY),
         (S, PermanentApiError("400", status=400), Action.FAIL_UNIT),
         (

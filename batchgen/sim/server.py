@@ -58,6 +58,9 @@ class SimConfig:
     failure_rate: float = 0.0
     in_flight_limit: int | None = None
     url_lifetime: float = 600.0
+    # Fraction of submissions that create their job and then lose the answer: half of
+    # them drop the connection, half answer 502 as a gateway would.
+    lose_answer_rate: float = 0.0
     seed: int = 0
     models: tuple[str, ...] = DEFAULT_MODELS
 
@@ -133,6 +136,7 @@ class Simulator:
     requests: Counter[str] = field(default_factory=Counter)
     jobs_created_per_body: Counter[str] = field(default_factory=Counter)
     cdn_authorization_headers: int = 0
+    answers_lost: int = 0
     served_sha256: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -265,6 +269,11 @@ class Simulator:
                 details={"actionName": "parallelCustomJobs", "actionLimit": limit},
             )
         job = self._create_job(model, body, cost)
+        if self._rng.random() < self.config.lose_answer_rate:
+            self.answers_lost += 1
+            if self._rng.random() < 0.5 and request.transport is not None:
+                request.transport.abort()
+            return _error(502, "Bad Gateway")
         return web.json_response(
             {
                 "job": self.job_json(job),
