@@ -4,7 +4,7 @@ Known errors print as one line on stderr with a non-zero exit code; set
 ``BATCHGEN_TRACEBACK=1`` to see the traceback as well.
 
 Exit codes: 0 every unit succeeded, 1 some units failed, 2 invalid input or
-configuration, 130 interrupted.
+configuration, 3 another run holds the output directory, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -29,13 +29,16 @@ from .api import AssetDownloader, ScenarioClient
 from .config import ApiSettings, Credentials, EngineSettings, RetrySettings
 from .engine import Engine, Summary
 from .errors import BatchgenError, ConfigError
+from .journal import Journal
+from .lock import OutputLock
 from .manifest import Manifest, count_units, iter_units, load_manifest
-from .results import ResultsFile
+from .results import write_results
 from .sim import SimConfig, serve
 
 EXIT_OK = 0
 EXIT_FAILED_UNITS = 1
 EXIT_INVALID = 2
+EXIT_LOCKED = 3
 EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("batchgen")
@@ -118,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--project-id", help=f"Scenario project id (default ${defaults.PROJECT_VARIABLE})"
+    )
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also submit again the units that failed for good in earlier runs (400, 403, "
+        "404, or jobs that failed repeatedly)",
     )
     run.add_argument(
         "--simulate",
@@ -263,9 +272,24 @@ def _run(args: argparse.Namespace) -> int:
         out_dir,
         concurrency,
     )
-    summary = anyio.run(
-        _run_async, args, manifest, total, credentials, base_url, project_id, engine_settings
-    )
+    with OutputLock(out_dir):
+        journal = Journal(out_dir)
+        try:
+            summary = anyio.run(
+                _run_async,
+                args,
+                manifest,
+                total,
+                credentials,
+                base_url,
+                project_id,
+                engine_settings,
+                journal,
+            )
+        finally:
+            # Also after an error or an interruption: the view must match the journal.
+            write_results(journal.results(), out_dir)
+            journal.close()
     print(f"batchgen: {summary.line()}")
     for unit_id, reason in summary.failures:
         print(f"  failed {unit_id}: {reason}")
@@ -273,7 +297,9 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     return (
         EXIT_OK
-        if summary.failed == 0 and summary.done + summary.skipped == total
+        if summary.failed == 0
+        and summary.left_failed == 0
+        and summary.done + summary.skipped == total
         else EXIT_FAILED_UNITS
     )
 
@@ -286,11 +312,8 @@ async def _run_async(
     base_url: str,
     project_id: str | None,
     settings: EngineSettings,
+    journal: Journal,
 ) -> Summary:
-    results = ResultsFile(settings.output_dir)
-    already = results.load()
-    if already:
-        log.info("%d units already done in %s; they are skipped", already, settings.output_dir)
     async with contextlib.AsyncExitStack() as stack:
         if args.simulate:
             sim_config = SimConfig(
@@ -311,9 +334,14 @@ async def _run_async(
         fetcher = await stack.enter_async_context(
             AssetDownloader.open(api_settings.download_timeout)
         )
-        results.open()
-        stack.callback(results.close)
-        engine = Engine(client, fetcher, results, settings, api_settings.retry)
+        engine = Engine(
+            client,
+            fetcher,
+            journal,
+            settings,
+            api_settings.retry,
+            retry_failed=args.retry_failed,
+        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope, engine.summary)
             await engine.run(iter_units(manifest), total)

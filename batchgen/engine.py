@@ -11,6 +11,7 @@ can drive the engine with a scripted fake.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -29,12 +30,14 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from .api import Downloaded
 from .config import EngineSettings, RetrySettings
 from .errors import AmbiguousSubmitError, ApiError, BatchgenError, DownloadError, PermanentApiError
+from .journal import Journal, Resume, resume_action
 from .manifest import Unit
 from .policy import Request, with_retries
 from .records import Asset, JobRecord, Submission, made_for
-from .results import ResultsFile, UnitResult
+from .results import UnitResult, files_intact
 
 log = logging.getLogger("batchgen")
+T = TypeVar("T")
 
 IMAGES_DIR = "images"
 # Jobs created this long before a lost POST are still candidates: clocks differ.
@@ -77,6 +80,7 @@ class Summary:
     cost: float = 0.0
     started: float = field(default_factory=time.monotonic)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    left_failed: int = 0
     interrupted: bool = False
 
     @property
@@ -90,7 +94,11 @@ class Summary:
             f"{self.failed} failed",
             f"{self.skipped} already done",
         ]
-        remaining = self.total - self.skipped - self.done
+        if self.left_failed:
+            parts.append(
+                f"{self.left_failed} failed for good earlier (--retry-failed retries them)"
+            )
+        remaining = self.total - self.skipped - self.left_failed - self.done
         if remaining > 0:
             parts.append(f"{remaining} not finished")
         return f"{', '.join(parts)}; cost {self.cost:g} CU; {elapsed:.1f}s"
@@ -101,29 +109,43 @@ class Engine:
         self,
         api: Api,
         fetcher: Fetcher,
-        results: ResultsFile,
+        journal: Journal,
         settings: EngineSettings,
         retry: RetrySettings,
         rng: random.Random | None = None,
+        *,
+        retry_failed: bool = False,
     ) -> None:
         self._api = api
         self._fetcher = fetcher
-        self._results = results
+        self._journal = journal
+        # One thread for the journal: its calls are short, and commits stay in order.
+        self._journal_thread = anyio.CapacityLimiter(1)
         self._settings = settings
         self._retry = retry
         self._rng = rng or random.Random()
+        self._retry_failed = retry_failed
         self._slots = anyio.CapacityLimiter(settings.concurrency)
         self._images = settings.output_dir / IMAGES_DIR
         self.summary = Summary()
         self.in_flight = 0
-        # Job ids that belong to a unit already; a lost answer never adopts one of them.
-        self._claimed: set[str] = set(results.known_job_ids())
+        # Job ids this run gave to a unit; earlier runs' are in the journal.  A lost
+        # answer never adopts a job that is already someone's.
+        self._claimed: set[str] = set()
         self._posting: Counter[str] = Counter()
         self._posting_changed = anyio.Condition()
+
+    async def _record(self, call: Callable[[], T]) -> T:
+        """Run a journal call off the event loop.  Not abandoned on cancellation: a
+        commit that has begun completes, so the journal stays consistent."""
+        return await anyio.to_thread.run_sync(call, limiter=self._journal_thread)
 
     async def run(self, units: Iterable[Unit], total: int) -> Summary:
         self.summary.total = total
         self._images.mkdir(parents=True, exist_ok=True)
+        # Downloads a killed run left half-written; the output lock says none is ours.
+        for leftover in self._images.glob(".*.part"):
+            leftover.unlink()
         jobs_send, jobs_receive = anyio.create_memory_object_stream[InFlight](math.inf)
         finished_send, finished_receive = anyio.create_memory_object_stream[
             tuple[InFlight, JobRecord]
@@ -147,33 +169,66 @@ class Engine:
         jobs: ObjectSendStream[InFlight],
         results: ObjectSendStream[UnitResult],
     ) -> None:
+        out = self._settings.output_dir
         async with jobs, results, anyio.create_task_group() as tg:
             for unit in units:
-                if self._results.is_done(unit.id):
-                    self.summary.skipped += 1
+                row = await self._record(functools.partial(self._journal.get, unit.id))
+                action = resume_action(row, retry_failed=self._retry_failed)
+                if action is Resume.VERIFY:
+                    assert row is not None
+                    if await anyio.to_thread.run_sync(files_intact, out, row.files):
+                        self.summary.skipped += 1
+                        continue
+                    log.info("unit %s: a file is missing or changed; downloading it again", unit.id)
+                    action = Resume.REATTACH
+                if action is Resume.SKIP_FAILED:
+                    self.summary.left_failed += 1
                     continue
                 slot = object()
                 await self._slots.acquire_on_behalf_of(slot)
-                job_id = self._results.job_to_reattach(unit.id)
-                if job_id is not None:
-                    log.info("unit %s: downloading again from its job %s", unit.id, job_id)
+                if action is Resume.REATTACH and row is not None and row.job_id is not None:
+                    log.debug("unit %s: watching its job %s again", unit.id, row.job_id)
+                    self._claimed.add(row.job_id)
                     self.in_flight += 1
-                    await jobs.send(InFlight(unit, job_id, slot, None))
+                    await jobs.send(InFlight(unit, row.job_id, slot, row.cost))
                     continue
-                tg.start_soon(self._submit_one, unit, slot, jobs, results)
+                lost = row.submit_started if action is Resume.RECONCILE and row else None
+                tg.start_soon(self._submit_one, unit, slot, lost, jobs, results)
 
     async def _submit_one(
         self,
         unit: Unit,
         slot: object,
+        lost_attempt: str | None,
         jobs: ObjectSendStream[InFlight],
         results: ObjectSendStream[UnitResult],
     ) -> None:
+        """Submit a unit once: adopt the job an earlier lost POST created if there is one,
+        else POST, and reconcile again whenever the answer is lost."""
         body = unit.request_body()
         key = json.dumps([unit.model, body], sort_keys=True)
         error: ApiError | None = None
+        reconcile_since = datetime.fromisoformat(lost_attempt) if lost_attempt else None
         for _ in range(self._retry.max_attempts):
+            if reconcile_since is not None:
+                try:
+                    adopted = await self._reconcile(key, body, reconcile_since)
+                except ApiError as list_error:
+                    log.warning(
+                        "unit %s: cannot list jobs (%s); not resubmitting", unit.id, list_error
+                    )
+                    error = list_error
+                    break
+                if adopted is not None:
+                    log.info(
+                        "unit %s: adopted job %s whose answer was lost", unit.id, adopted.job_id
+                    )
+                    await self._submitted(unit, adopted.job_id, slot, adopted.cost, jobs)
+                    return
             started = datetime.now(UTC)
+            await self._record(
+                functools.partial(self._journal.submitting, unit.id, started.isoformat())
+            )
             self._posting[key] += 1
             try:
                 submission = await with_retries(
@@ -185,31 +240,20 @@ class Engine:
             except AmbiguousSubmitError as exc:
                 await self._post_ended(key)
                 log.warning("unit %s: %s; looking for the job it may have created", unit.id, exc)
-                error = exc
-                try:
-                    adopted = await self._reconcile(key, body, started)
-                except ApiError as list_error:
-                    log.warning(
-                        "unit %s: cannot list jobs (%s); not resubmitting", unit.id, list_error
-                    )
-                    break
-                if adopted is None:
-                    continue  # the job was never created: submitting again pays once
-                log.info("unit %s: adopted job %s whose answer was lost", unit.id, adopted.job_id)
-                await self._submitted(unit, adopted.job_id, slot, adopted.cost, jobs)
-                return
+                error, reconcile_since = exc, started
+                continue
             except ApiError as exc:
                 await self._post_ended(key)
                 error = exc
                 break
-            else:
-                self._claimed.add(submission.job.job_id)
-                await self._post_ended(key)
-                await self._submitted(unit, submission.job.job_id, slot, submission.cost, jobs)
-                return
+            self._claimed.add(submission.job.job_id)
+            await self._post_ended(key)
+            await self._submitted(unit, submission.job.job_id, slot, submission.cost, jobs)
+            return
         self._slots.release_on_behalf_of(slot)
         reason = _describe(error) if error else "not submitted"
-        await results.send(UnitResult.failure(unit, error=reason))
+        permanent = isinstance(error, PermanentApiError)
+        await results.send(UnitResult.failure(unit, error=reason, permanent=permanent))
 
     async def _submitted(
         self,
@@ -219,6 +263,7 @@ class Engine:
         cost: float | None,
         jobs: ObjectSendStream[InFlight],
     ) -> None:
+        await self._record(functools.partial(self._journal.submitted, unit.id, job_id, cost))
         self.summary.submitted += 1
         self.in_flight += 1
         log.debug("submitted unit %s as job %s", unit.id, job_id)
@@ -244,8 +289,12 @@ class Engine:
             Request.JOB_LIST, lambda: self._api.jobs_created_after(since), self._retry, self._rng
         )
         for job in sorted(found, key=lambda j: j.created_at):
-            if job.job_id not in self._claimed and made_for(job, body):
-                self._claimed.add(job.job_id)
+            if job.job_id in self._claimed or not made_for(job, body):
+                continue
+            # Claim before the journal look-up awaits, so no other reconciliation can
+            # take the same job meanwhile; a job the journal owns stays unadoptable.
+            self._claimed.add(job.job_id)
+            if not await self._record(functools.partial(self._journal.owns_job, job.job_id)):
                 return job
         return None
 
@@ -311,6 +360,11 @@ class Engine:
                         )
                     elif outcome.terminal:
                         del watched[job_id]
+                        await self._record(
+                            functools.partial(
+                                self._journal.finished, item.unit.id, outcome.status, outcome.cost
+                            )
+                        )
                         self._job_ended(item)
                         await finished.send((item, outcome))
 
@@ -408,7 +462,7 @@ class Engine:
         last_report = time.monotonic()
         async with results:
             async for result in results:
-                self._results.append(result)
+                await self._record(functools.partial(self._journal_result, result))
                 if result.status == "success":
                     self.summary.succeeded += 1
                 else:
@@ -422,6 +476,19 @@ class Engine:
                 if now - last_report >= self._settings.progress_every:
                     last_report = now
                     log.info("progress: %s; %d in flight", self.summary.line(), self.in_flight)
+
+    def _journal_result(self, result: UnitResult) -> None:
+        if result.status == "success":
+            self._journal.downloaded(result.unit.id, list(result.files), result.to_json())
+        else:
+            self._journal.failed(
+                result.unit.id,
+                error=result.error or "",
+                permanent=result.permanent,
+                job_id=result.job_id,
+                job_status=result.job_status,
+                result=result.to_json(),
+            )
 
 
 def _describe(error: BaseException) -> str:

@@ -6,6 +6,7 @@
     ├── ConfigError                    exit 2: bad input or configuration, nothing sent
     │   ├── ManifestError              names file, line and field
     │   └── CredentialsError           no key/secret, or the API refused them (401)
+    ├── OutputLockedError              exit 3: another run holds the output directory
     ├── ApiError                       the Scenario API answered with an error, or not at all
     │   ├── PermanentApiError          400, 403, 404: retrying cannot help
     │   ├── RateLimitedError           429: too many requests or too many jobs in flight
@@ -48,6 +49,12 @@ class ManifestError(ConfigError):
 
 class CredentialsError(ConfigError):
     """Credentials are missing, or the API refused them."""
+
+
+class OutputLockedError(BatchgenError):
+    """Another batchgen run is using this output directory."""
+
+    exit_code = 3
 
 
 class ApiError(BatchgenError):

@@ -137,6 +137,9 @@ class Simulator:
     jobs_created_per_body: Counter[str] = field(default_factory=Counter)
     cdn_authorization_headers: int = 0
     answers_lost: int = 0
+    # Called with each new job after it is created and before it is answered: tests use
+    # it to kill a client exactly in that window.
+    on_job_created: Callable[[SimJob], None] | None = None
     served_sha256: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -269,6 +272,8 @@ class Simulator:
                 details={"actionName": "parallelCustomJobs", "actionLimit": limit},
             )
         job = self._create_job(model, body, cost)
+        if self.on_job_created is not None:
+            self.on_job_created(job)
         if self._rng.random() < self.config.lose_answer_rate:
             self.answers_lost += 1
             if self._rng.random() < 0.5 and request.transport is not None:

@@ -1,0 +1,269 @@
+"""The durable journal: what happened to every unit, in ``<out>/journal.sqlite3``.
+
+A unit absent from the journal is *planned*.  Its state then only moves forward::
+
+    submitting ──► submitted ──► finished ──► downloaded
+        │              │             │
+        └──────────────┴─────────────┴──────► failed
+
+``submitting`` is committed before the POST, ``submitted`` (with the job id) as soon as
+the answer arrives: a unit found in ``submitting`` after a crash may or may not have a
+job, and is reconciled against the API's job list before anything is sent again.
+
+Why SQLite: resume needs to look up one unit (and one job id) at a time among
+millions without reading them all into memory; a transaction makes each transition
+atomic; WAL mode lets ``batchgen status`` read while a run writes; and it is in the
+standard library.  Every commit is fsynced (``synchronous=FULL``), so a fact is durable
+before the decision that depends on it is acted on.
+
+:func:`resume_action` is the pure decision a run makes for each unit it meets.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+JOURNAL_NAME = "journal.sqlite3"
+SCHEMA_VERSION = 1
+# A job that ended in status "failure" costs money each time: after this many, the
+# unit is a permanent failure, retried only with --retry-failed.
+FAILED_JOB_LIMIT = 2
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS units (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    job_id TEXT,
+    submit_started TEXT,
+    job_status TEXT,
+    failed_jobs INTEGER NOT NULL DEFAULT 0,
+    permanent INTEGER NOT NULL DEFAULT 0,
+    cost REAL,
+    error TEXT,
+    files TEXT,
+    result TEXT,
+    updated REAL NOT NULL
+);
+-- Every job ever assigned to a unit, also after the unit moved on to a new one: a
+-- lost answer must never adopt a job that is already someone's.
+CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, unit_id TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS units_state ON units (state);
+"""
+
+
+class State(enum.StrEnum):
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    FINISHED = "finished"
+    DOWNLOADED = "downloaded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: str
+    state: State
+    job_id: str | None = None
+    submit_started: str | None = None
+    job_status: str | None = None
+    failed_jobs: int = 0
+    permanent: bool = False
+    cost: float | None = None
+    error: str | None = None
+    files: tuple[tuple[str, str], ...] = ()
+
+
+class Resume(enum.Enum):
+    SUBMIT = "submit"
+    VERIFY = "check the files, then skip or download again"
+    REATTACH = "watch the recorded job, never resubmit"
+    RECONCILE = "find the job the last POST may have created"
+    SKIP_FAILED = "leave a permanent failure alone"
+
+
+def resume_action(row: Row | None, *, retry_failed: bool) -> Resume:
+    """What a run does with a unit, given what the journal says about it."""
+    if row is None:
+        return Resume.SUBMIT
+    if row.state is State.DOWNLOADED:
+        return Resume.VERIFY
+    if row.state in (State.SUBMITTED, State.FINISHED):
+        return Resume.REATTACH
+    if row.state is State.SUBMITTING:
+        return Resume.RECONCILE
+    # failed
+    if row.job_id is not None and row.job_status == "success":
+        return Resume.REATTACH  # made and paid for; only the download is missing
+    if row.permanent and not retry_failed:
+        return Resume.SKIP_FAILED
+    return Resume.SUBMIT
+
+
+class Journal:
+    """The SQLite store.  Methods are blocking and thread-safe; the engine calls them
+    from a worker thread so a commit's fsync never stalls the event loop."""
+
+    def __init__(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / JOURNAL_NAME
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ---------------------------------------------------------------- reads
+
+    def get(self, unit_id: str) -> Row | None:
+        with self._lock:
+            found = self._db.execute(
+                "SELECT id, state, job_id, submit_started, job_status, failed_jobs, permanent,"
+                " cost, error, files FROM units WHERE id = ?",
+                (unit_id,),
+            ).fetchone()
+        if found is None:
+            return None
+        files = tuple((path, digest) for path, digest in json.loads(found[9] or "[]"))
+        return Row(
+            id=found[0],
+            state=State(found[1]),
+            job_id=found[2],
+            submit_started=found[3],
+            job_status=found[4],
+            failed_jobs=found[5],
+            permanent=bool(found[6]),
+            cost=found[7],
+            error=found[8],
+            files=files,
+        )
+
+    def owns_job(self, job_id: str) -> bool:
+        with self._lock:
+            return (
+                self._db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+                is not None
+            )
+
+    def results(self) -> Iterator[str]:
+        """The results line of every finished unit, in the order units first appeared."""
+        with self._lock:
+            lines = self._db.execute(
+                "SELECT result FROM units WHERE result IS NOT NULL ORDER BY rowid"
+            ).fetchall()
+        for (line,) in lines:
+            yield line
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM units GROUP BY state").fetchall()
+        return {state: count for state, count in rows}
+
+    # ---------------------------------------------------------------- transitions
+
+    def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, values in statements:
+                    self._db.execute(sql, values)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def submitting(self, unit_id: str, started: str) -> None:
+        self._write(
+            (
+                "INSERT INTO units (id, state, submit_started, updated) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET state = excluded.state, job_id = NULL,"
+                " job_status = NULL, submit_started = excluded.submit_started, error = NULL,"
+                " result = NULL, updated = excluded.updated",
+                (unit_id, State.SUBMITTING, started, time.time()),
+            )
+        )
+
+    def submitted(self, unit_id: str, job_id: str, cost: float | None) -> None:
+        self._write(
+            (
+                "UPDATE units SET state = ?, job_id = ?, cost = ?, updated = ? WHERE id = ?",
+                (State.SUBMITTED, job_id, cost, time.time(), unit_id),
+            ),
+            ("INSERT OR IGNORE INTO jobs (job_id, unit_id) VALUES (?, ?)", (job_id, unit_id)),
+        )
+
+    def finished(self, unit_id: str, job_status: str, cost: float | None) -> None:
+        self._write(
+            (
+                "UPDATE units SET state = ?, job_status = ?, cost = COALESCE(?, cost), updated = ?"
+                " WHERE id = ?",
+                (State.FINISHED, job_status, cost, time.time(), unit_id),
+            )
+        )
+
+    def downloaded(
+        self, unit_id: str, files: list[tuple[str, str]], result: dict[str, Any]
+    ) -> None:
+        self._write(
+            (
+                "UPDATE units SET state = ?, job_status = 'success', files = ?, error = NULL,"
+                " result = ?, updated = ? WHERE id = ?",
+                (
+                    State.DOWNLOADED,
+                    json.dumps(files),
+                    json.dumps(result, ensure_ascii=False),
+                    time.time(),
+                    unit_id,
+                ),
+            )
+        )
+
+    def failed(
+        self,
+        unit_id: str,
+        *,
+        error: str,
+        permanent: bool,
+        job_id: str | None,
+        job_status: str | None,
+        result: dict[str, Any],
+    ) -> None:
+        failed_job = 1 if job_status == "failure" else 0
+        self._write(
+            (
+                "INSERT INTO units (id, state, job_id, job_status, failed_jobs, permanent, error,"
+                " result, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
+                " job_id = COALESCE(excluded.job_id, job_id), job_status = excluded.job_status,"
+                " failed_jobs = failed_jobs + excluded.failed_jobs,"
+                " permanent = excluded.permanent OR failed_jobs + excluded.failed_jobs >= ?,"
+                " error = excluded.error, result = excluded.result, updated = excluded.updated",
+                (
+                    unit_id,
+                    State.FAILED,
+                    job_id,
+                    job_status,
+                    failed_job,
+                    int(permanent),
+                    error,
+                    json.dumps(result, ensure_ascii=False),
+                    time.time(),
+                    FAILED_JOB_LIMIT,
+                ),
+            )
+        )
