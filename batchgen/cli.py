@@ -4,18 +4,21 @@ Known errors print as one line on stderr with a non-zero exit code; set
 ``BATCHGEN_TRACEBACK=1`` to see the traceback as well.
 
 Exit codes: 0 every unit succeeded, 1 some units failed, 2 invalid input or
-configuration, 3 another run holds the output directory, 130 interrupted.
+configuration, 3 another run holds the output directory, 4 stopped at --max-runtime
+with work left for the next run, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import secrets
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,8 +32,8 @@ from .api import AssetDownloader, ScenarioClient
 from .config import ApiSettings, Credentials, EngineSettings, RetrySettings
 from .engine import Engine, Summary
 from .errors import BatchgenError, ConfigError
-from .journal import Journal
-from .lock import OutputLock
+from .journal import JOURNAL_NAME, Journal
+from .lock import OutputLock, run_in_progress
 from .manifest import Manifest, count_units, iter_units, load_manifest
 from .results import write_results
 from .sim import SimConfig, serve
@@ -39,6 +42,8 @@ EXIT_OK = 0
 EXIT_FAILED_UNITS = 1
 EXIT_INVALID = 2
 EXIT_LOCKED = 3
+EXIT_OUT_OF_TIME = 4
+STATUS_FAILURES_SHOWN = 20
 EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("batchgen")
@@ -129,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
         "404, or jobs that failed repeatedly)",
     )
     run.add_argument(
+        "--max-runtime",
+        type=_positive_float("--max-runtime"),
+        metavar="SECONDS",
+        help="stop after this long; jobs still running are picked up by the next run",
+    )
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: move an existing output directory aside to DIR.<date-time> "
+        "(nothing is deleted) and begin a new one",
+    )
+    run.add_argument(
         "--simulate",
         action="store_true",
         help="start the embedded simulator and run against it (no account, no network)",
@@ -146,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("manifest", type=Path)
     _add_verbosity(validate)
+
+    status = commands.add_parser(
+        "status", help="what a run has done so far in an output directory (also while it runs)"
+    )
+    status.add_argument("out", type=Path, metavar="OUT")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_verbosity(status)
 
     sim = commands.add_parser("sim", help="serve the Scenario simulator until stopped")
     sim.add_argument("--host", default="127.0.0.1")
@@ -204,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args)
         if args.command == "sim":
             return _sim(args)
+        if args.command == "status":
+            return _status(args)
         return _run(args)
     except KeyboardInterrupt:
         print("batchgen: interrupted", file=sys.stderr)
@@ -272,6 +298,11 @@ def _run(args: argparse.Namespace) -> int:
         out_dir,
         concurrency,
     )
+    if args.fresh and out_dir.exists() and any(out_dir.iterdir()):
+        aside = out_dir.with_name(f"{out_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        with OutputLock(out_dir):  # never move a directory from under a live run
+            out_dir.rename(aside)
+        log.warning("--fresh: the previous output is kept in %s", aside)
     with OutputLock(out_dir):
         journal = Journal(out_dir)
         try:
@@ -286,6 +317,16 @@ def _run(args: argparse.Namespace) -> int:
                 engine_settings,
                 journal,
             )
+            if not (summary.interrupted or summary.out_of_time):
+                # Every unit of the manifest has a journal row now; any more are old ones.
+                departed = sum(journal.counts().values()) - total
+                if departed > 0:
+                    log.warning(
+                        "%d units recorded in %s are no longer in the manifest; "
+                        "they are kept, with their lines in results.jsonl",
+                        departed,
+                        out_dir,
+                    )
         finally:
             # Also after an error or an interruption: the view must match the journal.
             write_results(journal.results(), out_dir)
@@ -295,6 +336,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  failed {unit_id}: {reason}")
     if summary.interrupted:
         return EXIT_INTERRUPTED
+    if summary.out_of_time:
+        return EXIT_OUT_OF_TIME
     return (
         EXIT_OK
         if summary.failed == 0
@@ -344,7 +387,11 @@ async def _run_async(
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope, engine.summary)
-            await engine.run(iter_units(manifest), total)
+            with anyio.move_on_after(args.max_runtime) as deadline:
+                await engine.run(iter_units(manifest), total)
+            if deadline.cancelled_caught:
+                engine.summary.out_of_time = True
+                log.warning("--max-runtime reached; the next run continues from here")
             tg.cancel_scope.cancel()
         return engine.summary
 
@@ -359,6 +406,43 @@ async def _stop_on_signal(scope: CancelScope, summary: Summary) -> None:
             summary.interrupted = True
             scope.cancel()
             return
+
+
+def _status(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    if not (out / JOURNAL_NAME).is_file():
+        raise ConfigError(f"{out}: no batchgen journal here (is it a run's output directory?)")
+    journal = Journal(out)
+    try:
+        counts = journal.counts()
+        spent = journal.spent()
+        failures = list(journal.failures())
+    finally:
+        journal.close()
+    running = run_in_progress(out)
+    if args.json:
+        report = {
+            "out": str(out),
+            "running": running,
+            "units": sum(counts.values()),
+            "states": counts,
+            "cost": spent,
+            "failures": [
+                {"id": unit_id, "error": error, "permanent": permanent, "job_id": job_id}
+                for unit_id, error, permanent, job_id in failures
+            ],
+        }
+        print(json.dumps(report, ensure_ascii=False))
+        return EXIT_OK
+    states = (
+        ", ".join(f"{count} {state}" for state, count in sorted(counts.items())) or "nothing yet"
+    )
+    print(f"{out}: {'a run is in progress; ' if running else ''}{states}; cost {spent:g} CU")
+    for unit_id, error, permanent, _ in failures[:STATUS_FAILURES_SHOWN]:
+        print(f"  failed {unit_id}{' (for good)' if permanent else ''}: {error}")
+    if len(failures) > STATUS_FAILURES_SHOWN:
+        print(f"  ... and {len(failures) - STATUS_FAILURES_SHOWN} more (--json lists them all)")
+    return EXIT_OK
 
 
 def _sim(args: argparse.Namespace) -> int:

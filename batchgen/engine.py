@@ -82,6 +82,7 @@ class Summary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     left_failed: int = 0
     interrupted: bool = False
+    out_of_time: bool = False
 
     @property
     def done(self) -> int:

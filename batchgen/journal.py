@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS units (
 );
 -- Every job ever assigned to a unit, also after the unit moved on to a new one: a
 -- lost answer must never adopt a job that is already someone's.
-CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, unit_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, unit_id TEXT NOT NULL, cost REAL);
 CREATE INDEX IF NOT EXISTS units_state ON units (state);
 """
 
@@ -174,6 +174,22 @@ class Journal:
             rows = self._db.execute("SELECT state, COUNT(*) FROM units GROUP BY state").fetchall()
         return {state: count for state, count in rows}
 
+    def spent(self) -> float:
+        """Creative units of every job created for a unit, retried ones included."""
+        with self._lock:
+            (total,) = self._db.execute("SELECT COALESCE(SUM(cost), 0) FROM jobs").fetchone()
+        return float(total)
+
+    def failures(self) -> Iterator[tuple[str, str, bool, str | None]]:
+        """(unit id, reason, permanent, job id) of every failed unit."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, error, permanent, job_id FROM units WHERE state = 'failed'"
+                " ORDER BY rowid"
+            ).fetchall()
+        for unit_id, error, permanent, job_id in rows:
+            yield unit_id, error or "", bool(permanent), job_id
+
     # ---------------------------------------------------------------- transitions
 
     def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
@@ -204,7 +220,10 @@ class Journal:
                 "UPDATE units SET state = ?, job_id = ?, cost = ?, updated = ? WHERE id = ?",
                 (State.SUBMITTED, job_id, cost, time.time(), unit_id),
             ),
-            ("INSERT OR IGNORE INTO jobs (job_id, unit_id) VALUES (?, ?)", (job_id, unit_id)),
+            (
+                "INSERT OR IGNORE INTO jobs (job_id, unit_id, cost) VALUES (?, ?, ?)",
+                (job_id, unit_id, cost),
+            ),
         )
 
     def finished(self, unit_id: str, job_status: str, cost: float | None) -> None:
@@ -213,7 +232,12 @@ class Journal:
                 "UPDATE units SET state = ?, job_status = ?, cost = COALESCE(?, cost), updated = ?"
                 " WHERE id = ?",
                 (State.FINISHED, job_status, cost, time.time(), unit_id),
-            )
+            ),
+            (
+                "UPDATE jobs SET cost = COALESCE(?, cost)"
+                " WHERE job_id = (SELECT job_id FROM units WHERE id = ?)",
+                (cost, unit_id),
+            ),
         )
 
     def downloaded(
