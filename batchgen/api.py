@@ -44,6 +44,17 @@ USER_AGENT = "batchgen/0.1"
 DOWNLOAD_CHUNK = 256 * 1024
 
 
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
+
+
+def looks_like_an_image(head: bytes) -> bool:
+    """Whether a file starts like a PNG, JPEG, GIF or WebP: an HTML error page served
+    with status 200 must not become an image file."""
+    if head.startswith(IMAGE_SIGNATURES):
+        return True
+    return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+
+
 def _reason(body: bytes) -> tuple[str, str, Any]:
     """(reason, name, details) from an error body, tolerating anything."""
     try:
@@ -183,6 +194,10 @@ class ScenarioClient:
         _, payload = await self.request("GET", f"/v1/jobs/{job_id}")
         return parse_job(payload)
 
+    async def cancel_job(self, job_id: str) -> None:
+        """Ask the API to cancel a job; custom generation jobs usually refuse (400)."""
+        await self.request("POST", f"/v1/jobs/{job_id}/action", body={"action": "cancel"})
+
     async def get_assets(self, asset_ids: Sequence[str]) -> list[Asset]:
         """Fresh signed URLs for these assets, in the order asked."""
         if len(asset_ids) == 1:
@@ -276,6 +291,8 @@ class AssetDownloader:
                 limit = min(x for x in (announced, expected_size, MAX_ASSET_BYTES) if x is not None)
                 async with aiofiles.open(partial, "wb") as handle:
                     async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+                        if received == 0 and not looks_like_an_image(chunk):
+                            raise DownloadError(f"what {host} sent is not an image")
                         received += len(chunk)
                         if received > limit:
                             raise DownloadError(f"asset from {host} is longer than announced")

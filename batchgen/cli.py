@@ -106,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds between status checks (default {defaults.DEFAULT_POLL_INTERVAL:g})",
     )
     run.add_argument(
+        "--job-timeout",
+        type=_positive_float("--job-timeout"),
+        default=defaults.DEFAULT_JOB_TIMEOUT,
+        metavar="SECONDS",
+        help="give up on a job not finished after this long, trying to cancel it "
+        f"(default {defaults.DEFAULT_JOB_TIMEOUT:g})",
+    )
+    run.add_argument(
         "--downloads",
         type=_positive_int("--downloads", 64),
         default=defaults.DEFAULT_DOWNLOAD_WORKERS,
@@ -199,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="fraction of submissions whose job is created but whose answer is lost",
     )
+    sim.add_argument(
+        "--error-rate", type=float, default=0.0, help="fraction of API requests refused (429/5xx)"
+    )
+    sim.add_argument(
+        "--truncate-rate", type=float, default=0.0, help="fraction of downloads cut half-way"
+    )
+    sim.add_argument(
+        "--stuck-rate", type=float, default=0.0, help="fraction of jobs that never finish"
+    )
     sim.add_argument("--seed", type=int, default=0)
     _add_verbosity(sim)
     return parser
@@ -289,6 +306,7 @@ def _run(args: argparse.Namespace) -> int:
         output_dir=out_dir,
         concurrency=concurrency,
         poll_interval=args.poll_interval,
+        job_timeout=args.job_timeout,
         download_workers=args.downloads,
     )
     log.info(
@@ -455,6 +473,9 @@ def _sim(args: argparse.Namespace) -> int:
         in_flight_limit=args.in_flight_limit,
         url_lifetime=args.url_lifetime,
         lose_answer_rate=args.lose_answer_rate,
+        error_rate=args.error_rate,
+        truncate_rate=args.truncate_rate,
+        stuck_rate=args.stuck_rate,
         seed=args.seed,
     )
 

@@ -14,6 +14,8 @@ DEFAULT_API_URL = "https://api.cloud.scenario.com"
 DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 1000
 DEFAULT_POLL_INTERVAL = 2.0
+# A job still not finished after this long is given up (and a cancel is attempted).
+DEFAULT_JOB_TIMEOUT = 3600.0
 DEFAULT_DOWNLOAD_WORKERS = 8
 DEFAULT_STATUS_REQUESTS_AT_ONCE = 16
 DEFAULT_REQUEST_TIMEOUT = 60.0
@@ -80,6 +82,7 @@ class EngineSettings:
     output_dir: Path
     concurrency: int = DEFAULT_CONCURRENCY
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    job_timeout: float = DEFAULT_JOB_TIMEOUT
     download_workers: int = DEFAULT_DOWNLOAD_WORKERS
     status_requests_at_once: int = DEFAULT_STATUS_REQUESTS_AT_ONCE
     progress_every: float = PROGRESS_EVERY_SECONDS

@@ -33,7 +33,7 @@ from .errors import AmbiguousSubmitError, ApiError, BatchgenError, DownloadError
 from .journal import Journal, Resume, resume_action
 from .manifest import Unit
 from .policy import Request, with_retries
-from .records import Asset, JobRecord, Submission, made_for
+from .records import RUNNING_STATUSES, Asset, JobRecord, Submission, made_for
 from .results import UnitResult, files_intact
 
 log = logging.getLogger("batchgen")
@@ -55,6 +55,8 @@ class Api(Protocol):
 
     async def jobs_created_after(self, since: datetime) -> list[JobRecord]: ...
 
+    async def cancel_job(self, job_id: str) -> None: ...
+
 
 class Fetcher(Protocol):
     async def fetch(
@@ -68,6 +70,7 @@ class InFlight:
     job_id: str
     slot: object
     cost: float | None
+    since: float = field(default_factory=time.monotonic)
 
 
 @dataclass(slots=True)
@@ -308,6 +311,7 @@ class Engine:
         results: ObjectSendStream[UnitResult],
     ) -> None:
         watched: dict[str, InFlight] = {}
+        unknown_statuses: set[str] = set()
         more_coming = True
         requests_at_once = anyio.CapacityLimiter(self._settings.status_requests_at_once)
         async with jobs, finished, results:
@@ -359,7 +363,15 @@ class Engine:
                             job_id,
                             outcome,
                         )
-                    elif outcome.terminal:
+                    elif not outcome.terminal:
+                        if outcome.status not in RUNNING_STATUSES | unknown_statuses:
+                            unknown_statuses.add(outcome.status)
+                            log.warning(
+                                "job %s: unknown status %r, taken as still running",
+                                job_id,
+                                outcome.status,
+                            )
+                    else:
                         del watched[job_id]
                         await self._record(
                             functools.partial(
@@ -368,6 +380,23 @@ class Engine:
                         )
                         self._job_ended(item)
                         await finished.send((item, outcome))
+
+                now = time.monotonic()
+                for job_id, item in list(watched.items()):
+                    if now - item.since < self._settings.job_timeout:
+                        continue
+                    del watched[job_id]
+                    await self._give_up(item)
+                    self._job_ended(item)
+                    error = f"timed out after {self._settings.job_timeout:g}s"
+                    await results.send(UnitResult.failure(item.unit, job_id=job_id, error=error))
+
+    async def _give_up(self, item: InFlight) -> None:
+        """Try to cancel a job that ran past its deadline; custom jobs may refuse."""
+        try:
+            await self._api.cancel_job(item.job_id)
+        except ApiError as exc:
+            log.info("job %s: cancel refused (%s)", item.job_id, _describe(exc))
 
     def _job_ended(self, item: InFlight) -> None:
         self.in_flight -= 1

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from batchgen.api import ScenarioClient
+from batchgen.api import ScenarioClient, looks_like_an_image
 from batchgen.config import ApiSettings, Credentials
 from batchgen.errors import (
     AmbiguousSubmitError,
@@ -253,3 +253,19 @@ async def test_jobs_created_after_follows_tokens_through_empty_pages(
         mocked.get(f"{url}?{base_query}&paginationToken=t2", payload={"jobs": []})
         found = await client.jobs_created_after(since)
     assert [(j.job_id, j.request) for j in found] == [("j1", {"prompt": "p"})]
+
+
+@pytest.mark.parametrize(
+    ("head", "image"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00", True),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", True),
+        (b"RIFF\x24\x00\x00\x00WEBPVP8 ", True),
+        (b"GIF89a\x01\x00", True),
+        (b"<html><body>Access denied</body></html>", False),
+        (b'{"reason": "expired"}', False),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt ", False),
+    ],
+)
+def test_only_image_bytes_pass_for_an_image(head: bytes, image: bool) -> None:
+    assert looks_like_an_image(head) is image

@@ -61,6 +61,13 @@ class SimConfig:
     # Fraction of submissions that create their job and then lose the answer: half of
     # them drop the connection, half answer 502 as a gateway would.
     lose_answer_rate: float = 0.0
+    # Fraction of API requests refused before doing anything: a 429 (half of them with
+    # Retry-After) or a 500/502/503, as a busy gateway would.
+    error_rate: float = 0.0
+    # Fraction of downloads cut off half-way, after a full Content-Length was announced.
+    truncate_rate: float = 0.0
+    # Fraction of jobs that stay "in-progress" for ever.
+    stuck_rate: float = 0.0
     seed: int = 0
     models: tuple[str, ...] = DEFAULT_MODELS
 
@@ -76,10 +83,13 @@ class SimJob:
     fails: bool
     cost: float
     asset_ids: list[str]
+    stuck: bool = False
 
     def phase(self, now: float) -> tuple[str, float]:
         """(status, wall-clock time it began)."""
         fraction = (now - self.start) / self.duration if self.duration > 0 else 1.0
+        if self.stuck:
+            fraction = min(fraction, 0.5)
         begun = 0.0
         for status, end in PHASES:
             if fraction < end:
@@ -137,6 +147,7 @@ class Simulator:
     jobs_created_per_body: Counter[str] = field(default_factory=Counter)
     cdn_authorization_headers: int = 0
     answers_lost: int = 0
+    faults_injected: int = 0
     # Called with each new job after it is created and before it is answered: tests use
     # it to kill a client exactly in that window.
     on_job_created: Callable[[SimJob], None] | None = None
@@ -244,6 +255,14 @@ class Simulator:
         self.requests[f"{request.method} {resource.canonical if resource else request.path}"] += 1
         if not self._authorized(request):
             return _error(401, "Unauthorized")
+        if self.config.error_rate and self._rng.random() < self.config.error_rate:
+            self.faults_injected += 1
+            if self._rng.random() < 0.5:
+                headers = {"Retry-After": "0"} if self._rng.random() < 0.5 else {}
+                return web.json_response(
+                    {"reason": "Too many requests"}, status=429, headers=headers
+                )
+            return _error(self._rng.choice((500, 502, 503)), "Service unavailable")
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -304,6 +323,7 @@ class Simulator:
             fails=self._rng.random() < self.config.failure_rate,
             cost=cost,
             asset_ids=[],
+            stuck=self._rng.random() < self.config.stuck_rate,
         )
         for index in range(outputs):
             asset_id = f"asset_{secrets.token_hex(12)}"
@@ -426,7 +446,7 @@ class Simulator:
 
     # ------------------------------------------------------------------ CDN
 
-    async def _cdn_get(self, request: web.Request) -> web.Response:
+    async def _cdn_get(self, request: web.Request) -> web.StreamResponse:
         self.requests["GET cdn"] += 1
         if "Authorization" in request.headers:
             self.cdn_authorization_headers += 1
@@ -440,6 +460,15 @@ class Simulator:
         if not valid or expires < self.wall() or asset_id not in self.assets:
             return web.Response(status=403, text="AccessDenied: Request has expired")
         content = self.assets[asset_id].content()
+        if self.config.truncate_rate and self._rng.random() < self.config.truncate_rate:
+            self.faults_injected += 1
+            response = web.StreamResponse(headers={"Content-Type": "image/png"})
+            response.content_length = len(content)
+            await response.prepare(request)
+            await response.write(content[: len(content) // 2])
+            if request.transport is not None:
+                request.transport.abort()
+            return response
         self.served_sha256[asset_id] = hashlib.sha256(content).hexdigest()
         return web.Response(body=content, content_type="image/png")
 
