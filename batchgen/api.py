@@ -30,6 +30,7 @@ from .errors import (
     CredentialsError,
     DownloadError,
     MalformedResponseError,
+    OutOfCreditsError,
     PermanentApiError,
     RateLimitedError,
     TransientApiError,
@@ -169,6 +170,9 @@ class ScenarioClient:
         if status >= 500:
             server_error: type[ApiError] = AmbiguousSubmitError if creates else TransientApiError
             raise server_error(message, status=status, reason=reason)
+        if status == 402 or (400 <= status < 500 and "creative unit" in reason.lower()):
+            # Not documented; Scenario's own plugins read these as an exhausted quota.
+            raise OutOfCreditsError(message, status=status, reason=reason or f"HTTP {status}")
         if 300 <= status < 400:
             raise PermanentApiError(f"{what}: unexpected redirect (HTTP {status})", status=status)
         raise PermanentApiError(

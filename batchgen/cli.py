@@ -216,6 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--stuck-rate", type=float, default=0.0, help="fraction of jobs that never finish"
     )
+    sim.add_argument(
+        "--credits", type=float, default=None, help="creative units available (default unlimited)"
+    )
+    sim.add_argument(
+        "--restricted-model",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="a model the plan does not cover (403); may be repeated",
+    )
     sim.add_argument("--seed", type=int, default=0)
     _add_verbosity(sim)
     return parser
@@ -476,6 +486,8 @@ def _sim(args: argparse.Namespace) -> int:
         error_rate=args.error_rate,
         truncate_rate=args.truncate_rate,
         stuck_rate=args.stuck_rate,
+        credits=args.credits,
+        restricted_models=tuple(args.restricted_model),
         seed=args.seed,
     )
 

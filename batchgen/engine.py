@@ -29,10 +29,19 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from .api import Downloaded
 from .config import EngineSettings, RetrySettings
-from .errors import AmbiguousSubmitError, ApiError, BatchgenError, DownloadError, PermanentApiError
+from .errors import (
+    AmbiguousSubmitError,
+    ApiError,
+    BatchgenError,
+    DownloadError,
+    OutOfCreditsError,
+    PermanentApiError,
+    RateLimitedError,
+)
 from .journal import Journal, Resume, resume_action
 from .manifest import Unit
 from .policy import Request, with_retries
+from .pressure import InFlightCap
 from .records import RUNNING_STATUSES, Asset, JobRecord, Submission, made_for
 from .results import UnitResult, files_intact
 
@@ -86,6 +95,7 @@ class Summary:
     left_failed: int = 0
     interrupted: bool = False
     out_of_time: bool = False
+    out_of_credits: bool = False
 
     @property
     def done(self) -> int:
@@ -102,6 +112,8 @@ class Summary:
             parts.append(
                 f"{self.left_failed} failed for good earlier (--retry-failed retries them)"
             )
+        if self.out_of_credits:
+            parts.append("submitting stopped: out of creative units")
         remaining = self.total - self.skipped - self.left_failed - self.done
         if remaining > 0:
             parts.append(f"{remaining} not finished")
@@ -130,6 +142,10 @@ class Engine:
         self._rng = rng or random.Random()
         self._retry_failed = retry_failed
         self._slots = anyio.CapacityLimiter(settings.concurrency)
+        self._cap = InFlightCap(settings.concurrency)
+        # Models the plan does not cover (403 ModelAccessRestrictedError): their other
+        # units fail at once instead of each paying a request to learn the same thing.
+        self._refused_models: dict[str, str] = {}
         self._images = settings.output_dir / IMAGES_DIR
         self.summary = Summary()
         self.in_flight = 0
@@ -176,6 +192,8 @@ class Engine:
         out = self._settings.output_dir
         async with jobs, results, anyio.create_task_group() as tg:
             for unit in units:
+                if self._submitting_stopped():
+                    break
                 row = await self._record(functools.partial(self._journal.get, unit.id))
                 action = resume_action(row, retry_failed=self._retry_failed)
                 if action is Resume.VERIFY:
@@ -190,6 +208,9 @@ class Engine:
                     continue
                 slot = object()
                 await self._slots.acquire_on_behalf_of(slot)
+                if self._submitting_stopped():  # it may have happened while we waited
+                    self._slots.release_on_behalf_of(slot)
+                    break
                 if action is Resume.REATTACH and row is not None and row.job_id is not None:
                     log.debug("unit %s: watching its job %s again", unit.id, row.job_id)
                     self._claimed.add(row.job_id)
@@ -209,9 +230,24 @@ class Engine:
     ) -> None:
         """Submit a unit once: adopt the job an earlier lost POST created if there is one,
         else POST, and reconcile again whenever the answer is lost."""
+        if unit.model in self._refused_models:
+            self._slots.release_on_behalf_of(slot)
+            reason = self._refused_models[unit.model]
+            await results.send(UnitResult.failure(unit, error=reason, permanent=True))
+            return
         body = unit.request_body()
         key = json.dumps([unit.model, body], sort_keys=True)
         error: ApiError | None = None
+
+        async def post() -> Submission:
+            try:
+                submission = await self._api.submit(unit.model, body)
+            except RateLimitedError as exc:
+                self._set_cap(self._cap.rate_limited(exc.action_limit))
+                raise
+            self._set_cap(self._cap.submitted())
+            return submission
+
         reconcile_since = datetime.fromisoformat(lost_attempt) if lost_attempt else None
         for _ in range(self._retry.max_attempts):
             if reconcile_since is not None:
@@ -235,12 +271,7 @@ class Engine:
             )
             self._posting[key] += 1
             try:
-                submission = await with_retries(
-                    Request.SUBMIT,
-                    lambda: self._api.submit(unit.model, body),
-                    self._retry,
-                    self._rng,
-                )
+                submission = await with_retries(Request.SUBMIT, post, self._retry, self._rng)
             except AmbiguousSubmitError as exc:
                 await self._post_ended(key)
                 log.warning("unit %s: %s; looking for the job it may have created", unit.id, exc)
@@ -249,6 +280,15 @@ class Engine:
             except ApiError as exc:
                 await self._post_ended(key)
                 error = exc
+                if isinstance(exc, OutOfCreditsError) and not self.summary.out_of_credits:
+                    self.summary.out_of_credits = True
+                    log.warning(
+                        "out of creative units (%s): no more submissions; "
+                        "the jobs in flight finish",
+                        _describe(exc),
+                    )
+                if isinstance(exc, PermanentApiError) and exc.name == "ModelAccessRestrictedError":
+                    self._refused_models[unit.model] = _describe(exc)
                 break
             self._claimed.add(submission.job.job_id)
             await self._post_ended(key)
@@ -256,7 +296,10 @@ class Engine:
             return
         self._slots.release_on_behalf_of(slot)
         reason = _describe(error) if error else "not submitted"
-        permanent = isinstance(error, PermanentApiError)
+        # Running out of credits says nothing about the unit: it is tried again later.
+        permanent = isinstance(error, PermanentApiError) and not isinstance(
+            error, OutOfCreditsError
+        )
         await results.send(UnitResult.failure(unit, error=reason, permanent=permanent))
 
     async def _submitted(
@@ -272,6 +315,14 @@ class Engine:
         self.in_flight += 1
         log.debug("submitted unit %s as job %s", unit.id, job_id)
         await jobs.send(InFlight(unit, job_id, slot, cost))
+
+    def _submitting_stopped(self) -> bool:
+        return self.summary.out_of_credits
+
+    def _set_cap(self, cap: int) -> None:
+        if cap != self._slots.total_tokens:
+            log.info("jobs in flight: at most %d now (--concurrency %d)", cap, self._cap.ceiling)
+            self._slots.total_tokens = cap
 
     async def _post_ended(self, key: str) -> None:
         async with self._posting_changed:

@@ -9,6 +9,7 @@
     ├── OutputLockedError              exit 3: another run holds the output directory
     ├── ApiError                       the Scenario API answered with an error, or not at all
     │   ├── PermanentApiError          400, 403, 404: retrying cannot help
+    │   │   └── OutOfCreditsError      402, or a 4xx about creative units: stop submitting
     │   ├── RateLimitedError           429: too many requests or too many jobs in flight
     │   ├── TransientApiError          5xx, connection and timeout errors: may succeed later
     │   │   └── AmbiguousSubmitError   a POST that may have created a job before it failed
@@ -74,6 +75,10 @@ class PermanentApiError(ApiError):
     ) -> None:
         super().__init__(message, status=status, reason=reason)
         self.name = name
+
+
+class OutOfCreditsError(PermanentApiError):
+    """The account has run out of creative units: nothing more can be submitted."""
 
 
 class RateLimitedError(ApiError):

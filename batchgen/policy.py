@@ -22,6 +22,7 @@ from .errors import (
     CredentialsError,
     DownloadError,
     MalformedResponseError,
+    OutOfCreditsError,
     PermanentApiError,
     RateLimitedError,
     TransientApiError,
@@ -47,6 +48,7 @@ class Action(enum.Enum):
     RETRY = "retry"
     RECONCILE = "find out whether the job exists before submitting again"
     FAIL_UNIT = "fail the unit"
+    STOP_SUBMITTING = "stop submitting; let the jobs in flight finish"
     STOP_RUN = "stop the run"
 
 
@@ -62,6 +64,8 @@ def decide(request: Request, error: BaseException) -> Action:
         return Action.RETRY
     if isinstance(error, MalformedResponseError):
         return Action.FAIL_UNIT if request is Request.SUBMIT else Action.RETRY
+    if isinstance(error, OutOfCreditsError):
+        return Action.STOP_SUBMITTING
     if isinstance(error, PermanentApiError):
         return Action.FAIL_UNIT
     if isinstance(error, DownloadError):

@@ -18,6 +18,7 @@ from batchgen.errors import (
     BatchgenError,
     CredentialsError,
     MalformedResponseError,
+    OutOfCreditsError,
     PermanentApiError,
     RateLimitedError,
     TransientApiError,
@@ -99,6 +100,15 @@ async def test_submit_sends_basic_auth_and_body_and_reads_either_job_shape(
             lambda e: e.name == "ModelAccessRestrictedError",
         ),
         ("POST", 401, {"reason": "Unauthorized"}, {}, CredentialsError, lambda e: True),
+        ("POST", 402, {"reason": "Payment required"}, {}, OutOfCreditsError, lambda e: True),
+        (
+            "POST",
+            400,
+            {"reason": "Not enough creative units"},
+            {},
+            OutOfCreditsError,
+            lambda e: e.status == 400,
+        ),
         (
             "POST",
             429,

@@ -352,3 +352,68 @@ def test_lost_answers_are_reconciled_so_every_unit_is_made_and_paid_once(
     assert sim.jobs_created == 20  # no job paid for twice, none lost
     assert len({r["job_id"] for r in results}) == 20
     assert_matches_what_was_served(out, results, sim)
+
+
+def test_429_pressure_lowers_the_cap_to_the_servers_limit(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n  - prompt: 'p{n}'\n"
+        "    vars: {n: [" + ", ".join(map(str, range(24))) + "]}\n",
+    )
+    sim = start_simulator(in_flight_limit=3, job_seconds=0.2)
+    out = tmp_path / "out"
+    assert run_cli(sim, manifest, out, "--concurrency", "12", "--poll-interval", "0.02") == 0
+    assert sim.jobs_created == 24
+    assert sim.requests["POST /v1/generate/custom/{model}"] > 24  # 429s were met
+    assert "jobs in flight: at most 3 now (--concurrency 12)" in capsys.readouterr().err
+
+
+def test_out_of_credits_stops_submitting_and_the_rest_waits_for_more(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n  - prompt: p\n    count: 10\n",
+    )
+    sim = start_simulator(credits=5.0)  # one creative unit per 64x64 job
+    out = tmp_path / "out"
+    assert run_cli(sim, manifest, out, "--concurrency", "2", "--poll-interval", "0.02") == 1
+    assert sim.jobs_created == 5
+    assert "out of creative units" in capsys.readouterr().out
+    assert sum(r["status"] == "success" for r in read_results(out)) == 5
+
+    sim.config = dataclasses.replace(sim.config, credits=None)  # topped up
+    assert run_cli(sim, manifest, out, "--concurrency", "2", "--poll-interval", "0.02") == 0
+    assert sim.jobs_created == 10
+
+
+def test_a_model_the_plan_does_not_cover_fails_its_units_after_one_request(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+) -> None:
+    manifest = write(
+        "jobs.yaml",
+        "width: 64\nheight: 64\njobs:\n"
+        "  - {model: model_imagen4-ultra, prompt: a, count: 4}\n"
+        "  - {model: model_sim-fast, prompt: b, count: 2}\n",
+    )
+    sim = start_simulator(restricted_models=("model_imagen4-ultra",))
+    out = tmp_path / "out"
+    assert run_cli(sim, manifest, out, "--concurrency", "1", "--poll-interval", "0.02") == 1
+    results = read_results(out)
+    refused = [r for r in results if r["model"] == "model_imagen4-ultra"]
+    assert len(refused) == 4 and all("does not give access" in r["error"] for r in refused)
+    assert sim.requests["POST /v1/generate/custom/{model}"] == 1 + 2
+    assert [r["status"] for r in results if r["model"] == "model_sim-fast"] == ["success"] * 2

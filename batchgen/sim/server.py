@@ -68,6 +68,10 @@ class SimConfig:
     truncate_rate: float = 0.0
     # Fraction of jobs that stay "in-progress" for ever.
     stuck_rate: float = 0.0
+    # Creative units the account has; None: unlimited.  Past them, submissions get 402.
+    credits: float | None = None
+    # Models the plan does not cover: 403 ModelAccessRestrictedError.
+    restricted_models: tuple[str, ...] = ()
     seed: int = 0
     models: tuple[str, ...] = DEFAULT_MODELS
 
@@ -148,6 +152,7 @@ class Simulator:
     cdn_authorization_headers: int = 0
     answers_lost: int = 0
     faults_injected: int = 0
+    spent: float = 0.0
     # Called with each new job after it is created and before it is answered: tests use
     # it to kill a client exactly in that window.
     on_job_created: Callable[[SimJob], None] | None = None
@@ -283,6 +288,14 @@ class Simulator:
                 {"creativeUnitsCost": cost, "creativeUnitsDiscount": 0, "costDetails": {}},
                 status=269,
             )
+        if model in self.config.restricted_models:
+            return _error(
+                403,
+                f"Your plan does not give access to {model}",
+                name="ModelAccessRestrictedError",
+            )
+        if self.config.credits is not None and self.spent + cost > self.config.credits:
+            return _error(402, "Not enough creative units to run this job")
         limit = self.config.in_flight_limit
         if limit is not None and self.in_flight() >= limit:
             return _error(
@@ -291,6 +304,7 @@ class Simulator:
                 details={"actionName": "parallelCustomJobs", "actionLimit": limit},
             )
         job = self._create_job(model, body, cost)
+        self.spent += cost
         if self.on_job_created is not None:
             self.on_job_created(job)
         if self._rng.random() < self.config.lose_answer_rate:
