@@ -12,7 +12,7 @@ from batchgen.sim import Simulator
 from tests.conftest import SIM_SECRET
 from tests.test_end_to_end import read_results, run_cli
 
-UNITS = 200
+UNITS = 1000
 
 
 def test_a_chaotic_run_loses_nothing_pays_nothing_twice_and_leaks_nothing(
@@ -25,8 +25,8 @@ def test_a_chaotic_run_loses_nothing_pays_nothing_twice_and_leaks_nothing(
     manifest = write(
         "jobs.yaml",
         "model: model_sim-fast\nwidth: 32\nheight: 32\njobs:\n"
-        "  - prompt: same body\n    count: 40\n"
-        "  - prompt: 'unit {n}'\n    vars: {n: [" + ", ".join(map(str, range(160))) + "]}\n",
+        "  - prompt: same body\n    count: 100\n"
+        "  - prompt: 'unit {n}'\n    vars: {n: [" + ", ".join(map(str, range(900))) + "]}\n",
     )
     sim = start_simulator(
         job_seconds=0.1,
@@ -45,7 +45,7 @@ def test_a_chaotic_run_loses_nothing_pays_nothing_twice_and_leaks_nothing(
         manifest,
         out,
         "--concurrency",
-        "20",
+        "50",
         "--poll-interval",
         "0.02",
         "--job-timeout",

@@ -17,6 +17,7 @@ import pytest
 from batchgen.cli import main
 from batchgen.sim import Simulator
 from tests.conftest import SIM_SECRET
+from tests.test_manifest import BAD_MANIFESTS
 
 MANIFEST = """\
 model: model_sim-fast
@@ -417,3 +418,28 @@ def test_a_model_the_plan_does_not_cover_fails_its_units_after_one_request(
     assert len(refused) == 4 and all("does not give access" in r["error"] for r in refused)
     assert sim.requests["POST /v1/generate/custom/{model}"] == 1 + 2
     assert [r["status"] for r in results if r["model"] == "model_sim-fast"] == ["success"] * 2
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+@pytest.mark.parametrize(("text", "line", "field", "_message"), BAD_MANIFESTS)
+def test_every_bad_manifest_exits_2_with_one_line_and_writes_nothing(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    api_env: None,
+    command: str,
+    text: str,
+    line: int,
+    field: str,
+    _message: str,
+) -> None:
+    path = write("bad.yaml", text)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = [command, str(path)] + (["--api-url", "http://127.0.0.1:9"] if command == "run" else [])
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    (message,) = captured.err.strip().splitlines()
+    assert message.startswith(f"batchgen: error: {path}:{line}: {field}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written

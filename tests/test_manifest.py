@@ -13,6 +13,71 @@ Write = Callable[[str, str], Path]
 BASE = "model: m1\nwidth: 512\nheight: 512\n"
 
 
+BAD_MANIFESTS = [
+    (BASE + "jobs:\n  - prompt: [unclosed\n", 6, "yaml", "flow sequence begun on line 5"),
+    (BASE + "jobs:\n  - prompt: a\n   x: : y\n", 6, "yaml", ""),
+    (BASE + "jobs:\n  - promt: a cat\n", 5, "jobs[0].promt", "did you mean 'prompt'"),
+    (BASE + "colour: red\njobs:\n  - prompt: a\n", 4, "colour", "unknown key"),
+    (BASE + "jobs:\n  - prompt: a\n    width: 1000\n", 6, "jobs[0].width", "multiple of 16"),
+    (BASE + "jobs:\n  - prompt: a\n    width: -16\n", 6, "jobs[0].width", "multiple of 16"),
+    (BASE + "jobs:\n  - prompt: a\n    height: '512'\n", 6, "jobs[0].height", "whole number"),
+    (BASE + "jobs:\n  - prompt: a\n    width: true\n", 6, "jobs[0].width", "whole number"),
+    (BASE + "jobs:\n  - prompt: '   '\n", 5, "jobs[0].prompt", "empty"),
+    (BASE + "jobs:\n  - prompt: 12\n", 5, "jobs[0].prompt", "must be a string"),
+    (BASE + "jobs:\n  - prompts_file: nowhere.txt\n", 5, "jobs[0].prompts_file", "not found"),
+    (BASE + "jobs:\n  - prompts_file: p.docx\n", 5, "jobs[0].prompts_file", "must end in"),
+    (
+        BASE + "jobs:\n  - {id: a, prompt: x}\n  - {id: a, prompt: y}\n",
+        6,
+        "jobs[1].id",
+        "duplicate",
+    ),
+    (BASE + "jobs:\n  - prompt: a\n    count: 0\n", 6, "jobs[0].count", "between"),
+    (BASE + "jobs:\n  - prompt: a\n    prompts_file: x.txt\n", 5, "jobs[0]", "exactly one"),
+    (
+        BASE + "jobs:\n  - prompt: a\n    params: {width: 16}\n",
+        6,
+        "jobs[0].params.width",
+        "own field",
+    ),
+    (
+        BASE + "jobs:\n  - prompt: a\n    params: {when: 2024-01-01}\n",
+        6,
+        "jobs[0].params.when",
+        "JSON",
+    ),
+    (
+        BASE + "jobs:\n  - prompt: 'a {x} {z}'\n    vars: {x: [1]}\n",
+        5,
+        "jobs[0].prompt",
+        "{z} has no",
+    ),
+    (
+        BASE + "jobs:\n  - prompt: 'a {x}'\n    vars: {x: [1], y: [2]}\n",
+        6,
+        "jobs[0].vars.y",
+        "not used",
+    ),
+    (
+        BASE + "jobs:\n  - prompt: a\n    sizes: [[512]]\n",
+        6,
+        "jobs[0].sizes[0]",
+        "[width, height]",
+    ),
+    (BASE + "jobs:\n  - prompt: a\n    sizes: [[512, 500]]\n", 6, "jobs[0].sizes[0][1]", "16"),
+    (BASE + "jobs: []\n", 4, "jobs", "at least one"),
+    (
+        BASE + "jobs:\n  - prompt: a\n  - prompt: b\n    model: m\n    model: n\n",
+        8,
+        "jobs[1].model",
+        "twice",
+    ),
+    ("width: 512\nheight: 512\njobs:\n  - prompt: a\n", 4, "jobs[0].model", "no model"),
+    (BASE + "concurrency: 0\njobs:\n  - prompt: a\n", 4, "concurrency", "between"),
+    ("- just\n- a list\n", 1, "", "must be a mapping"),
+]
+
+
 def units_of(write: Write, text: str) -> list:
     return list(iter_units(load_manifest(write("m.yaml", text))))
 
@@ -132,72 +197,7 @@ def test_expansion_is_lazy(write: Write) -> None:
     assert count_units(manifest) == 1001
 
 
-@pytest.mark.parametrize(
-    ("text", "line", "field", "message"),
-    [
-        (BASE + "jobs:\n  - prompt: [unclosed\n", 6, "yaml", "flow sequence begun on line 5"),
-        (BASE + "jobs:\n  - prompt: a\n   x: : y\n", 6, "yaml", ""),
-        (BASE + "jobs:\n  - promt: a cat\n", 5, "jobs[0].promt", "did you mean 'prompt'"),
-        (BASE + "colour: red\njobs:\n  - prompt: a\n", 4, "colour", "unknown key"),
-        (BASE + "jobs:\n  - prompt: a\n    width: 1000\n", 6, "jobs[0].width", "multiple of 16"),
-        (BASE + "jobs:\n  - prompt: a\n    width: -16\n", 6, "jobs[0].width", "multiple of 16"),
-        (BASE + "jobs:\n  - prompt: a\n    height: '512'\n", 6, "jobs[0].height", "whole number"),
-        (BASE + "jobs:\n  - prompt: a\n    width: true\n", 6, "jobs[0].width", "whole number"),
-        (BASE + "jobs:\n  - prompt: '   '\n", 5, "jobs[0].prompt", "empty"),
-        (BASE + "jobs:\n  - prompt: 12\n", 5, "jobs[0].prompt", "must be a string"),
-        (BASE + "jobs:\n  - prompts_file: nowhere.txt\n", 5, "jobs[0].prompts_file", "not found"),
-        (BASE + "jobs:\n  - prompts_file: p.docx\n", 5, "jobs[0].prompts_file", "must end in"),
-        (
-            BASE + "jobs:\n  - {id: a, prompt: x}\n  - {id: a, prompt: y}\n",
-            6,
-            "jobs[1].id",
-            "duplicate",
-        ),
-        (BASE + "jobs:\n  - prompt: a\n    count: 0\n", 6, "jobs[0].count", "between"),
-        (BASE + "jobs:\n  - prompt: a\n    prompts_file: x.txt\n", 5, "jobs[0]", "exactly one"),
-        (
-            BASE + "jobs:\n  - prompt: a\n    params: {width: 16}\n",
-            6,
-            "jobs[0].params.width",
-            "own field",
-        ),
-        (
-            BASE + "jobs:\n  - prompt: a\n    params: {when: 2024-01-01}\n",
-            6,
-            "jobs[0].params.when",
-            "JSON",
-        ),
-        (
-            BASE + "jobs:\n  - prompt: 'a {x} {z}'\n    vars: {x: [1]}\n",
-            5,
-            "jobs[0].prompt",
-            "{z} has no",
-        ),
-        (
-            BASE + "jobs:\n  - prompt: 'a {x}'\n    vars: {x: [1], y: [2]}\n",
-            6,
-            "jobs[0].vars.y",
-            "not used",
-        ),
-        (
-            BASE + "jobs:\n  - prompt: a\n    sizes: [[512]]\n",
-            6,
-            "jobs[0].sizes[0]",
-            "[width, height]",
-        ),
-        (BASE + "jobs:\n  - prompt: a\n    sizes: [[512, 500]]\n", 6, "jobs[0].sizes[0][1]", "16"),
-        (BASE + "jobs: []\n", 4, "jobs", "at least one"),
-        (
-            BASE + "jobs:\n  - prompt: a\n  - prompt: b\n    model: m\n    model: n\n",
-            8,
-            "jobs[1].model",
-            "twice",
-        ),
-        ("width: 512\nheight: 512\njobs:\n  - prompt: a\n", 4, "jobs[0].model", "no model"),
-        (BASE + "concurrency: 0\njobs:\n  - prompt: a\n", 4, "concurrency", "between"),
-        ("- just\n- a list\n", 1, "", "must be a mapping"),
-    ],
-)
+@pytest.mark.parametrize(("text", "line", "field", "message"), BAD_MANIFESTS)
 def test_bad_manifests_name_file_line_and_field(
     write: Write, text: str, line: int, field: str, message: str
 ) -> None:
