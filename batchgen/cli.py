@@ -114,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {defaults.DEFAULT_JOB_TIMEOUT:g})",
     )
     run.add_argument(
+        "--job-attempts",
+        type=_positive_int("--job-attempts", 20),
+        default=defaults.DEFAULT_JOB_ATTEMPTS,
+        metavar="N",
+        help="jobs to try per unit when they end in 'failure' (each costs creative units; "
+        f"default {defaults.DEFAULT_JOB_ATTEMPTS})",
+    )
+    run.add_argument(
         "--downloads",
         type=_positive_int("--downloads", 64),
         default=defaults.DEFAULT_DOWNLOAD_WORKERS,
@@ -317,6 +325,7 @@ def _run(args: argparse.Namespace) -> int:
         concurrency=concurrency,
         poll_interval=args.poll_interval,
         job_timeout=args.job_timeout,
+        job_attempts=args.job_attempts,
         download_workers=args.downloads,
     )
     log.info(
@@ -332,7 +341,7 @@ def _run(args: argparse.Namespace) -> int:
             out_dir.rename(aside)
         log.warning("--fresh: the previous output is kept in %s", aside)
     with OutputLock(out_dir):
-        journal = Journal(out_dir)
+        journal = Journal(out_dir, failed_job_limit=args.job_attempts)
         try:
             summary = anyio.run(
                 _run_async,

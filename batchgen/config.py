@@ -16,6 +16,8 @@ MAX_CONCURRENCY = 1000
 DEFAULT_POLL_INTERVAL = 2.0
 # A job still not finished after this long is given up (and a cancel is attempted).
 DEFAULT_JOB_TIMEOUT = 3600.0
+# Jobs that end in "failure" cost money: try a unit this many times in all, then give up.
+DEFAULT_JOB_ATTEMPTS = 2
 DEFAULT_DOWNLOAD_WORKERS = 8
 DEFAULT_STATUS_REQUESTS_AT_ONCE = 16
 DEFAULT_REQUEST_TIMEOUT = 60.0
@@ -83,6 +85,7 @@ class EngineSettings:
     concurrency: int = DEFAULT_CONCURRENCY
     poll_interval: float = DEFAULT_POLL_INTERVAL
     job_timeout: float = DEFAULT_JOB_TIMEOUT
+    job_attempts: int = DEFAULT_JOB_ATTEMPTS
     download_workers: int = DEFAULT_DOWNLOAD_WORKERS
     status_requests_at_once: int = DEFAULT_STATUS_REQUESTS_AT_ONCE
     progress_every: float = PROGRESS_EVERY_SECONDS

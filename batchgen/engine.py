@@ -154,6 +154,15 @@ class Engine:
         self._claimed: set[str] = set()
         self._posting: Counter[str] = Counter()
         self._posting_changed = anyio.Condition()
+        # Units handed to the poller whose final result is still to come, and submissions
+        # under way: while either is non-zero a unit may still come back for another job,
+        # so the submitter keeps its stream open.
+        self._open_units = 0
+        self._pending_submits = 0
+        self._settled = anyio.Condition()
+        self._submit_group: anyio.abc.TaskGroup | None = None
+        self._jobs_out: ObjectSendStream[InFlight] | None = None
+        self._results_out: ObjectSendStream[UnitResult] | None = None
 
     async def _record(self, call: Callable[[], T]) -> T:
         """Run a journal call off the event loop.  Not abandoned on cancellation: a
@@ -191,6 +200,7 @@ class Engine:
     ) -> None:
         out = self._settings.output_dir
         async with jobs, results, anyio.create_task_group() as tg:
+            self._submit_group, self._jobs_out, self._results_out = tg, jobs, results
             for unit in units:
                 if self._submitting_stopped():
                     break
@@ -214,11 +224,45 @@ class Engine:
                 if action is Resume.REATTACH and row is not None and row.job_id is not None:
                     log.debug("unit %s: watching its job %s again", unit.id, row.job_id)
                     self._claimed.add(row.job_id)
-                    self.in_flight += 1
-                    await jobs.send(InFlight(unit, row.job_id, slot, row.cost))
+                    await self._hand_to_poller(InFlight(unit, row.job_id, slot, row.cost))
                     continue
                 lost = row.submit_started if action is Resume.RECONCILE and row else None
-                tg.start_soon(self._submit_one, unit, slot, lost, jobs, results)
+                self._spawn_submit(unit, slot, lost)
+            async with self._settled:
+                while self._open_units or self._pending_submits:
+                    await self._settled.wait()
+
+    def _spawn_submit(self, unit: Unit, slot: object | None, lost_attempt: str | None) -> None:
+        """Start a submission in the submitter's task group (also for a unit coming back
+        for another job); with no slot in hand, it waits for one."""
+        assert self._submit_group is not None
+        self._pending_submits += 1
+        self._submit_group.start_soon(self._submit_task, unit, slot, lost_attempt)
+
+    async def _submit_task(self, unit: Unit, slot: object | None, lost_attempt: str | None) -> None:
+        assert self._jobs_out is not None and self._results_out is not None
+        try:
+            if slot is None:
+                slot = object()
+                await self._slots.acquire_on_behalf_of(slot)
+            await self._submit_one(unit, slot, lost_attempt, self._jobs_out, self._results_out)
+        finally:
+            self._pending_submits -= 1
+            await self._notify_settled()
+
+    async def _hand_to_poller(self, item: InFlight) -> None:
+        assert self._jobs_out is not None
+        self.in_flight += 1
+        self._open_units += 1
+        await self._jobs_out.send(item)
+
+    async def _unit_settled(self) -> None:
+        self._open_units -= 1
+        await self._notify_settled()
+
+    async def _notify_settled(self) -> None:
+        async with self._settled:
+            self._settled.notify_all()
 
     async def _submit_one(
         self,
@@ -312,9 +356,8 @@ class Engine:
     ) -> None:
         await self._record(functools.partial(self._journal.submitted, unit.id, job_id, cost))
         self.summary.submitted += 1
-        self.in_flight += 1
         log.debug("submitted unit %s as job %s", unit.id, job_id)
-        await jobs.send(InFlight(unit, job_id, slot, cost))
+        await self._hand_to_poller(InFlight(unit, job_id, slot, cost))
 
     def _submitting_stopped(self) -> bool:
         return self.summary.out_of_credits
@@ -408,6 +451,7 @@ class Engine:
                         await results.send(
                             UnitResult.failure(item.unit, job_id=job_id, error=_describe(outcome))
                         )
+                        await self._unit_settled()
                     elif isinstance(outcome, BatchgenError):
                         log.warning(
                             "job %s: status unknown for now (%s); still watching it",
@@ -441,6 +485,7 @@ class Engine:
                     self._job_ended(item)
                     error = f"timed out after {self._settings.job_timeout:g}s"
                     await results.send(UnitResult.failure(item.unit, job_id=job_id, error=error))
+                    await self._unit_settled()
 
     async def _give_up(self, item: InFlight) -> None:
         """Try to cancel a job that ran past its deadline; custom jobs may refuse."""
@@ -461,37 +506,52 @@ class Engine:
         results: ObjectSendStream[UnitResult],
     ) -> None:
         async with finished, results:
-            async for message in finished:
-                item, job = message
+            async for item, job in finished:
                 cost = job.cost if job.cost is not None else item.cost
-                if job.status != "success":
-                    error = job.error or f"job ended with status {job.status}"
-                    await results.send(
-                        UnitResult.failure(
-                            item.unit,
-                            job_id=job.job_id,
+                if job.status == "failure" and await self._another_job_allowed(item.unit):
+                    error = job.error or "job failed"
+                    await self._record(
+                        functools.partial(
+                            self._journal.failed,
+                            item.unit.id,
                             error=error,
-                            cost=cost,
-                            job_status=job.status,
-                        )
-                    )
-                    continue
-                try:
-                    files = await self._download_job(item.unit, job)
-                except (ApiError, DownloadError) as exc:
-                    await results.send(
-                        UnitResult.failure(
-                            item.unit,
+                            permanent=False,
                             job_id=job.job_id,
-                            error=_describe(exc),
-                            cost=cost,
                             job_status=job.status,
+                            result={},
                         )
                     )
+                    log.info("unit %s: its job failed (%s); trying another", item.unit.id, error)
+                    self._spawn_submit(item.unit, None, None)
+                    await self._unit_settled()
                     continue
-                await results.send(
-                    UnitResult.success(item.unit, job_id=job.job_id, files=files, cost=cost)
-                )
+                result = await self._result_of(item, job, cost)
+                await results.send(result)
+                await self._unit_settled()
+
+    async def _another_job_allowed(self, unit: Unit) -> bool:
+        if self._submitting_stopped():
+            return False
+        row = await self._record(functools.partial(self._journal.get, unit.id))
+        failed_before = row.failed_jobs if row is not None else 0
+        return failed_before + 1 < self._settings.job_attempts
+
+    async def _result_of(self, item: InFlight, job: JobRecord, cost: float | None) -> UnitResult:
+        if job.status != "success":
+            return UnitResult.failure(
+                item.unit,
+                job_id=job.job_id,
+                error=job.error or f"job ended with status {job.status}",
+                cost=cost,
+                job_status=job.status,
+            )
+        try:
+            files = await self._download_job(item.unit, job)
+        except (ApiError, DownloadError) as exc:
+            return UnitResult.failure(
+                item.unit, job_id=job.job_id, error=_describe(exc), cost=cost, job_status=job.status
+            )
+        return UnitResult.success(item.unit, job_id=job.job_id, files=files, cost=cost)
 
     async def _download_job(self, unit: Unit, job: JobRecord) -> list[tuple[str, str]]:
         if job.asset_ids:

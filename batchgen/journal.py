@@ -35,7 +35,7 @@ JOURNAL_NAME = "journal.sqlite3"
 SCHEMA_VERSION = 1
 # A job that ended in status "failure" costs money each time: after this many, the
 # unit is a permanent failure, retried only with --retry-failed.
-FAILED_JOB_LIMIT = 2
+FAILED_JOB_LIMIT = 2  # the default of --job-attempts
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -112,8 +112,9 @@ class Journal:
     """The SQLite store.  Methods are blocking and thread-safe; the engine calls them
     from a worker thread so a commit's fsync never stalls the event loop."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, *, failed_job_limit: int = FAILED_JOB_LIMIT) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        self.failed_job_limit = failed_job_limit
         self.path = out_dir / JOURNAL_NAME
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -287,7 +288,7 @@ class Journal:
                     error,
                     json.dumps(result, ensure_ascii=False),
                     time.time(),
-                    FAILED_JOB_LIMIT,
+                    self.failed_job_limit,
                 ),
             )
         )

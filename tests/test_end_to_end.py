@@ -136,7 +136,7 @@ def test_in_flight_jobs_never_exceed_concurrency(
     assert sim.jobs_created == 12
 
 
-def test_failed_jobs_give_exit_1_with_reasons_and_are_retried_next_run(
+def test_failed_units_give_exit_1_with_reasons_and_wait_for_retry_failed(
     write: Callable[[str, str], Path],
     tmp_path: Path,
     start_simulator: Callable[..., Simulator],
@@ -147,37 +147,30 @@ def test_failed_jobs_give_exit_1_with_reasons_and_are_retried_next_run(
         "model: model_sim-fast\nwidth: 64\nheight: 64\n"
         "jobs:\n  - prompt: p\n    count: 6\n  - prompt: q\n    params: {bogus: 1}\n",
     )
-    sim = start_simulator(failure_rate=0.5, seed=3)
+    sim = start_simulator(failure_rate=0.6, seed=3)
     out = tmp_path / "out"
-    assert (
-        run_cli(
-            sim,
-            manifest,
-            out,
-            "--poll-interval",
-            "0.02",
-        )
-        == 1
-    )
+    options = ("--poll-interval", "0.02", "--job-attempts", "2")
+    assert run_cli(sim, manifest, out, *options) == 1
     results = read_results(out)
     failed = [r for r in results if r["status"] == "failure"]
-    assert any("Simulated generation failure" in r["error"] for r in failed)
+    failed_p = [r for r in failed if r["prompt"] == "p"]
+    assert failed_p and all("Simulated generation failure" in r["error"] for r in failed_p)
     assert any(r["prompt"] == "q" and "Unknown field(s): bogus" in r["error"] for r in failed)
     assert len(results) == 7
 
-    # A second run retries only the failures and keeps one line per unit.
-    succeeded_before = {r["id"] for r in results if r["status"] == "success"}
+    # Both jobs of those units failed: they failed for good, and a plain rerun leaves
+    # them alone, keeping one line per unit.
     created_before = sim.jobs_created
-    run_cli(
-        sim,
-        manifest,
-        out,
-        "--poll-interval",
-        "0.02",
-    )
+    assert run_cli(sim, manifest, out, *options) == 1
+    assert sim.jobs_created == created_before
+    assert read_results(out) == results
+
+    # --retry-failed gives each failed unit one more job (q is refused again by the API).
+    succeeded_before = {r["id"] for r in results if r["status"] == "success"}
+    run_cli(sim, manifest, out, *options, "--retry-failed")
     again = read_results(out)
     assert len(again) == 7 and len({r["id"] for r in again}) == 7
-    assert sim.jobs_created - created_before == len([r for r in failed if r["prompt"] == "p"])
+    assert sim.jobs_created - created_before == len(failed_p)
     assert succeeded_before <= {r["id"] for r in again if r["status"] == "success"}
 
 
@@ -443,3 +436,29 @@ def test_every_bad_manifest_exits_2_with_one_line_and_writes_nothing(
     (message,) = captured.err.strip().splitlines()
     assert message.startswith(f"batchgen: error: {path}:{line}: {field}")
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_a_failed_job_is_tried_again_within_the_run_up_to_job_attempts(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+) -> None:
+    from tests.test_chaos import assert_every_job_belongs_to_one_unit
+
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n  - prompt: 'p{n}'\n"
+        "    vars: {n: [" + ", ".join(map(str, range(30))) + "]}\n",
+    )
+    sim = start_simulator(failure_rate=0.5, seed=9)
+    out = tmp_path / "out"
+    run_cli(sim, manifest, out, "--poll-interval", "0.02", "--job-attempts", "3")
+    results = read_results(out)
+    assert len(results) == 30
+    assert sim.jobs_created > 30  # failures were tried again, in this same run
+    assert_every_job_belongs_to_one_unit(out, sim, job_attempts=3)
+    for record in results:  # a unit gives up only after its third failed job
+        jobs_of_unit = [j for j in sim.jobs.values() if j.body["prompt"] == record["prompt"]]
+        if record["status"] == "failure":
+            assert len(jobs_of_unit) == 3 and all(j.fails for j in jobs_of_unit)
