@@ -180,6 +180,15 @@ def test_failed_units_give_exit_1_with_reasons_and_wait_for_retry_failed(
         (["run", "{manifest}", "--concurrency", "0"], "--concurrency"),
         (["run", "{manifest}", "--poll-interval", "-1"], "--poll-interval"),
         (["run", "{manifest}", "--api-url", "ftp://x"], "--api-url"),
+        (["run", "{manifest}", "--concurrency", "many"], "--concurrency"),
+        (["run", "{manifest}", "--retries", "0"], "--retries"),
+        (["run", "{manifest}", "--job-timeout", "0"], "--job-timeout"),
+        (["run", "{manifest}", "--job-attempts", "-2"], "--job-attempts"),
+        (["run", "{manifest}", "--downloads", "0"], "--downloads"),
+        (["run", "{manifest}", "--max-runtime", "soon"], "--max-runtime"),
+        (["run", "{manifest}", "--no-such-option"], "--no-such-option"),
+        (["run"], "manifest"),
+        (["frobnicate"], "frobnicate"),
         (["run", "{bad}"], "bad.yaml:5: jobs[0].width"),
         (["validate", "{bad}"], "bad.yaml:5: jobs[0].width"),
         (["run", "{manifest}"], "no API credentials"),
@@ -462,3 +471,25 @@ def test_a_failed_job_is_tried_again_within_the_run_up_to_job_attempts(
         jobs_of_unit = [j for j in sim.jobs.values() if j.body["prompt"] == record["prompt"]]
         if record["status"] == "failure":
             assert len(jobs_of_unit) == 3 and all(j.fails for j in jobs_of_unit)
+
+
+def test_refused_credentials_stop_the_run_at_once_with_exit_2(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SCENARIO_API_KEY", "test-key")
+    monkeypatch.setenv("SCENARIO_API_SECRET", "wrong-secret-value")
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n  - {prompt: p, count: 5}\n",
+    )
+    sim = start_simulator()
+    out = tmp_path / "out"
+    assert run_cli(sim, manifest, out, "--concurrency", "1") == 2
+    err = capsys.readouterr().err
+    assert "refused the credentials" in err and "wrong-secret-value" not in err
+    assert sim.requests["POST /v1/generate/custom/{model}"] == 1  # stopped at once
+    assert sim.jobs_created == 0
