@@ -22,6 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio import CancelScope
@@ -35,6 +36,7 @@ from .errors import BatchgenError, ConfigError
 from .journal import JOURNAL_NAME, Journal
 from .lock import OutputLock, run_in_progress
 from .manifest import Manifest, count_units, iter_units, load_manifest
+from .policy import Request, with_retries
 from .results import write_results
 from .sim import SimConfig, serve
 
@@ -180,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("manifest", type=Path)
     _add_verbosity(validate)
 
+    models = commands.add_parser("models", help="list the models the credentials can use")
+    models.add_argument("--api-url", help="API base URL (as for run)")
+    models.add_argument("--project-id", help="Scenario project id (as for run)")
+    models.add_argument("--simulate", action="store_true", help="ask the embedded simulator")
+    models.add_argument("--json", action="store_true", help="print the API's model records")
+    _add_verbosity(models)
+
     status = commands.add_parser(
         "status", help="what a run has done so far in an output directory (also while it runs)"
     )
@@ -265,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sim(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "models":
+            return _models(args)
         return _run(args)
     except KeyboardInterrupt:
         print("batchgen: interrupted", file=sys.stderr)
@@ -302,23 +313,48 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _connection(args: argparse.Namespace) -> tuple[str, Credentials, str | None]:
+    """(API base URL, credentials, project id) from the options and the environment.
+    With --simulate the URL is known only once the simulator runs: it is left empty."""
+    project_id = args.project_id or os.environ.get(defaults.PROJECT_VARIABLE) or None
+    if args.simulate:
+        return "", Credentials(key="sim", secret=secrets.token_urlsafe(24)), project_id
+    base_url = args.api_url or os.environ.get(defaults.API_URL_VARIABLE) or defaults.DEFAULT_API_URL
+    parsed = URL(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(f"--api-url: not an http(s) URL: {base_url!r}")
+    return base_url, Credentials.from_environment(), project_id
+
+
+def _models(args: argparse.Namespace) -> int:
+    base_url, credentials, project_id = _connection(args)
+
+    async def fetch() -> list[dict[str, Any]]:
+        async with contextlib.AsyncExitStack() as stack:
+            url = base_url
+            if args.simulate:
+                sim_config = SimConfig(api_key=credentials.key, api_secret=credentials.secret)
+                url = (await stack.enter_async_context(serve(sim_config))).api_url
+            settings = ApiSettings(base_url=url, credentials=credentials, project_id=project_id)
+            client = await stack.enter_async_context(ScenarioClient.open(settings))
+            return await with_retries(Request.OTHER_READ, client.list_models, settings.retry)
+
+    models = anyio.run(fetch)
+    if args.json:
+        print(json.dumps(models, ensure_ascii=False))
+        return EXIT_OK
+    for model in models:
+        name = model.get("name") or ""
+        print(f"{model.get('id', '?')}\t{name}\t{model.get('type') or ''}".rstrip())
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace) -> int:
     manifest, total = _load(args.manifest)
     out_dir = args.out or manifest.output or defaults.DEFAULT_OUTPUT_ROOT / args.manifest.stem
     concurrency = args.concurrency or manifest.concurrency or defaults.DEFAULT_CONCURRENCY
 
-    if args.simulate:
-        credentials = Credentials(key="sim", secret=secrets.token_urlsafe(24))
-        base_url = ""
-    else:
-        base_url = (
-            args.api_url or os.environ.get(defaults.API_URL_VARIABLE) or defaults.DEFAULT_API_URL
-        )
-        parsed = URL(base_url)
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ConfigError(f"--api-url: not an http(s) URL: {base_url!r}")
-        credentials = Credentials.from_environment()
-    project_id = args.project_id or os.environ.get(defaults.PROJECT_VARIABLE) or None
+    base_url, credentials, project_id = _connection(args)
 
     engine_settings = EngineSettings(
         output_dir=out_dir,

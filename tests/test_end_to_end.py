@@ -493,3 +493,18 @@ def test_refused_credentials_stop_the_run_at_once_with_exit_2(
     assert "refused the credentials" in err and "wrong-secret-value" not in err
     assert sim.requests["POST /v1/generate/custom/{model}"] == 1  # stopped at once
     assert sim.jobs_created == 0
+
+
+def test_models_lists_every_page(
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    names = tuple(f"model_{i:03d}" for i in range(230))  # three pages of 100
+    sim = start_simulator(models=names)
+    assert main(["models", "--api-url", sim.api_url]) == 0
+    listed = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list(names)
+    assert sim.requests["GET /v1/models"] == 3
+    assert main(["models", "--api-url", sim.api_url, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 230
