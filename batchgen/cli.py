@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from .lock import OutputLock, run_in_progress
 from .manifest import Manifest, count_units, iter_units, load_manifest
 from .policy import Request, with_retries
 from .results import write_results
+from .shard import Shard, shard_directories
 from .sim import SimConfig, serve
 
 EXIT_OK = 0
@@ -82,6 +84,13 @@ def _positive_float(name: str) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start over: move an existing output directory aside to DIR.<date-time> "
         "(nothing is deleted) and begin a new one",
+    )
+    run.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="run only shard I of N (1-based) of the units, in OUT/shard-I-of-N; "
+        "for one machine or array task per shard",
     )
     run.add_argument(
         "--simulate",
@@ -350,8 +366,16 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    manifest, total = _load(args.manifest)
+    manifest = load_manifest(args.manifest)
+    shard: Shard | None = args.shard
+    total = (
+        count_units(manifest)
+        if shard is None
+        else sum(1 for _ in shard.select(iter_units(manifest)))
+    )
     out_dir = args.out or manifest.output or defaults.DEFAULT_OUTPUT_ROOT / args.manifest.stem
+    if shard is not None:
+        out_dir = out_dir / shard.directory
     concurrency = args.concurrency or manifest.concurrency or defaults.DEFAULT_CONCURRENCY
 
     base_url, credentials, project_id = _connection(args)
@@ -461,7 +485,8 @@ async def _run_async(
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope, engine.summary)
             with anyio.move_on_after(args.max_runtime) as deadline:
-                await engine.run(iter_units(manifest), total)
+                units = iter_units(manifest)
+                await engine.run(units if args.shard is None else args.shard.select(units), total)
             if deadline.cancelled_caught:
                 engine.summary.out_of_time = True
                 log.warning("--max-runtime reached; the next run continues from here")
@@ -483,22 +508,29 @@ async def _stop_on_signal(scope: CancelScope, summary: Summary) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     out: Path = args.out
-    if not (out / JOURNAL_NAME).is_file():
+    places = [out] if (out / JOURNAL_NAME).is_file() else shard_directories(out)
+    places = [p for p in places if (p / JOURNAL_NAME).is_file()]
+    if not places:
         raise ConfigError(f"{out}: no batchgen journal here (is it a run's output directory?)")
-    journal = Journal(out)
-    try:
-        counts = journal.counts()
-        spent = journal.spent()
-        failures = list(journal.failures())
-    finally:
-        journal.close()
-    running = run_in_progress(out)
+    counts: Counter[str] = Counter()
+    spent = 0.0
+    failures: list[tuple[str, str, bool, str | None]] = []
+    for place in places:
+        journal = Journal(place)
+        try:
+            counts.update(journal.counts())
+            spent += journal.spent()
+            failures.extend(journal.failures())
+        finally:
+            journal.close()
+    running = any(run_in_progress(place) for place in places)
     if args.json:
         report = {
             "out": str(out),
+            "shards": [p.name for p in places] if places != [out] else [],
             "running": running,
             "units": sum(counts.values()),
-            "states": counts,
+            "states": dict(counts),
             "cost": spent,
             "failures": [
                 {"id": unit_id, "error": error, "permanent": permanent, "job_id": job_id}
