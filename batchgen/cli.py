@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -32,9 +33,9 @@ from yarl import URL
 from . import config as defaults
 from .api import AssetDownloader, ScenarioClient
 from .config import ApiSettings, Credentials, EngineSettings, RetrySettings
-from .engine import Engine, Summary
+from .engine import Engine, Summary, cost_shape
 from .errors import BatchgenError, ConfigError
-from .journal import JOURNAL_NAME, Journal
+from .journal import JOURNAL_NAME, Journal, Resume, resume_action
 from .lock import OutputLock, run_in_progress
 from .manifest import Manifest, count_units, iter_units, load_manifest
 from .policy import Request, with_retries
@@ -171,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start over: move an existing output directory aside to DIR.<date-time> "
         "(nothing is deleted) and begin a new one",
+    )
+    run.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print what the units still to do would cost (the API's dry run, once per "
+        "model/size/params shape) and stop; nothing is created",
+    )
+    run.add_argument(
+        "--budget",
+        type=_positive_float("--budget"),
+        metavar="CU",
+        help="stop submitting before the creative units spent in this output directory plus "
+        "the next job's cost would pass this",
     )
     run.add_argument(
         "--shard",
@@ -342,6 +356,50 @@ def _connection(args: argparse.Namespace) -> tuple[str, Credentials, str | None]
     return base_url, Credentials.from_environment(), project_id
 
 
+async def _estimate(
+    args: argparse.Namespace,
+    manifest: Manifest,
+    out_dir: Path,
+    credentials: Credentials,
+    base_url: str,
+    project_id: str | None,
+) -> int:
+    """Cost of the units still to do: one dry run (HTTP 269, nothing created) per shape."""
+    journal = Journal(out_dir) if (out_dir / JOURNAL_NAME).is_file() else None
+    shapes: dict[str, tuple[str, dict[str, Any], int]] = {}
+    try:
+        units = iter_units(manifest)
+        for unit in units if args.shard is None else args.shard.select(units):
+            if journal is not None:
+                action = resume_action(journal.get(unit.id), retry_failed=args.retry_failed)
+                if action not in (Resume.SUBMIT, Resume.RECONCILE):
+                    continue  # done, or its job is already paid for
+            body = unit.request_body()
+            key = cost_shape(unit.model, body)
+            model, first_body, count = shapes.get(key, (unit.model, body, 0))
+            shapes[key] = (model, first_body, count + 1)
+    finally:
+        if journal is not None:
+            journal.close()
+    async with contextlib.AsyncExitStack() as stack:
+        url = base_url
+        if args.simulate:
+            sim_config = SimConfig(api_key=credentials.key, api_secret=credentials.secret)
+            url = (await stack.enter_async_context(serve(sim_config))).api_url
+        settings = ApiSettings(base_url=url, credentials=credentials, project_id=project_id)
+        client = await stack.enter_async_context(ScenarioClient.open(settings))
+        total = 0.0
+        for model, body, count in shapes.values():
+            ask = functools.partial(client.estimate, model, body)
+            cost = await with_retries(Request.OTHER_READ, ask, settings.retry)
+            total += (cost or 0.0) * count
+            size = f"{body.get('width')}x{body.get('height')}"
+            print(f"  {count} x {model} {size}: {cost if cost is not None else '?'} CU each")
+    to_do = sum(count for _, _, count in shapes.values())
+    print(f"batchgen: {to_do} units to do would cost {total:g} creative units (dry run)")
+    return EXIT_OK
+
+
 def _models(args: argparse.Namespace) -> int:
     base_url, credentials, project_id = _connection(args)
 
@@ -395,6 +453,8 @@ def _run(args: argparse.Namespace) -> int:
         out_dir,
         concurrency,
     )
+    if args.estimate:
+        return anyio.run(_estimate, args, manifest, out_dir, credentials, base_url, project_id)
     if args.fresh and out_dir.exists() and any(out_dir.iterdir()):
         aside = out_dir.with_name(f"{out_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
         with OutputLock(out_dir):  # never move a directory from under a live run
@@ -481,6 +541,8 @@ async def _run_async(
             settings,
             api_settings.retry,
             retry_failed=args.retry_failed,
+            budget=args.budget,
+            spent_before=journal.spent(),
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope, engine.summary)

@@ -66,6 +66,8 @@ class Api(Protocol):
 
     async def cancel_job(self, job_id: str) -> None: ...
 
+    async def estimate(self, model: str, body: dict[str, Any]) -> float | None: ...
+
 
 class Fetcher(Protocol):
     async def fetch(
@@ -96,6 +98,7 @@ class Summary:
     interrupted: bool = False
     out_of_time: bool = False
     out_of_credits: bool = False
+    over_budget: bool = False
 
     @property
     def done(self) -> int:
@@ -114,6 +117,8 @@ class Summary:
             )
         if self.out_of_credits:
             parts.append("submitting stopped: out of creative units")
+        if self.over_budget:
+            parts.append("submitting stopped: the next job would pass --budget")
         remaining = self.total - self.skipped - self.left_failed - self.done
         if remaining > 0:
             parts.append(f"{remaining} not finished")
@@ -131,6 +136,8 @@ class Engine:
         rng: random.Random | None = None,
         *,
         retry_failed: bool = False,
+        budget: float | None = None,
+        spent_before: float = 0.0,
     ) -> None:
         self._api = api
         self._fetcher = fetcher
@@ -141,6 +148,11 @@ class Engine:
         self._retry = retry
         self._rng = rng or random.Random()
         self._retry_failed = retry_failed
+        self._budget = budget
+        # Creative units spent, by earlier runs and this one, plus those reserved by
+        # submissions under way: a job is paid for before its POST is sent.
+        self._spent = spent_before
+        self._shape_costs: dict[str, float] = {}
         self._slots = anyio.CapacityLimiter(settings.concurrency)
         self._cap = InFlightCap(settings.concurrency)
         # Models the plan does not cover (403 ModelAccessRestrictedError): their other
@@ -293,6 +305,7 @@ class Engine:
             return submission
 
         reconcile_since = datetime.fromisoformat(lost_attempt) if lost_attempt else None
+        reserved = 0.0
         for _ in range(self._retry.max_attempts):
             if reconcile_since is not None:
                 try:
@@ -309,6 +322,14 @@ class Engine:
                     )
                     await self._submitted(unit, adopted.job_id, slot, adopted.cost, jobs)
                     return
+            self._spent -= reserved  # a lost POST that created nothing costs nothing
+            reserved = 0.0
+            cost = await self._within_budget(unit, body)
+            if cost is None:
+                self._slots.release_on_behalf_of(slot)
+                return  # left as it was: a later run with more budget takes it
+            reserved = cost
+            self._spent += reserved
             started = datetime.now(UTC)
             await self._record(
                 functools.partial(self._journal.submitting, unit.id, started.isoformat())
@@ -323,6 +344,7 @@ class Engine:
                 continue
             except ApiError as exc:
                 await self._post_ended(key)
+                self._spent -= reserved
                 error = exc
                 if isinstance(exc, OutOfCreditsError) and not self.summary.out_of_credits:
                     self.summary.out_of_credits = True
@@ -335,6 +357,8 @@ class Engine:
                     self._refused_models[unit.model] = _describe(exc)
                 break
             self._claimed.add(submission.job.job_id)
+            if submission.cost is not None:
+                self._spent += submission.cost - reserved
             await self._post_ended(key)
             await self._submitted(unit, submission.job.job_id, slot, submission.cost, jobs)
             return
@@ -360,7 +384,39 @@ class Engine:
         await self._hand_to_poller(InFlight(unit, job_id, slot, cost))
 
     def _submitting_stopped(self) -> bool:
-        return self.summary.out_of_credits
+        return self.summary.out_of_credits or self.summary.over_budget
+
+    async def _within_budget(self, unit: Unit, body: dict[str, Any]) -> float | None:
+        """The cost to reserve for this unit's next job, or None if it would pass the
+        budget (and submitting stops).  Without a budget nothing is reserved."""
+        if self._budget is None:
+            return 0.0
+        cost = await self._cost_of(unit, body)
+        # No await from here on: checking and reserving are one step.
+        if self._spent + cost > self._budget:
+            if not self.summary.over_budget:
+                self.summary.over_budget = True
+                log.warning(
+                    "budget: %g CU spent or reserved, the next job costs %g, --budget is %g: "
+                    "no more submissions; the jobs in flight finish",
+                    self._spent,
+                    cost,
+                    self._budget,
+                )
+            return None
+        return cost
+
+    async def _cost_of(self, unit: Unit, body: dict[str, Any]) -> float:
+        key = cost_shape(unit.model, body)
+        if key not in self._shape_costs:
+            cost = await with_retries(
+                Request.OTHER_READ,
+                lambda: self._api.estimate(unit.model, body),
+                self._retry,
+                self._rng,
+            )
+            self._shape_costs[key] = cost or 0.0
+        return self._shape_costs[key]
 
     def _set_cap(self, cap: int) -> None:
         if cap != self._slots.total_tokens:
@@ -630,6 +686,12 @@ class Engine:
                 job_status=result.job_status,
                 result=result.to_json(),
             )
+
+
+def cost_shape(model: str, body: dict[str, Any]) -> str:
+    """What a job's cost depends on: everything in the request but prompt and seed."""
+    rest = {k: v for k, v in body.items() if k not in ("prompt", "seed")}
+    return json.dumps([model, rest], sort_keys=True)
 
 
 def _describe(error: BaseException) -> str:

@@ -508,3 +508,50 @@ def test_models_lists_every_page(
     assert sim.requests["GET /v1/models"] == 3
     assert main(["models", "--api-url", sim.api_url, "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 230
+
+
+def test_the_estimate_matches_what_the_run_then_spends(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    write("prompts.csv", CSV)
+    manifest = write("jobs.yaml", MANIFEST)
+    sim = start_simulator()
+    out = tmp_path / "out"
+    assert run_cli(sim, manifest, out, "--estimate") == 0
+    assert sim.jobs_created == 0  # dry runs create nothing
+    estimate = float(capsys.readouterr().out.split("would cost ")[1].split()[0])
+    assert run_cli(sim, manifest, out, "--poll-interval", "0.02") == 0
+    assert estimate == sim.spent > 0
+    assert run_cli(sim, manifest, out, "--estimate") == 0  # everything is done now
+    assert "0 units to do would cost 0 creative units" in capsys.readouterr().out
+
+
+def test_a_budget_stops_submitting_before_it_is_passed(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 256x256 costs 1 CU, 1024x1024 costs 4 CU in the simulator.
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\njobs:\n"
+        "  - {prompt: small, width: 256, height: 256, count: 6}\n"
+        "  - {prompt: big, width: 1024, height: 1024, count: 3}\n",
+    )
+    sim = start_simulator()
+    out = tmp_path / "out"
+    options = ("--poll-interval", "0.02", "--concurrency", "3")
+    assert run_cli(sim, manifest, out, *options, "--budget", "9") == 1
+    assert sim.spent <= 9 and sim.jobs_created >= 6
+    assert "would pass --budget" in capsys.readouterr().out
+    # The budget counts what earlier runs spent in this directory too.
+    assert run_cli(sim, manifest, out, *options, "--budget", "12") == 1
+    assert sim.spent <= 12
+    assert run_cli(sim, manifest, out, *options, "--budget", "100") == 0
+    assert sim.jobs_created == 9
