@@ -602,14 +602,19 @@ class Engine:
                 job_status=job.status,
             )
         try:
-            files = await self._download_job(item.unit, job)
+            files, reported_seed = await self._download_job(item.unit, job)
         except (ApiError, DownloadError) as exc:
             return UnitResult.failure(
                 item.unit, job_id=job.job_id, error=_describe(exc), cost=cost, job_status=job.status
             )
-        return UnitResult.success(item.unit, job_id=job.job_id, files=files, cost=cost)
+        asked = item.unit.params.get("seed")
+        seed = asked if isinstance(asked, int) and not isinstance(asked, bool) else reported_seed
+        return UnitResult.success(item.unit, job_id=job.job_id, files=files, cost=cost, seed=seed)
 
-    async def _download_job(self, unit: Unit, job: JobRecord) -> list[tuple[str, str]]:
+    async def _download_job(
+        self, unit: Unit, job: JobRecord
+    ) -> tuple[list[tuple[str, str]], int | None]:
+        """The unit's files as (path, sha256), and the seed the first asset reports."""
         if job.asset_ids:
             assets = await with_retries(
                 Request.ASSET_LOOKUP,
@@ -634,7 +639,7 @@ class Engine:
             )
             relative = downloaded.path.relative_to(self._settings.output_dir).as_posix()
             files.append((relative, downloaded.sha256))
-        return files
+        return files, assets[0].seed
 
     def _fetch_fresh(
         self, asset: Asset, destination: Path, *, refresh: bool

@@ -51,6 +51,9 @@ SIZE_MULTIPLE = 16
 MAX_COUNT = 100_000
 MAX_CONCURRENCY = 1000
 UNIT_ID_HEX_DIGITS = 20
+# params.seed: per-unit derives each unit's seed from its id (see seed_for).
+PER_UNIT_SEED = "per-unit"
+SEED_MASK = 2**31 - 1
 ENTRY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 VAR_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -194,6 +197,14 @@ class _Reader:
             if key in RESERVED_PARAMS:
                 raise self.fail(value_node, name, f"set {key} with its own field, not in params")
             result[key] = self.json_value(value_node, name)
+            if key == "seed":
+                seed = result[key]
+                if seed != PER_UNIT_SEED and (isinstance(seed, bool) or not isinstance(seed, int)):
+                    raise self.fail(
+                        value_node,
+                        name,
+                        f"must be a whole number or {PER_UNIT_SEED!r}, got {seed!r}",
+                    )
         return result
 
 
@@ -435,6 +446,9 @@ def iter_units(manifest: Manifest) -> Iterator[Unit]:
         model_json = json.dumps(entry.model, ensure_ascii=False)
         params_json = _canonical_json(entry.params)
         tails = [(w, h, f",{w},{h},{params_json}]") for w, h in entry.sizes]
+        # "per-unit" stays in the digest, so the id says how the seed was chosen, and
+        # the seed sent is drawn from that id: the same unit asks the same seed again.
+        derive_seed = entry.params.get("seed") == PER_UNIT_SEED
         for prompt, metadata, source in _iter_prompts(manifest, entry):
             head = f"[{model_json},{json.dumps(prompt, ensure_ascii=False)}"
             for width, height, tail in tails:
@@ -443,18 +457,27 @@ def iter_units(manifest: Manifest) -> Iterator[Unit]:
                 first_repeat = occurrences.get(key, 0)
                 occurrences[key] = first_repeat + entry.count
                 for repeat in range(first_repeat, first_repeat + entry.count):
+                    identity = unit_id(request, repeat)
+                    params = entry.params
+                    if derive_seed:
+                        params = {**entry.params, "seed": seed_for(identity)}
                     yield Unit(
-                        id=unit_id(request, repeat),
+                        id=identity,
                         entry=entry.label,
                         model=entry.model,
                         prompt=prompt,
                         width=width,
                         height=height,
-                        params=entry.params,
+                        params=params,
                         repeat=repeat,
                         source=source,
                         metadata=metadata,
                     )
+
+
+def seed_for(identity: str) -> int:
+    """A seed drawn from a unit id: stable, and spread over 0 .. 2**31 - 1."""
+    return int(identity[:8], 16) & SEED_MASK
 
 
 def count_units(manifest: Manifest) -> int:

@@ -49,6 +49,7 @@ class Asset:
     url: str
     mime_type: str | None = None
     size: int | None = None
+    seed: int | None = None  # as the asset's metadata reports it
 
     @property
     def suffix(self) -> str:
@@ -134,4 +135,15 @@ def parse_asset(payload: Any) -> Asset:
         url=url,
         mime_type=mime if isinstance(mime, str) else None,
         size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
+        seed=_seed(_mapping(asset.get("metadata")).get("seed")),
     )
+
+
+def _seed(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None

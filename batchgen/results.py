@@ -31,10 +31,18 @@ class UnitResult:
     job_status: str | None = None
     # A failure that the same request would meet again (400, 403, 404).
     permanent: bool = False
+    # The seed the images were made with, when known.
+    seed: int | None = None
 
     @classmethod
     def success(
-        cls, unit: Unit, *, job_id: str, files: list[tuple[str, str]], cost: float | None
+        cls,
+        unit: Unit,
+        *,
+        job_id: str,
+        files: list[tuple[str, str]],
+        cost: float | None,
+        seed: int | None = None,
     ) -> UnitResult:
         return cls(
             unit=unit,
@@ -43,6 +51,7 @@ class UnitResult:
             files=tuple(files),
             cost=cost,
             job_status="success",
+            seed=seed,
         )
 
     @classmethod
@@ -77,6 +86,7 @@ class UnitResult:
             "width": unit.width,
             "height": unit.height,
             "params": dict(unit.params),
+            "seed": self.seed,
             "repeat": unit.repeat,
             "job_id": self.job_id,
             "job_status": self.job_status,

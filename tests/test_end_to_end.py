@@ -555,3 +555,27 @@ def test_a_budget_stops_submitting_before_it_is_passed(
     assert sim.spent <= 12
     assert run_cli(sim, manifest, out, *options, "--budget", "100") == 0
     assert sim.jobs_created == 9
+
+
+def test_the_seed_used_is_recorded(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+) -> None:
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n"
+        "  - {prompt: fixed, params: {seed: 7}}\n"
+        "  - {prompt: derived, params: {seed: per-unit}}\n"
+        "  - {prompt: api}\n",
+    )
+    sim = start_simulator()
+    out = tmp_path / "out"
+    assert run_cli(sim, manifest, out, "--poll-interval", "0.02") == 0
+    by_prompt = {r["prompt"]: r for r in read_results(out)}
+    assert by_prompt["fixed"]["seed"] == 7
+    derived = by_prompt["derived"]
+    assert derived["seed"] == derived["params"]["seed"] == sim.jobs[derived["job_id"]].body["seed"]
+    api = by_prompt["api"]  # chosen by the API: read back from the asset's metadata
+    assert api["seed"] == sim.assets[sim.jobs[api["job_id"]].asset_ids[0]].seed

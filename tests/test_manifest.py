@@ -235,3 +235,26 @@ def test_bad_prompt_files_name_their_own_line(
 def test_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="file not found"):
         load_manifest(tmp_path / "absent.yaml")
+
+
+def test_seeds_fixed_derived_per_unit_or_left_to_the_api(write: Write) -> None:
+    text = BASE + (
+        "jobs:\n  - {prompt: fixed, params: {seed: 42}, count: 2}\n"
+        "  - {prompt: derived, params: {seed: per-unit}, count: 3}\n"
+        "  - {prompt: api, count: 1}\n"
+    )
+    units = units_of(write, text)
+    assert [u.params["seed"] for u in units[:2]] == [42, 42]
+    derived = [u.params["seed"] for u in units[2:5]]
+    assert len(set(derived)) == 3 and all(isinstance(s, int) and 0 <= s < 2**31 for s in derived)
+    assert derived == [u.params["seed"] for u in units_of(write, text)[2:5]]  # reproducible
+    assert "seed" not in units[5].params
+    # How the seed is chosen is part of the unit: switching it makes new units.
+    plain = units_of(write, BASE + "jobs:\n  - {prompt: derived, count: 3}\n")
+    assert {u.id for u in plain}.isdisjoint(u.id for u in units[2:5])
+
+
+@pytest.mark.parametrize("seed", ["random", "1.5", "true", "[1]"])
+def test_a_seed_is_a_number_or_per_unit(write: Write, seed: str) -> None:
+    with pytest.raises(ManifestError, match="whole number or 'per-unit'"):
+        units_of(write, BASE + f"jobs:\n  - prompt: p\n    params: {{seed: {seed}}}\n")
