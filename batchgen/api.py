@@ -41,6 +41,7 @@ BULK_ASSET_LIMIT = 200
 # A job list that never ends is a server bug; stop following it somewhere.
 MAX_LIST_PAGES = 10_000
 DRY_RUN_STATUS = 269
+LIST_PAGE_SIZE = 100  # the most GET /v1/jobs gives in one page
 USER_AGENT = "batchgen/0.1"
 DOWNLOAD_CHUNK = 256 * 1024
 
@@ -75,6 +76,10 @@ def _retry_after(value: str | None) -> float | None:
         return max(float(value), 0.0)
     except ValueError:
         return None  # an HTTP-date: rare from APIs; fall back to our own backoff
+
+
+def _api_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class ScenarioClient:
@@ -204,9 +209,19 @@ class ScenarioClient:
 
     async def get_assets(self, asset_ids: Sequence[str]) -> list[Asset]:
         """Fresh signed URLs for these assets, in the order asked."""
+        found = await self.lookup_assets(asset_ids)
+        missing = [a for a in asset_ids if a not in found]
+        if missing:
+            raise MalformedResponseError(f"asset lookup did not return {len(missing)} asset(s)")
+        return [found[a] for a in asset_ids]
+
+    async def lookup_assets(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        """The assets the API returns for these ids, by id: one request for each
+        ``BULK_ASSET_LIMIT`` of them."""
         if len(asset_ids) == 1:
             _, payload = await self.request("GET", f"/v1/assets/{asset_ids[0]}")
-            return [parse_asset(payload)]
+            asset = parse_asset(payload)
+            return {asset.id: asset}
         found: dict[str, Asset] = {}
         for start in range(0, len(asset_ids), BULK_ASSET_LIMIT):
             chunk = list(asset_ids[start : start + BULK_ASSET_LIMIT])
@@ -217,19 +232,22 @@ class ScenarioClient:
             for item in items:
                 asset = parse_asset(item)
                 found[asset.id] = asset
-        missing = [a for a in asset_ids if a not in found]
-        if missing:
-            raise MalformedResponseError(f"asset lookup did not return {len(missing)} asset(s)")
-        return [found[a] for a in asset_ids]
+        return found
 
     async def jobs_created_after(self, since: datetime) -> list[JobRecord]:
         """Every job created after ``since``, following pagination tokens through pages
         that may be empty while a token is still given."""
-        created_after = since.astimezone(UTC).isoformat(timespec="milliseconds")
+        return await self._list_jobs({"createdAfter": _api_time(since)})
+
+    async def jobs_updated_after(self, since: datetime) -> list[JobRecord]:
+        """Every custom-generation job the server changed after ``since`` (its clock)."""
+        return await self._list_jobs({"type": "custom", "updatedAfter": _api_time(since)})
+
+    async def _list_jobs(self, filters: dict[str, str]) -> list[JobRecord]:
         found: list[JobRecord] = []
         token: str | None = None
         for _ in range(MAX_LIST_PAGES):
-            query = {"createdAfter": created_after.replace("+00:00", "Z"), "pageSize": "100"}
+            query = filters | {"pageSize": str(LIST_PAGE_SIZE)}
             if token:
                 query["paginationToken"] = token
             _, payload = await self.request("GET", "/v1/jobs", query=query)

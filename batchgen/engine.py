@@ -12,38 +12,40 @@ can drive the engine with a scripted fake.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import math
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .api import Downloaded
+from .api import BULK_ASSET_LIMIT, Downloaded
 from .config import EngineSettings, RetrySettings
 from .errors import (
     AmbiguousSubmitError,
     ApiError,
-    BatchgenError,
     DownloadError,
     OutOfCreditsError,
     PermanentApiError,
     RateLimitedError,
 )
-from .journal import Journal, Resume, resume_action
+from .journal import Journal, Resume, Row, resume_action
 from .manifest import Unit
 from .policy import Request, with_retries
 from .pressure import InFlightCap
 from .records import RUNNING_STATUSES, Asset, JobRecord, Submission, made_for
 from .results import UnitResult, files_intact
+from .watch import Watcher, WatchSettings
 
 log = logging.getLogger("batchgen")
 T = TypeVar("T")
@@ -51,6 +53,9 @@ T = TypeVar("T")
 IMAGES_DIR = "images"
 # Jobs created this long before a lost POST are still candidates: clocks differ.
 RECONCILE_CLOCK_MARGIN = timedelta(seconds=60)
+# Units looked up in the journal together when deciding what to do with them.
+RESUME_LOOKUP_CHUNK = 500
+FileList = tuple[tuple[str, str], ...]
 # How many failure reasons the summary keeps to show; the results file has them all.
 SUMMARY_FAILURES_SHOWN = 10
 
@@ -62,7 +67,11 @@ class Api(Protocol):
 
     async def get_assets(self, asset_ids: Sequence[str]) -> list[Asset]: ...
 
+    async def lookup_assets(self, asset_ids: Sequence[str]) -> dict[str, Asset]: ...
+
     async def jobs_created_after(self, since: datetime) -> list[JobRecord]: ...
+
+    async def jobs_updated_after(self, since: datetime) -> list[JobRecord]: ...
 
     async def cancel_job(self, job_id: str) -> None: ...
 
@@ -81,7 +90,16 @@ class InFlight:
     job_id: str
     slot: object
     cost: float | None
+    created_at: str = ""  # the server's createdAt, when known
     since: float = field(default_factory=time.monotonic)
+
+
+class Ready(NamedTuple):
+    """A finished job on its way to the downloaders, with its assets when looked up."""
+
+    item: InFlight
+    job: JobRecord
+    assets: list[Asset] | None
 
 
 @dataclass(slots=True)
@@ -161,6 +179,9 @@ class Engine:
         self._images = settings.output_dir / IMAGES_DIR
         self.summary = Summary()
         self.in_flight = 0
+        # Job list pages and single-job looks: what watching the jobs cost in requests.
+        self.status_requests = 0
+        self._unknown_statuses: set[str] = set()
         # Job ids this run gave to a unit; earlier runs' are in the journal.  A lost
         # answer never adopts a job that is already someone's.
         self._claimed: set[str] = set()
@@ -189,16 +210,18 @@ class Engine:
             leftover.unlink()
         jobs_send, jobs_receive = anyio.create_memory_object_stream[InFlight](math.inf)
         finished_send, finished_receive = anyio.create_memory_object_stream[
-            tuple[InFlight, JobRecord]
+            list[tuple[InFlight, JobRecord]]
         ](math.inf)
+        ready_send, ready_receive = anyio.create_memory_object_stream[Ready](math.inf)
         results_send, results_receive = anyio.create_memory_object_stream[UnitResult](math.inf)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._recorder, results_receive)
             tg.start_soon(self._submitter, units, jobs_send, results_send.clone())
             tg.start_soon(self._poller, jobs_receive, finished_send, results_send.clone())
+            tg.start_soon(self._resolver, finished_receive, ready_send)
             for _ in range(self._settings.download_workers):
-                tg.start_soon(self._downloader, finished_receive.clone(), results_send.clone())
-            finished_receive.close()
+                tg.start_soon(self._downloader, ready_receive.clone(), results_send.clone())
+            ready_receive.close()
             results_send.close()
         return self.summary
 
@@ -213,36 +236,67 @@ class Engine:
         out = self._settings.output_dir
         async with jobs, results, anyio.create_task_group() as tg:
             self._submit_group, self._jobs_out, self._results_out = tg, jobs, results
-            for unit in units:
+            for chunk in _chunks(units, RESUME_LOOKUP_CHUNK):
                 if self._submitting_stopped():
                     break
-                row = await self._record(functools.partial(self._journal.get, unit.id))
-                action = resume_action(row, retry_failed=self._retry_failed)
-                if action is Resume.VERIFY:
-                    assert row is not None
-                    if await anyio.to_thread.run_sync(files_intact, out, row.files):
-                        self.summary.skipped += 1
-                        continue
-                    log.info("unit %s: a file is missing or changed; downloading it again", unit.id)
-                    action = Resume.REATTACH
-                if action is Resume.SKIP_FAILED:
-                    self.summary.left_failed += 1
+                # One journal query and one file check per chunk, not per unit: a
+                # resume walks past every unit already done before its first submission.
+                rows = await self._record(
+                    functools.partial(self._journal.get_many, [u.id for u in chunk])
+                )
+                actions = {
+                    unit_id: resume_action(row, retry_failed=self._retry_failed)
+                    for unit_id, row in rows.items()
+                }
+                to_verify = [
+                    (unit_id, rows[unit_id].files)
+                    for unit_id, action in actions.items()
+                    if action is Resume.VERIFY
+                ]
+                intact = (
+                    await anyio.to_thread.run_sync(_intact_units, out, to_verify)
+                    if to_verify
+                    else set()
+                )
+                for unit in chunk:
+                    if not await self._take(unit, rows.get(unit.id), actions, intact):
+                        break
+                else:
                     continue
-                slot = object()
-                await self._slots.acquire_on_behalf_of(slot)
-                if self._submitting_stopped():  # it may have happened while we waited
-                    self._slots.release_on_behalf_of(slot)
-                    break
-                if action is Resume.REATTACH and row is not None and row.job_id is not None:
-                    log.debug("unit %s: watching its job %s again", unit.id, row.job_id)
-                    self._claimed.add(row.job_id)
-                    await self._hand_to_poller(InFlight(unit, row.job_id, slot, row.cost))
-                    continue
-                lost = row.submit_started if action is Resume.RECONCILE and row else None
-                self._spawn_submit(unit, slot, lost)
+                break
             async with self._settled:
                 while self._open_units or self._pending_submits:
                     await self._settled.wait()
+
+    async def _take(
+        self, unit: Unit, row: Row | None, actions: dict[str, Resume], intact: set[str]
+    ) -> bool:
+        """Skip, watch again or submit one unit; False once submitting has stopped."""
+        if self._submitting_stopped():
+            return False
+        action = actions.get(unit.id, Resume.SUBMIT)
+        if action is Resume.VERIFY:
+            if unit.id in intact:
+                self.summary.skipped += 1
+                return True
+            log.info("unit %s: a file is missing or changed; downloading it again", unit.id)
+            action = Resume.REATTACH
+        if action is Resume.SKIP_FAILED:
+            self.summary.left_failed += 1
+            return True
+        slot = object()
+        await self._slots.acquire_on_behalf_of(slot)
+        if self._submitting_stopped():  # it may have happened while we waited
+            self._slots.release_on_behalf_of(slot)
+            return False
+        if action is Resume.REATTACH and row is not None and row.job_id is not None:
+            log.debug("unit %s: watching its job %s again", unit.id, row.job_id)
+            self._claimed.add(row.job_id)
+            await self._hand_to_poller(InFlight(unit, row.job_id, slot, row.cost))
+            return True
+        lost = row.submit_started if action is Resume.RECONCILE and row else None
+        self._spawn_submit(unit, slot, lost)
+        return True
 
     def _spawn_submit(self, unit: Unit, slot: object | None, lost_attempt: str | None) -> None:
         """Start a submission in the submitter's task group (also for a unit coming back
@@ -320,7 +374,9 @@ class Engine:
                     log.info(
                         "unit %s: adopted job %s whose answer was lost", unit.id, adopted.job_id
                     )
-                    await self._submitted(unit, adopted.job_id, slot, adopted.cost, jobs)
+                    await self._submitted(
+                        unit, adopted.job_id, slot, adopted.cost, jobs, adopted.created_at
+                    )
                     return
             self._spent -= reserved  # a lost POST that created nothing costs nothing
             reserved = 0.0
@@ -360,7 +416,9 @@ class Engine:
             if submission.cost is not None:
                 self._spent += submission.cost - reserved
             await self._post_ended(key)
-            await self._submitted(unit, submission.job.job_id, slot, submission.cost, jobs)
+            await self._submitted(
+                unit, submission.job.job_id, slot, submission.cost, jobs, submission.job.created_at
+            )
             return
         self._slots.release_on_behalf_of(slot)
         reason = _describe(error) if error else "not submitted"
@@ -377,11 +435,12 @@ class Engine:
         slot: object,
         cost: float | None,
         jobs: ObjectSendStream[InFlight],
+        created_at: str,
     ) -> None:
         await self._record(functools.partial(self._journal.submitted, unit.id, job_id, cost))
         self.summary.submitted += 1
         log.debug("submitted unit %s as job %s", unit.id, job_id)
-        await self._hand_to_poller(InFlight(unit, job_id, slot, cost))
+        await self._hand_to_poller(InFlight(unit, job_id, slot, cost, created_at))
 
     def _submitting_stopped(self) -> bool:
         return self.summary.out_of_credits or self.summary.over_budget
@@ -457,91 +516,174 @@ class Engine:
     async def _poller(
         self,
         jobs: ObjectReceiveStream[InFlight],
-        finished: ObjectSendStream[tuple[InFlight, JobRecord]],
+        finished: ObjectSendStream[list[tuple[InFlight, JobRecord]]],
         results: ObjectSendStream[UnitResult],
     ) -> None:
+        """One task watches every job in flight: it lists the jobs the server changed
+        (see :mod:`batchgen.watch`) and asks about single jobs only when it must."""
+        watch = Watcher(
+            WatchSettings(poll_interval=self._settings.poll_interval), anyio.current_time()
+        )
         watched: dict[str, InFlight] = {}
-        unknown_statuses: set[str] = set()
-        more_coming = True
-        requests_at_once = anyio.CapacityLimiter(self._settings.status_requests_at_once)
-        async with jobs, finished, results:
-            while more_coming or watched:
-                if not watched:  # idle: wait for the next submission, however long it takes
-                    try:
-                        item = await jobs.receive()
-                    except anyio.EndOfStream:
-                        more_coming = False
-                        continue
+        arrivals: list[InFlight] = []
+        state = {"more_coming": True}
+        woken = anyio.Event()
+
+        async def take_in() -> None:
+            # Its own task, so that waiting for the next listing never cancels a receive.
+            nonlocal woken
+            async with jobs:
+                async for item in jobs:
+                    arrivals.append(item)
+                    woken.set()
+            state["more_coming"] = False
+            woken.set()
+
+        async with finished, results, anyio.create_task_group() as tg:
+            tg.start_soon(take_in)
+            while state["more_coming"] or watched or arrivals:
+                ended: list[tuple[InFlight, JobRecord]] = []
+                now = anyio.current_time()
+                for item in arrivals:
                     watched[item.job_id] = item
-                # Until the next tick, keep taking in new jobs.
-                deadline = anyio.current_time() + self._settings.poll_interval
-                with anyio.move_on_after(self._settings.poll_interval):
-                    async for item in jobs:
-                        watched[item.job_id] = item
-                    more_coming = False
-                    await anyio.sleep_until(deadline)
-
-                outcomes: dict[str, JobRecord | BatchgenError] = {}
-
-                async def check(job_id: str, record: dict[str, JobRecord | BatchgenError]) -> None:
-                    async with requests_at_once:
-                        try:
-                            record[job_id] = await with_retries(
-                                Request.JOB_STATUS,
-                                lambda: self._api.get_job(job_id),
-                                self._retry,
-                                self._rng,
-                            )
-                        except ApiError as exc:
-                            record[job_id] = exc
-
-                async with anyio.create_task_group() as tg:
-                    for job_id in list(watched):
-                        tg.start_soon(check, job_id, outcomes)
-
-                for job_id, outcome in outcomes.items():
-                    item = watched[job_id]
-                    if isinstance(outcome, PermanentApiError):
-                        del watched[job_id]
-                        self._job_ended(item)
-                        await results.send(
-                            UnitResult.failure(item.unit, job_id=job_id, error=_describe(outcome))
-                        )
-                        await self._unit_settled()
-                    elif isinstance(outcome, BatchgenError):
-                        log.warning(
-                            "job %s: status unknown for now (%s); still watching it",
-                            job_id,
-                            outcome,
-                        )
-                    elif not outcome.terminal:
-                        if outcome.status not in RUNNING_STATUSES | unknown_statuses:
-                            unknown_statuses.add(outcome.status)
-                            log.warning(
-                                "job %s: unknown status %r, taken as still running",
-                                job_id,
-                                outcome.status,
-                            )
-                    else:
-                        del watched[job_id]
-                        await self._record(
-                            functools.partial(
-                                self._journal.finished, item.unit.id, outcome.status, outcome.cost
-                            )
-                        )
-                        self._job_ended(item)
-                        await finished.send((item, outcome))
-
-                now = time.monotonic()
-                for job_id, item in list(watched.items()):
-                    if now - item.since < self._settings.job_timeout:
+                    sighted = watch.add(item.job_id, item.created_at, now)
+                    if sighted is not None:
+                        ended.append((watched.pop(item.job_id), sighted))
+                arrivals.clear()
+                wake_at = watch.next_wakeup()
+                if not ended and (wake_at is None or wake_at > now):
+                    with anyio.move_on_after(math.inf if wake_at is None else wake_at - now):
+                        await woken.wait()
+                    woken = anyio.Event()
+                    if arrivals:
                         continue
-                    del watched[job_id]
-                    await self._give_up(item)
+                now = anyio.current_time()
+                gone = await self._poll_once(watch, watched, now, ended, results)
+                for item in gone:
                     self._job_ended(item)
-                    error = f"timed out after {self._settings.job_timeout:g}s"
-                    await results.send(UnitResult.failure(item.unit, job_id=job_id, error=error))
-                    await self._unit_settled()
+                if ended:
+                    await self._jobs_finished(ended, finished)
+                await self._time_out(watch, watched, results)
+
+    async def _poll_once(
+        self,
+        watch: Watcher,
+        watched: dict[str, InFlight],
+        now: float,
+        ended: list[tuple[InFlight, JobRecord]],
+        results: ObjectSendStream[UnitResult],
+    ) -> list[InFlight]:
+        """List changed jobs if a listing is due, and ask about single jobs that are due.
+        Jobs found ended go to ``ended``; returns the jobs that failed for good."""
+        scan_at = watch.next_scan_at()
+        if scan_at is not None and scan_at <= now:
+            cursor = watch.cursor(now)
+            assert cursor is not None
+            try:
+                listing = await with_retries(
+                    Request.JOB_LIST,
+                    lambda: self._api.jobs_updated_after(cursor),
+                    self._retry,
+                    self._rng,
+                )
+            except PermanentApiError as exc:
+                log.warning(
+                    "the job list is refused (%s): asking about each job on its own",
+                    _describe(exc),
+                )
+                watch.list_refused(anyio.current_time())
+            except ApiError as exc:
+                log.warning("job list unavailable for now (%s)", exc)
+                watch.list_failed(anyio.current_time())
+            else:
+                self.status_requests += 1
+                for job in watch.listed(listing, anyio.current_time()):
+                    self._note_status(job)
+                    ended.append((watched.pop(job.job_id), job))
+        gone: list[InFlight] = []
+        due = watch.due_for_a_look(now)
+        if not due:
+            return gone
+        answers: dict[str, JobRecord | ApiError] = {}
+        requests_at_once = anyio.CapacityLimiter(self._settings.status_requests_at_once)
+
+        async def look(job_id: str) -> None:
+            async with requests_at_once:
+                try:
+                    answers[job_id] = await with_retries(
+                        Request.JOB_STATUS,
+                        lambda: self._api.get_job(job_id),
+                        self._retry,
+                        self._rng,
+                    )
+                except ApiError as exc:
+                    answers[job_id] = exc
+
+        async with anyio.create_task_group() as tg:
+            for job_id in due:
+                tg.start_soon(look, job_id)
+        self.status_requests += len(due)
+        now = anyio.current_time()
+        for job_id, answer in answers.items():
+            if job_id not in watched:
+                continue  # the listing meanwhile showed it ended
+            item = watched[job_id]
+            if isinstance(answer, PermanentApiError):
+                watch.forget(job_id)
+                del watched[job_id]
+                gone.append(item)
+                await results.send(
+                    UnitResult.failure(item.unit, job_id=job_id, error=_describe(answer))
+                )
+                await self._unit_settled()
+            elif isinstance(answer, ApiError):
+                log.warning(
+                    "job %s: status unknown for now (%s); still watching it", job_id, answer
+                )
+                watch.look_failed(job_id, now)
+            elif watch.looked(answer, now):
+                ended.append((watched.pop(job_id), answer))
+            else:
+                self._note_status(answer)
+        return gone
+
+    def _note_status(self, job: JobRecord) -> None:
+        if job.terminal or job.status in RUNNING_STATUSES | self._unknown_statuses:
+            return
+        self._unknown_statuses.add(job.status)
+        log.warning("job %s: unknown status %r, taken as still running", job.job_id, job.status)
+
+    async def _jobs_finished(
+        self,
+        ended: list[tuple[InFlight, JobRecord]],
+        finished: ObjectSendStream[list[tuple[InFlight, JobRecord]]],
+    ) -> None:
+        """Free the slots at once (the submitter refills them while the assets are
+        fetched), record the ends in one commit, and hand the jobs on together."""
+        for item, _ in ended:
+            self._job_ended(item)
+        await self._record(
+            functools.partial(
+                self._journal.finished_many,
+                [(item.unit.id, job.status, job.cost) for item, job in ended],
+            )
+        )
+        await finished.send(ended)
+
+    async def _time_out(
+        self, watch: Watcher, watched: dict[str, InFlight], results: ObjectSendStream[UnitResult]
+    ) -> None:
+        now = time.monotonic()
+        for job_id, item in list(watched.items()):
+            if now - item.since < self._settings.job_timeout:
+                continue
+            del watched[job_id]
+            watch.forget(job_id)
+            await self._give_up(item)
+            self._job_ended(item)
+            error = f"timed out after {self._settings.job_timeout:g}s"
+            await results.send(UnitResult.failure(item.unit, job_id=job_id, error=error))
+            await self._unit_settled()
 
     async def _give_up(self, item: InFlight) -> None:
         """Try to cancel a job that ran past its deadline; custom jobs may refuse."""
@@ -556,13 +698,47 @@ class Engine:
 
     # ---------------------------------------------------------------- downloader
 
+    async def _resolver(
+        self,
+        finished: MemoryObjectReceiveStream[list[tuple[InFlight, JobRecord]]],
+        ready: ObjectSendStream[Ready],
+    ) -> None:
+        """Fetch the signed URLs of finished jobs' assets in bulk, up to
+        ``BULK_ASSET_LIMIT`` ids a request, across jobs, and pass the jobs on."""
+        async with finished, ready:
+            async for batch in finished:
+                while True:  # and whatever else finished meanwhile
+                    try:
+                        batch = batch + finished.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                wanted = [a for _, job in batch if job.status == "success" for a in job.asset_ids]
+                found: dict[str, Asset] = {}
+                for start in range(0, len(wanted), BULK_ASSET_LIMIT):
+                    chunk = wanted[start : start + BULK_ASSET_LIMIT]
+                    try:
+                        found |= await with_retries(
+                            Request.ASSET_LOOKUP,
+                            lambda chunk=chunk: self._api.lookup_assets(chunk),  # type: ignore[misc]
+                            self._retry,
+                            self._rng,
+                        )
+                    except ApiError as exc:
+                        # Each job then looks its own assets up, and says why if it fails.
+                        log.info("bulk asset lookup failed (%s)", _describe(exc))
+                for item, job in batch:
+                    assets = None
+                    if job.asset_ids and all(a in found for a in job.asset_ids):
+                        assets = [found[a] for a in job.asset_ids]
+                    await ready.send(Ready(item, job, assets))
+
     async def _downloader(
         self,
-        finished: ObjectReceiveStream[tuple[InFlight, JobRecord]],
+        ready: ObjectReceiveStream[Ready],
         results: ObjectSendStream[UnitResult],
     ) -> None:
-        async with finished, results:
-            async for item, job in finished:
+        async with ready, results:
+            async for item, job, assets in ready:
                 cost = job.cost if job.cost is not None else item.cost
                 if job.status == "failure" and await self._another_job_allowed(item.unit):
                     error = job.error or "job failed"
@@ -581,7 +757,7 @@ class Engine:
                     self._spawn_submit(item.unit, None, None)
                     await self._unit_settled()
                     continue
-                result = await self._result_of(item, job, cost)
+                result = await self._result_of(item, job, cost, assets)
                 await results.send(result)
                 await self._unit_settled()
 
@@ -592,7 +768,9 @@ class Engine:
         failed_before = row.failed_jobs if row is not None else 0
         return failed_before + 1 < self._settings.job_attempts
 
-    async def _result_of(self, item: InFlight, job: JobRecord, cost: float | None) -> UnitResult:
+    async def _result_of(
+        self, item: InFlight, job: JobRecord, cost: float | None, assets: list[Asset] | None
+    ) -> UnitResult:
         if job.status != "success":
             return UnitResult.failure(
                 item.unit,
@@ -602,7 +780,7 @@ class Engine:
                 job_status=job.status,
             )
         try:
-            files, reported_seed = await self._download_job(item.unit, job)
+            files, reported_seed = await self._download_job(item.unit, job, assets)
         except (ApiError, DownloadError) as exc:
             return UnitResult.failure(
                 item.unit, job_id=job.job_id, error=_describe(exc), cost=cost, job_status=job.status
@@ -612,21 +790,21 @@ class Engine:
         return UnitResult.success(item.unit, job_id=job.job_id, files=files, cost=cost, seed=seed)
 
     async def _download_job(
-        self, unit: Unit, job: JobRecord
+        self, unit: Unit, job: JobRecord, assets: list[Asset] | None
     ) -> tuple[list[tuple[str, str]], int | None]:
         """The unit's files as (path, sha256), and the seed the first asset reports."""
-        if job.asset_ids:
+        if assets is None and job.asset_ids:
             assets = await with_retries(
                 Request.ASSET_LOOKUP,
                 lambda: self._api.get_assets(job.asset_ids),
                 self._retry,
                 self._rng,
             )
-        elif job.image_urls:
+        elif assets is None and job.image_urls:
             assets = [
                 Asset(id=f"{job.job_id}-{i}", url=url) for i, url in enumerate(job.image_urls)
             ]
-        else:
+        elif assets is None:
             raise DownloadError("the job succeeded but lists no assets", transient=False)
         files: list[tuple[str, str]] = []
         for index, asset in enumerate(assets):
@@ -691,6 +869,16 @@ class Engine:
                 job_status=result.job_status,
                 result=result.to_json(),
             )
+
+
+def _chunks(units: Iterable[Unit], size: int) -> Iterator[list[Unit]]:
+    iterator = iter(units)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _intact_units(out: Path, recorded: list[tuple[str, FileList]]) -> set[str]:
+    return {unit_id for unit_id, files in recorded if files_intact(out, files)}
 
 
 def cost_shape(model: str, body: dict[str, Any]) -> str:

@@ -13,8 +13,13 @@ job, and is reconciled against the API's job list before anything is sent again.
 Why SQLite: resume needs to look up one unit (and one job id) at a time among
 millions without reading them all into memory; a transaction makes each transition
 atomic; WAL mode lets ``batchgen status`` read while a run writes; and it is in the
-standard library.  Every commit is fsynced (``synchronous=FULL``), so a fact is durable
-before the decision that depends on it is acted on.
+standard library.
+
+Durability: every commit survives the process being killed (WAL, ``synchronous=NORMAL``).
+Against a power cut, the one fact that must be on disk before acting on it is
+``submitting`` (else a POST could be sent again and paid twice), so that commit alone
+waits for an fsync, which also makes everything committed before it durable.  A later
+fact lost to a power cut costs a reconciliation or a download again, never a job.
 
 :func:`resume_action` is the pure decision a run makes for each unit it meets.
 """
@@ -27,6 +32,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +114,29 @@ def resume_action(row: Row | None, *, retry_failed: bool) -> Resume:
     return Resume.SUBMIT
 
 
+ROW_COLUMNS = (
+    "id, state, job_id, submit_started, job_status, failed_jobs, permanent, cost, error, files"
+)
+# Ids per query: well under SQLite's limit on bound parameters.
+LOOKUP_CHUNK = 500
+
+
+def _row(found: tuple[Any, ...]) -> Row:
+    files = tuple((path, digest) for path, digest in json.loads(found[9] or "[]"))
+    return Row(
+        id=found[0],
+        state=State(found[1]),
+        job_id=found[2],
+        submit_started=found[3],
+        job_status=found[4],
+        failed_jobs=found[5],
+        permanent=bool(found[6]),
+        cost=found[7],
+        error=found[8],
+        files=files,
+    )
+
+
 class Journal:
     """The SQLite store.  Methods are blocking and thread-safe; the engine calls them
     from a worker thread so a commit's fsync never stalls the event loop."""
@@ -116,10 +145,11 @@ class Journal:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.failed_job_limit = failed_job_limit
         self.path = out_dir / JOURNAL_NAME
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._in_batch = False
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._db.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
@@ -132,27 +162,21 @@ class Journal:
     # ---------------------------------------------------------------- reads
 
     def get(self, unit_id: str) -> Row | None:
-        with self._lock:
-            found = self._db.execute(
-                "SELECT id, state, job_id, submit_started, job_status, failed_jobs, permanent,"
-                " cost, error, files FROM units WHERE id = ?",
-                (unit_id,),
-            ).fetchone()
-        if found is None:
-            return None
-        files = tuple((path, digest) for path, digest in json.loads(found[9] or "[]"))
-        return Row(
-            id=found[0],
-            state=State(found[1]),
-            job_id=found[2],
-            submit_started=found[3],
-            job_status=found[4],
-            failed_jobs=found[5],
-            permanent=bool(found[6]),
-            cost=found[7],
-            error=found[8],
-            files=files,
-        )
+        return self.get_many([unit_id]).get(unit_id)
+
+    def get_many(self, unit_ids: list[str]) -> dict[str, Row]:
+        """The rows of these units that the journal has, by id: one query for many."""
+        found: dict[str, Row] = {}
+        for start in range(0, len(unit_ids), LOOKUP_CHUNK):
+            chunk = unit_ids[start : start + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT {ROW_COLUMNS} FROM units WHERE id IN ({marks})", chunk
+                ).fetchall()
+            for row in rows:
+                found[row[0]] = _row(row)
+        return found
 
     def owns_job(self, job_id: str) -> bool:
         with self._lock:
@@ -193,8 +217,32 @@ class Journal:
 
     # ---------------------------------------------------------------- transitions
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make every transition inside one commit (and one fsync): for facts that
+        arrive together, such as the results of jobs that finished in one poll."""
+        with self._lock:
+            if self._in_batch:
+                yield
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._in_batch = True
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+            finally:
+                self._in_batch = False
+
     def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
         with self._lock:
+            if self._in_batch:
+                for sql, values in statements:
+                    self._db.execute(sql, values)
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for sql, values in statements:
@@ -205,15 +253,25 @@ class Journal:
             self._db.execute("COMMIT")
 
     def submitting(self, unit_id: str, started: str) -> None:
-        self._write(
-            (
-                "INSERT INTO units (id, state, submit_started, updated) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET state = excluded.state, job_id = NULL,"
-                " job_status = NULL, submit_started = excluded.submit_started, error = NULL,"
-                " result = NULL, updated = excluded.updated",
-                (unit_id, State.SUBMITTING, started, time.time()),
-            )
-        )
+        """Committed and fsynced before the POST is sent (see the module docstring)."""
+        with self._lock:
+            synced = not self._in_batch
+            if synced:
+                self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._write(
+                    (
+                        "INSERT INTO units (id, state, submit_started, updated)"
+                        " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                        " state = excluded.state, job_id = NULL, job_status = NULL,"
+                        " submit_started = excluded.submit_started, error = NULL,"
+                        " result = NULL, updated = excluded.updated",
+                        (unit_id, State.SUBMITTING, started, time.time()),
+                    )
+                )
+            finally:
+                if synced:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
 
     def submitted(self, unit_id: str, job_id: str, cost: float | None) -> None:
         self._write(
@@ -228,18 +286,26 @@ class Journal:
         )
 
     def finished(self, unit_id: str, job_status: str, cost: float | None) -> None:
-        self._write(
-            (
-                "UPDATE units SET state = ?, job_status = ?, cost = COALESCE(?, cost), updated = ?"
-                " WHERE id = ?",
-                (State.FINISHED, job_status, cost, time.time(), unit_id),
-            ),
-            (
-                "UPDATE jobs SET cost = COALESCE(?, cost)"
-                " WHERE job_id = (SELECT job_id FROM units WHERE id = ?)",
-                (cost, unit_id),
-            ),
-        )
+        self.finished_many([(unit_id, job_status, cost)])
+
+    def finished_many(self, ended: list[tuple[str, str, float | None]]) -> None:
+        """(unit id, job status, cost) of jobs that ended together, in one commit."""
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        now = time.time()
+        for unit_id, job_status, cost in ended:
+            statements += [
+                (
+                    "UPDATE units SET state = ?, job_status = ?, cost = COALESCE(?, cost),"
+                    " updated = ? WHERE id = ?",
+                    (State.FINISHED, job_status, cost, now, unit_id),
+                ),
+                (
+                    "UPDATE jobs SET cost = COALESCE(?, cost)"
+                    " WHERE job_id = (SELECT job_id FROM units WHERE id = ?)",
+                    (cost, unit_id),
+                ),
+            ]
+        self._write(*statements)
 
     def downloaded(
         self, unit_id: str, files: list[tuple[str, str]], result: dict[str, Any]
@@ -257,6 +323,13 @@ class Journal:
                 ),
             )
         )
+
+    def downloaded_many(
+        self, finished: list[tuple[str, list[tuple[str, str]], dict[str, Any]]]
+    ) -> None:
+        with self.batch():
+            for unit_id, files, result in finished:
+                self.downloaded(unit_id, files, result)
 
     def failed(
         self,

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import MalformedResponseError
@@ -31,6 +32,8 @@ class JobRecord:
     # a job whose creation answer was lost.
     request: dict[str, Any] | None = None
     created_at: str = ""
+    # When the server last changed the job, in its own clock: the job list's cursor.
+    updated_at: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -100,7 +103,20 @@ def parse_job(payload: Any) -> JobRecord:
         cost=_number(billing.get("cuCost")),
         request=metadata.get("input") if isinstance(metadata.get("input"), dict) else None,
         created_at=str(job.get("createdAt") or ""),
+        updated_at=str(job.get("updatedAt") or ""),
     )
+
+
+def server_time(value: str) -> datetime | None:
+    """A timestamp of the API's (``2026-11-24T10:00:00.123Z``) as an aware datetime;
+    None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def made_for(job: JobRecord, body: dict[str, Any]) -> bool:

@@ -72,6 +72,13 @@ class SimConfig:
     credits: float | None = None
     # Models the plan does not cover: 403 ModelAccessRestrictedError.
     restricted_models: tuple[str, ...] = ()
+    # The changed-jobs list (GET /v1/jobs?updatedAfter=): up to how many seconds a job's
+    # changes take to show in it (an eventually consistent index; each job its own lag),
+    # the fraction of its pages answered empty while a token is still given, and whether
+    # it is refused outright (403).
+    list_lag: float = 0.0
+    list_holes: float = 0.0
+    list_refused: bool = False
     seed: int = 0
     models: tuple[str, ...] = DEFAULT_MODELS
 
@@ -88,6 +95,7 @@ class SimJob:
     cost: float
     asset_ids: list[str]
     stuck: bool = False
+    list_lag: float = 0.0  # how late its changes show in the changed-jobs list
 
     def phase(self, now: float) -> tuple[str, float]:
         """(status, wall-clock time it began)."""
@@ -157,6 +165,10 @@ class Simulator:
     # it to kill a client exactly in that window.
     on_job_created: Callable[[SimJob], None] | None = None
     served_sha256: dict[str, str] = field(default_factory=dict)
+    # When the first job was created and the last download served (the clock's time):
+    # a client's makespan as the server saw it.
+    first_job_at: float | None = None
+    last_download_at: float | None = None
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.config.seed)
@@ -199,8 +211,8 @@ class Simulator:
 
     # ------------------------------------------------------------------ rendering
 
-    def job_json(self, job: SimJob) -> dict[str, Any]:
-        now = self.clock()
+    def job_json(self, job: SimJob, at: float | None = None) -> dict[str, Any]:
+        now = self.clock() if at is None else at
         status, since = job.phase(now)
         history = []
         begun = 0.0
@@ -338,6 +350,7 @@ class Simulator:
             cost=cost,
             asset_ids=[],
             stuck=self._rng.random() < self.config.stuck_rate,
+            list_lag=self._rng.uniform(0, self.config.list_lag) if self.config.list_lag else 0.0,
         )
         for index in range(outputs):
             asset_id = f"asset_{secrets.token_hex(12)}"
@@ -353,6 +366,8 @@ class Simulator:
                 index=index,
             )
         self.jobs[job_id] = job
+        if self.first_job_at is None:
+            self.first_job_at = job.start
         self._running.add(job_id)
         self.jobs_created_per_body[json.dumps([model, body], sort_keys=True)] += 1
         return job
@@ -378,12 +393,11 @@ class Simulator:
         query = request.query
         try:
             page_size = min(int(query.get("pageSize", "50")), MAX_PAGE_SIZE)
-            offset = int(query.get("paginationToken", "0"))
             updated_after = _parse_iso(query["updatedAfter"]) if "updatedAfter" in query else None
             created_after = _parse_iso(query["createdAfter"]) if "createdAfter" in query else None
         except ValueError:
             return _error(400, "Invalid query parameters")
-        if page_size < 1 or offset < 0:
+        if page_size < 1:
             return _error(400, "Invalid query parameters")
         filtered = "status" in query or "type" in query or "types" in query
         if updated_after is not None and not filtered:
@@ -391,15 +405,23 @@ class Simulator:
         if created_after is not None and filtered:
             return _error(400, "createdAfter cannot be combined with status or type filters")
         job_types = set((query.get("types") or query.get("type") or "custom").split(","))
-        ordered = list(self.jobs.values())[offset : offset + page_size]
+        if "custom" not in job_types:
+            return web.json_response({"jobs": []})
+        token = query.get("paginationToken", "")
+        if updated_after is not None:
+            if self.config.list_refused:
+                return _error(403, "Listing jobs by update time is not allowed")
+            return self._changed_jobs(updated_after, query.get("status"), page_size, token)
+        # Other listings walk every job in creation order and filter each page after
+        # taking it, so a page may be empty while a token is still given.
+        try:
+            offset = int(token or "0")
+        except ValueError:
+            return _error(400, "Invalid pagination token")
         page = []
-        for job in ordered:
+        for job in list(self.jobs.values())[offset : offset + page_size]:
             rendered = self.job_json(job)
-            if "custom" not in job_types:
-                continue
             if "status" in query and rendered["status"] != query["status"]:
-                continue
-            if updated_after is not None and _parse_iso(rendered["updatedAt"]) <= updated_after:
                 continue
             if created_after is not None and job.created_wall <= created_after:
                 continue
@@ -407,6 +429,46 @@ class Simulator:
         payload: dict[str, Any] = {"jobs": page}
         if offset + page_size < len(self.jobs):
             payload["nextPaginationToken"] = str(offset + page_size)
+        return web.json_response(payload)
+
+    def _changed_jobs(
+        self, updated_after: float, status: str | None, page_size: int, token: str
+    ) -> web.Response:
+        """Jobs changed after a moment, as an index on (updatedAt, jobId) serves them:
+        in that order, the token being the last key given, so a job that changes while
+        the pages are followed moves to a later page instead of being skipped."""
+        now = self.clock()
+        after_ms = round(updated_after * 1000)
+        keyed = []
+        for job in self.jobs.values():
+            seen = now - job.list_lag
+            if seen < job.start:
+                continue
+            phase, since = job.phase(seen)
+            changed_ms = math.floor(since * 1000)
+            if changed_ms > after_ms and (status is None or phase == status):
+                keyed.append((changed_ms, job.job_id))
+        keyed.sort()
+        if token:
+            last_ms, _, last_id = token.partition(":")
+            try:
+                start_key = (int(last_ms), last_id)
+            except ValueError:
+                return _error(400, "Invalid pagination token")
+            keyed = [key for key in keyed if key > start_key]
+        page = keyed[:page_size]
+        payload: dict[str, Any] = {"jobs": []}
+        if self.config.list_holes and self._rng.random() < self.config.list_holes:
+            # An empty page that still hands on a token.
+            payload["nextPaginationToken"] = token or f"{after_ms}:"
+            return web.json_response(payload)
+        payload["jobs"] = [
+            self.job_json(self.jobs[job_id], at=now - self.jobs[job_id].list_lag)
+            for _, job_id in page
+        ]
+        if len(keyed) > page_size:
+            end_ms, end_id = page[-1]
+            payload["nextPaginationToken"] = f"{end_ms}:{end_id}"
         return web.json_response(payload)
 
     async def _get_asset(self, request: web.Request) -> web.Response:
@@ -484,6 +546,7 @@ class Simulator:
                 request.transport.abort()
             return response
         self.served_sha256[asset_id] = hashlib.sha256(content).hexdigest()
+        self.last_download_at = self.clock()
         return web.Response(body=content, content_type="image/png")
 
     def cdn_app(self) -> web.Application:

@@ -1,0 +1,330 @@
+"""batchgen against a per-job-polling baseline, on the embedded simulator.  Not a test:
+it prints figures.  Every client runs as a child process, so its CPU time and peak RSS
+come from the operating system (``wait4``); the simulator runs in this process, in a
+thread of its own, and counts every request it receives.
+
+    python bench/bench.py                      # all scenarios, the issue's settings
+    python bench/bench.py --only pipeline      # one of: pipeline fast validate resume
+
+Scenarios:
+  pipeline  N jobs of about --job-seconds (with --jitter), C at a time, both clients,
+            the same poll interval: makespan, makespan over the ideal
+            ceil(N / C) x mean job time, status requests per job, CPU, peak RSS.
+  fast      jobs of about a millisecond, C = 500: the runner is the bottleneck;
+            jobs per second and CPU per job.
+  validate  `batchgen validate` of a prompts file of --validate-lines lines: peak RSS.
+  resume    a journal of --resume-units finished units (their files on disk) and a few
+            new units: seconds from start until the first new submission arrives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from anyio.from_thread import start_blocking_portal
+
+from batchgen.journal import Journal
+from batchgen.manifest import iter_units, load_manifest
+from batchgen.results import UnitResult
+from batchgen.sim import SimConfig, Simulator, serve
+
+KEY, SECRET = "bench-key", "bench-secret"
+HERE = Path(__file__).resolve().parent
+TARGETS = {
+    "makespan_ratio": 1.10,
+    "status_per_job": 0.25,
+    "cpu_ms_per_job": 2.0,
+    "validate_rss_mb": 300.0,
+    "resume_seconds": 5.0,
+}
+
+
+@dataclass
+class Child:
+    wall: float
+    cpu: float
+    peak_rss_mb: float
+    returncode: int
+    output: str
+
+
+def run_child(command: list[str], env: dict[str, str] | None = None) -> Child:
+    """Run a process to the end; its CPU seconds and peak RSS as the kernel counted them."""
+    started = time.monotonic()
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return Child(
+        wall=time.monotonic() - started,
+        cpu=usage.ru_utime + usage.ru_stime,
+        peak_rss_mb=usage.ru_maxrss / 1024,
+        returncode=process.returncode,
+        output=output,
+    )
+
+
+@contextmanager
+def simulator(**settings: object) -> Iterator[Simulator]:
+    config = SimConfig(api_key=KEY, api_secret=SECRET, **settings)  # type: ignore[arg-type]
+    with start_blocking_portal() as portal, portal.wrap_async_context_manager(serve(config)) as sim:
+        yield sim
+
+
+def api_env(sim: Simulator) -> dict[str, str]:
+    return {"SCENARIO_API_KEY": KEY, "SCENARIO_API_SECRET": SECRET, "SCENARIO_API_URL": sim.api_url}
+
+
+def write_workload(place: Path, units: int, concurrency: int) -> tuple[Path, Path]:
+    prompts = place / "prompts.txt"
+    prompts.write_text("".join(f"bench prompt {i}\n" for i in range(units)), encoding="utf-8")
+    manifest = place / "bench.yaml"
+    manifest.write_text(
+        f"model: model_sim-fast\nwidth: 64\nheight: 64\nconcurrency: {concurrency}\n"
+        f"jobs:\n  - prompts_file: {prompts.name}\n",
+        encoding="utf-8",
+    )
+    return manifest, prompts
+
+
+def status_requests(sim: Simulator) -> int:
+    return sim.requests["GET /v1/jobs"] + sim.requests["GET /v1/jobs/{job_id}"]
+
+
+def makespan(sim: Simulator) -> float:
+    assert sim.first_job_at is not None and sim.last_download_at is not None
+    return sim.last_download_at - sim.first_job_at
+
+
+def batchgen(*args: str) -> list[str]:
+    return [sys.executable, "-m", "batchgen", *args]
+
+
+def verdict(value: float, target: float) -> str:
+    if value <= target:
+        return f"meets <= {target:g}"
+    return f"MISSES <= {target:g} by {value / target - 1:.0%}"
+
+
+# ---------------------------------------------------------------------- scenarios
+
+
+def pipeline(args: argparse.Namespace, place: Path) -> dict[str, dict[str, float]]:
+    manifest, prompts = write_workload(place, args.units, args.concurrency)
+    figures: dict[str, dict[str, float]] = {}
+    clients = {
+        "batchgen": lambda sim: batchgen(
+            "run", str(manifest), "--out", str(place / "out-batchgen"), "--quiet",
+            "--concurrency", str(args.concurrency), "--poll-interval", str(args.poll_interval),
+        ),
+        "per-job baseline": lambda sim: [
+            sys.executable, str(HERE / "per_job_baseline.py"), "--api-url", sim.api_url,
+            "--prompts", str(prompts), "--out", str(place / "out-baseline"),
+            "--concurrency", str(args.concurrency), "--poll-interval", str(args.poll_interval),
+        ],
+    }  # fmt: skip
+    for name, command in clients.items():
+        with simulator(job_seconds=args.job_seconds, jitter=args.jitter, seed=args.seed) as sim:
+            child = run_child(command(sim), api_env(sim))
+            if child.returncode != 0:
+                sys.exit(f"{name} failed ({child.returncode}):\n{child.output}")
+            mean_job = statistics.fmean(job.duration for job in sim.jobs.values())
+            ideal = math.ceil(args.units / args.concurrency) * mean_job
+            figures[name] = {
+                "jobs": len(sim.jobs),
+                "makespan_s": makespan(sim),
+                "ideal_s": ideal,
+                "makespan_ratio": makespan(sim) / ideal,
+                "status_per_job": status_requests(sim) / args.units,
+                "list_pages": sim.requests["GET /v1/jobs"],
+                "job_gets": sim.requests["GET /v1/jobs/{job_id}"],
+                "asset_requests": sim.requests["POST /v1/assets/get-bulk"]
+                + sim.requests["GET /v1/assets/{asset_id}"],
+                "cpu_ms_per_job": 1000 * child.cpu / args.units,
+                "peak_rss_mb": child.peak_rss_mb,
+            }
+    return figures
+
+
+def startup_cpu(place: Path) -> float:
+    """CPU seconds of starting batchgen and reading a one-line manifest: the fixed cost
+    inside every per-job CPU figure."""
+    manifest, _ = write_workload(place, 1, 1)
+    return min(run_child(batchgen("validate", str(manifest))).cpu for _ in range(3))
+
+
+def fast(args: argparse.Namespace, place: Path) -> dict[str, float]:
+    manifest, _ = write_workload(place, args.fast_units, args.fast_concurrency)
+    with simulator(job_seconds=0.001, jitter=0.0, seed=args.seed) as sim:
+        command = batchgen(
+            "run", str(manifest), "--out", str(place / "out-fast"), "--quiet",
+            "--concurrency", str(args.fast_concurrency),
+            "--poll-interval", str(args.poll_interval),
+        )  # fmt: skip
+        child = run_child(command, api_env(sim))
+        if child.returncode != 0:
+            sys.exit(f"fast run failed ({child.returncode}):\n{child.output}")
+        return {
+            "jobs": len(sim.jobs),
+            "jobs_per_s": args.fast_units / makespan(sim),
+            "cpu_ms_per_job": 1000 * child.cpu / args.fast_units,
+            "status_per_job": status_requests(sim) / args.fast_units,
+            "peak_rss_mb": child.peak_rss_mb,
+        }
+
+
+def validate(args: argparse.Namespace, place: Path) -> dict[str, float]:
+    manifest, _ = write_workload(place, args.validate_lines, 8)
+    child = run_child(batchgen("validate", str(manifest)))
+    if child.returncode != 0:
+        sys.exit(f"validate failed:\n{child.output}")
+    return {"lines": args.validate_lines, "seconds": child.wall, "peak_rss_mb": child.peak_rss_mb}
+
+
+def resume(args: argparse.Namespace, place: Path) -> dict[str, float]:
+    """A journal of N finished units, as a run leaves it, then a run with a few units
+    more: how long until the first new POST reaches the server."""
+    manifest, prompts = write_workload(place, args.resume_units, 8)
+    out = place / "out-resume"
+    images = out / "images"
+    images.mkdir(parents=True)
+    journal = Journal(out)
+    batch: list[tuple[str, list[tuple[str, str]], dict[str, object]]] = []
+    for unit in iter_units(load_manifest(manifest)):
+        content = b"\x89PNG\r\n\x1a\n" + unit.id.encode()
+        relative = f"images/{unit.id}_0.png"
+        (out / relative).write_bytes(content)
+        files = [(relative, hashlib.sha256(content).hexdigest())]
+        result = UnitResult.success(unit, job_id=f"job-{unit.id}", files=files, cost=1.0)
+        batch.append((unit.id, files, result.to_json()))
+        if len(batch) == 5000:
+            journal.downloaded_many(batch)
+            batch.clear()
+    journal.downloaded_many(batch)
+    journal.close()
+    with prompts.open("a", encoding="utf-8") as handle:
+        handle.writelines(f"new prompt {i}\n" for i in range(8))
+    with simulator(job_seconds=0.01, jitter=0.0, seed=args.seed) as sim:
+        started = time.monotonic()
+        child = run_child(
+            batchgen("run", str(manifest), "--out", str(out), "--quiet", "--poll-interval", "0.05"),
+            api_env(sim),
+        )
+        if child.returncode != 0 or len(sim.jobs) != 8:
+            sys.exit(
+                f"resume run failed ({child.returncode}, {len(sim.jobs)} jobs):\n{child.output}"
+            )
+        assert sim.first_job_at is not None
+        # The simulator's clock is this process's monotonic clock.
+        return {
+            "journal_units": args.resume_units,
+            "seconds_to_first_submission": sim.first_job_at - started,
+            "run_seconds": child.wall,
+            "peak_rss_mb": child.peak_rss_mb,
+        }
+
+
+# ---------------------------------------------------------------------- report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["pipeline", "fast", "validate", "resume"])
+    parser.add_argument("--units", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--job-seconds", type=float, default=1.0)
+    parser.add_argument("--jitter", type=float, default=0.1)
+    parser.add_argument("--poll-interval", type=float, default=0.25)
+    parser.add_argument("--fast-units", type=int, default=5000)
+    parser.add_argument("--fast-concurrency", type=int, default=500)
+    parser.add_argument("--validate-lines", type=int, default=1_000_000)
+    parser.add_argument("--resume-units", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="also print all figures as JSON")
+    args = parser.parse_args()
+    report: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="batchgen-bench-") as tmp:
+        place = Path(tmp)
+
+        def scenario(name: str) -> Path | None:
+            if args.only not in (None, name):
+                return None
+            sub = place / name
+            sub.mkdir()
+            return sub
+
+        if (sub := scenario("pipeline")) is not None:
+            figures = pipeline(args, sub)
+            report["pipeline"] = figures
+            ours, theirs = figures["batchgen"], figures["per-job baseline"]
+            print(
+                f"pipeline: N={args.units} C={args.concurrency} job ~{args.job_seconds:g}s "
+                f"(jitter {args.jitter:g}) poll {args.poll_interval:g}s"
+            )
+            print(f"  {'':18}{'batchgen':>12}{'baseline':>12}")
+            for key in ("makespan_s", "ideal_s", "makespan_ratio", "status_per_job",
+                        "list_pages", "job_gets", "asset_requests", "cpu_ms_per_job",
+                        "peak_rss_mb"):  # fmt: skip
+                print(f"  {key:18}{ours[key]:>12.3f}{theirs[key]:>12.3f}")
+            print(f"  makespan/ideal {ours['makespan_ratio']:.3f}: "
+                  f"{verdict(ours['makespan_ratio'], TARGETS['makespan_ratio'])}")  # fmt: skip
+            print(f"  status requests/job {ours['status_per_job']:.3f}: "
+                  f"{verdict(ours['status_per_job'], TARGETS['status_per_job'])} "
+                  f"({theirs['status_per_job'] / max(ours['status_per_job'], 1e-9):.0f}x fewer "
+                  f"than the baseline)")  # fmt: skip
+            startup = startup_cpu(sub)
+            net = ours["cpu_ms_per_job"] - 1000 * startup / args.units
+            report["startup_cpu_s"] = startup
+            verdict_cpu = verdict(net, TARGETS["cpu_ms_per_job"])
+            print(f"  CPU/job {ours['cpu_ms_per_job']:.2f} ms, {net:.2f} ms without the "
+                  f"{startup:.2f}s of starting Python: {verdict_cpu}")  # fmt: skip
+        if (sub := scenario("fast")) is not None:
+            figures_fast = fast(args, sub)
+            report["fast"] = figures_fast
+            startup = startup_cpu(sub)
+            net = figures_fast["cpu_ms_per_job"] - 1000 * startup / args.fast_units
+            print(f"fast: N={args.fast_units} C={args.fast_concurrency} job ~1 ms")
+            print(f"  {figures_fast['jobs_per_s']:.0f} jobs/s; CPU/job "
+                  f"{figures_fast['cpu_ms_per_job']:.2f} ms ({net:.2f} ms without startup): "
+                  f"{verdict(net, TARGETS['cpu_ms_per_job'])}; status requests/job "
+                  f"{figures_fast['status_per_job']:.3f}; peak RSS "
+                  f"{figures_fast['peak_rss_mb']:.0f} MB")  # fmt: skip
+        if (sub := scenario("validate")) is not None:
+            figures_v = validate(args, sub)
+            report["validate"] = figures_v
+            print(f"validate: {args.validate_lines} lines in {figures_v['seconds']:.1f}s, "
+                  f"peak RSS {figures_v['peak_rss_mb']:.0f} MB: "
+                  f"{verdict(figures_v['peak_rss_mb'], TARGETS['validate_rss_mb'])}")  # fmt: skip
+        if (sub := scenario("resume")) is not None:
+            figures_r = resume(args, sub)
+            report["resume"] = figures_r
+            seconds = figures_r["seconds_to_first_submission"]
+            print(f"resume: journal of {args.resume_units} units, first new submission after "
+                  f"{seconds:.2f}s: {verdict(seconds, TARGETS['resume_seconds'])}; "
+                  f"peak RSS {figures_r['peak_rss_mb']:.0f} MB")  # fmt: skip
+    if args.json:
+        print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
