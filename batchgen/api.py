@@ -17,10 +17,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-import aiofiles
 import aiohttp
+import anyio
 from yarl import URL
 
 from .config import MAX_API_BODY_BYTES, MAX_ASSET_BYTES, ApiSettings
@@ -44,6 +44,9 @@ DRY_RUN_STATUS = 269
 LIST_PAGE_SIZE = 100  # the most GET /v1/jobs gives in one page
 USER_AGENT = "batchgen/0.1"
 DOWNLOAD_CHUNK = 256 * 1024
+# Bytes gathered before a trip to a worker thread to write them: most images fit, so
+# a download costs one trip (open, write, rename) instead of one per chunk.
+WRITE_BUFFER = 4 * 1024 * 1024
 
 
 IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
@@ -297,9 +300,10 @@ class AssetDownloader:
     async def fetch(
         self, url: str, destination: Path, expected_size: int | None = None
     ) -> Downloaded:
-        partial = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.part")
+        part = _PartFile(destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.part"))
         digest = hashlib.sha256()
         received = 0
+        pending = bytearray()
         host = URL(url).host
         try:
             async with self._session.get(url, timeout=self._timeout) as response:
@@ -311,15 +315,17 @@ class AssetDownloader:
                     )
                 announced = response.content_length
                 limit = min(x for x in (announced, expected_size, MAX_ASSET_BYTES) if x is not None)
-                async with aiofiles.open(partial, "wb") as handle:
-                    async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
-                        if received == 0 and not looks_like_an_image(chunk):
-                            raise DownloadError(f"what {host} sent is not an image")
-                        received += len(chunk)
-                        if received > limit:
-                            raise DownloadError(f"asset from {host} is longer than announced")
-                        digest.update(chunk)
-                        await handle.write(chunk)
+                async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+                    if received == 0 and not looks_like_an_image(chunk):
+                        raise DownloadError(f"what {host} sent is not an image")
+                    received += len(chunk)
+                    if received > limit:
+                        raise DownloadError(f"asset from {host} is longer than announced")
+                    digest.update(chunk)
+                    pending += chunk
+                    if len(pending) >= WRITE_BUFFER:
+                        await anyio.to_thread.run_sync(part.write, bytes(pending))
+                        pending.clear()
             for wanted in (announced, expected_size):
                 if wanted is not None and received != wanted:
                     raise DownloadError(
@@ -327,13 +333,40 @@ class AssetDownloader:
                     )
             if received == 0:
                 raise DownloadError(f"asset from {host} is empty")
-            os.replace(partial, destination)
+            await anyio.to_thread.run_sync(part.finish, bytes(pending), destination)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DownloadError(f"download from {host} failed: {type(exc).__name__}") from exc
         finally:
-            if partial.exists():
-                partial.unlink()
+            part.discard()  # quick, and done even when cancelled
         return Downloaded(path=destination, size=received, sha256=digest.hexdigest())
+
+
+class _PartFile:
+    """A download's bytes under a hidden name, renamed into place only when complete.
+    Blocking: its calls run in a worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: BinaryIO | None = None
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        if self._file is None:
+            self._file = self.path.open("wb")
+        self._file.write(data)
+
+    def finish(self, data: bytes, destination: Path) -> None:
+        self.write(data)
+        assert self._file is not None
+        self._file.close()
+        os.replace(self.path, destination)
+        self._done = True
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if not self._done:
+            self.path.unlink(missing_ok=True)
 
 
 __all__ = ["ApiError", "AssetDownloader", "Downloaded", "ScenarioClient"]

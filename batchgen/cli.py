@@ -41,7 +41,6 @@ from .manifest import Manifest, count_units, iter_units, load_manifest
 from .policy import Request, with_retries
 from .results import write_results
 from .shard import Shard, shard_directories
-from .sim import SimConfig, serve
 
 EXIT_OK = 0
 EXIT_FAILED_UNITS = 1
@@ -384,6 +383,8 @@ async def _estimate(
     async with contextlib.AsyncExitStack() as stack:
         url = base_url
         if args.simulate:
+            from .sim import SimConfig, serve  # loaded only when used
+
             sim_config = SimConfig(api_key=credentials.key, api_secret=credentials.secret)
             url = (await stack.enter_async_context(serve(sim_config))).api_url
         settings = ApiSettings(base_url=url, credentials=credentials, project_id=project_id)
@@ -407,6 +408,8 @@ def _models(args: argparse.Namespace) -> int:
         async with contextlib.AsyncExitStack() as stack:
             url = base_url
             if args.simulate:
+                from .sim import SimConfig, serve  # loaded only when used
+
                 sim_config = SimConfig(api_key=credentials.key, api_secret=credentials.secret)
                 url = (await stack.enter_async_context(serve(sim_config))).api_url
             settings = ApiSettings(base_url=url, credentials=credentials, project_id=project_id)
@@ -516,6 +519,8 @@ async def _run_async(
 ) -> Summary:
     async with contextlib.AsyncExitStack() as stack:
         if args.simulate:
+            from .sim import SimConfig, serve  # loaded only when used
+
             sim_config = SimConfig(
                 api_key=credentials.key,
                 api_secret=credentials.secret,
@@ -613,6 +618,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _sim(args: argparse.Namespace) -> int:
+    from .sim import SimConfig, serve  # loaded only when used
+
     config = SimConfig(
         api_key=args.key,
         api_secret=args.secret,

@@ -30,6 +30,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .api import BULK_ASSET_LIMIT, Downloaded
+from .commits import GroupCommit
 from .config import EngineSettings, RetrySettings
 from .errors import (
     AmbiguousSubmitError,
@@ -160,8 +161,8 @@ class Engine:
         self._api = api
         self._fetcher = fetcher
         self._journal = journal
-        # One thread for the journal: its calls are short, and commits stay in order.
-        self._journal_thread = anyio.CapacityLimiter(1)
+        # Every journal call goes through it, in order, batched (see batchgen.commits).
+        self._commits = GroupCommit(journal)
         self._settings = settings
         self._retry = retry
         self._rng = rng or random.Random()
@@ -197,10 +198,10 @@ class Engine:
         self._jobs_out: ObjectSendStream[InFlight] | None = None
         self._results_out: ObjectSendStream[UnitResult] | None = None
 
-    async def _record(self, call: Callable[[], T]) -> T:
-        """Run a journal call off the event loop.  Not abandoned on cancellation: a
-        commit that has begun completes, so the journal stays consistent."""
-        return await anyio.to_thread.run_sync(call, limiter=self._journal_thread)
+    async def _record(self, call: Callable[[], T], *, durable: bool = False) -> T:
+        """Run a journal call off the event loop, committed with the others made
+        meanwhile.  A commit that has begun completes, so the journal stays consistent."""
+        return await self._commits(call, durable=durable)
 
     async def run(self, units: Iterable[Unit], total: int) -> Summary:
         self.summary.total = total
@@ -214,15 +215,20 @@ class Engine:
         ](math.inf)
         ready_send, ready_receive = anyio.create_memory_object_stream[Ready](math.inf)
         results_send, results_receive = anyio.create_memory_object_stream[UnitResult](math.inf)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._recorder, results_receive)
-            tg.start_soon(self._submitter, units, jobs_send, results_send.clone())
-            tg.start_soon(self._poller, jobs_receive, finished_send, results_send.clone())
-            tg.start_soon(self._resolver, finished_receive, ready_send)
-            for _ in range(self._settings.download_workers):
-                tg.start_soon(self._downloader, ready_receive.clone(), results_send.clone())
-            ready_receive.close()
-            results_send.close()
+        async with anyio.create_task_group() as writer:
+            await writer.start(self._commits.run)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._recorder, results_receive)
+                    tg.start_soon(self._submitter, units, jobs_send, results_send.clone())
+                    tg.start_soon(self._poller, jobs_receive, finished_send, results_send.clone())
+                    tg.start_soon(self._resolver, finished_receive, ready_send)
+                    for _ in range(self._settings.download_workers):
+                        tg.start_soon(self._downloader, ready_receive.clone(), results_send.clone())
+                    ready_receive.close()
+                    results_send.close()
+            finally:
+                self._commits.close()
         return self.summary
 
     # ---------------------------------------------------------------- submitter
@@ -388,7 +394,8 @@ class Engine:
             self._spent += reserved
             started = datetime.now(UTC)
             await self._record(
-                functools.partial(self._journal.submitting, unit.id, started.isoformat())
+                functools.partial(self._journal.submitting, unit.id, started.isoformat()),
+                durable=True,
             )
             self._posting[key] += 1
             try:
@@ -838,24 +845,39 @@ class Engine:
 
     # ---------------------------------------------------------------- recorder
 
-    async def _recorder(self, results: ObjectReceiveStream[UnitResult]) -> None:
+    async def _recorder(self, results: MemoryObjectReceiveStream[UnitResult]) -> None:
         last_report = time.monotonic()
         async with results:
-            async for result in results:
-                await self._record(functools.partial(self._journal_result, result))
-                if result.status == "success":
-                    self.summary.succeeded += 1
-                else:
-                    self.summary.failed += 1
-                    if len(self.summary.failures) < SUMMARY_FAILURES_SHOWN:
-                        self.summary.failures.append((result.unit.id, result.error or ""))
-                    log.warning("unit %s failed: %s", result.unit.id, result.error)
-                if result.cost:
-                    self.summary.cost += result.cost
+            async for first in results:
+                batch = [first]
+                while True:  # and whatever else arrived meanwhile: one commit for all
+                    try:
+                        batch.append(results.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                await self._record(functools.partial(self._journal_results, batch))
+                for result in batch:
+                    self._count(result)
                 now = time.monotonic()
                 if now - last_report >= self._settings.progress_every:
                     last_report = now
                     log.info("progress: %s; %d in flight", self.summary.line(), self.in_flight)
+
+    def _count(self, result: UnitResult) -> None:
+        if result.status == "success":
+            self.summary.succeeded += 1
+        else:
+            self.summary.failed += 1
+            if len(self.summary.failures) < SUMMARY_FAILURES_SHOWN:
+                self.summary.failures.append((result.unit.id, result.error or ""))
+            log.warning("unit %s failed: %s", result.unit.id, result.error)
+        if result.cost:
+            self.summary.cost += result.cost
+
+    def _journal_results(self, results: list[UnitResult]) -> None:
+        with self._journal.batch():
+            for result in results:
+                self._journal_result(result)
 
     def _journal_result(self, result: UnitResult) -> None:
         if result.status == "success":

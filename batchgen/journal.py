@@ -119,6 +119,8 @@ ROW_COLUMNS = (
 )
 # Ids per query: well under SQLite's limit on bound parameters.
 LOOKUP_CHUNK = 500
+# Rows per read when walking the whole journal.
+READ_PAGE = 1000
 
 
 def _row(found: tuple[Any, ...]) -> Row:
@@ -187,12 +189,25 @@ class Journal:
 
     def results(self) -> Iterator[str]:
         """The results line of every finished unit, in the order units first appeared."""
-        with self._lock:
-            lines = self._db.execute(
-                "SELECT result FROM units WHERE result IS NOT NULL ORDER BY rowid"
-            ).fetchall()
-        for (line,) in lines:
+        for (line,) in self._paged("result", "result IS NOT NULL"):
             yield line
+
+    def _paged(self, columns: str, where: str) -> Iterator[tuple[Any, ...]]:
+        """Rows in journal order, read a page at a time: a run of millions of units is
+        never in memory at once, and the lock is not held while the caller works."""
+        after = 0
+        while True:
+            with self._lock:
+                page = self._db.execute(
+                    f"SELECT rowid, {columns} FROM units WHERE rowid > ? AND ({where})"
+                    " ORDER BY rowid LIMIT ?",
+                    (after, READ_PAGE),
+                ).fetchall()
+            for row in page:
+                yield row[1:]
+            if len(page) < READ_PAGE:
+                return
+            after = page[-1][0]
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -207,35 +222,57 @@ class Journal:
 
     def failures(self) -> Iterator[tuple[str, str, bool, str | None]]:
         """(unit id, reason, permanent, job id) of every failed unit."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, error, permanent, job_id FROM units WHERE state = 'failed'"
-                " ORDER BY rowid"
-            ).fetchall()
-        for unit_id, error, permanent, job_id in rows:
+        for unit_id, error, permanent, job_id in self._paged(
+            "id, error, permanent, job_id", "state = 'failed'"
+        ):
             yield unit_id, error or "", bool(permanent), job_id
 
     # ---------------------------------------------------------------- transitions
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Make every transition inside one commit (and one fsync): for facts that
-        arrive together, such as the results of jobs that finished in one poll."""
+    def batch(self, *, durable: bool = False) -> Iterator[None]:
+        """Make every transition inside one commit: for facts that arrive together, such
+        as the results of jobs that finished in one poll.  ``durable`` waits for the
+        fsync (needed when the batch holds a ``submitting``); the safety level cannot
+        change inside a transaction, so it is chosen here, for the whole batch."""
         with self._lock:
             if self._in_batch:
                 yield
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._in_batch = True
+            if durable:
+                self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._in_batch = True
+                try:
+                    yield
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                else:
+                    self._db.execute("COMMIT")
+                finally:
+                    self._in_batch = False
+            finally:
+                if durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+
+    @contextmanager
+    def each(self) -> Iterator[None]:
+        """Inside a batch, one call's transitions stand or fall together (a savepoint),
+        so a call that fails leaves nothing half-written for the batch to commit."""
+        with self._lock:
+            if not self._in_batch:
+                yield
+                return
+            self._db.execute("SAVEPOINT one_call")
             try:
                 yield
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("ROLLBACK TO one_call")
                 raise
-            else:
-                self._db.execute("COMMIT")
             finally:
-                self._in_batch = False
+                self._db.execute("RELEASE one_call")
 
     def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
         with self._lock:
@@ -253,7 +290,8 @@ class Journal:
             self._db.execute("COMMIT")
 
     def submitting(self, unit_id: str, started: str) -> None:
-        """Committed and fsynced before the POST is sent (see the module docstring)."""
+        """Committed and fsynced before the POST is sent (see the module docstring);
+        inside a batch, the batch must be ``durable``."""
         with self._lock:
             synced = not self._in_batch
             if synced:

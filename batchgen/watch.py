@@ -8,11 +8,16 @@ is handed, when to list and which jobs to ask about one by one; the engine does 
 * **The cursor is in the server's clock**: the latest ``updatedAt`` any listing showed,
   less a millisecond (timestamps are in milliseconds; two changes may share one).  Every
   ``SWEEP_EVERY`` seconds a listing looks ``SKEW_MARGIN`` further back, for changes that
-  reach the listing late (replicas' clocks, an eventually consistent index).
+  reach the listing late (replicas' clocks, an eventually consistent index).  When a
+  sweep finds an end the usual listings missed, they look back further from then on
+  (half again as far as that end was late), and a sweep that finds none halves that.
 * **Scans are paced by the work**: by Little's law ``n`` jobs in flight of mean time
-  ``T`` finish ``n / T`` a second; listing every ``T / (budget × n)`` seconds keeps the
-  listings near ``budget`` per job, and never more than ``poll_interval`` apart, so a
-  finished job is noticed within one poll interval, and much sooner when many run.
+  ``T`` finish ``n / T`` a second; listing every ``1 / (budget × rate)`` seconds keeps
+  the listings near ``budget`` per job, and never more than ``poll_interval`` apart, so
+  a finished job is noticed within one poll interval, and much sooner when many run.
+  The rate is the larger of ``n / T`` and the jobs that ended in the last ``T``: when
+  the last jobs of a run drain, the pace stays up, since each one's wait now adds to
+  the run's length.
 * **A job the listing has not shown for long** (twice the usual job time, and at least
   ``QUIET_MIN``) is asked about directly, less often each time it is still running.
 * **Jobs that need a direct look at once**: one from before the listing's window (a
@@ -25,14 +30,15 @@ is handed, when to list and which jobs to ask about one by one; the engine does 
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .records import JobRecord, server_time
 
-# Listing requests to spend per job finished, when many jobs are in flight.
-LIST_REQUESTS_PER_JOB = 0.2
+# Listing requests to spend per job finished, when many jobs are in flight.  Each one
+# more shortens the wait to notice a finished job; some headroom is kept for sweeps.
+LIST_REQUESTS_PER_JOB = 0.22
 # Listings at most this many times per poll interval, however many jobs run.
 SCANS_PER_INTERVAL_MAX = 10
 SWEEP_EVERY = 5.0
@@ -77,6 +83,10 @@ class Watcher:
         self._jobs: dict[str, _Watched] = {}
         self._sightings: OrderedDict[str, JobRecord] = OrderedDict()
         self.mean_job_time: float | None = None
+        self._ended_at: deque[float] = deque()  # when watched jobs were seen ending
+        # How far behind the horizon the usual listing starts: grows when ends show late.
+        self.lookback = CURSOR_EPSILON
+        self._sweeping = False
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -117,6 +127,8 @@ class Watcher:
 
     def finished(self, job_id: str, now: float) -> None:
         watched = self._jobs.pop(job_id, None)
+        if watched is not None:
+            self._ended_at.append(now)
         if watched is not None and watched.timed:
             took = now - watched.since
             if self.mean_job_time is None:
@@ -131,9 +143,14 @@ class Watcher:
 
     def scan_gap(self) -> float:
         interval = self.settings.poll_interval
-        if self.mean_job_time is None or not self._jobs:
+        usual = self.mean_job_time
+        if usual is None or not self._jobs:
             return interval
-        paced = self.mean_job_time / (self.settings.list_requests_per_job * len(self._jobs))
+        ended = self._ended_at
+        while ended and ended[0] < self._last_scan - usual:
+            ended.popleft()
+        rate = max(len(self._jobs), len(ended)) / usual
+        paced = 1 / (self.settings.list_requests_per_job * rate)
         return min(max(paced, interval / SCANS_PER_INTERVAL_MAX), interval)
 
     def next_scan_at(self) -> float | None:
@@ -156,10 +173,11 @@ class Watcher:
         base = self.cursor_base()
         if base is None:
             return None
-        if now - self._last_sweep >= self.settings.sweep_every:
+        self._sweeping = now - self._last_sweep >= self.settings.sweep_every
+        if self._sweeping:
             self._last_sweep = now
             return base - self.settings.skew_margin
-        return base - CURSOR_EPSILON
+        return base - self.lookback
 
     def due_for_a_look(self, now: float) -> list[str]:
         return [job_id for job_id, w in self._jobs.items() if w.get_at <= now]
@@ -170,6 +188,11 @@ class Watcher:
         """Take in a listing; returns the watched jobs it shows ended (no longer watched)."""
         self._last_scan = now
         ended: list[JobRecord] = []
+        # Where the usual listing would have started: ends older than that, found by a
+        # sweep, reached the listing late.
+        usually_from = self.horizon - self.lookback if self.horizon is not None else None
+        horizon_before = self.horizon
+        latest_miss = timedelta(0)
         for job in jobs:
             changed = server_time(job.updated_at)
             if changed is not None and (self.horizon is None or changed > self.horizon):
@@ -181,9 +204,20 @@ class Watcher:
             elif job.terminal:
                 ended.append(job)
                 self.finished(job.job_id, now)
+                if self._sweeping and usually_from and changed and changed < usually_from:
+                    assert horizon_before is not None
+                    latest_miss = max(latest_miss, horizon_before - changed)
             elif not watched.direct:
                 watched.quiet = self._quiet_limit()
                 watched.get_at = now + watched.quiet
+        if self._sweeping:
+            self._sweeping = False
+            if latest_miss:
+                self.lookback = min(
+                    max(self.lookback, latest_miss * 1.5), self.settings.skew_margin
+                )
+            else:
+                self.lookback = max(self.lookback / 2, CURSOR_EPSILON)
         return ended
 
     def list_failed(self, now: float) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aioresponses import aioresponses
+from aioresponses import CallbackResult, aioresponses
 
 from batchgen.api import ScenarioClient, looks_like_an_image
 from batchgen.config import ApiSettings, Credentials
@@ -263,6 +263,46 @@ async def test_jobs_created_after_follows_tokens_through_empty_pages(
         mocked.get(f"{url}?{base_query}&paginationToken=t2", payload={"jobs": []})
         found = await client.jobs_created_after(since)
     assert [(j.job_id, j.request) for j in found] == [("j1", {"prompt": "p"})]
+
+
+@pytest.mark.anyio
+async def test_jobs_updated_after_lists_custom_jobs_through_empty_pages(
+    client: ScenarioClient,
+) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    # A cursor in any zone is sent in UTC, to the millisecond.
+    since = datetime(2026, 1, 2, 4, 4, 5, 600000, tzinfo=timezone(timedelta(hours=1)))
+    assert since.astimezone(UTC).hour == 3
+    url = f"{BASE}/v1/jobs"
+    base_query = "pageSize=100&projectId=proj&type=custom&updatedAfter=2026-01-02T03:04:05.600Z"
+    done = {"jobId": "j2", "status": "success", "updatedAt": "2026-01-02T03:04:06.000Z"}
+    with aioresponses() as mocked:
+        mocked.get(f"{url}?{base_query}", payload={"jobs": [], "nextPaginationToken": "t1"})
+        mocked.get(f"{url}?{base_query}&paginationToken=t1", payload={"jobs": [done]})
+        found = await client.jobs_updated_after(since)
+    assert [(j.job_id, j.terminal, j.updated_at) for j in found] == [
+        ("j2", True, "2026-01-02T03:04:06.000Z")
+    ]
+
+
+@pytest.mark.anyio
+async def test_asset_lookup_asks_for_at_most_200_ids_a_request(client: ScenarioClient) -> None:
+    ids = [f"a{i}" for i in range(450)]
+    asked: list[list[str]] = []
+
+    def answer(url: object, **kwargs: object) -> CallbackResult:
+        wanted = kwargs["json"]["assetIds"]  # type: ignore[index]
+        asked.append(wanted)
+        return CallbackResult(
+            payload={"assets": [{"id": a, "url": f"https://cdn/{a}"} for a in wanted]}
+        )
+
+    with aioresponses() as mocked:
+        mocked.post(f"{BASE}/v1/assets/get-bulk?projectId=proj", callback=answer, repeat=True)
+        found = await client.lookup_assets(ids)
+    assert [len(chunk) for chunk in asked] == [200, 200, 50]
+    assert sorted(found) == sorted(ids) and found["a7"].url == "https://cdn/a7"
 
 
 @pytest.mark.parametrize(

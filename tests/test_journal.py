@@ -81,3 +81,45 @@ def test_a_job_that_keeps_failing_becomes_a_permanent_failure(tmp_path: Path) ->
         assert row is not None
         assert row.permanent is (attempt + 1 >= FAILED_JOB_LIMIT)
     journal.close()
+
+
+def test_get_many_finds_the_units_it_has_among_many(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    with journal.batch():
+        for index in range(0, 1200, 2):
+            journal.submitting(f"u{index}", "t")
+    asked = [f"u{index}" for index in range(1200)]  # more than one query's worth
+    found = journal.get_many(asked)
+    assert sorted(found) == sorted(f"u{index}" for index in range(0, 1200, 2))
+    assert all(row.state is State.SUBMITTING for row in found.values())
+    assert journal.get("u1") is None
+
+
+def test_a_batch_is_one_transaction_and_each_call_in_it_stands_alone(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    with pytest.raises(RuntimeError), journal.batch():
+        journal.submitting("lost", "t")
+        raise RuntimeError("the whole batch is rolled back")
+    assert journal.get("lost") is None
+    with journal.batch(durable=True):
+        journal.submitting("kept", "t")
+        with pytest.raises(RuntimeError), journal.each():
+            journal.submitting("half", "t")
+            raise RuntimeError("only this call is rolled back")
+    assert journal.get("kept") is not None and journal.get("half") is None
+
+
+def test_results_and_failures_come_in_journal_order_across_pages(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    total = 2500  # more than two pages
+    with journal.batch():
+        for index in range(total):
+            journal.submitting(f"u{index}", "t")
+            if index % 3:
+                journal.downloaded(f"u{index}", [], {"id": f"u{index}"})
+            else:
+                journal.failed(f"u{index}", error="no", permanent=True, job_id=None,
+                               job_status=None, result={"id": f"u{index}"})  # fmt: skip
+    lines = list(journal.results())
+    assert lines == [f'{{"id": "u{index}"}}' for index in range(total)]
+    assert [unit for unit, *_ in journal.failures()] == [f"u{i}" for i in range(0, total, 3)]
