@@ -45,7 +45,7 @@ from .manifest import Unit
 from .policy import Request, with_retries
 from .pressure import InFlightCap
 from .records import RUNNING_STATUSES, Asset, JobRecord, Submission, made_for
-from .results import UnitResult, files_intact
+from .results import UnitResult, files_intact, stamp_of
 from .watch import Watcher, WatchSettings
 
 log = logging.getLogger("batchgen")
@@ -56,7 +56,6 @@ IMAGES_DIR = "images"
 RECONCILE_CLOCK_MARGIN = timedelta(seconds=60)
 # Units looked up in the journal together when deciding what to do with them.
 RESUME_LOOKUP_CHUNK = 500
-FileList = tuple[tuple[str, str], ...]
 # How many failure reasons the summary keeps to show; the results file has them all.
 SUMMARY_FAILURES_SHOWN = 10
 
@@ -93,6 +92,16 @@ class InFlight:
     cost: float | None
     created_at: str = ""  # the server's createdAt, when known
     since: float = field(default_factory=time.monotonic)
+
+
+class Plan(NamedTuple):
+    """A chunk of units with their journal rows, what to do with each, and which of
+    the done ones still have their files."""
+
+    units: list[Unit]
+    rows: dict[str, Row]
+    actions: dict[str, Resume]
+    intact: set[str]
 
 
 class Ready(NamedTuple):
@@ -239,40 +248,55 @@ class Engine:
         jobs: ObjectSendStream[InFlight],
         results: ObjectSendStream[UnitResult],
     ) -> None:
-        out = self._settings.output_dir
+        # Plans are made one chunk ahead, in a worker thread, while this task submits.
+        plans_send, plans_receive = anyio.create_memory_object_stream[Plan](1)
         async with jobs, results, anyio.create_task_group() as tg:
             self._submit_group, self._jobs_out, self._results_out = tg, jobs, results
-            for chunk in _chunks(units, RESUME_LOOKUP_CHUNK):
-                if self._submitting_stopped():
-                    break
-                # One journal query and one file check per chunk, not per unit: a
-                # resume walks past every unit already done before its first submission.
-                rows = await self._record(
-                    functools.partial(self._journal.get_many, [u.id for u in chunk])
-                )
-                actions = {
-                    unit_id: resume_action(row, retry_failed=self._retry_failed)
-                    for unit_id, row in rows.items()
-                }
-                to_verify = [
-                    (unit_id, rows[unit_id].files)
-                    for unit_id, action in actions.items()
-                    if action is Resume.VERIFY
-                ]
-                intact = (
-                    await anyio.to_thread.run_sync(_intact_units, out, to_verify)
-                    if to_verify
-                    else set()
-                )
-                for unit in chunk:
-                    if not await self._take(unit, rows.get(unit.id), actions, intact):
+            tg.start_soon(self._plan_ahead, iter(units), plans_send)
+            async with plans_receive:
+                async for plan in plans_receive:
+                    if not await self._take_all(plan):
                         break
-                else:
-                    continue
-                break
             async with self._settled:
                 while self._open_units or self._pending_submits:
                     await self._settled.wait()
+
+    async def _plan_ahead(self, units: Iterator[Unit], plans: ObjectSendStream[Plan]) -> None:
+        async with plans:
+            while plan := await anyio.to_thread.run_sync(self._next_plan, units):
+                try:
+                    await plans.send(plan)
+                except anyio.BrokenResourceError:
+                    return  # submitting stopped: no more plans wanted
+
+    def _next_plan(self, units: Iterator[Unit]) -> Plan | None:
+        """The next chunk of units and what to do with each (blocking: a worker thread).
+
+        One journal query and one pass of file checks per chunk, not per unit, and off
+        the event loop: a resume walks past every unit already done before its first
+        new submission, and reading the manifest is work too."""
+        chunk = list(itertools.islice(units, RESUME_LOOKUP_CHUNK))
+        if not chunk:
+            return None
+        rows = self._journal.get_many([unit.id for unit in chunk])
+        actions = {
+            unit_id: resume_action(row, retry_failed=self._retry_failed)
+            for unit_id, row in rows.items()
+        }
+        out = self._settings.output_dir
+        intact = {
+            unit_id
+            for unit_id, action in actions.items()
+            if action is Resume.VERIFY
+            and files_intact(out, rows[unit_id].files, rows[unit_id].stamps)
+        }
+        return Plan(chunk, rows, actions, intact)
+
+    async def _take_all(self, plan: Plan) -> bool:
+        for unit in plan.units:
+            if not await self._take(unit, plan.rows.get(unit.id), plan.actions, plan.intact):
+                return False
+        return True
 
     async def _take(
         self, unit: Unit, row: Row | None, actions: dict[str, Resume], intact: set[str]
@@ -881,7 +905,15 @@ class Engine:
 
     def _journal_result(self, result: UnitResult) -> None:
         if result.status == "success":
-            self._journal.downloaded(result.unit.id, list(result.files), result.to_json())
+            out = self._settings.output_dir
+            # Runs in the journal's worker thread: the stat calls stay off the event loop.
+            try:
+                stamps: list[tuple[int, int]] | None = [
+                    stamp_of(out / path) for path, _ in result.files
+                ]
+            except OSError:
+                stamps = None  # gone already: the next run finds out and fetches it again
+            self._journal.downloaded(result.unit.id, list(result.files), result.to_json(), stamps)
         else:
             self._journal.failed(
                 result.unit.id,
@@ -891,16 +923,6 @@ class Engine:
                 job_status=result.job_status,
                 result=result.to_json(),
             )
-
-
-def _chunks(units: Iterable[Unit], size: int) -> Iterator[list[Unit]]:
-    iterator = iter(units)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
-
-
-def _intact_units(out: Path, recorded: list[tuple[str, FileList]]) -> set[str]:
-    return {unit_id for unit_id, files in recorded if files_intact(out, files)}
 
 
 def cost_shape(model: str, body: dict[str, Any]) -> str:

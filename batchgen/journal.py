@@ -86,6 +86,8 @@ class Row:
     cost: float | None = None
     error: str | None = None
     files: tuple[tuple[str, str], ...] = ()
+    # Each file's (size, mtime_ns) as written, when recorded: resume checks it first.
+    stamps: tuple[tuple[int, int] | None, ...] = ()
 
 
 class Resume(enum.Enum):
@@ -124,7 +126,10 @@ READ_PAGE = 1000
 
 
 def _row(found: tuple[Any, ...]) -> Row:
-    files = tuple((path, digest) for path, digest in json.loads(found[9] or "[]"))
+    # Each file is [path, sha256] or, since stamps are kept, [path, sha256, size, mtime_ns].
+    recorded = json.loads(found[9] or "[]")
+    files = tuple((entry[0], entry[1]) for entry in recorded)
+    stamps = tuple((entry[2], entry[3]) if len(entry) == 4 else None for entry in recorded)
     return Row(
         id=found[0],
         state=State(found[1]),
@@ -136,6 +141,7 @@ def _row(found: tuple[Any, ...]) -> Row:
         cost=found[7],
         error=found[8],
         files=files,
+        stamps=stamps,
     )
 
 
@@ -346,28 +352,28 @@ class Journal:
         self._write(*statements)
 
     def downloaded(
-        self, unit_id: str, files: list[tuple[str, str]], result: dict[str, Any]
+        self,
+        unit_id: str,
+        files: list[tuple[str, str]],
+        result: dict[str, Any],
+        stamps: list[tuple[int, int]] | None = None,
     ) -> None:
+        recorded: list[list[Any]] = [[path, digest] for path, digest in files]
+        if stamps is not None:
+            recorded = [[*entry, *stamp] for entry, stamp in zip(recorded, stamps, strict=True)]
         self._write(
             (
                 "UPDATE units SET state = ?, job_status = 'success', files = ?, error = NULL,"
                 " result = ?, updated = ? WHERE id = ?",
                 (
                     State.DOWNLOADED,
-                    json.dumps(files),
+                    json.dumps(recorded),
                     json.dumps(result, ensure_ascii=False),
                     time.time(),
                     unit_id,
                 ),
             )
         )
-
-    def downloaded_many(
-        self, finished: list[tuple[str, list[tuple[str, str]], dict[str, Any]]]
-    ) -> None:
-        with self.batch():
-            for unit_id, files, result in finished:
-                self.downloaded(unit_id, files, result)
 
     def failed(
         self,

@@ -481,8 +481,15 @@ def seed_for(identity: str) -> int:
 
 
 def count_units(manifest: Manifest) -> int:
-    """Check every prompt of every prompts file and count the units; raises on the first bad one."""
-    return sum(1 for _ in iter_units(manifest))
+    """Check every prompt of every prompts file and count the units; raises on the first bad one.
+
+    Reads every prompt as :func:`iter_units` does, but builds no units: a run counts
+    (and so checks) the whole manifest before its first submission."""
+    total = 0
+    for entry in manifest.entries:
+        prompts = sum(1 for _ in _iter_prompts(manifest, entry))
+        total += prompts * len(entry.sizes) * entry.count
+    return total
 
 
 def unit_id(canonical_request: str, repeat: int) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -38,7 +39,7 @@ from anyio.from_thread import start_blocking_portal
 
 from batchgen.journal import Journal
 from batchgen.manifest import iter_units, load_manifest
-from batchgen.results import UnitResult
+from batchgen.results import UnitResult, stamp_of
 from batchgen.sim import SimConfig, Simulator, serve
 
 KEY, SECRET = "bench-key", "bench-secret"
@@ -62,25 +63,26 @@ class Child:
 
 
 def run_child(command: list[str], env: dict[str, str] | None = None) -> Child:
-    """Run a process to the end; its CPU seconds and peak RSS as the kernel counted them."""
+    """Run a process to the end; its CPU seconds and peak RSS as the kernel counted
+    them (through ``measure.py``: see there why not directly)."""
     started = time.monotonic()
-    process = subprocess.Popen(
-        command,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryDirectory() as place:
+        figures_file = Path(place) / "figures.json"
+        process = subprocess.run(
+            [sys.executable, str(HERE / "measure.py"), str(figures_file), *command],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+        )
+        figures = json.loads(figures_file.read_text(encoding="utf-8"))
     return Child(
         wall=time.monotonic() - started,
-        cpu=usage.ru_utime + usage.ru_stime,
-        peak_rss_mb=usage.ru_maxrss / 1024,
-        returncode=process.returncode,
-        output=output,
+        cpu=figures["cpu"],
+        peak_rss_mb=figures["peak_rss_mb"],
+        returncode=figures["returncode"],
+        output=process.stdout,
     )
 
 
@@ -209,18 +211,20 @@ def resume(args: argparse.Namespace, place: Path) -> dict[str, float]:
     images = out / "images"
     images.mkdir(parents=True)
     journal = Journal(out)
-    batch: list[tuple[str, list[tuple[str, str]], dict[str, object]]] = []
-    for unit in iter_units(load_manifest(manifest)):
-        content = b"\x89PNG\r\n\x1a\n" + unit.id.encode()
-        relative = f"images/{unit.id}_0.png"
-        (out / relative).write_bytes(content)
-        files = [(relative, hashlib.sha256(content).hexdigest())]
-        result = UnitResult.success(unit, job_id=f"job-{unit.id}", files=files, cost=1.0)
-        batch.append((unit.id, files, result.to_json()))
-        if len(batch) == 5000:
-            journal.downloaded_many(batch)
-            batch.clear()
-    journal.downloaded_many(batch)
+    units = iter_units(load_manifest(manifest))
+    while chunk := list(itertools.islice(units, 5000)):
+        with journal.batch():  # each unit's way through the journal, as a run records it
+            for unit in chunk:
+                content = b"\x89PNG\r\n\x1a\n" + unit.id.encode()
+                relative = f"images/{unit.id}_0.png"
+                (out / relative).write_bytes(content)
+                files = [(relative, hashlib.sha256(content).hexdigest())]
+                job_id = f"job-{unit.id}"
+                journal.submitting(unit.id, "2026-11-24T00:00:00+00:00")
+                journal.submitted(unit.id, job_id, 1.0)
+                journal.finished(unit.id, "success", 1.0)
+                result = UnitResult.success(unit, job_id=job_id, files=files, cost=1.0)
+                journal.downloaded(unit.id, files, result.to_json(), [stamp_of(out / relative)])
     journal.close()
     with prompts.open("a", encoding="utf-8") as handle:
         handle.writelines(f"new prompt {i}\n" for i in range(8))

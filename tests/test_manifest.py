@@ -258,3 +258,19 @@ def test_seeds_fixed_derived_per_unit_or_left_to_the_api(write: Write) -> None:
 def test_a_seed_is_a_number_or_per_unit(write: Write, seed: str) -> None:
     with pytest.raises(ManifestError, match="whole number or 'per-unit'"):
         units_of(write, BASE + f"jobs:\n  - prompt: p\n    params: {{seed: {seed}}}\n")
+
+
+def test_counting_agrees_with_expanding(write: Write) -> None:
+    write("p.txt", "one\ntwo\none\n")
+    write("p.csv", "prompt,sku\nred,A\nblue,B\n")
+    manifest = load_manifest(
+        write(
+            "m.yaml",
+            BASE
+            + "jobs:\n"
+            + "  - prompt: 'a {x} in {y}'\n    vars: {x: [cat, dog], y: [ink, oil, clay]}\n"
+            + "  - prompts_file: p.txt\n    sizes: [[64, 64], [128, 64]]\n    count: 3\n"
+            + "  - prompts_file: p.csv\n    count: 2\n",
+        )
+    )
+    assert count_units(manifest) == len(list(iter_units(manifest))) == 6 + 3 * 2 * 3 + 2 * 2
