@@ -33,6 +33,7 @@ from yarl import URL
 from . import config as defaults
 from .api import AssetDownloader, ScenarioClient
 from .config import ApiSettings, Credentials, EngineSettings, RetrySettings
+from .dataset import write_metadata
 from .engine import Engine, Summary, cost_shape
 from .errors import BatchgenError, ConfigError
 from .journal import JOURNAL_NAME, Journal, Resume, resume_action
@@ -488,9 +489,10 @@ def _run(args: argparse.Namespace) -> int:
                         out_dir,
                     )
         finally:
-            # Also after an error or an interruption: the view must match the journal.
+            # Also after an error or an interruption: the views must match the journal.
             write_results(journal.results(), out_dir)
             journal.close()
+            _write_dataset_metadata(out_dir, sharded=shard is not None)
     print(f"batchgen: {summary.line()}")
     for unit_id, reason in summary.failures:
         print(f"  failed {unit_id}: {reason}")
@@ -571,6 +573,27 @@ async def _stop_on_signal(scope: CancelScope, summary: Summary) -> None:
             summary.interrupted = True
             scope.cancel()
             return
+
+
+def _write_dataset_metadata(out_dir: Path, *, sharded: bool) -> None:
+    """``metadata.jsonl`` for the run's directory or, for a shard, for the whole output
+    root, covering every shard that has a journal (see :mod:`batchgen.dataset`)."""
+    if not sharded:
+        journal = Journal(out_dir)
+        try:
+            write_metadata(out_dir, [("", journal.results())])
+        finally:
+            journal.close()
+        return
+    root = out_dir.parent
+    with contextlib.ExitStack() as stack:
+        parts = []
+        for place in shard_directories(root):
+            if (place / JOURNAL_NAME).is_file():
+                journal = Journal(place)
+                stack.callback(journal.close)
+                parts.append((f"{place.name}/", journal.results()))
+        write_metadata(root, parts)
 
 
 def _status(args: argparse.Namespace) -> int:

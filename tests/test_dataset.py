@@ -1,0 +1,132 @@
+"""metadata.jsonl: rows per image, and the real Hugging Face loader reading a run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from batchgen.cli import main
+from batchgen.dataset import METADATA_NAME, image_rows
+from batchgen.sim import Simulator
+from tests.test_end_to_end import run_cli
+
+SUCCESS = {
+    "id": "u1",
+    "status": "success",
+    "model": "model_x",
+    "prompt": "a red mug",
+    "width": 64,
+    "height": 32,
+    "params": {"guidance": 3.5, "numOutputs": 2},
+    "seed": 7,
+    "job_id": "job1",
+    "cost": 2.0,
+    "files": ["images/u1_0.png", "images/u1_1.png"],
+    "metadata": {"sku": "A1", "model": "clashes with ours"},
+    "source": "prompts.csv:2",
+}
+
+
+@pytest.mark.parametrize(
+    ("result", "prefix", "expected"),
+    [
+        (
+            SUCCESS,
+            "",
+            [
+                {"file_name": "images/u1_0.png", "image_index": 0, "sku": "A1"},
+                {"file_name": "images/u1_1.png", "image_index": 1, "sku": "A1"},
+            ],
+        ),
+        # A shard's images, seen from the output root.
+        (SUCCESS, "shard-1-of-2/", [{"file_name": "shard-1-of-2/images/u1_0.png"}, {}]),
+        # Failed units have no images, so no rows.
+        ({**SUCCESS, "status": "failure", "files": []}, "", []),
+    ],
+)
+def test_one_row_per_image(result: dict, prefix: str, expected: list[dict]) -> None:
+    rows = list(image_rows(result, prefix))
+    assert len(rows) == len(expected)
+    for row, wanted in zip(rows, expected, strict=True):
+        assert wanted.items() <= row.items()
+        assert (row["unit_id"], row["prompt"], row["model"]) == ("u1", "a red mug", "model_x")
+        assert (row["width"], row["height"], row["seed"], row["cost"]) == (64, 32, 7, 2.0)
+        # One type per column whatever the manifest holds; an extra column never
+        # hides one of ours.
+        assert json.loads(row["params"]) == SUCCESS["params"]
+        assert row["extra_model"] == "clashes with ours"
+
+
+CSV_MANIFEST = """\
+model: model_sim-fast
+width: 64
+height: 48
+jobs:
+  - prompts_file: prompts.csv
+    params: {numOutputs: 2, seed: per-unit}
+  - prompt: "a {animal}"
+    vars: {animal: [cat, lynx]}
+"""
+CSV = "prompt,sku,colour\nred mug,A1,red\nblue mug,B2,blue\n"
+
+
+def load_imagefolder(data_dir: Path) -> object:
+    datasets = pytest.importorskip("datasets", reason="pip install -e '.[dataset-test]'")
+    pytest.importorskip("PIL", reason="pip install -e '.[dataset-test]'")
+    return datasets.load_dataset(
+        "imagefolder", data_dir=str(data_dir), split="train", cache_dir=str(data_dir.parent / "hf")
+    )
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_output_loads_with_the_real_datasets_imagefolder_loader(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+) -> None:
+    write("prompts.csv", CSV)
+    manifest = write("jobs.yaml", CSV_MANIFEST)
+    sim = start_simulator()
+    out = tmp_path / "out"
+    assert run_cli(sim, manifest, out, "--poll-interval", "0.02") == 0
+    rows = [json.loads(line) for line in (out / METADATA_NAME).read_text().splitlines()]
+    assert len(rows) == 2 * 2 + 2 and all((out / r["file_name"]).is_file() for r in rows)
+
+    dataset = load_imagefolder(out)
+    assert len(dataset) == 6  # type: ignore[arg-type]
+    by_sku = {}
+    for item in dataset:  # type: ignore[attr-defined]
+        assert item["image"].size == (64, 48)
+        assert item["model"] == "model_sim-fast" and item["job_id"] in sim.jobs
+        if item["sku"] is not None:
+            by_sku.setdefault(item["sku"], []).append(item)
+    assert sorted(by_sku) == ["A1", "B2"]
+    assert {item["colour"] for item in by_sku["A1"]} == {"red"}
+    assert all(isinstance(item["seed"], int) for items in by_sku.values() for item in items)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_shards_make_one_dataset_at_the_output_root(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+) -> None:
+    write("prompts.csv", CSV)
+    manifest = write("jobs.yaml", CSV_MANIFEST)
+    sim = start_simulator()
+    root = tmp_path / "out"
+    for shard in ("1/2", "2/2"):
+        assert run_cli(sim, manifest, root, "--shard", shard, "--poll-interval", "0.02") == 0
+    assert not list(root.glob(f"shard-*/{METADATA_NAME}"))
+    rows = [json.loads(line) for line in (root / METADATA_NAME).read_text().splitlines()]
+    assert len(rows) == 6 and {r["file_name"].split("/")[0] for r in rows} == {
+        "shard-1-of-2",
+        "shard-2-of-2",
+    }
+    assert main(["validate", str(manifest)]) == 0
+    assert len(load_imagefolder(root)) == 6  # type: ignore[arg-type]
