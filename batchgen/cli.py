@@ -207,9 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbosity(run)
 
     validate = commands.add_parser(
-        "validate", help="check a manifest and count its units; sends nothing"
+        "validate",
+        help="check a manifest and count its units; with credentials in the environment, "
+        "also check its model ids (one read-only request a page of models)",
     )
     validate.add_argument("manifest", type=Path)
+    validate.add_argument("--api-url", help="API base URL (as for run)")
+    validate.add_argument("--project-id", help="Scenario project id (as for run)")
+    validate.set_defaults(simulate=False)
     _add_verbosity(validate)
 
     models = commands.add_parser("models", help="list the models the credentials can use")
@@ -340,6 +345,22 @@ def _load(path: Path) -> tuple[Manifest, int]:
 def _validate(args: argparse.Namespace) -> int:
     manifest, total = _load(args.manifest)
     print(f"{args.manifest}: ok, {len(manifest.entries)} entries expand to {total} units")
+    try:
+        base_url, credentials, project_id = _connection(args)
+    except ConfigError:
+        return EXIT_OK  # no credentials given: nothing is sent
+    try:
+        known = {m.get("id") for m in _fetch_models(args, base_url, credentials, project_id)}
+    except BatchgenError as exc:
+        print(f"{args.manifest}: warning: could not check the model ids: {exc}", file=sys.stderr)
+        return EXIT_OK
+    for model, line in sorted({(e.model, e.line) for e in manifest.entries}, key=lambda m: m[1]):
+        if model not in known:
+            print(
+                f"{args.manifest}:{line}: warning: model {model!r} is not among the models "
+                "these credentials can use (batchgen models lists them)",
+                file=sys.stderr,
+            )
     return EXIT_OK
 
 
@@ -404,6 +425,20 @@ async def _estimate(
 
 def _models(args: argparse.Namespace) -> int:
     base_url, credentials, project_id = _connection(args)
+    models = _fetch_models(args, base_url, credentials, project_id)
+    if args.json:
+        print(json.dumps(models, ensure_ascii=False))
+        return EXIT_OK
+    for model in models:
+        name = model.get("name") or ""
+        print(f"{model.get('id', '?')}\t{name}\t{model.get('type') or ''}".rstrip())
+    return EXIT_OK
+
+
+def _fetch_models(
+    args: argparse.Namespace, base_url: str, credentials: Credentials, project_id: str | None
+) -> list[dict[str, Any]]:
+    """Every model the credentials can use (all pages)."""
 
     async def fetch() -> list[dict[str, Any]]:
         async with contextlib.AsyncExitStack() as stack:
@@ -417,14 +452,7 @@ def _models(args: argparse.Namespace) -> int:
             client = await stack.enter_async_context(ScenarioClient.open(settings))
             return await with_retries(Request.OTHER_READ, client.list_models, settings.retry)
 
-    models = anyio.run(fetch)
-    if args.json:
-        print(json.dumps(models, ensure_ascii=False))
-        return EXIT_OK
-    for model in models:
-        name = model.get("name") or ""
-        print(f"{model.get('id', '?')}\t{name}\t{model.get('type') or ''}".rstrip())
-    return EXIT_OK
+    return anyio.run(fetch)
 
 
 def _run(args: argparse.Namespace) -> int:

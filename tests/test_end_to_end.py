@@ -579,3 +579,30 @@ def test_the_seed_used_is_recorded(
     assert derived["seed"] == derived["params"]["seed"] == sim.jobs[derived["job_id"]].body["seed"]
     api = by_prompt["api"]  # chosen by the API: read back from the asset's metadata
     assert api["seed"] == sim.assets[sim.jobs[api["job_id"]].asset_ids[0]].seed
+
+
+def test_validate_warns_about_model_ids_the_credentials_cannot_use(
+    write: Callable[[str, str], Path],
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n"
+        "  - prompt: known\n  - prompt: typo\n    model: model_sim-fsat\n",
+    )
+    sim = start_simulator()
+    assert main(["validate", str(manifest), "--api-url", sim.api_url]) == 0
+    captured = capsys.readouterr()
+    assert "expand to 2 units" in captured.out
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 1 and f"{manifest}:6: warning: model 'model_sim-fsat'" in warnings[0]
+    assert sim.requests["GET /v1/models"] == 1
+
+    # Without credentials validate sends nothing.
+    monkeypatch.delenv("SCENARIO_API_KEY")
+    assert main(["validate", str(manifest), "--api-url", sim.api_url]) == 0
+    assert capsys.readouterr().err == ""
+    assert sim.requests["GET /v1/models"] == 1
