@@ -519,8 +519,8 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             # Also after an error or an interruption: the views must match the journal.
             write_results(journal.results(), out_dir)
+            _write_dataset_metadata(journal, out_dir, sharded=shard is not None)
             journal.close()
-            _write_dataset_metadata(out_dir, sharded=shard is not None)
     print(f"batchgen: {summary.line()}")
     for unit_id, reason in summary.failures:
         print(f"  failed {unit_id}: {reason}")
@@ -603,25 +603,23 @@ async def _stop_on_signal(scope: CancelScope, summary: Summary) -> None:
             return
 
 
-def _write_dataset_metadata(out_dir: Path, *, sharded: bool) -> None:
+def _write_dataset_metadata(journal: Journal, out_dir: Path, *, sharded: bool) -> None:
     """``metadata.jsonl`` for the run's directory or, for a shard, for the whole output
-    root, covering every shard that has a journal (see :mod:`batchgen.dataset`)."""
+    root, covering every shard that has a journal (see :mod:`batchgen.dataset`).
+    ``journal`` is the run's own, still open."""
     if not sharded:
-        journal = Journal(out_dir)
-        try:
-            write_metadata(out_dir, [("", journal.results())])
-        finally:
-            journal.close()
+        write_metadata(out_dir, [("", journal.results())])
         return
-    root = out_dir.parent
     with contextlib.ExitStack() as stack:
         parts = []
-        for place in shard_directories(root):
-            if (place / JOURNAL_NAME).is_file():
-                journal = Journal(place)
-                stack.callback(journal.close)
+        for place in shard_directories(out_dir.parent):
+            if place == out_dir:
                 parts.append((f"{place.name}/", journal.results()))
-        write_metadata(root, parts)
+            elif (place / JOURNAL_NAME).is_file():
+                other = Journal(place)
+                stack.callback(other.close)
+                parts.append((f"{place.name}/", other.results()))
+        write_metadata(out_dir.parent, parts)
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -81,16 +81,20 @@ def load_imagefolder(data_dir: Path) -> object:
     )
 
 
+@pytest.fixture
+def csv_run(
+    write: Callable[[str, str], Path], start_simulator: Callable[..., Simulator], api_env: None
+) -> tuple[Path, Simulator]:
+    """A manifest of a CSV with extra columns and a template, and a simulator for it."""
+    write("prompts.csv", CSV)
+    return write("jobs.yaml", CSV_MANIFEST), start_simulator()
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_the_output_loads_with_the_real_datasets_imagefolder_loader(
-    write: Callable[[str, str], Path],
-    tmp_path: Path,
-    start_simulator: Callable[..., Simulator],
-    api_env: None,
+    csv_run: tuple[Path, Simulator], tmp_path: Path
 ) -> None:
-    write("prompts.csv", CSV)
-    manifest = write("jobs.yaml", CSV_MANIFEST)
-    sim = start_simulator()
+    manifest, sim = csv_run
     out = tmp_path / "out"
     assert run_cli(sim, manifest, out, "--poll-interval", "0.02") == 0
     rows = [json.loads(line) for line in (out / METADATA_NAME).read_text().splitlines()]
@@ -111,14 +115,9 @@ def test_the_output_loads_with_the_real_datasets_imagefolder_loader(
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_shards_make_one_dataset_at_the_output_root(
-    write: Callable[[str, str], Path],
-    tmp_path: Path,
-    start_simulator: Callable[..., Simulator],
-    api_env: None,
+    csv_run: tuple[Path, Simulator], tmp_path: Path
 ) -> None:
-    write("prompts.csv", CSV)
-    manifest = write("jobs.yaml", CSV_MANIFEST)
-    sim = start_simulator()
+    manifest, sim = csv_run
     root = tmp_path / "out"
     for shard in ("1/2", "2/2"):
         assert run_cli(sim, manifest, root, "--shard", shard, "--poll-interval", "0.02") == 0
