@@ -36,6 +36,7 @@ from .errors import (
     TransientApiError,
 )
 from .records import Asset, JobRecord, Submission, parse_asset, parse_job, parse_submission
+from .results import sha256_of
 
 BULK_ASSET_LIMIT = 200
 # A job list that never ends is a server bug; stop following it somewhere.
@@ -298,8 +299,16 @@ class AssetDownloader:
             yield cls(session, seconds)
 
     async def fetch(
-        self, url: str, destination: Path, expected_size: int | None = None
+        self,
+        url: str,
+        destination: Path,
+        expected_size: int | None = None,
+        *,
+        fallback: Path | None = None,
     ) -> Downloaded:
+        """Download ``url`` to ``destination``.  With a ``fallback``, a destination that
+        already holds other bytes is left alone and the download goes to the fallback
+        instead; without one it is replaced."""
         part = _PartFile(destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.part"))
         digest = hashlib.sha256()
         received = 0
@@ -333,12 +342,15 @@ class AssetDownloader:
                     )
             if received == 0:
                 raise DownloadError(f"asset from {host} is empty")
-            await anyio.to_thread.run_sync(part.finish, bytes(pending), destination)
+            sha256 = digest.hexdigest()
+            placed = await anyio.to_thread.run_sync(
+                part.finish, bytes(pending), destination, fallback, sha256
+            )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DownloadError(f"download from {host} failed: {type(exc).__name__}") from exc
         finally:
             part.discard()  # quick, and done even when cancelled
-        return Downloaded(path=destination, size=received, sha256=digest.hexdigest())
+        return Downloaded(path=placed, size=received, sha256=sha256)
 
 
 class _PartFile:
@@ -348,25 +360,51 @@ class _PartFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: BinaryIO | None = None
-        self._done = False
 
     def write(self, data: bytes) -> None:
         if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # the template's folders
             self._file = self.path.open("wb")
         self._file.write(data)
 
-    def finish(self, data: bytes, destination: Path) -> None:
+    def finish(self, data: bytes, destination: Path, fallback: Path | None, sha256: str) -> Path:
+        """Put the bytes in place; where they went (see :meth:`AssetDownloader.fetch`)."""
         self.write(data)
         assert self._file is not None
         self._file.close()
-        os.replace(self.path, destination)
-        self._done = True
+        if fallback is None:
+            os.replace(self.path, destination)
+            return destination
+        if _create_from(self.path, destination):
+            return destination
+        if sha256_of(destination) == sha256:
+            return destination  # these very bytes, put there by a run killed before it noted them
+        os.replace(self.path, fallback)
+        return fallback
 
     def discard(self) -> None:
         if self._file is not None:
             self._file.close()
-        if not self._done:
-            self.path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
+
+
+def _create_from(part: Path, destination: Path) -> bool:
+    """Give ``part``'s bytes the name ``destination`` unless that name exists: one
+    atomic step, so two writers can never both believe they own the name."""
+    try:
+        os.link(part, destination)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        pass
+    # A file system without hard links: claim the name, then move the bytes in.
+    try:
+        os.close(os.open(destination, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    os.replace(part, destination)
+    return True
 
 
 __all__ = ["ApiError", "AssetDownloader", "Downloaded", "ScenarioClient"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -39,6 +40,7 @@ from .errors import BatchgenError, ConfigError
 from .journal import JOURNAL_NAME, Journal, Resume, resume_action
 from .lock import OutputLock, run_in_progress
 from .manifest import Manifest, count_units, iter_units, load_manifest
+from .naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
 from .policy import Request, with_retries
 from .results import write_results
 from .shard import Shard, shard_directories
@@ -85,6 +87,24 @@ def _positive_float(name: str) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _filename(text: str) -> FileNameTemplate:
+    try:
+        return parse_template(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"--filename {text!r}: {exc}") from None
+
+
+def _add_filename(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--filename",
+        type=_filename,
+        metavar="TEMPLATE",
+        help="image file names below OUT/images, e.g. '{entry}/{index:06d}-{slug}'; fields: "
+        f"{', '.join('{' + name + '}' for name in UNIT_FIELDS)} and the prompt file's "
+        f"columns or vars (default: the manifest's filename, else {DEFAULT_TEMPLATE!r})",
+    )
 
 
 def _shard(text: str) -> Shard:
@@ -186,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop submitting before the creative units spent in this output directory plus "
         "the next job's cost would pass this",
     )
+    _add_filename(run)
     run.add_argument(
         "--shard",
         type=_shard,
@@ -214,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("manifest", type=Path)
     validate.add_argument("--api-url", help="API base URL (as for run)")
     validate.add_argument("--project-id", help="Scenario project id (as for run)")
+    _add_filename(validate)
     validate.set_defaults(simulate=False)
     _add_verbosity(validate)
 
@@ -337,13 +359,17 @@ def _known_error(exc: BaseException) -> BatchgenError | None:
     return None
 
 
-def _load(path: Path) -> tuple[Manifest, int]:
-    manifest = load_manifest(path)
-    return manifest, count_units(manifest)
+def _load(args: argparse.Namespace) -> Manifest:
+    """The manifest, with the file name template of --filename when one is given."""
+    manifest = load_manifest(args.manifest)
+    if args.filename is not None:
+        manifest = dataclasses.replace(manifest, filename=args.filename)
+    return manifest
 
 
 def _validate(args: argparse.Namespace) -> int:
-    manifest, total = _load(args.manifest)
+    manifest = _load(args)
+    total = count_units(manifest)
     print(f"{args.manifest}: ok, {len(manifest.entries)} entries expand to {total} units")
     try:
         base_url, credentials, project_id = _connection(args)
@@ -456,7 +482,7 @@ def _fetch_models(
 
 
 def _run(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.manifest)
+    manifest = _load(args)
     shard: Shard | None = args.shard
     total = (
         count_units(manifest)
@@ -477,6 +503,7 @@ def _run(args: argparse.Namespace) -> int:
         job_timeout=args.job_timeout,
         job_attempts=args.job_attempts,
         download_workers=args.downloads,
+        filename=manifest.filename,
     )
     log.info(
         "%s: %d units, output in %s, %d in flight at most",

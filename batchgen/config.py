@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CredentialsError
+from .naming import DEFAULT_FILENAME, FileNameTemplate
 
 DEFAULT_API_URL = "https://api.cloud.scenario.com"
 DEFAULT_CONCURRENCY = 4
@@ -89,3 +90,4 @@ class EngineSettings:
     download_workers: int = DEFAULT_DOWNLOAD_WORKERS
     status_requests_at_once: int = DEFAULT_STATUS_REQUESTS_AT_ONCE
     progress_every: float = PROGRESS_EVERY_SECONDS
+    filename: FileNameTemplate = DEFAULT_FILENAME

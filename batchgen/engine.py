@@ -80,7 +80,12 @@ class Api(Protocol):
 
 class Fetcher(Protocol):
     async def fetch(
-        self, url: str, destination: Path, expected_size: int | None = None
+        self,
+        url: str,
+        destination: Path,
+        expected_size: int | None = None,
+        *,
+        fallback: Path | None = None,
     ) -> Downloaded: ...
 
 
@@ -92,6 +97,9 @@ class InFlight:
     cost: float | None
     created_at: str = ""  # the server's createdAt, when known
     since: float = field(default_factory=time.monotonic)
+    # Files the journal has for this unit already (relative to the output directory):
+    # downloading again may replace them, and nothing else.
+    own_files: frozenset[str] = frozenset()
 
 
 class Plan(NamedTuple):
@@ -216,7 +224,7 @@ class Engine:
         self.summary.total = total
         self._images.mkdir(parents=True, exist_ok=True)
         # Downloads a killed run left half-written; the output lock says none is ours.
-        for leftover in self._images.glob(".*.part"):
+        for leftover in self._images.rglob(".*.part"):
             leftover.unlink()
         jobs_send, jobs_receive = anyio.create_memory_object_stream[InFlight](math.inf)
         finished_send, finished_receive = anyio.create_memory_object_stream[
@@ -322,7 +330,8 @@ class Engine:
         if action is Resume.REATTACH and row is not None and row.job_id is not None:
             log.debug("unit %s: watching its job %s again", unit.id, row.job_id)
             self._claimed.add(row.job_id)
-            await self._hand_to_poller(InFlight(unit, row.job_id, slot, row.cost))
+            own = frozenset(path for path, _ in row.files)
+            await self._hand_to_poller(InFlight(unit, row.job_id, slot, row.cost, own_files=own))
             return True
         lost = row.submit_started if action is Resume.RECONCILE and row else None
         self._spawn_submit(unit, slot, lost)
@@ -811,7 +820,7 @@ class Engine:
                 job_status=job.status,
             )
         try:
-            files, reported_seed = await self._download_job(item.unit, job, assets)
+            files, reported_seed = await self._download_job(item, job, assets)
         except (ApiError, DownloadError) as exc:
             return UnitResult.failure(
                 item.unit, job_id=job.job_id, error=_describe(exc), cost=cost, job_status=job.status
@@ -821,9 +830,10 @@ class Engine:
         return UnitResult.success(item.unit, job_id=job.job_id, files=files, cost=cost, seed=seed)
 
     async def _download_job(
-        self, unit: Unit, job: JobRecord, assets: list[Asset] | None
+        self, item: InFlight, job: JobRecord, assets: list[Asset] | None
     ) -> tuple[list[tuple[str, str]], int | None]:
         """The unit's files as (path, sha256), and the seed the first asset reports."""
+        unit = item.unit
         if assets is None and job.asset_ids:
             assets = await with_retries(
                 Request.ASSET_LOOKUP,
@@ -838,20 +848,35 @@ class Engine:
         elif assets is None:
             raise DownloadError("the job succeeded but lists no assets", transient=False)
         files: list[tuple[str, str]] = []
+        out = self._settings.output_dir
         for index, asset in enumerate(assets):
-            destination = self._images / f"{unit.id}_{index}{asset.suffix}"
+            destination = self._images / self._settings.filename.render(unit, index, asset.suffix)
+            fallback: Path | None = None
+            if destination.relative_to(out).as_posix() not in item.own_files:
+                # Whatever else holds the name (an edited manifest's unit, a file of the
+                # user's) is kept; this image then gets a name that only it can have.
+                fallback = destination.with_name(
+                    f"{destination.stem}~{unit.id}-{index}{destination.suffix}"
+                )
             downloaded = await with_retries(
                 Request.DOWNLOAD,
-                self._fetch_fresh(asset, destination, refresh=bool(job.asset_ids)),
+                self._fetch_fresh(asset, destination, fallback, refresh=bool(job.asset_ids)),
                 self._retry,
                 self._rng,
             )
-            relative = downloaded.path.relative_to(self._settings.output_dir).as_posix()
+            if downloaded.path != destination:
+                log.warning(
+                    "unit %s: %s holds another image; this one is %s",
+                    unit.id,
+                    destination.relative_to(out).as_posix(),
+                    downloaded.path.relative_to(out).as_posix(),
+                )
+            relative = downloaded.path.relative_to(out).as_posix()
             files.append((relative, downloaded.sha256))
         return files, assets[0].seed
 
     def _fetch_fresh(
-        self, asset: Asset, destination: Path, *, refresh: bool
+        self, asset: Asset, destination: Path, fallback: Path | None, *, refresh: bool
     ) -> Callable[[], Awaitable[Downloaded]]:
         """An attempt function: the first try uses the URL in hand; later tries fetch a
         new signed URL first, since the likeliest cause of a failed download is expiry."""
@@ -863,7 +888,9 @@ class Engine:
             current = asset
             if refresh and tries > 1:
                 current = (await self._api.get_assets([asset.id]))[0]
-            return await self._fetcher.fetch(current.url, destination, current.size)
+            return await self._fetcher.fetch(
+                current.url, destination, current.size, fallback=fallback
+            )
 
         return attempt
 

@@ -29,9 +29,19 @@ from typing import Any
 
 import yaml
 
-from .errors import ManifestError
+from .errors import ConfigError, ManifestError
+from .naming import DEFAULT_FILENAME, FileNameTemplate, parse_template
 
-TOP_LEVEL_KEYS = ("model", "width", "height", "params", "output", "concurrency", "jobs")
+TOP_LEVEL_KEYS = (
+    "model",
+    "width",
+    "height",
+    "params",
+    "output",
+    "filename",
+    "concurrency",
+    "jobs",
+)
 ENTRY_KEYS = (
     "id",
     "prompt",
@@ -82,6 +92,7 @@ class Manifest:
     entries: tuple[Entry, ...]
     output: Path | None = None
     concurrency: int | None = None
+    filename: FileNameTemplate = DEFAULT_FILENAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,8 @@ class Unit:
     repeat: int
     source: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # Its place in the manifest's order (0, 1, ...), for file names.
+    index: int = 0
 
     def request_body(self) -> dict[str, Any]:
         return {"prompt": self.prompt, "width": self.width, "height": self.height, **self.params}
@@ -249,6 +262,13 @@ def load_manifest(path: str | Path) -> Manifest:
     output = None
     if "output" in top:
         output = path.parent / reader.string(top["output"], "output")
+    filename = DEFAULT_FILENAME
+    if "filename" in top:
+        template = reader.string(top["filename"], "filename")
+        try:
+            filename = parse_template(template)
+        except ConfigError as exc:
+            raise reader.fail(top["filename"], "filename", str(exc)) from exc
     concurrency = None
     if "concurrency" in top:
         concurrency = reader.integer(
@@ -273,7 +293,13 @@ def load_manifest(path: str | Path) -> Manifest:
                 )
             explicit_ids[entry.label] = entry.line
         entries.append(entry)
-    return Manifest(path=path, entries=tuple(entries), output=output, concurrency=concurrency)
+    return Manifest(
+        path=path,
+        entries=tuple(entries),
+        output=output,
+        concurrency=concurrency,
+        filename=filename,
+    )
 
 
 def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[str, Any]) -> Entry:
@@ -440,6 +466,7 @@ def _check_template(
 def iter_units(manifest: Manifest) -> Iterator[Unit]:
     """Yield every unit of the manifest in order, reading prompts files as it goes."""
     occurrences: dict[bytes, int] = {}
+    index = 0
     for entry in manifest.entries:
         # Everything in the canonical request but the prompt is fixed per entry and size:
         # encode it once, not once per prompt (this loop runs millions of times).
@@ -449,7 +476,7 @@ def iter_units(manifest: Manifest) -> Iterator[Unit]:
         # "per-unit" stays in the digest, so the id says how the seed was chosen, and
         # the seed sent is drawn from that id: the same unit asks the same seed again.
         derive_seed = entry.params.get("seed") == PER_UNIT_SEED
-        for prompt, metadata, source in _iter_prompts(manifest, entry):
+        for prompt, metadata, source in _iter_named_prompts(manifest, entry):
             head = f"[{model_json},{json.dumps(prompt, ensure_ascii=False)}"
             for width, height, tail in tails:
                 request = head + tail
@@ -472,7 +499,9 @@ def iter_units(manifest: Manifest) -> Iterator[Unit]:
                         repeat=repeat,
                         source=source,
                         metadata=metadata,
+                        index=index,
                     )
+                    index += 1
 
 
 def seed_for(identity: str) -> int:
@@ -487,7 +516,7 @@ def count_units(manifest: Manifest) -> int:
     (and so checks) the whole manifest before its first submission."""
     total = 0
     for entry in manifest.entries:
-        prompts = sum(1 for _ in _iter_prompts(manifest, entry))
+        prompts = sum(1 for _ in _iter_named_prompts(manifest, entry))
         total += prompts * len(entry.sizes) * entry.count
     return total
 
@@ -507,6 +536,29 @@ def canonical_request(
 
 def _canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _iter_named_prompts(
+    manifest: Manifest, entry: Entry
+) -> Iterator[tuple[str, Mapping[str, Any], str]]:
+    """The entry's prompts, each checked to have the columns the file name template uses."""
+    prompts = _iter_prompts(manifest, entry)
+    if not manifest.filename.extras:
+        yield from prompts
+        return
+    for prompt, metadata, source in prompts:
+        missing = manifest.filename.missing(metadata)
+        if missing is not None:
+            path, _, line = source.rpartition(":")
+            what = "vars" if entry.prompt is not None else "columns"
+            raise ManifestError(
+                path,
+                int(line),
+                missing,
+                f"the filename template uses {{{missing}}}, which is not among this "
+                f"prompt's {what}",
+            )
+        yield prompt, metadata, source
 
 
 def _iter_prompts(manifest: Manifest, entry: Entry) -> Iterator[tuple[str, Mapping[str, Any], str]]:

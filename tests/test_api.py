@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import inspect
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aioresponses import CallbackResult, aioresponses
 
-from batchgen.api import ScenarioClient, looks_like_an_image
+from batchgen.api import AssetDownloader, ScenarioClient, looks_like_an_image
 from batchgen.config import ApiSettings, Credentials
 from batchgen.errors import (
     AmbiguousSubmitError,
@@ -319,3 +321,61 @@ async def test_asset_lookup_asks_for_at_most_200_ids_a_request(client: ScenarioC
 )
 def test_only_image_bytes_pass_for_an_image(head: bytes, image: bool) -> None:
     assert looks_like_an_image(head) is image
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+CDN = "https://cdn.example.test/asset.png?signature=abc"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("hard_links", [True, False], ids=["links", "no-links"])
+@pytest.mark.parametrize(
+    ("already_there", "with_fallback", "lands_in", "destination_holds"),
+    [
+        # Nothing there: the name is taken, also in a folder that does not exist yet.
+        (None, True, "destination", PNG),
+        # Someone else's bytes: they are kept and the image goes to the fallback name.
+        (b"the user's own file", True, "fallback", b"the user's own file"),
+        # These very bytes (a run killed before it noted them): adopted as they are.
+        (PNG, True, "destination", PNG),
+        # No fallback: the unit's own earlier file, replaced.
+        (b"a damaged earlier download", False, "destination", PNG),
+    ],
+)
+async def test_a_download_never_replaces_a_file_it_was_not_given(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hard_links: bool,
+    already_there: bytes | None,
+    with_fallback: bool,
+    lands_in: str,
+    destination_holds: bytes,
+) -> None:
+    if not hard_links:  # as on file systems without them (FAT, some network mounts)
+
+        def refuse(*_: object) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr("batchgen.api.os.link", refuse)
+    destination = tmp_path / "images" / "cats" / "0001.png"
+    fallback = destination.with_name("0001~unit-0.png")
+    if already_there is not None:
+        destination.parent.mkdir(parents=True)
+        destination.write_bytes(already_there)
+    with aioresponses() as mocked:
+        mocked.get(CDN, body=PNG, headers={"Content-Length": str(len(PNG))})
+        async with AssetDownloader.open(10) as fetcher:
+            downloaded = await fetcher.fetch(
+                CDN, destination, len(PNG), fallback=fallback if with_fallback else None
+            )
+    expected = destination if lands_in == "destination" else fallback
+    assert downloaded.path == expected
+    assert downloaded.sha256 == hashlib.sha256(PNG).hexdigest()
+    assert_files(tmp_path, {expected: PNG, destination: destination_holds})
+    assert fallback.exists() == (lands_in == "fallback")
+
+
+def assert_files(root: Path, contents: dict[Path, bytes]) -> None:
+    for path, content in contents.items():
+        assert path.read_bytes() == content
+    assert not list(root.rglob("*.part"))

@@ -64,6 +64,7 @@ CSV_MANIFEST = """\
 model: model_sim-fast
 width: 64
 height: 48
+filename: "{entry}/{index:04d}-{slug}"
 jobs:
   - prompts_file: prompts.csv
     params: {numOutputs: 2, seed: per-unit}
@@ -99,6 +100,7 @@ def test_the_output_loads_with_the_real_datasets_imagefolder_loader(
     assert run_cli(sim, manifest, out, "--poll-interval", "0.02") == 0
     rows = [json.loads(line) for line in (out / METADATA_NAME).read_text().splitlines()]
     assert len(rows) == 2 * 2 + 2 and all((out / r["file_name"]).is_file() for r in rows)
+    assert {r["file_name"].rsplit("/", 1)[0] for r in rows} == {"images/jobs-0", "images/jobs-1"}
 
     dataset = load_imagefolder(out)
     assert len(dataset) == 6  # type: ignore[arg-type]

@@ -606,3 +606,86 @@ def test_validate_warns_about_model_ids_the_credentials_cannot_use(
     assert main(["validate", str(manifest), "--api-url", sim.api_url]) == 0
     assert capsys.readouterr().err == ""
     assert sim.requests["GET /v1/models"] == 1
+
+
+def test_images_are_named_by_the_filename_template(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+) -> None:
+    write("prompts.csv", CSV)
+    manifest = write("jobs.yaml", MANIFEST)
+    sim = start_simulator()
+    out = tmp_path / "out"
+    template = "{entry}/{index:03d}-{slug}-{width}x{height}"
+    assert run_cli(sim, manifest, out, "--poll-interval", "0.02", "--filename", template) == 0
+    results = read_results(out)
+    assert_matches_what_was_served(out, results, sim)
+    files = sorted(path for record in results for path in record["files"])
+    assert files[:3] == [
+        "images/cats/000-a-cat-in-oil-256x256.png",
+        "images/cats/001-a-cat-in-ink-256x256.png",
+        "images/cats/002-a-lynx-in-oil-256x256.png",
+    ]
+    # Two images from one job: the second is numbered.
+    assert "images/jobs-2/008-red-mug-256x256.png" in files
+    assert "images/jobs-2/008-red-mug-256x256-1.png" in files
+    assert len(set(files)) == len(files) == 4 + 4 + 2 * 2
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")) == files
+
+    # The next run finds every image under its templated name: nothing is fetched again.
+    downloads = sim.requests["GET cdn"]
+    assert run_cli(sim, manifest, out, "--filename", template) == 0
+    assert sim.requests["GET cdn"] == downloads and sim.jobs_created == UNITS
+
+
+def test_an_edited_manifest_never_overwrites_an_image_already_made(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    head = "model: model_sim-fast\nwidth: 64\nheight: 64\nfilename: '{index:03d}'\njobs:\n"
+    manifest = write("jobs.yaml", head + "  - prompt: second\n  - prompt: third\n")
+    sim = start_simulator()
+    out = tmp_path / "out"
+    assert run_cli(sim, manifest, out, "--poll-interval", "0.02") == 0
+    before = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+    assert sorted(before) == ["000.png", "001.png"]
+
+    # A prompt inserted at the top takes index 0, whose name the first run used.
+    write("jobs.yaml", head + "  - prompt: first\n  - prompt: second\n  - prompt: third\n")
+    assert run_cli(sim, manifest, out, "--poll-interval", "0.02") == 0
+    assert sim.jobs_created == 3
+    for name, content in before.items():
+        assert (out / "images" / name).read_bytes() == content
+    by_prompt = {r["prompt"]: r for r in read_results(out)}
+    assert by_prompt["second"]["files"] == ["images/000.png"]
+    first = by_prompt["first"]
+    assert first["files"] == [f"images/000~{first['id']}-0.png"]
+    assert_matches_what_was_served(out, list(by_prompt.values()), sim)
+    assert "images/000.png holds another image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [("../{id}", "'..' path part"), ("{slug}", "{id} or {index}"), ("{sku}/{id}", "uses {sku}")],
+)
+def test_a_bad_filename_option_exits_2_and_writes_nothing(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+    template: str,
+    message: str,
+) -> None:
+    manifest = write("jobs.yaml", "model: m\nwidth: 64\nheight: 64\njobs:\n  - prompt: a\n")
+    sim = start_simulator()
+    out = tmp_path / "out"
+    assert run_cli(sim, manifest, out, "--filename", template) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1
+    assert not out.exists() and sim.jobs_created == 0

@@ -145,12 +145,17 @@ async def test_a_freed_slot_is_refilled_while_downloads_are_still_waiting(
             self.waited = 0
 
         async def fetch(
-            self, url: str, destination: Path, expected_size: int | None = None
+            self,
+            url: str,
+            destination: Path,
+            expected_size: int | None = None,
+            *,
+            fallback: Path | None = None,
         ) -> Downloaded:
             while self.sim.jobs_created < units:
                 self.waited += 1
                 await anyio.sleep(0.01)
-            return await self.inner.fetch(url, destination, expected_size)
+            return await self.inner.fetch(url, destination, expected_size, fallback=fallback)
 
     held: list[HeldDownloads] = []
 

@@ -75,6 +75,17 @@ BAD_MANIFESTS = [
     ("width: 512\nheight: 512\njobs:\n  - prompt: a\n", 4, "jobs[0].model", "no model"),
     (BASE + "concurrency: 0\njobs:\n  - prompt: a\n", 4, "concurrency", "between"),
     ("- just\n- a list\n", 1, "", "must be a mapping"),
+    (BASE + "filename: '../{id}'\njobs:\n  - prompt: a\n", 4, "filename", "'..' path part"),
+    (BASE + "filename: '{slug}'\njobs:\n  - prompt: a\n", 4, "filename", "{id} or {index}"),
+    (BASE + "filename: 7\njobs:\n  - prompt: a\n", 4, "filename", "must be a string"),
+    # A template's column must be in every prompt's vars (or prompt file columns).
+    (
+        BASE + "filename: '{x}/{id}'\njobs:\n  - {prompt: 'a {x}', vars: {x: [1]}}\n"
+        "  - prompt: b\n",
+        7,
+        "x",
+        "not among this prompt's vars",
+    ),
 ]
 
 
@@ -274,3 +285,26 @@ def test_counting_agrees_with_expanding(write: Write) -> None:
         )
     )
     assert count_units(manifest) == len(list(iter_units(manifest))) == 6 + 3 * 2 * 3 + 2 * 2
+
+
+def test_a_templates_columns_are_checked_in_every_row_before_anything_runs(write: Write) -> None:
+    prompts = write("p.jsonl", '{"prompt": "a", "kind": "x"}\n\n{"prompt": "b"}\n')
+    manifest = load_manifest(
+        write("m.yaml", BASE + "filename: '{kind}/{index}'\njobs:\n  - prompts_file: p.jsonl\n")
+    )
+    with pytest.raises(ManifestError) as caught:
+        count_units(manifest)
+    assert (caught.value.path, caught.value.line, caught.value.field) == (str(prompts), 3, "kind")
+    with pytest.raises(ManifestError, match="columns"):
+        list(iter_units(manifest))
+
+
+def test_units_are_numbered_in_manifest_order(write: Write) -> None:
+    write("p.txt", "one\ntwo\n")
+    units = units_of(
+        write,
+        BASE + "jobs:\n  - {prompt: a, count: 2, sizes: [[64, 64], [128, 64]]}\n"
+        "  - prompts_file: p.txt\n",
+    )
+    assert [u.index for u in units] == list(range(6))
+    assert [u.prompt for u in units[4:]] == ["one", "two"]
