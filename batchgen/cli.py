@@ -35,6 +35,7 @@ from . import config as defaults
 from .api import AssetDownloader, ScenarioClient
 from .config import ApiSettings, Credentials, EngineSettings, RetrySettings
 from .dataset import write_metadata
+from .display import Display, LineDisplay
 from .engine import Engine, Summary, cost_shape
 from .errors import BatchgenError, ConfigError
 from .journal import JOURNAL_NAME, Journal, Resume, resume_action
@@ -42,6 +43,7 @@ from .lock import OutputLock, run_in_progress
 from .manifest import Manifest, count_units, iter_units, load_manifest
 from .naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
 from .policy import Request, with_retries
+from .progress import RateMeter
 from .results import write_results
 from .shard import Shard, shard_directories
 
@@ -224,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float("--sim-job-seconds"),
         default=1.0,
         help="with --simulate: how long each simulated job takes (default 1)",
+    )
+    run.add_argument(
+        "--progress-every",
+        type=_positive_float("--progress-every"),
+        default=defaults.PROGRESS_EVERY_SECONDS,
+        metavar="SECONDS",
+        help="when stderr is not a terminal: seconds between progress lines "
+        f"(default {defaults.PROGRESS_EVERY_SECONDS:g}); on a terminal a live panel is shown",
+    )
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print the final summary as one JSON object on stdout",
     )
     _add_verbosity(run)
 
@@ -547,10 +562,20 @@ def _run(args: argparse.Namespace) -> int:
             # Also after an error or an interruption: the views must match the journal.
             write_results(journal.results(), out_dir)
             _write_dataset_metadata(journal, out_dir, sharded=shard is not None)
+            spent = journal.spent()
             journal.close()
-    print(f"batchgen: {summary.line()}")
-    for unit_id, reason in summary.failures:
-        print(f"  failed {unit_id}: {reason}")
+    code = _exit_code(summary, total)
+    if args.json:
+        report = {**summary.to_json(), "spent_total": spent, "output": str(out_dir)}
+        print(json.dumps({**report, "exit_code": code}))
+    else:
+        print(f"batchgen: {summary.line()}")
+        for unit_id, reason in summary.failures:
+            print(f"  failed {unit_id}: {reason}")
+    return code
+
+
+def _exit_code(summary: Summary, total: int) -> int:
     if summary.interrupted:
         return EXIT_INTERRUPTED
     if summary.out_of_time:
@@ -606,8 +631,12 @@ async def _run_async(
             budget=args.budget,
             spent_before=journal.spent(),
         )
+        display = _open_display(args, stack)
+        meter = RateMeter()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope, engine.summary)
+            if display is not None:
+                tg.start_soon(_show_progress, engine, display, meter)
             with anyio.move_on_after(args.max_runtime) as deadline:
                 units = iter_units(manifest)
                 await engine.run(units if args.shard is None else args.shard.select(units), total)
@@ -615,7 +644,29 @@ async def _run_async(
                 engine.summary.out_of_time = True
                 log.warning("--max-runtime reached; the next run continues from here")
             tg.cancel_scope.cancel()
+        if display is not None and display.live:  # its last frame is the final state
+            snapshot = engine.snapshot()
+            display.show(snapshot, meter.add(snapshot.elapsed, snapshot.done))
         return engine.summary
+
+
+def _open_display(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> Display | None:
+    """The live panel on a terminal, a progress line every few seconds elsewhere, and
+    nothing with --quiet."""
+    if args.quiet:
+        return None
+    if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
+        from .live import LiveDisplay  # rich is imported only when it is shown
+
+        return stack.enter_context(LiveDisplay.open())
+    return LineDisplay(args.progress_every)
+
+
+async def _show_progress(engine: Engine, display: Display, meter: RateMeter) -> None:
+    while True:
+        await anyio.sleep(display.interval)
+        snapshot = engine.snapshot()
+        display.show(snapshot, meter.add(snapshot.elapsed, snapshot.done))
 
 
 async def _stop_on_signal(scope: CancelScope, summary: Summary) -> None:

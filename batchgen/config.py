@@ -89,5 +89,4 @@ class EngineSettings:
     job_attempts: int = DEFAULT_JOB_ATTEMPTS
     download_workers: int = DEFAULT_DOWNLOAD_WORKERS
     status_requests_at_once: int = DEFAULT_STATUS_REQUESTS_AT_ONCE
-    progress_every: float = PROGRESS_EVERY_SECONDS
     filename: FileNameTemplate = DEFAULT_FILENAME

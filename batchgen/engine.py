@@ -44,6 +44,7 @@ from .journal import Journal, Resume, Row, resume_action
 from .manifest import Unit
 from .policy import Request, with_retries
 from .pressure import InFlightCap
+from .progress import Snapshot
 from .records import RUNNING_STATUSES, Asset, JobRecord, Submission, made_for
 from .results import UnitResult, files_intact, stamp_of
 from .watch import Watcher, WatchSettings
@@ -155,10 +156,41 @@ class Summary:
             parts.append("submitting stopped: out of creative units")
         if self.over_budget:
             parts.append("submitting stopped: the next job would pass --budget")
-        remaining = self.total - self.skipped - self.left_failed - self.done
-        if remaining > 0:
-            parts.append(f"{remaining} not finished")
+        if self.not_finished > 0:
+            parts.append(f"{self.not_finished} not finished")
         return f"{', '.join(parts)}; cost {self.cost:g} CU; {elapsed:.1f}s"
+
+    @property
+    def not_finished(self) -> int:
+        return max(0, self.total - self.skipped - self.left_failed - self.done)
+
+    @property
+    def stopped(self) -> str | None:
+        """Why the run ended before its work did, if it did."""
+        if self.interrupted:
+            return "interrupted"
+        if self.out_of_time:
+            return "max-runtime"
+        if self.out_of_credits:
+            return "out-of-credits"
+        if self.over_budget:
+            return "budget"
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "already_done": self.skipped,
+            "failed_earlier": self.left_failed,
+            "not_finished": self.not_finished,
+            "submitted": self.submitted,
+            "cost": self.cost,
+            "elapsed_seconds": round(time.monotonic() - self.started, 3),
+            "stopped": self.stopped,
+            "failures": [{"id": unit_id, "error": error} for unit_id, error in self.failures],
+        }
 
 
 class Engine:
@@ -188,6 +220,7 @@ class Engine:
         # Creative units spent, by earlier runs and this one, plus those reserved by
         # submissions under way: a job is paid for before its POST is sent.
         self._spent = spent_before
+        self._spent_before = spent_before
         self._shape_costs: dict[str, float] = {}
         self._slots = anyio.CapacityLimiter(settings.concurrency)
         self._cap = InFlightCap(settings.concurrency)
@@ -214,6 +247,24 @@ class Engine:
         self._submit_group: anyio.abc.TaskGroup | None = None
         self._jobs_out: ObjectSendStream[InFlight] | None = None
         self._results_out: ObjectSendStream[UnitResult] | None = None
+
+    def snapshot(self) -> Snapshot:
+        """Where the run stands now, for the progress display."""
+        summary = self.summary
+        return Snapshot(
+            total=summary.total,
+            skipped=summary.skipped,
+            left_failed=summary.left_failed,
+            succeeded=summary.succeeded,
+            failed=summary.failed,
+            in_flight=self.in_flight,
+            downloading=max(0, self._open_units - self.in_flight),
+            cost=summary.cost,
+            spent=self._spent_before + summary.cost,
+            elapsed=time.monotonic() - summary.started,
+            budget=self._budget,
+            submitting_stopped=self._submitting_stopped(),
+        )
 
     async def _record(self, call: Callable[[], T], *, durable: bool = False) -> T:
         """Run a journal call off the event loop, committed with the others made
@@ -897,7 +948,6 @@ class Engine:
     # ---------------------------------------------------------------- recorder
 
     async def _recorder(self, results: MemoryObjectReceiveStream[UnitResult]) -> None:
-        last_report = time.monotonic()
         async with results:
             async for first in results:
                 batch = [first]
@@ -909,10 +959,6 @@ class Engine:
                 await self._record(functools.partial(self._journal_results, batch))
                 for result in batch:
                     self._count(result)
-                now = time.monotonic()
-                if now - last_report >= self._settings.progress_every:
-                    last_report = now
-                    log.info("progress: %s; %d in flight", self.summary.line(), self.in_flight)
 
     def _count(self, result: UnitResult) -> None:
         if result.status == "success":

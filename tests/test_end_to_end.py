@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -689,3 +690,58 @@ def test_a_bad_filename_option_exits_2_and_writes_nothing(
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1
     assert not out.exists() and sim.jobs_created == 0
+
+
+def test_progress_lines_when_not_a_terminal_and_json_summary(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    write("prompts.csv", CSV)
+    manifest = write("jobs.yaml", MANIFEST)
+    sim = start_simulator(job_seconds=0.3)
+    out = tmp_path / "out"
+    options = ("--poll-interval", "0.05", "--progress-every", "0.05", "--budget", "1000")
+    assert run_cli(sim, manifest, out, *options, "--json") == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)  # stdout is the one JSON object, nothing else
+    assert summary["succeeded"] == UNITS and summary["failed"] == summary["not_finished"] == 0
+    assert summary["exit_code"] == 0 and summary["stopped"] is None
+    assert summary["cost"] == summary["spent_total"] == sim.spent
+    progress = [line for line in captured.err.splitlines() if "INFO progress: " in line]
+    assert len(progress) >= 2
+    assert all(f"/{UNITS} done" in line and "CU spent of 1000" in line for line in progress)
+    assert any(" in flight" in line and "ETA" in line for line in progress)
+
+    # Run again, quietly: nothing to do, nothing on stderr, the summary says so.
+    assert run_cli(sim, manifest, out, *options, "--json", "--quiet") == 0
+    captured = capsys.readouterr()
+    again = json.loads(captured.out)
+    assert (again["already_done"], again["submitted"], again["cost"]) == (UNITS, 0, 0)
+    assert again["spent_total"] == summary["spent_total"]
+    assert captured.err == ""
+
+
+def test_a_live_panel_on_a_terminal(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write("prompts.csv", CSV)
+    manifest = write("jobs.yaml", MANIFEST)
+    sim = start_simulator()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setenv("TERM", "xterm")
+    assert run_cli(sim, manifest, tmp_path / "out", "--poll-interval", "0.05") == 0
+    captured = capsys.readouterr()
+    assert "\x1b[" in captured.err  # drawn in place, with terminal control
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", captured.err)
+    assert f"{UNITS}/{UNITS} done 100%" in shown  # the last frame: the final state
+    assert f"succeeded {UNITS}   failed 0" in shown
+    assert "INFO progress:" not in captured.err
+    assert captured.out.startswith(f"batchgen: {UNITS} succeeded")

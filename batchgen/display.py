@@ -1,0 +1,34 @@
+"""Showing a run's progress: how a display looks to the run, and the plain line.
+
+The edge for :mod:`batchgen.progress`: displays only draw snapshots.  The live panel
+for terminals is in :mod:`batchgen.live`, imported only when one is shown (rich takes
+time to import, which cron runs need not pay).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from .progress import Snapshot
+
+log = logging.getLogger("batchgen")
+
+
+class Display(Protocol):
+    interval: float  # seconds between two showings
+    live: bool  # redraws in place (so it shows the final state too)
+
+    def show(self, snapshot: Snapshot, rate: float | None) -> None: ...
+
+
+class LineDisplay:
+    """A log line every ``interval`` seconds: for logs, cron mail, CI consoles."""
+
+    live = False
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+
+    def show(self, snapshot: Snapshot, rate: float | None) -> None:
+        log.info("progress: %s", snapshot.line(rate))
