@@ -363,8 +363,11 @@ class _PartFile:
 
     def write(self, data: bytes) -> None:
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)  # the template's folders
-            self._file = self.path.open("wb")
+            try:
+                self._file = self.path.open("wb")
+            except FileNotFoundError:  # the first file in one of the template's folders
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("wb")
         self._file.write(data)
 
     def finish(self, data: bytes, destination: Path, fallback: Path | None, sha256: str) -> Path:

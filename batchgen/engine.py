@@ -901,9 +901,10 @@ class Engine:
         files: list[tuple[str, str]] = []
         out = self._settings.output_dir
         for index, asset in enumerate(assets):
-            destination = self._images / self._settings.filename.render(unit, index, asset.suffix)
+            name = self._settings.filename.render(unit, index, asset.suffix)
+            destination = self._images / name
             fallback: Path | None = None
-            if destination.relative_to(out).as_posix() not in item.own_files:
+            if f"{IMAGES_DIR}/{name}" not in item.own_files:
                 # Whatever else holds the name (an edited manifest's unit, a file of the
                 # user's) is kept; this image then gets a name that only it can have.
                 fallback = destination.with_name(

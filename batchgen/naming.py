@@ -65,7 +65,7 @@ class FileNameTemplate:
     # The prompt file's columns or vars it uses: each unit must have them.
     extras: tuple[str, ...]
     numbered: bool  # holds {n}
-    uses_slug: bool
+    uses: frozenset[str]  # every field it holds
 
     def render(self, unit: Unit, n: int, suffix: str) -> PurePosixPath:
         """The image's path relative to the images directory."""
@@ -78,10 +78,12 @@ class FileNameTemplate:
             "height": unit.height,
         }
         # Only worked out when used: this runs for every image.
-        if self.uses_slug:
+        if "slug" in self.uses:
             values["slug"] = slug(unit.prompt)
-        values["model"] = safe_value(unit.model, UNIT_FIELDS["model"])
-        values["entry"] = safe_value(unit.entry, UNIT_FIELDS["entry"])
+        if "model" in self.uses:
+            values["model"] = safe_value(unit.model, UNIT_FIELDS["model"])
+        if "entry" in self.uses:
+            values["entry"] = safe_value(unit.entry, UNIT_FIELDS["entry"])
         for name in self.extras:
             if name not in unit.metadata:
                 raise ConfigError(f"{unit.source}: the file name template needs {name!r}")
@@ -150,7 +152,7 @@ def parse_template(text: str) -> FileNameTemplate:
             )
     extras = tuple(dict.fromkeys(name for name in fields if name not in UNIT_FIELDS))
     return FileNameTemplate(
-        text=text, extras=extras, numbered="n" in fields, uses_slug="slug" in fields
+        text=text, extras=extras, numbered="n" in fields, uses=frozenset(fields)
     )
 
 

@@ -745,3 +745,30 @@ def test_a_live_panel_on_a_terminal(
     assert f"succeeded {UNITS}   failed 0" in shown
     assert "INFO progress:" not in captured.err
     assert captured.out.startswith(f"batchgen: {UNITS} succeeded")
+
+
+def test_a_changed_or_deleted_image_is_fetched_again_under_its_own_name(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+) -> None:
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 64\nheight: 64\nfilename: '{entry}/{index}'\n"
+        "jobs:\n  - {id: mugs, prompt: a mug, count: 3}\n",
+    )
+    sim = start_simulator()
+    out = tmp_path / "out"
+    assert run_cli(sim, manifest, out, "--poll-interval", "0.02") == 0
+    first = read_results(out)
+    changed, deleted = out / "images/mugs/0.png", out / "images/mugs/1.png"
+    changed.write_bytes(b"\x89PNG\r\n\x1a\n edited by hand")
+    deleted.unlink()
+
+    assert run_cli(sim, manifest, out, "--poll-interval", "0.02") == 0
+    assert sim.jobs_created == 3  # fetched from the jobs already made, not made again
+    again = read_results(out)
+    assert [r["files"] for r in again] == [r["files"] for r in first]
+    assert_matches_what_was_served(out, again, sim)
+    assert sorted(p.name for p in (out / "images/mugs").iterdir()) == ["0.png", "1.png", "2.png"]
