@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--json",
         action="store_true",
-        help="print the final summary as one JSON object on stdout",
+        help="print the final summary (or with --estimate, the estimate) as one JSON "
+        "object on stdout",
     )
     _add_verbosity(run)
 
@@ -453,14 +454,20 @@ async def _estimate(
         settings = ApiSettings(base_url=url, credentials=credentials, project_id=project_id)
         client = await stack.enter_async_context(ScenarioClient.open(settings))
         total = 0.0
+        rows: list[dict[str, Any]] = []
         for model, body, count in shapes.values():
             ask = functools.partial(client.estimate, model, body)
             cost = await with_retries(Request.OTHER_READ, ask, settings.retry)
             total += (cost or 0.0) * count
             size = f"{body.get('width')}x{body.get('height')}"
-            print(f"  {count} x {model} {size}: {cost if cost is not None else '?'} CU each")
+            rows.append({"model": model, "size": size, "units": count, "cost_each": cost})
+            if not args.json:
+                print(f"  {count} x {model} {size}: {cost if cost is not None else '?'} CU each")
     to_do = sum(count for _, _, count in shapes.values())
-    print(f"batchgen: {to_do} units to do would cost {total:g} creative units (dry run)")
+    if args.json:
+        print(json.dumps({"units": to_do, "cost": total, "shapes": rows}))
+    else:
+        print(f"batchgen: {to_do} units to do would cost {total:g} creative units (dry run)")
     return EXIT_OK
 
 

@@ -531,6 +531,25 @@ def test_the_estimate_matches_what_the_run_then_spends(
     assert "0 units to do would cost 0 creative units" in capsys.readouterr().out
 
 
+def test_the_estimate_as_json_counts_each_shape(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    write("prompts.csv", CSV)
+    manifest = write("jobs.yaml", MANIFEST)
+    sim = start_simulator()
+    assert run_cli(sim, manifest, tmp_path / "out", "--estimate", "--json") == 0
+    estimate = json.loads(capsys.readouterr().out)
+    assert estimate["units"] == UNITS == sum(shape["units"] for shape in estimate["shapes"])
+    assert estimate["cost"] == sum(s["units"] * s["cost_each"] for s in estimate["shapes"]) > 0
+    # One dry run per model/size/params shape: the cats, two tile sizes, the CSV's numOutputs.
+    assert len(estimate["shapes"]) == sim.requests["POST /v1/generate/custom/{model}"] == 4
+    assert sim.jobs_created == 0
+
+
 def test_a_budget_stops_submitting_before_it_is_passed(
     write: Callable[[str, str], Path],
     tmp_path: Path,
