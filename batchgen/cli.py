@@ -652,8 +652,7 @@ async def _run_async(
                 log.warning("--max-runtime reached; the next run continues from here")
             tg.cancel_scope.cancel()
         if display is not None and display.live:  # its last frame is the final state
-            snapshot = engine.snapshot()
-            display.show(snapshot, meter.add(snapshot.elapsed, snapshot.done))
+            _show_now(engine, display, meter)
         return engine.summary
 
 
@@ -672,8 +671,12 @@ def _open_display(args: argparse.Namespace, stack: contextlib.AsyncExitStack) ->
 async def _show_progress(engine: Engine, display: Display, meter: RateMeter) -> None:
     while True:
         await anyio.sleep(display.interval)
-        snapshot = engine.snapshot()
-        display.show(snapshot, meter.add(snapshot.elapsed, snapshot.done))
+        _show_now(engine, display, meter)
+
+
+def _show_now(engine: Engine, display: Display, meter: RateMeter) -> None:
+    snapshot = engine.snapshot()
+    display.show(snapshot, meter.add(snapshot.elapsed, snapshot.done))
 
 
 async def _stop_on_signal(scope: CancelScope, summary: Summary) -> None:

@@ -38,6 +38,13 @@ CSV = "prompt,sku\nred mug,A1\nblue mug,B2\n"
 UNITS = 4 + 4 + 2
 
 
+@pytest.fixture
+def example_manifest(write: Callable[[str, str], Path]) -> Path:
+    """MANIFEST and its prompts file: vars, mixed sizes, and a CSV with extra columns."""
+    write("prompts.csv", CSV)
+    return write("jobs.yaml", MANIFEST)
+
+
 def run_cli(sim: Simulator, manifest: Path, out: Path, *options: str) -> int:
     return main(["run", str(manifest), "--out", str(out), "--api-url", sim.api_url, *options])
 
@@ -66,14 +73,13 @@ def assert_matches_what_was_served(out: Path, results: list[dict], sim: Simulato
 
 
 def test_run_against_the_simulator_with_api_url(
-    write: Callable[[str, str], Path],
+    example_manifest: Path,
     tmp_path: Path,
     start_simulator: Callable[..., Simulator],
     api_env: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    write("prompts.csv", CSV)
-    manifest = write("jobs.yaml", MANIFEST)
+    manifest = example_manifest
     sim = start_simulator()
     out = tmp_path / "out"
     code = run_cli(
@@ -222,12 +228,8 @@ def test_invalid_input_exits_2_with_one_line_and_writes_nothing(
     assert not (tmp_path / "output").exists()
 
 
-def test_validate_counts_units(
-    write: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str]
-) -> None:
-    write("prompts.csv", CSV)
-    manifest = write("jobs.yaml", MANIFEST)
-    assert main(["validate", str(manifest)]) == 0
+def test_validate_counts_units(example_manifest: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(example_manifest)]) == 0
     assert f"expand to {UNITS} units" in capsys.readouterr().out
 
 
@@ -512,14 +514,13 @@ def test_models_lists_every_page(
 
 
 def test_the_estimate_matches_what_the_run_then_spends(
-    write: Callable[[str, str], Path],
+    example_manifest: Path,
     tmp_path: Path,
     start_simulator: Callable[..., Simulator],
     api_env: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    write("prompts.csv", CSV)
-    manifest = write("jobs.yaml", MANIFEST)
+    manifest = example_manifest
     sim = start_simulator()
     out = tmp_path / "out"
     assert run_cli(sim, manifest, out, "--estimate") == 0
@@ -532,14 +533,13 @@ def test_the_estimate_matches_what_the_run_then_spends(
 
 
 def test_the_estimate_as_json_counts_each_shape(
-    write: Callable[[str, str], Path],
+    example_manifest: Path,
     tmp_path: Path,
     start_simulator: Callable[..., Simulator],
     api_env: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    write("prompts.csv", CSV)
-    manifest = write("jobs.yaml", MANIFEST)
+    manifest = example_manifest
     sim = start_simulator()
     assert run_cli(sim, manifest, tmp_path / "out", "--estimate", "--json") == 0
     estimate = json.loads(capsys.readouterr().out)
@@ -629,13 +629,12 @@ def test_validate_warns_about_model_ids_the_credentials_cannot_use(
 
 
 def test_images_are_named_by_the_filename_template(
-    write: Callable[[str, str], Path],
+    example_manifest: Path,
     tmp_path: Path,
     start_simulator: Callable[..., Simulator],
     api_env: None,
 ) -> None:
-    write("prompts.csv", CSV)
-    manifest = write("jobs.yaml", MANIFEST)
+    manifest = example_manifest
     sim = start_simulator()
     out = tmp_path / "out"
     template = "{entry}/{index:03d}-{slug}-{width}x{height}"
@@ -712,14 +711,13 @@ def test_a_bad_filename_option_exits_2_and_writes_nothing(
 
 
 def test_progress_lines_when_not_a_terminal_and_json_summary(
-    write: Callable[[str, str], Path],
+    example_manifest: Path,
     tmp_path: Path,
     start_simulator: Callable[..., Simulator],
     api_env: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    write("prompts.csv", CSV)
-    manifest = write("jobs.yaml", MANIFEST)
+    manifest = example_manifest
     sim = start_simulator(job_seconds=0.3)
     out = tmp_path / "out"
     options = ("--poll-interval", "0.05", "--progress-every", "0.05", "--budget", "1000")
@@ -744,15 +742,14 @@ def test_progress_lines_when_not_a_terminal_and_json_summary(
 
 
 def test_a_live_panel_on_a_terminal(
-    write: Callable[[str, str], Path],
+    example_manifest: Path,
     tmp_path: Path,
     start_simulator: Callable[..., Simulator],
     api_env: None,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    write("prompts.csv", CSV)
-    manifest = write("jobs.yaml", MANIFEST)
+    manifest = example_manifest
     sim = start_simulator()
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     monkeypatch.setenv("TERM", "xterm")
