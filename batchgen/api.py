@@ -8,14 +8,18 @@ so a signed CDN URL (another origin) never sees them.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator, Sequence
+import ssl
+import urllib.request
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -51,6 +55,14 @@ WRITE_BUFFER = 4 * 1024 * 1024
 
 
 IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
+# Bytes an image's first bytes must reach before they are judged (WebP's is 12 long):
+# a CDN's first piece may be a handful of bytes.
+SIGNATURE_BYTES = 12
+# A keep-alive connection that the server or a load balancer closed while it sat idle
+# fails the next request sent on it.  Nothing is wrong with the server: the request is
+# sent again at once on a fresh connection, this many times at most in a row, and it
+# does not count as a failed attempt.
+STALE_CONNECTION_RETRIES = 3
 
 
 def looks_like_an_image(head: bytes) -> bool:
@@ -59,6 +71,109 @@ def looks_like_an_image(head: bytes) -> bool:
     if head.startswith(IMAGE_SIGNATURES):
         return True
     return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+
+
+def tls_context() -> ssl.SSLContext:
+    """A verifying TLS context made now, so it honours the environment's CA bundle
+    (``SSL_CERT_FILE``, ``SSL_CERT_DIR``) as the official SDK does; aiohttp's default
+    one is made when aiohttp is imported.  Blocking (it reads the bundle)."""
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+async def open_session(**options: Any) -> aiohttp.ClientSession:
+    """An aiohttp session with a TLS context that honours the environment's CA bundle.
+    Not ``trust_env``: that would also send ``~/.netrc`` credentials to any host it
+    names (a signed CDN URL must get none) and cost a thread trip per request;
+    proxies come from :class:`Proxies` instead."""
+    context = await anyio.to_thread.run_sync(tls_context)
+    limit = options.pop("limit", 100)
+    connector = aiohttp.TCPConnector(limit=limit, ssl=context)
+    return aiohttp.ClientSession(connector=connector, **options)
+
+
+class Proxies:
+    """The proxy for each URL, from ``HTTPS_PROXY``, ``HTTP_PROXY`` and ``NO_PROXY`` (either
+    case), as the official SDK (httpx) and curl read them; worked out once per origin."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        if environ is None:
+            self._proxies = urllib.request.getproxies_environment()
+        else:
+            self._proxies = {
+                name[: -len("_proxy")].lower(): value
+                for name, value in environ.items()
+                if name.lower().endswith("_proxy") and value
+            }
+        self._known: dict[tuple[str, str], Proxy | None] = {}
+
+    def for_url(self, url: URL) -> Proxy | None:
+        origin = (url.scheme, url.host or "")
+        if origin not in self._known:
+            given = self._proxies.get(url.scheme)
+            bypass = _no_proxy(url, self._proxies.get("no", ""))
+            self._known[origin] = Proxy.parse(given) if given and not bypass else None
+        return self._known[origin]
+
+
+def _no_proxy(url: URL, rules: str) -> bool:
+    """Whether ``NO_PROXY`` exempts the URL: ``*``, or a host, domain (``example.com`` and
+    ``.example.com`` both cover ``a.example.com``) or IP address, optionally with a port."""
+    host = (url.host or "").lower()
+    for rule in (part.strip().lower() for part in rules.split(",")):
+        if rule == "*":
+            return True
+        name, _, port = rule.rpartition(":") if rule.count(":") == 1 else (rule, "", "")
+        if port and port != str(url.port):
+            continue
+        name = name.strip("[]").lstrip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """A proxy's URL, and its credentials apart (never part of a message)."""
+
+    url: URL
+    authorization: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, text: str) -> Proxy:
+        url = URL(text if "://" in text else f"http://{text}")
+        authorization = None
+        if url.user:
+            token = f"{url.user}:{url.password or ''}".encode()
+            authorization = "Basic " + base64.b64encode(token).decode("ascii")
+        return cls(url.with_user(None), authorization)
+
+    def options(self) -> dict[str, Any]:
+        headers = {"Proxy-Authorization": self.authorization} if self.authorization else None
+        return {"proxy": self.url, "proxy_headers": headers}
+
+
+def _proxy_options(proxy: Proxy | None) -> dict[str, Any]:
+    return proxy.options() if proxy is not None else {}
+
+
+class BodyTooLargeError(Exception):
+    """An answer's body went past the bound it is read under."""
+
+
+async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, decoded from its ``Content-Encoding``, however many pieces it
+    arrives in; :class:`BodyTooLargeError` as soon as it passes ``limit`` bytes, without
+    reading further.  (``content.read(n)`` would return only what has arrived so far.)"""
+    pieces: list[bytes] = []
+    size = 0
+    while piece := await response.content.readany():
+        size += len(piece)
+        if size > limit:
+            raise BodyTooLargeError
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 def _reason(body: bytes) -> tuple[str, str, Any]:
@@ -73,13 +188,30 @@ def _reason(body: bytes) -> tuple[str, str, Any]:
     return str(reason)[:500], str(payload.get("name") or ""), payload.get("details")
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
+    """How long the server asks us to wait: ``retry-after-ms``, or ``Retry-After`` in
+    seconds or as an HTTP date (as the official SDK reads them); None if it does not say.
+    The caller caps it."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(float(millis) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
     if not value:
         return None
     try:
         return max(float(value), 0.0)
     except ValueError:
-        return None  # an HTTP-date: rare from APIs; fall back to our own backoff
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
 
 
 def _api_time(moment: datetime) -> str:
@@ -99,12 +231,12 @@ class ScenarioClient:
             "User-Agent": USER_AGENT,
         }
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
+        self._proxy = _proxy_options(Proxies().for_url(self._base))
 
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: ApiSettings) -> AsyncIterator[ScenarioClient]:
-        connector = aiohttp.TCPConnector(limit=100)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with await open_session() as session:
             yield cls(settings, session)
 
     def _url(self, path: str, query: dict[str, str] | None) -> URL:
@@ -126,31 +258,43 @@ class ScenarioClient:
         url = self._url(path, query)
         creates = method == "POST" and path.startswith("/v1/generate/")
         what = f"{method} {path}"
-        try:
-            async with self._session.request(
-                method,
-                url,
-                json=body,
-                headers=self._headers,
-                allow_redirects=False,
-                timeout=self._timeout,
-            ) as response:
-                raw = await response.content.read(MAX_API_BODY_BYTES + 1)
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
-        except aiohttp.ClientConnectorError as exc:
-            # Nothing reached the server: safe to retry, even a submission.
-            raise TransientApiError(f"{what}: cannot connect to {url.host}:{url.port}") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            message = f"{what}: {type(exc).__name__} before the answer arrived"
-            if creates:
-                raise AmbiguousSubmitError(message) from exc
-            raise TransientApiError(message) from exc
+        for stale in range(STALE_CONNECTION_RETRIES + 1):
+            try:
+                async with self._session.request(
+                    method,
+                    url,
+                    json=body,
+                    headers=self._headers,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                    **self._proxy,
+                ) as response:
+                    status = response.status
+                    retry_after = retry_after_seconds(response.headers)
+                    try:
+                        raw = await read_body(response, MAX_API_BODY_BYTES)
+                    except BodyTooLargeError:
+                        raise (AmbiguousSubmitError if creates else MalformedResponseError)(
+                            f"{what}: response larger than {MAX_API_BODY_BYTES} bytes"
+                        ) from None
+                break
+            except aiohttp.ClientConnectorError as exc:
+                # Nothing reached the server: safe to retry, even a submission.
+                raise TransientApiError(f"{what}: cannot connect to {url.host}:{url.port}") from exc
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # Most often a kept-alive connection closed while idle.  A read goes again
+                # at once; a submission may have created its job and is reconciled.
+                message = f"{what}: the connection was closed ({type(exc).__name__})"
+                if creates:
+                    raise AmbiguousSubmitError(message, connection_dropped=True) from exc
+                if stale == STALE_CONNECTION_RETRIES:
+                    raise TransientApiError(message) from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                message = f"{what}: {type(exc).__name__} before the answer arrived"
+                if creates:
+                    raise AmbiguousSubmitError(message) from exc
+                raise TransientApiError(message) from exc
 
-        if len(raw) > MAX_API_BODY_BYTES:
-            raise (AmbiguousSubmitError if creates else MalformedResponseError)(
-                f"{what}: response larger than {MAX_API_BODY_BYTES} bytes"
-            )
         if 200 <= status < 300:
             try:
                 return status, json.loads(raw) if raw else None
@@ -171,12 +315,14 @@ class ScenarioClient:
             raise RateLimitedError(
                 message,
                 reason=reason,
-                retry_after=_retry_after(retry_after),
+                retry_after=retry_after,
                 action_limit=limit
                 if isinstance(limit, int) and not isinstance(limit, bool)
                 else None,
             )
-        if status >= 500:
+        if status >= 500 or status in (408, 409):
+            # 408 and 409 are the server's "not now" (a timeout, a conflict in flight):
+            # like a 5xx, a read is tried again and a submission reconciled.
             server_error: type[ApiError] = AmbiguousSubmitError if creates else TransientApiError
             raise server_error(message, status=status, reason=reason)
         if status == 402 or (400 <= status < 500 and "creative unit" in reason.lower()):
@@ -291,11 +437,12 @@ class AssetDownloader:
     def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_read=min(timeout, 60.0))
+        self._proxies = Proxies()
 
     @classmethod
     @asynccontextmanager
     async def open(cls, seconds: float) -> AsyncIterator[AssetDownloader]:
-        async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
+        async with await open_session(headers={"User-Agent": USER_AGENT}) as session:
             yield cls(session, seconds)
 
     async def fetch(
@@ -315,19 +462,26 @@ class AssetDownloader:
         pending = bytearray()
         host = URL(url).host
         try:
-            async with self._session.get(url, timeout=self._timeout) as response:
+            where = URL(url)
+            proxy = _proxy_options(self._proxies.for_url(where))
+            async with self._session.get(where, timeout=self._timeout, **proxy) as response:
                 if response.status != 200:
                     # 403 from a CDN usually means the signature expired: a fresh URL helps.
                     transient = response.status in (403, 408, 429) or response.status >= 500
                     raise DownloadError(
                         f"asset host {host} answered HTTP {response.status}", transient=transient
                     )
-                announced = response.content_length
+                # An encoded body's length is not the image's (aiohttp decodes it).
+                encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+                announced = None if encoded else response.content_length
                 limit = min(x for x in (announced, expected_size, MAX_ASSET_BYTES) if x is not None)
+                judged = False
                 async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
-                    if received == 0 and not looks_like_an_image(chunk):
-                        raise DownloadError(f"what {host} sent is not an image")
                     received += len(chunk)
+                    if not judged and received >= SIGNATURE_BYTES:
+                        # Judged once enough has arrived, however small the first piece.
+                        _check_signature(host, bytes(pending) + chunk[:SIGNATURE_BYTES])
+                        judged = True
                     if received > limit:
                         raise DownloadError(f"asset from {host} is longer than announced")
                     digest.update(chunk)
@@ -342,6 +496,8 @@ class AssetDownloader:
                     )
             if received == 0:
                 raise DownloadError(f"asset from {host} is empty")
+            if not judged:
+                _check_signature(host, bytes(pending))
             sha256 = digest.hexdigest()
             placed = await anyio.to_thread.run_sync(
                 part.finish, bytes(pending), destination, fallback, sha256
@@ -351,6 +507,11 @@ class AssetDownloader:
         finally:
             part.discard()  # quick, and done even when cancelled
         return Downloaded(path=placed, size=received, sha256=sha256)
+
+
+def _check_signature(host: str | None, head: bytes) -> None:
+    if not looks_like_an_image(head):
+        raise DownloadError(f"what {host} sent is not an image")
 
 
 class _PartFile:

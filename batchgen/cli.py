@@ -158,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--downloads",
         type=_positive_int("--downloads", 64),
-        default=defaults.DEFAULT_DOWNLOAD_WORKERS,
-        help=f"downloads at once (default {defaults.DEFAULT_DOWNLOAD_WORKERS})",
+        help="downloads at once (default: as many as --concurrency, at least "
+        f"{defaults.MIN_DOWNLOAD_WORKERS} and at most {defaults.MAX_DEFAULT_DOWNLOAD_WORKERS})",
     )
     run.add_argument(
         "--retries",
@@ -315,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="MODEL",
         help="a model the plan does not cover (403); may be repeated",
+    )
+    sim.add_argument(
+        "--network",
+        choices=("loopback", "internet"),
+        default="loopback",
+        help="how answers travel: 'internet' writes them in 1,400-byte pieces, gzipped and "
+        "chunked, 50-150 ms late, and drops connections idle for 2 s (default loopback)",
     )
     sim.add_argument("--seed", type=int, default=0)
     _add_verbosity(sim)
@@ -524,7 +531,7 @@ def _run(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         job_timeout=args.job_timeout,
         job_attempts=args.job_attempts,
-        download_workers=args.downloads,
+        download_workers=args.downloads or defaults.download_workers_for(concurrency),
         filename=manifest.filename,
     )
     log.info(
@@ -755,7 +762,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from .sim import SimConfig, serve  # loaded only when used
+    from .sim import INTERNET, Network, SimConfig, serve  # loaded only when used
 
     config = SimConfig(
         api_key=args.key,
@@ -772,6 +779,7 @@ def _sim(args: argparse.Namespace) -> int:
         credits=args.credits,
         restricted_models=tuple(args.restricted_model),
         seed=args.seed,
+        network=INTERNET if args.network == "internet" else Network(),
     )
 
     async def serve_forever() -> None:

@@ -19,7 +19,18 @@ DEFAULT_POLL_INTERVAL = 2.0
 DEFAULT_JOB_TIMEOUT = 3600.0
 # Jobs that end in "failure" cost money: try a unit this many times in all, then give up.
 DEFAULT_JOB_ATTEMPTS = 2
-DEFAULT_DOWNLOAD_WORKERS = 8
+# Downloads at once, by default as many as jobs in flight within these bounds: each
+# download waits a round trip or more for the CDN, so fewer than the jobs ending at once
+# would make downloading the slowest stage on any network but loopback.
+MIN_DOWNLOAD_WORKERS = 8
+MAX_DEFAULT_DOWNLOAD_WORKERS = 64
+DEFAULT_DOWNLOAD_WORKERS = MIN_DOWNLOAD_WORKERS
+
+
+def download_workers_for(concurrency: int) -> int:
+    return max(MIN_DOWNLOAD_WORKERS, min(concurrency, MAX_DEFAULT_DOWNLOAD_WORKERS))
+
+
 DEFAULT_STATUS_REQUESTS_AT_ONCE = 16
 DEFAULT_REQUEST_TIMEOUT = 60.0
 DEFAULT_DOWNLOAD_TIMEOUT = 300.0

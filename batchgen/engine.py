@@ -29,7 +29,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .api import BULK_ASSET_LIMIT, Downloaded
+from .api import BULK_ASSET_LIMIT, STALE_CONNECTION_RETRIES, Downloaded
 from .commits import GroupCommit
 from .config import EngineSettings, RetrySettings
 from .errors import (
@@ -450,7 +450,9 @@ class Engine:
 
         reconcile_since = datetime.fromisoformat(lost_attempt) if lost_attempt else None
         reserved = 0.0
-        for _ in range(self._retry.max_attempts):
+        attempts = dropped = 0
+        while attempts < self._retry.max_attempts:
+            attempts += 1
             if reconcile_since is not None:
                 try:
                     adopted = await self._reconcile(key, body, reconcile_since)
@@ -488,6 +490,10 @@ class Engine:
                 await self._post_ended(key)
                 log.warning("unit %s: %s; looking for the job it may have created", unit.id, exc)
                 error, reconcile_since = exc, started
+                # A closed idle connection is not the server failing: no attempt used up.
+                dropped = dropped + 1 if exc.connection_dropped else 0
+                if 0 < dropped <= STALE_CONNECTION_RETRIES:
+                    attempts -= 1
                 continue
             except ApiError as exc:
                 await self._post_ended(key)

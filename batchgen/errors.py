@@ -11,7 +11,7 @@
     │   ├── PermanentApiError          400, 403, 404: retrying cannot help
     │   │   └── OutOfCreditsError      402, or a 4xx about creative units: stop submitting
     │   ├── RateLimitedError           429: too many requests or too many jobs in flight
-    │   ├── TransientApiError          5xx, connection and timeout errors: may succeed later
+    │   ├── TransientApiError          5xx, 408, 409, dropped connections, timeouts: may pass
     │   │   └── AmbiguousSubmitError   a POST that may have created a job before it failed
     │   └── MalformedResponseError     a 2xx whose body is not what the API documents
     └── DownloadError                  an asset could not be fetched or did not verify
@@ -105,7 +105,21 @@ class AmbiguousSubmitError(TransientApiError):
     """A submission failed after the request may have reached the server.
 
     The job may exist and be billed; blindly retrying could pay for it twice.
+    ``connection_dropped``: the connection closed with no answer at all, most often a
+    kept-alive connection the server closed while it sat idle, which says nothing about
+    the server's health (it does not use up an attempt).
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        reason: str = "",
+        connection_dropped: bool = False,
+    ) -> None:
+        super().__init__(message, status=status, reason=reason)
+        self.connection_dropped = connection_dropped
 
 
 class MalformedResponseError(ApiError):

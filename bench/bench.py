@@ -10,6 +10,10 @@ Scenarios:
   pipeline  N jobs of about --job-seconds (with --jitter), C at a time, both clients,
             the same poll interval: makespan, makespan over the ideal
             ceil(N / C) x mean job time, status requests per job, CPU, peak RSS.
+  latency   the pipeline scenario for batchgen again, every request taking a round
+            trip of --latency-ms, its answers written as a real network writes them
+            (1,400-byte pieces, gzip, chunked): makespan and status requests per job
+            beside loopback's, and how full the C slots were kept at the server.
   fast      jobs of about a millisecond, C = 500: the runner is the bottleneck;
             jobs per second and CPU per job.
   validate  `batchgen validate` of a prompts file of --validate-lines lines: peak RSS.
@@ -40,7 +44,7 @@ from anyio.from_thread import start_blocking_portal
 from batchgen.journal import Journal
 from batchgen.manifest import iter_units, load_manifest
 from batchgen.results import UnitResult, stamp_of
-from batchgen.sim import SimConfig, Simulator, serve
+from batchgen.sim import Network, SimConfig, Simulator, serve
 
 KEY, SECRET = "bench-key", "bench-secret"
 HERE = Path(__file__).resolve().parent
@@ -118,6 +122,15 @@ def makespan(sim: Simulator) -> float:
     return sim.last_download_at - sim.first_job_at
 
 
+def occupancy(sim: Simulator, concurrency: int) -> float:
+    """Jobs running at the server on average, over the C slots, from the first job's
+    start to the last one's end: 1.0 means the submitter kept every slot busy."""
+    starts = [job.start for job in sim.jobs.values()]
+    ends = [job.start + job.duration for job in sim.jobs.values()]
+    busy = sum(job.duration for job in sim.jobs.values())
+    return busy / ((max(ends) - min(starts)) * concurrency)
+
+
 def batchgen(*args: str) -> list[str]:
     return [sys.executable, "-m", "batchgen", *args]
 
@@ -164,6 +177,40 @@ def pipeline(args: argparse.Namespace, place: Path) -> dict[str, dict[str, float
                 + sim.requests["GET /v1/assets/{asset_id}"],
                 "cpu_ms_per_job": 1000 * child.cpu / args.units,
                 "peak_rss_mb": child.peak_rss_mb,
+            }
+    return figures
+
+
+def latency(args: argparse.Namespace, place: Path) -> dict[str, dict[str, float]]:
+    """batchgen on the pipeline workload over loopback and over a slow network."""
+    manifest, _ = write_workload(place, args.units, args.concurrency)
+    round_trip = args.latency_ms / 1000
+    networks = {
+        "loopback": Network(),
+        f"{args.latency_ms:g} ms": Network(
+            piece_bytes=1400, gzip=True, chunked=True, latency=(round_trip, round_trip)
+        ),
+    }
+    figures: dict[str, dict[str, float]] = {}
+    for name, network in networks.items():
+        settings = {"job_seconds": args.job_seconds, "jitter": args.jitter, "seed": args.seed}
+        with simulator(**settings, network=network) as sim:
+            command = batchgen(
+                "run", str(manifest), "--out", str(place / f"out-{len(figures)}"), "--quiet",
+                "--concurrency", str(args.concurrency), "--poll-interval", str(args.poll_interval),
+            )  # fmt: skip
+            child = run_child(command, api_env(sim))
+            if child.returncode != 0:
+                sys.exit(f"batchgen over {name} failed ({child.returncode}):\n{child.output}")
+            mean_job = statistics.fmean(job.duration for job in sim.jobs.values())
+            ideal = math.ceil(args.units / args.concurrency) * mean_job
+            figures[name] = {
+                "jobs": len(sim.jobs),
+                "makespan_s": makespan(sim),
+                "makespan_ratio": makespan(sim) / ideal,
+                "status_per_job": status_requests(sim) / args.units,
+                "slots_busy": occupancy(sim, args.concurrency),
+                "cpu_ms_per_job": 1000 * child.cpu / args.units,
             }
     return figures
 
@@ -253,12 +300,15 @@ def resume(args: argparse.Namespace, place: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["pipeline", "fast", "validate", "resume"])
+    parser.add_argument("--only", choices=["pipeline", "latency", "fast", "validate", "resume"])
     parser.add_argument("--units", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--job-seconds", type=float, default=1.0)
     parser.add_argument("--jitter", type=float, default=0.1)
     parser.add_argument("--poll-interval", type=float, default=0.25)
+    parser.add_argument(
+        "--latency-ms", type=float, default=100, help="round trip, latency scenario"
+    )
     parser.add_argument("--fast-units", type=int, default=5000)
     parser.add_argument("--fast-concurrency", type=int, default=500)
     parser.add_argument("--validate-lines", type=int, default=1_000_000)
@@ -302,6 +352,19 @@ def main() -> None:
             verdict_cpu = verdict(ours["cpu_ms_per_job"], TARGETS["cpu_ms_per_job"])
             print(f"  CPU/job {ours['cpu_ms_per_job']:.2f} ms: {verdict_cpu} ({net:.2f} ms "
                   f"without the {startup:.2f}s of starting Python)")  # fmt: skip
+        if (sub := scenario("latency")) is not None:
+            figures_l = latency(args, sub)
+            report["latency"] = figures_l
+            print(
+                f"latency: batchgen, N={args.units} C={args.concurrency} job "
+                f"~{args.job_seconds:g}s, round trips of {args.latency_ms:g} ms, answers in "
+                "1,400-byte pieces, gzipped, chunked; beside loopback"
+            )
+            names = list(figures_l)
+            print(f"  {'':18}" + "".join(f"{name:>12}" for name in names))
+            for key in ("makespan_s", "makespan_ratio", "status_per_job", "slots_busy",
+                        "cpu_ms_per_job"):  # fmt: skip
+                print(f"  {key:18}" + "".join(f"{figures_l[n][key]:>12.3f}" for n in names))
         if (sub := scenario("fast")) is not None:
             figures_fast = fast(args, sub)
             report["fast"] = figures_fast

@@ -1,16 +1,30 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from anyio.from_thread import start_blocking_portal
 
-from batchgen.sim import SimConfig, Simulator, serve
+from batchgen.sim import Network, SimConfig, Simulator, serve
 
 SIM_KEY = "test-key"
 SIM_SECRET = "s3cr3t-NEVER-LOGGED-4b1d"
+# How the tests' simulator answers: as across a network (pieces, gzip, chunked, first
+# CDN piece of four bytes, a little latency), only faster than the internet's.
+TEST_NETWORK = Network(
+    piece_bytes=1400,
+    piece_pause=0.0002,
+    first_cdn_piece=4,
+    gzip=True,
+    chunked=True,
+    latency=(0.0005, 0.002),
+)
 
 
 @pytest.fixture
@@ -32,17 +46,20 @@ def start_simulator() -> Iterator[Callable[..., Simulator]]:
     runs its own event loop).  Counters are read once the CLI has returned."""
     with ExitStack() as stack:
 
-        def start(**overrides: object) -> Simulator:
+        def start(ssl_context: ssl.SSLContext | None = None, **overrides: object) -> Simulator:
             settings = {
                 "api_key": SIM_KEY,
                 "api_secret": SIM_SECRET,
                 "job_seconds": 0.2,
                 "jitter": 0.5,
+                "network": TEST_NETWORK,
             }
             settings.update(overrides)
             portal = stack.enter_context(start_blocking_portal())
             return stack.enter_context(
-                portal.wrap_async_context_manager(serve(SimConfig(**settings)))
+                portal.wrap_async_context_manager(
+                    serve(SimConfig(**settings), ssl_context=ssl_context)  # type: ignore[arg-type]
+                )
             )  # type: ignore[arg-type]
 
         yield start
@@ -59,3 +76,64 @@ def api_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+class ConnectProxy:
+    """A forwarding proxy that speaks CONNECT, as a corporate or cluster egress proxy
+    does; it keeps every request head it was sent and every byte it tunnelled, so a test
+    can check what a proxy's logs would hold."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+        self.tunnelled = bytearray()
+        self.url = ""
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                self.tunnelled += data
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        self.heads.append(head)
+        method, target, _ = head.split(b"\r\n", 1)[0].split(b" ", 2)
+        if method != b"CONNECT":
+            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+            return
+        host, _, port = target.decode().rpartition(":")
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
+        )
+
+    @contextlib.asynccontextmanager
+    async def serve(self) -> AsyncIterator[ConnectProxy]:
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        async with server:
+            yield self
+            server.close()
+
+
+@pytest.fixture
+def tls() -> Any:
+    """A certificate authority made for the test, and a server context signed by it for
+    127.0.0.1 and localhost."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return ca, context

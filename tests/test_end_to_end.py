@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -357,6 +358,33 @@ def test_lost_answers_are_reconciled_so_every_unit_is_made_and_paid_once(
     assert sim.answers_lost > 3
     assert sim.jobs_created == 20  # no job paid for twice, none lost
     assert len({r["job_id"] for r in results}) == 20
+    assert_matches_what_was_served(out, results, sim)
+
+
+def test_kept_alive_connections_dropped_while_idle_cost_no_attempt_and_no_second_job(
+    example_manifest: Path,
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+) -> None:
+    # A load balancer closed the kept-alive connection that every other submission is
+    # sent on (reads are test_network's); with one attempt per request, the run still
+    # ends with every unit made once.
+    sim = start_simulator()
+    reused: Counter[str] = Counter()
+
+    def dropped(route: str) -> bool:
+        reused[route] += 1
+        return route.startswith("POST /v1/generate") and reused[route] % 2 == 1
+
+    sim.drop_reused = dropped
+    out = tmp_path / "out"
+    options = ("--poll-interval", "0.02", "--concurrency", "3", "--retries", "1")
+    assert run_cli(sim, example_manifest, out, *options) == 0
+    results = read_results(out)
+    assert {r["status"] for r in results} == {"success"} and len(results) == UNITS
+    assert sim.jobs_created == UNITS
+    assert sim.connections_dropped["POST /v1/generate/custom/{model}"] > 0
     assert_matches_what_was_served(out, results, sim)
 
 

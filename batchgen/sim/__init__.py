@@ -4,6 +4,6 @@
 :class:`~batchgen.sim.server.Simulator` whose counters tests and benchmarks read.
 """
 
-from .server import SimConfig, Simulator, serve
+from .server import INTERNET, Network, SimConfig, Simulator, serve
 
-__all__ = ["SimConfig", "Simulator", "serve"]
+__all__ = ["INTERNET", "Network", "SimConfig", "Simulator", "serve"]

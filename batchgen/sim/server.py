@@ -8,15 +8,19 @@ generator, so a run reproduces.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import gzip
 import hashlib
 import hmac
 import json
 import math
 import random
 import secrets
+import ssl
 import time
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -47,6 +51,46 @@ MAX_SIDE = 4096
 MAX_OUTPUTS = 8
 MAX_PAGE_SIZE = 100
 PHASES = (("queued", 0.15), ("warming-up", 0.3), ("in-progress", 0.85), ("finalizing", 1.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """How answers travel, so that the client is tested the way bytes really arrive:
+    late, in pieces, compressed, on connections that do not live for ever.  The default
+    is loopback's kindness: every answer in one write, at once."""
+
+    # Every body written in pieces of this many bytes (a TCP segment is ~1,400), with a
+    # pause between them; the CDN's first piece can be smaller still.
+    piece_bytes: int | None = None
+    piece_pause: float = 0.0
+    first_cdn_piece: int | None = None
+    # gzip the API's answers when the client accepts it, as real gateways do.
+    gzip: bool = False
+    # Chunked transfer encoding instead of a Content-Length.
+    chunked: bool = False
+    # Seconds each request takes on the wire, drawn uniformly from this range: half
+    # before the server sees it, half before the answer starts.
+    latency: tuple[float, float] = (0.0, 0.0)
+    # A kept-alive connection idle longer than this is dropped by the "load balancer"
+    # when the next request arrives on it: the client sees the connection close with no
+    # answer, and the request never reaches the API.
+    idle_close: float | None = None
+
+    @property
+    def kind(self) -> bool:
+        return self == Network()
+
+
+# What a client meets across the internet; tests use shorter latencies.
+INTERNET = Network(
+    piece_bytes=1400,
+    piece_pause=0.002,
+    first_cdn_piece=4,
+    gzip=True,
+    chunked=True,
+    latency=(0.05, 0.15),
+    idle_close=2.0,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +125,7 @@ class SimConfig:
     list_refused: bool = False
     seed: int = 0
     models: tuple[str, ...] = DEFAULT_MODELS
+    network: Network = Network()
 
 
 @dataclass(slots=True)
@@ -140,6 +185,17 @@ def _parse_iso(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+_IS_CDN = web.AppKey("is_cdn", bool)
+# An idle connection's mark once the "load balancer" has dropped it.
+DROPPED = -math.inf
+
+
+def _route(request: web.Request) -> str:
+    """``GET /v1/jobs/{job_id}``: a request's method and route, for the counters."""
+    resource = request.match_info.route.resource
+    return f"{request.method} {resource.canonical if resource else request.path}"
+
+
 def _error(status: int, reason: str, **extra: Any) -> web.Response:
     return web.json_response({"reason": reason, **extra}, status=status)
 
@@ -164,14 +220,25 @@ class Simulator:
     # Called with each new job after it is created and before it is answered: tests use
     # it to kill a client exactly in that window.
     on_job_created: Callable[[SimJob], None] | None = None
+    # Called with the route of each request that arrives on a kept-alive connection:
+    # True drops the connection unanswered, as a load balancer that closed it meanwhile.
+    drop_reused: Callable[[str], bool] | None = None
     served_sha256: dict[str, str] = field(default_factory=dict)
     # When the first job was created and the last download served (the clock's time):
     # a client's makespan as the server saw it.
     first_job_at: float | None = None
     last_download_at: float | None = None
+    # Requests that arrived on a connection the network had dropped (Network.idle_close,
+    # drop_idle_connections), by route: they never reached the API.
+    connections_dropped: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.config.seed)
+        # Its own generator, so a network setting does not change which faults happen.
+        self._network_rng = random.Random(self.config.seed + 1)
+        self._idle_since: weakref.WeakKeyDictionary[asyncio.BaseTransport, float] = (
+            weakref.WeakKeyDictionary()
+        )
         self._signing_key = secrets.token_bytes(32)
         token = base64.b64encode(f"{self.config.api_key}:{self.config.api_secret}".encode())
         self._expected_auth = b"Basic " + token
@@ -264,12 +331,80 @@ class Simulator:
             },
         }
 
+    # ------------------------------------------------------------------ the network
+
+    @web.middleware
+    async def _network(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        net = self.config.network
+        transport = request.transport
+        if transport is not None:
+            idle_from = self._idle_since.pop(transport, None)
+            if idle_from is not None and (
+                idle_from == DROPPED
+                or (net.idle_close is not None and time.monotonic() - idle_from >= net.idle_close)
+                or (self.drop_reused is not None and self.drop_reused(_route(request)))
+            ):
+                self.connections_dropped[_route(request)] += 1
+                transport.abort()
+                return web.Response(status=502)  # never reaches the client
+        low, high = net.latency
+        delay = self._network_rng.uniform(low, high) if high > 0 else 0.0
+        if delay:
+            await asyncio.sleep(delay / 2)
+        response: web.StreamResponse = await handler(request)
+        if delay:
+            await asyncio.sleep(delay / 2)
+        if isinstance(response, web.Response) and not response.prepared and not net.kind:
+            response = await self._send_in_pieces(request, response, net)
+        if transport is not None and not transport.is_closing():
+            self._idle_since[transport] = time.monotonic()
+        return response
+
+    def drop_idle_connections(self) -> int:
+        """Drop every kept-alive connection now idle, as a load balancer does after its
+        idle timeout, without telling the client: the next request sent on one of them
+        gets no answer.  Returns how many there were."""
+        idle = [t for t in self._idle_since if not t.is_closing()]
+        for transport in idle:
+            self._idle_since[transport] = DROPPED
+        return len(idle)
+
+    async def _send_in_pieces(
+        self, request: web.Request, response: web.Response, net: Network
+    ) -> web.StreamResponse:
+        body = response.body if isinstance(response.body, bytes) else b""
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name.lower() not in ("content-length", "transfer-encoding", "content-encoding")
+        }
+        api = request.app.get(_IS_CDN) is None
+        if api and net.gzip and "gzip" in request.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        stream = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
+        if net.chunked:
+            stream.enable_chunked_encoding()
+        else:
+            stream.content_length = len(body)
+        await stream.prepare(request)
+        first = net.first_cdn_piece if not api and net.first_cdn_piece else net.piece_bytes
+        size = net.piece_bytes or len(body) or 1
+        offset = 0
+        while offset < len(body):
+            step = first if offset == 0 and first else size
+            await stream.write(body[offset : offset + step])
+            offset += step
+            if offset < len(body) and net.piece_pause:
+                await asyncio.sleep(net.piece_pause)
+        await stream.write_eof()
+        return stream
+
     # ------------------------------------------------------------------ API handlers
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        resource = request.match_info.route.resource
-        self.requests[f"{request.method} {resource.canonical if resource else request.path}"] += 1
+        self.requests[_route(request)] += 1
         if not self._authorized(request):
             return _error(401, "Unauthorized")
         if self.config.error_rate and self._rng.random() < self.config.error_rate:
@@ -509,7 +644,7 @@ class Simulator:
         return web.json_response({"model": {"id": model, "name": model, "type": "custom"}})
 
     def api_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
+        app = web.Application(middlewares=[self._network, self._auth])
         app.router.add_post("/v1/generate/custom/{model}", self._submit)
         app.router.add_get("/v1/jobs", self._list_jobs)
         app.router.add_get("/v1/jobs/{job_id}", self._get_job)
@@ -550,7 +685,8 @@ class Simulator:
         return web.Response(body=content, content_type="image/png")
 
     def cdn_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._network])
+        app[_IS_CDN] = True
         app.router.add_get("/assets/{asset_id}.png", self._cdn_get)
         return app
 
@@ -595,10 +731,17 @@ def decode_basic(header: str) -> tuple[str, str] | None:
 
 @asynccontextmanager
 async def serve(
-    config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0, cdn_port: int = 0
+    config: SimConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    cdn_port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Simulator]:
-    """Run the API and CDN origins on loopback for the duration of the block."""
+    """Run the API and CDN origins on loopback for the duration of the block; over
+    HTTPS with ``ssl_context`` (a server context)."""
     simulator = Simulator(config or SimConfig())
+    scheme = "https" if ssl_context is not None else "http"
     runners: list[web.AppRunner] = []
     try:
         urls = []
@@ -606,10 +749,10 @@ async def serve(
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             runners.append(runner)
-            site = web.TCPSite(runner, host, wanted)
+            site = web.TCPSite(runner, host, wanted, ssl_context=ssl_context)
             await site.start()
             bound_host, bound_port = runner.addresses[0][:2]
-            urls.append(f"http://{bound_host}:{bound_port}")
+            urls.append(f"{scheme}://{bound_host}:{bound_port}")
         simulator.api_url, simulator.cdn_url = urls
         yield simulator
     finally:
