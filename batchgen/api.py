@@ -39,6 +39,7 @@ from .errors import (
     RateLimitedError,
     TransientApiError,
 )
+from .inputs import ModelSpec, parse_model
 from .records import Asset, JobRecord, Submission, parse_asset, parse_job, parse_submission
 from .results import sha256_of
 
@@ -409,11 +410,15 @@ class ScenarioClient:
                 return found
         raise MalformedResponseError(f"GET /v1/jobs: more than {MAX_LIST_PAGES} pages")
 
-    async def list_models(self) -> list[dict[str, Any]]:
+    async def list_models(self, privacy: str = "private") -> list[dict[str, Any]]:
+        """Every model of one privacy (all pages): ``private``, the team's own (the API's
+        default), or ``public``, Scenario's."""
         models: list[dict[str, Any]] = []
         token: str | None = None
-        while True:
-            query = {"pageSize": "100"} | ({"paginationToken": token} if token else {})
+        for _ in range(MAX_LIST_PAGES):
+            query = {"pageSize": "100", "privacy": privacy}
+            if token:
+                query["paginationToken"] = token
             _, payload = await self.request("GET", "/v1/models", query=query)
             if not isinstance(payload, dict):
                 raise MalformedResponseError("GET /v1/models: not an object")
@@ -421,6 +426,12 @@ class ScenarioClient:
             token = payload.get("nextPaginationToken") or None
             if not token:
                 return models
+        raise MalformedResponseError(f"GET /v1/models: more than {MAX_LIST_PAGES} pages")
+
+    async def get_model(self, model_id: str) -> ModelSpec:
+        """A model and its inputs (``GET /v1/models/{id}``)."""
+        _, payload = await self.request("GET", f"/v1/models/{model_id}")
+        return parse_model(payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +439,63 @@ class Downloaded:
     path: Path
     size: int
     sha256: str
+    # The image's width and height, read from its header, when it could be.
+    dimensions: tuple[int, int] | None = None
+
+
+# Bytes of an image's start kept to read its width and height from (a JPEG's frame
+# header comes after its EXIF and colour profile, within this in practice).
+HEADER_BYTES = 64 * 1024
+
+
+def image_dimensions(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the start of a PNG, GIF, WebP or JPEG file; None if the
+    bytes given do not say."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        chunk = head[12:16]
+        if chunk == b"VP8 ":
+            return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(
+                head[28:30], "little"
+            ) & 0x3FFF
+        if chunk == b"VP8L":
+            bits = int.from_bytes(head[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8X":
+            return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(
+                head[27:30], "little"
+            ) + 1
+        return None
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg_dimensions(head)
+    return None
+
+
+def _jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
+    offset = 2
+    while offset + 4 <= len(data):
+        if data[offset] != 0xFF:
+            return None
+        marker = data[offset + 1]
+        if marker == 0xFF:  # padding
+            offset += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            offset += 2
+            continue
+        length = int.from_bytes(data[offset + 2 : offset + 4], "big")
+        # Start-of-frame markers: C0-CF but DHT (C4), JPG (C8) and DAC (CC).
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if offset + 9 > len(data):
+                return None
+            height = int.from_bytes(data[offset + 5 : offset + 7], "big")
+            width = int.from_bytes(data[offset + 7 : offset + 9], "big")
+            return width, height
+        offset += 2 + length
+    return None
 
 
 class AssetDownloader:
@@ -460,6 +528,7 @@ class AssetDownloader:
         digest = hashlib.sha256()
         received = 0
         pending = bytearray()
+        head = bytearray()
         host = URL(url).host
         try:
             where = URL(url)
@@ -486,6 +555,8 @@ class AssetDownloader:
                         raise DownloadError(f"asset from {host} is longer than announced")
                     digest.update(chunk)
                     pending += chunk
+                    if len(head) < HEADER_BYTES:
+                        head += chunk[: HEADER_BYTES - len(head)]
                     if len(pending) >= WRITE_BUFFER:
                         await anyio.to_thread.run_sync(part.write, bytes(pending))
                         pending.clear()
@@ -506,7 +577,8 @@ class AssetDownloader:
             raise DownloadError(f"download from {host} failed: {type(exc).__name__}") from exc
         finally:
             part.discard()  # quick, and done even when cancelled
-        return Downloaded(path=placed, size=received, sha256=sha256)
+        dimensions = image_dimensions(bytes(head))
+        return Downloaded(path=placed, size=received, sha256=sha256, dimensions=dimensions)
 
 
 def _check_signature(host: str | None, head: bytes) -> None:

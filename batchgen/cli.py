@@ -1,7 +1,8 @@
-"""Command line: ``batchgen run | validate | sim``.
+"""Command line: ``batchgen run | validate | models | status | sim``.
 
-Known errors print as one line on stderr with a non-zero exit code; set
-``BATCHGEN_TRACEBACK=1`` to see the traceback as well.
+The commands only parse, call :mod:`batchgen.app` and render what it returns.  Known
+errors print as one line on stderr (a line per problem when there are several) with a
+non-zero exit code; set ``BATCHGEN_TRACEBACK=1`` to see the traceback as well.
 
 Exit codes: 0 every unit succeeded, 1 some units failed, 2 invalid input or
 configuration, 3 another run holds the output directory, 4 stopped at --max-runtime
@@ -12,48 +13,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import functools
 import json
 import logging
 import os
-import secrets
 import signal
 import sys
-import time
 import traceback
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio import CancelScope
-from yarl import URL
 
+from . import __version__, app
 from . import config as defaults
-from .api import AssetDownloader, ScenarioClient
-from .config import ApiSettings, Credentials, EngineSettings, RetrySettings
-from .dataset import write_metadata
 from .display import Display, LineDisplay
-from .engine import Engine, Summary, cost_shape
-from .errors import BatchgenError, ConfigError
-from .journal import JOURNAL_NAME, Journal, Resume, resume_action
-from .lock import OutputLock, run_in_progress
-from .manifest import Manifest, count_units, iter_units, load_manifest
+from .errors import EXIT_INTERRUPTED, EXIT_OK, BatchgenError, ConfigError
 from .naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
-from .policy import Request, with_retries
-from .progress import RateMeter
-from .results import write_results
-from .shard import Shard, shard_directories
+from .shard import Shard
 
-EXIT_OK = 0
-EXIT_FAILED_UNITS = 1
-EXIT_INVALID = 2
-EXIT_LOCKED = 3
-EXIT_OUT_OF_TIME = 4
 STATUS_FAILURES_SHOWN = 20
-EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("batchgen")
 
@@ -118,6 +97,7 @@ def _shard(text: str) -> Shard:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="batchgen", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"batchgen {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="generate every unit of a manifest")
@@ -255,7 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(simulate=False)
     _add_verbosity(validate)
 
-    models = commands.add_parser("models", help="list the models the credentials can use")
+    models = commands.add_parser(
+        "models",
+        help="list the models the credentials can use (the team's and Scenario's public "
+        "ones), or one model's inputs",
+    )
+    models.add_argument(
+        "model_id",
+        nargs="?",
+        metavar="MODEL_ID",
+        help="show this model's inputs: name, type, what it accepts, default, required",
+    )
     models.add_argument("--api-url", help="API base URL (as for run)")
     models.add_argument("--project-id", help="Scenario project id (as for run)")
     models.add_argument("--simulate", action="store_true", help="ask the embedded simulator")
@@ -366,7 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if os.environ.get(defaults.TRACEBACK_VARIABLE):
             traceback.print_exception(exc)
-        print(f"batchgen: error: {known}", file=sys.stderr)
+        for line in str(known).splitlines():
+            print(f"batchgen: error: {line}", file=sys.stderr)
         return known.exit_code
 
 
@@ -382,288 +373,110 @@ def _known_error(exc: BaseException) -> BatchgenError | None:
     return None
 
 
-def _load(args: argparse.Namespace) -> Manifest:
-    """The manifest, with the file name template of --filename when one is given."""
-    manifest = load_manifest(args.manifest)
-    if args.filename is not None:
-        manifest = dataclasses.replace(manifest, filename=args.filename)
-    return manifest
-
-
 def _validate(args: argparse.Namespace) -> int:
-    manifest = _load(args)
-    total = count_units(manifest)
-    print(f"{args.manifest}: ok, {len(manifest.entries)} entries expand to {total} units")
-    try:
-        base_url, credentials, project_id = _connection(args)
-    except ConfigError:
-        return EXIT_OK  # no credentials given: nothing is sent
-    try:
-        known = {m.get("id") for m in _fetch_models(args, base_url, credentials, project_id)}
-    except BatchgenError as exc:
-        print(f"{args.manifest}: warning: could not check the model ids: {exc}", file=sys.stderr)
-        return EXIT_OK
-    for model, line in sorted({(e.model, e.line) for e in manifest.entries}, key=lambda m: m[1]):
-        if model not in known:
-            print(
-                f"{args.manifest}:{line}: warning: model {model!r} is not among the models "
-                "these credentials can use (batchgen models lists them)",
-                file=sys.stderr,
-            )
+    checked = app.validate(
+        args.manifest, api_url=args.api_url, project_id=args.project_id, filename=args.filename
+    )
+    print(f"{checked.manifest}: ok, {checked.entries} entries expand to {checked.units} units")
+    if checked.not_checked_because == "no credentials":
+        print(
+            f"{checked.manifest}: the models' inputs were not checked: no credentials "
+            "(set SCENARIO_API_KEY and SCENARIO_API_SECRET to check them)",
+            file=sys.stderr,
+        )
+    elif not checked.inputs_checked:
+        print(
+            f"{checked.manifest}: the models' inputs were not checked: "
+            f"{checked.not_checked_because}",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
-def _connection(args: argparse.Namespace) -> tuple[str, Credentials, str | None]:
-    """(API base URL, credentials, project id) from the options and the environment.
-    With --simulate the URL is known only once the simulator runs: it is left empty."""
-    project_id = args.project_id or os.environ.get(defaults.PROJECT_VARIABLE) or None
-    if args.simulate:
-        return "", Credentials(key="sim", secret=secrets.token_urlsafe(24)), project_id
-    base_url = args.api_url or os.environ.get(defaults.API_URL_VARIABLE) or defaults.DEFAULT_API_URL
-    parsed = URL(base_url)
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ConfigError(f"--api-url: not an http(s) URL: {base_url!r}")
-    return base_url, Credentials.from_environment(), project_id
-
-
-async def _estimate(
-    args: argparse.Namespace,
-    manifest: Manifest,
-    out_dir: Path,
-    credentials: Credentials,
-    base_url: str,
-    project_id: str | None,
-) -> int:
-    """Cost of the units still to do: one dry run (HTTP 269, nothing created) per shape."""
-    journal = Journal(out_dir) if (out_dir / JOURNAL_NAME).is_file() else None
-    shapes: dict[str, tuple[str, dict[str, Any], int]] = {}
-    try:
-        units = iter_units(manifest)
-        for unit in units if args.shard is None else args.shard.select(units):
-            if journal is not None:
-                action = resume_action(journal.get(unit.id), retry_failed=args.retry_failed)
-                if action not in (Resume.SUBMIT, Resume.RECONCILE):
-                    continue  # done, or its job is already paid for
-            body = unit.request_body()
-            key = cost_shape(unit.model, body)
-            model, first_body, count = shapes.get(key, (unit.model, body, 0))
-            shapes[key] = (model, first_body, count + 1)
-    finally:
-        if journal is not None:
-            journal.close()
-    async with contextlib.AsyncExitStack() as stack:
-        url = base_url
-        if args.simulate:
-            from .sim import SimConfig, serve  # loaded only when used
-
-            sim_config = SimConfig(api_key=credentials.key, api_secret=credentials.secret)
-            url = (await stack.enter_async_context(serve(sim_config))).api_url
-        settings = ApiSettings(base_url=url, credentials=credentials, project_id=project_id)
-        client = await stack.enter_async_context(ScenarioClient.open(settings))
-        total = 0.0
-        rows: list[dict[str, Any]] = []
-        for model, body, count in shapes.values():
-            ask = functools.partial(client.estimate, model, body)
-            cost = await with_retries(Request.OTHER_READ, ask, settings.retry)
-            total += (cost or 0.0) * count
-            size = f"{body.get('width')}x{body.get('height')}"
-            rows.append({"model": model, "size": size, "units": count, "cost_each": cost})
-            if not args.json:
-                print(f"  {count} x {model} {size}: {cost if cost is not None else '?'} CU each")
-    to_do = sum(count for _, _, count in shapes.values())
-    if args.json:
-        print(json.dumps({"units": to_do, "cost": total, "shapes": rows}))
-    else:
-        print(f"batchgen: {to_do} units to do would cost {total:g} creative units (dry run)")
-    return EXIT_OK
+def _connection_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"api_url": args.api_url, "project_id": args.project_id, "simulate": args.simulate}
 
 
 def _models(args: argparse.Namespace) -> int:
-    base_url, credentials, project_id = _connection(args)
-    models = _fetch_models(args, base_url, credentials, project_id)
-    if args.json:
-        print(json.dumps(models, ensure_ascii=False))
+    if args.model_id:
+        spec = app.model(args.model_id, **_connection_options(args))
+        if args.json:
+            print(json.dumps(spec.to_json(), ensure_ascii=False))
+            return EXIT_OK
+        print(f"{spec.id}  {spec.name}  {spec.privacy}".rstrip())
+        rows = [("input", "type", "accepts", "default", "required")]
+        for item in spec.inputs.values():
+            default = "" if item.default is None else json.dumps(item.default)
+            required = "yes" if item.always_required else "when " if item.required else ""
+            if required == "when ":
+                required = "sometimes"
+            rows.append((item.name, item.type, item.describe_range(), default, required))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print(
+                "  ".join(
+                    cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+                ).rstrip()
+            )
         return EXIT_OK
-    for model in models:
-        name = model.get("name") or ""
-        print(f"{model.get('id', '?')}\t{name}\t{model.get('type') or ''}".rstrip())
+    found = app.models(**_connection_options(args))
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False))
+        return EXIT_OK
+    for record in found:
+        name = record.get("name") or ""
+        line = f"{record.get('id', '?')}\t{record['privacy']}\t{name}\t{record.get('type') or ''}"
+        print(line.rstrip())
     return EXIT_OK
 
 
-def _fetch_models(
-    args: argparse.Namespace, base_url: str, credentials: Credentials, project_id: str | None
-) -> list[dict[str, Any]]:
-    """Every model the credentials can use (all pages)."""
-
-    async def fetch() -> list[dict[str, Any]]:
-        async with contextlib.AsyncExitStack() as stack:
-            url = base_url
-            if args.simulate:
-                from .sim import SimConfig, serve  # loaded only when used
-
-                sim_config = SimConfig(api_key=credentials.key, api_secret=credentials.secret)
-                url = (await stack.enter_async_context(serve(sim_config))).api_url
-            settings = ApiSettings(base_url=url, credentials=credentials, project_id=project_id)
-            client = await stack.enter_async_context(ScenarioClient.open(settings))
-            return await with_retries(Request.OTHER_READ, client.list_models, settings.retry)
-
-    return anyio.run(fetch)
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "out": args.out,
+        "api_url": args.api_url,
+        "project_id": args.project_id,
+        "concurrency": args.concurrency,
+        "poll_interval": args.poll_interval,
+        "job_timeout": args.job_timeout,
+        "job_attempts": args.job_attempts,
+        "downloads": args.downloads,
+        "retries": args.retries,
+        "retry_failed": args.retry_failed,
+        "max_runtime": args.max_runtime,
+        "fresh": args.fresh,
+        "budget": args.budget,
+        "filename": args.filename,
+        "shard": args.shard,
+        "simulate": args.simulate,
+        "sim_job_seconds": args.sim_job_seconds,
+    }
 
 
 def _run(args: argparse.Namespace) -> int:
-    manifest = _load(args)
-    shard: Shard | None = args.shard
-    total = (
-        count_units(manifest)
-        if shard is None
-        else sum(1 for _ in shard.select(iter_units(manifest)))
-    )
-    out_dir = args.out or manifest.output or defaults.DEFAULT_OUTPUT_ROOT / args.manifest.stem
-    if shard is not None:
-        out_dir = out_dir / shard.directory
-    concurrency = args.concurrency or manifest.concurrency or defaults.DEFAULT_CONCURRENCY
-
-    base_url, credentials, project_id = _connection(args)
-
-    engine_settings = EngineSettings(
-        output_dir=out_dir,
-        concurrency=concurrency,
-        poll_interval=args.poll_interval,
-        job_timeout=args.job_timeout,
-        job_attempts=args.job_attempts,
-        download_workers=args.downloads or defaults.download_workers_for(concurrency),
-        filename=manifest.filename,
-    )
-    log.info(
-        "%s: %d units, output in %s, %d in flight at most",
-        args.manifest,
-        total,
-        out_dir,
-        concurrency,
-    )
     if args.estimate:
-        return anyio.run(_estimate, args, manifest, out_dir, credentials, base_url, project_id)
-    if args.fresh and out_dir.exists() and any(out_dir.iterdir()):
-        aside = out_dir.with_name(f"{out_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
-        with OutputLock(out_dir):  # never move a directory from under a live run
-            out_dir.rename(aside)
-        log.warning("--fresh: the previous output is kept in %s", aside)
-    with OutputLock(out_dir):
-        journal = Journal(out_dir, failed_job_limit=args.job_attempts)
-        try:
-            summary = anyio.run(
-                _run_async,
-                args,
-                manifest,
-                total,
-                credentials,
-                base_url,
-                project_id,
-                engine_settings,
-                journal,
-            )
-            if not (summary.interrupted or summary.out_of_time):
-                # Every unit of the manifest has a journal row now; any more are old ones.
-                departed = sum(journal.counts().values()) - total
-                if departed > 0:
-                    log.warning(
-                        "%d units recorded in %s are no longer in the manifest; "
-                        "they are kept, with their lines in results.jsonl",
-                        departed,
-                        out_dir,
-                    )
-        finally:
-            # Also after an error or an interruption: the views must match the journal.
-            write_results(journal.results(), out_dir)
-            _write_dataset_metadata(journal, out_dir, sharded=shard is not None)
-            spent = journal.spent()
-            journal.close()
-    code = _exit_code(summary, total)
-    if args.json:
-        report = {**summary.to_json(), "spent_total": spent, "output": str(out_dir)}
-        print(json.dumps({**report, "exit_code": code}))
-    else:
-        print(f"batchgen: {summary.line()}")
-        for unit_id, reason in summary.failures:
-            print(f"  failed {unit_id}: {reason}")
-    return code
-
-
-def _exit_code(summary: Summary, total: int) -> int:
-    if summary.interrupted:
-        return EXIT_INTERRUPTED
-    if summary.out_of_time:
-        return EXIT_OUT_OF_TIME
-    return (
-        EXIT_OK
-        if summary.failed == 0
-        and summary.left_failed == 0
-        and summary.done + summary.skipped == total
-        else EXIT_FAILED_UNITS
-    )
-
-
-async def _run_async(
-    args: argparse.Namespace,
-    manifest: Manifest,
-    total: int,
-    credentials: Credentials,
-    base_url: str,
-    project_id: str | None,
-    settings: EngineSettings,
-    journal: Journal,
-) -> Summary:
-    async with contextlib.AsyncExitStack() as stack:
-        if args.simulate:
-            from .sim import SimConfig, serve  # loaded only when used
-
-            sim_config = SimConfig(
-                api_key=credentials.key,
-                api_secret=credentials.secret,
-                job_seconds=args.sim_job_seconds,
-            )
-            simulator = await stack.enter_async_context(serve(sim_config))
-            base_url = simulator.api_url
-            log.info("simulator running at %s", base_url)
-        api_settings = ApiSettings(
-            base_url=base_url,
-            credentials=credentials,
-            project_id=project_id,
-            retry=RetrySettings(max_attempts=args.retries),
-        )
-        client = await stack.enter_async_context(ScenarioClient.open(api_settings))
-        fetcher = await stack.enter_async_context(
-            AssetDownloader.open(api_settings.download_timeout)
-        )
-        engine = Engine(
-            client,
-            fetcher,
-            journal,
-            settings,
-            api_settings.retry,
-            retry_failed=args.retry_failed,
-            budget=args.budget,
-            spent_before=journal.spent(),
-        )
+        found = app.estimate(args.manifest, **_run_options(args))
+        if args.json:
+            print(json.dumps(found.to_json()))
+            return EXIT_OK
+        for shape in found.shapes:
+            cost = shape.cost_each if shape.cost_each is not None else "?"
+            print(f"  {shape.units} x {shape.model} {shape.size}: {cost} CU each")
+        units, cost = found.units, found.cost
+        print(f"batchgen: {units} units to do would cost {cost:g} creative units (dry run)")
+        return EXIT_OK
+    with contextlib.ExitStack() as stack:
         display = _open_display(args, stack)
-        meter = RateMeter()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signal, tg.cancel_scope, engine.summary)
-            if display is not None:
-                tg.start_soon(_show_progress, engine, display, meter)
-            with anyio.move_on_after(args.max_runtime) as deadline:
-                units = iter_units(manifest)
-                await engine.run(units if args.shard is None else args.shard.select(units), total)
-            if deadline.cancelled_caught:
-                engine.summary.out_of_time = True
-                log.warning("--max-runtime reached; the next run continues from here")
-            tg.cancel_scope.cancel()
-        if display is not None and display.live:  # its last frame is the final state
-            _show_now(engine, display, meter)
-        return engine.summary
+        report = app.run(args.manifest, **_run_options(args), display=display, handle_signals=True)
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print(f"batchgen: {report.line}")
+        for failure in report.failures:
+            print(f"  failed {failure['id']}: {failure['error']}")
+    return report.exit_code
 
 
-def _open_display(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> Display | None:
+def _open_display(args: argparse.Namespace, stack: contextlib.ExitStack) -> Display | None:
     """The live panel on a terminal, a progress line every few seconds elsewhere, and
     nothing with --quiet."""
     if args.quiet:
@@ -675,89 +488,23 @@ def _open_display(args: argparse.Namespace, stack: contextlib.AsyncExitStack) ->
     return LineDisplay(args.progress_every)
 
 
-async def _show_progress(engine: Engine, display: Display, meter: RateMeter) -> None:
-    while True:
-        await anyio.sleep(display.interval)
-        _show_now(engine, display, meter)
-
-
-def _show_now(engine: Engine, display: Display, meter: RateMeter) -> None:
-    snapshot = engine.snapshot()
-    display.show(snapshot, meter.add(snapshot.elapsed, snapshot.done))
-
-
-async def _stop_on_signal(scope: CancelScope, summary: Summary) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.warning(
-                "%s: stopping; jobs already submitted keep running at the server",
-                signal.Signals(signum).name,
-            )
-            summary.interrupted = True
-            scope.cancel()
-            return
-
-
-def _write_dataset_metadata(journal: Journal, out_dir: Path, *, sharded: bool) -> None:
-    """``metadata.jsonl`` for the run's directory or, for a shard, for the whole output
-    root, covering every shard that has a journal (see :mod:`batchgen.dataset`).
-    ``journal`` is the run's own, still open."""
-    if not sharded:
-        write_metadata(out_dir, [("", journal.results())])
-        return
-    with contextlib.ExitStack() as stack:
-        parts = []
-        for place in shard_directories(out_dir.parent):
-            if place == out_dir:
-                parts.append((f"{place.name}/", journal.results()))
-            elif (place / JOURNAL_NAME).is_file():
-                other = Journal(place)
-                stack.callback(other.close)
-                parts.append((f"{place.name}/", other.results()))
-        write_metadata(out_dir.parent, parts)
-
-
 def _status(args: argparse.Namespace) -> int:
-    out: Path = args.out
-    places = [out] if (out / JOURNAL_NAME).is_file() else shard_directories(out)
-    places = [p for p in places if (p / JOURNAL_NAME).is_file()]
-    if not places:
-        raise ConfigError(f"{out}: no batchgen journal here (is it a run's output directory?)")
-    counts: Counter[str] = Counter()
-    spent = 0.0
-    failures: list[tuple[str, str, bool, str | None]] = []
-    for place in places:
-        journal = Journal(place)
-        try:
-            counts.update(journal.counts())
-            spent += journal.spent()
-            failures.extend(journal.failures())
-        finally:
-            journal.close()
-    running = any(run_in_progress(place) for place in places)
+    found = app.status(args.out)
     if args.json:
-        report = {
-            "out": str(out),
-            "shards": [p.name for p in places] if places != [out] else [],
-            "running": running,
-            "units": sum(counts.values()),
-            "states": dict(counts),
-            "cost": spent,
-            "failures": [
-                {"id": unit_id, "error": error, "permanent": permanent, "job_id": job_id}
-                for unit_id, error, permanent, job_id in failures
-            ],
-        }
-        print(json.dumps(report, ensure_ascii=False))
+        print(json.dumps(found.to_json(), ensure_ascii=False))
         return EXIT_OK
     states = (
-        ", ".join(f"{count} {state}" for state, count in sorted(counts.items())) or "nothing yet"
+        ", ".join(f"{count} {state}" for state, count in sorted(found.states.items()))
+        or "nothing yet"
     )
-    print(f"{out}: {'a run is in progress; ' if running else ''}{states}; cost {spent:g} CU")
-    for unit_id, error, permanent, _ in failures[:STATUS_FAILURES_SHOWN]:
-        print(f"  failed {unit_id}{' (for good)' if permanent else ''}: {error}")
-    if len(failures) > STATUS_FAILURES_SHOWN:
-        print(f"  ... and {len(failures) - STATUS_FAILURES_SHOWN} more (--json lists them all)")
+    running = "a run is in progress; " if found.running else ""
+    print(f"{found.out}: {running}{states}; cost {found.cost:g} CU")
+    for failure in found.failures[:STATUS_FAILURES_SHOWN]:
+        permanent = " (for good)" if failure["permanent"] else ""
+        print(f"  failed {failure['id']}{permanent}: {failure['error']}")
+    if len(found.failures) > STATUS_FAILURES_SHOWN:
+        more = len(found.failures) - STATUS_FAILURES_SHOWN
+        print(f"  ... and {more} more (--json lists them all)")
     return EXIT_OK
 
 

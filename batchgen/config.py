@@ -46,6 +46,9 @@ PROGRESS_EVERY_SECONDS = 5.0
 KEY_VARIABLES = ("SCENARIO_API_KEY", "SCENARIO_SDK_API_KEY")
 SECRET_VARIABLES = ("SCENARIO_API_SECRET", "SCENARIO_SDK_API_SECRET")
 API_URL_VARIABLE = "SCENARIO_API_URL"
+# The official SDK's name for the same, read after batchgen's own.
+SDK_BASE_URL_VARIABLE = "SCENARIO_BASE_URL"
+API_VERSION_PATH = "/v1"
 PROJECT_VARIABLE = "SCENARIO_PROJECT_ID"
 TRACEBACK_VARIABLE = "BATCHGEN_TRACEBACK"
 
@@ -72,6 +75,18 @@ class Credentials:
                 "(or SCENARIO_SDK_API_KEY/SCENARIO_SDK_API_SECRET), or use --simulate"
             )
         return cls(key=key, secret=secret)
+
+
+def api_base_url(given: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The API's origin (and any path prefix) without the version: ``--api-url``, else
+    ``$SCENARIO_API_URL``, else the SDK's ``$SCENARIO_BASE_URL``, else the real API.
+    Given with or without ``/v1`` (the SDK's base URL includes it), it means the same."""
+    env = os.environ if environ is None else environ
+    url = given or env.get(API_URL_VARIABLE) or env.get(SDK_BASE_URL_VARIABLE) or DEFAULT_API_URL
+    url = url.strip().rstrip("/")
+    if url.endswith(API_VERSION_PATH):
+        url = url[: -len(API_VERSION_PATH)]
+    return url
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,15 +44,19 @@ def image_rows(result: dict[str, Any], prefix: str = "") -> Iterator[dict[str, A
     if result.get("status") != "success":
         return
     extras = result.get("metadata") or {}
+    sizes = result.get("sizes") or []
     for index, relative in enumerate(result.get("files") or []):
+        # Each image's own size when the results line has it (older ones do not).
+        own = sizes[index] if index < len(sizes) and sizes[index] else None
+        width, height = own or (result.get("width"), result.get("height"))
         row: dict[str, Any] = {
             "file_name": f"{prefix}{relative}",
             "unit_id": result["id"],
             "image_index": index,
             "prompt": result.get("prompt"),
             "model": result.get("model"),
-            "width": result.get("width"),
-            "height": result.get("height"),
+            "width": width,
+            "height": height,
             "params": json.dumps(result.get("params") or {}, sort_keys=True),
             "seed": result.get("seed"),
             "job_id": result.get("job_id"),

@@ -877,19 +877,22 @@ class Engine:
                 job_status=job.status,
             )
         try:
-            files, reported_seed = await self._download_job(item, job, assets)
+            files, reported_seed, sizes = await self._download_job(item, job, assets)
         except (ApiError, DownloadError) as exc:
             return UnitResult.failure(
                 item.unit, job_id=job.job_id, error=_describe(exc), cost=cost, job_status=job.status
             )
         asked = item.unit.params.get("seed")
         seed = asked if isinstance(asked, int) and not isinstance(asked, bool) else reported_seed
-        return UnitResult.success(item.unit, job_id=job.job_id, files=files, cost=cost, seed=seed)
+        return UnitResult.success(
+            item.unit, job_id=job.job_id, files=files, cost=cost, seed=seed, sizes=sizes
+        )
 
     async def _download_job(
         self, item: InFlight, job: JobRecord, assets: list[Asset] | None
-    ) -> tuple[list[tuple[str, str]], int | None]:
-        """The unit's files as (path, sha256), and the seed the first asset reports."""
+    ) -> tuple[list[tuple[str, str]], int | None, list[tuple[int, int] | None]]:
+        """The unit's files as (path, sha256), the seed the first asset reports, and each
+        image's own size (the asset's word for it, else its file's header)."""
         unit = item.unit
         if assets is None and job.asset_ids:
             assets = await with_retries(
@@ -905,9 +908,11 @@ class Engine:
         elif assets is None:
             raise DownloadError("the job succeeded but lists no assets", transient=False)
         files: list[tuple[str, str]] = []
+        sizes: list[tuple[int, int] | None] = []
         out = self._settings.output_dir
         for index, asset in enumerate(assets):
-            name = self._settings.filename.render(unit, index, asset.suffix)
+            reported = (asset.width, asset.height) if asset.width and asset.height else None
+            name = self._settings.filename.render(unit, index, asset.suffix, reported)
             destination = self._images / name
             fallback: Path | None = None
             if f"{IMAGES_DIR}/{name}" not in item.own_files:
@@ -931,7 +936,8 @@ class Engine:
                 )
             relative = downloaded.path.relative_to(out).as_posix()
             files.append((relative, downloaded.sha256))
-        return files, assets[0].seed
+            sizes.append(reported or downloaded.dimensions)
+        return files, assets[0].seed, sizes
 
     def _fetch_fresh(
         self, asset: Asset, destination: Path, fallback: Path | None, *, refresh: bool

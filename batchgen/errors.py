@@ -23,6 +23,14 @@ contain credentials or signed URLs.
 
 from __future__ import annotations
 
+# What a run's exit code says (the README's table).
+EXIT_OK = 0
+EXIT_FAILED_UNITS = 1
+EXIT_INVALID = 2
+EXIT_LOCKED = 3
+EXIT_OUT_OF_TIME = 4
+EXIT_INTERRUPTED = 130
+
 
 class BatchgenError(Exception):
     """Base of every error batchgen explains in one line."""

@@ -215,6 +215,18 @@ class Journal:
                 return
             after = page[-1][0]
 
+    def remember(self, key: str, value: str) -> None:
+        """Keep a fact about the run beside the units (such as a model's inputs)."""
+        self._write(("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)))
+
+    def recall(self, prefix: str) -> dict[str, str]:
+        """The facts kept under keys starting with ``prefix``, by the rest of the key."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+            ).fetchall()
+        return {key[len(prefix) :]: value for key, value in rows}
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM units GROUP BY state").fetchall()

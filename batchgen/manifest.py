@@ -5,7 +5,7 @@ it names.  Every error is a :class:`ManifestError` naming the file, the line and
 field, raised before anything is sent or written.
 
 A work unit is one generation job.  Its id is a digest of the request it makes
-(model, prompt, width, height, params) and of its repeat index, so the same manifest
+(model, prompt, size, params) and of its repeat index, so the same manifest
 always yields the same ids and a changed prompt or param yields a new unit.  The repeat
 index counts identical requests in manifest order: ``count: 3`` gives repeats 0, 1, 2,
 and a prompt that appears again later (in another entry or a prompts file) continues
@@ -36,6 +36,7 @@ TOP_LEVEL_KEYS = (
     "model",
     "width",
     "height",
+    "aspect_ratio",
     "params",
     "output",
     "filename",
@@ -50,12 +51,15 @@ ENTRY_KEYS = (
     "model",
     "width",
     "height",
+    "aspect_ratio",
     "sizes",
     "params",
     "count",
 )
 # Set by their own fields; a second way to set them would make the digest ambiguous.
-RESERVED_PARAMS = ("prompt", "width", "height")
+RESERVED_PARAMS = ("prompt", "width", "height", "aspectRatio")
+RESERVED_FIELDS = {"aspectRatio": "aspect_ratio"}
+ASPECT_RATIO_PATTERN = re.compile(r"^([1-9][0-9]{0,3}):([1-9][0-9]{0,3})$")
 PROMPT_FILE_SUFFIXES = (".txt", ".csv", ".jsonl")
 SIZE_MULTIPLE = 16
 MAX_COUNT = 100_000
@@ -69,6 +73,50 @@ VAR_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True, slots=True)
+class Size:
+    """How big an image is asked for: a width and height, an aspect ratio (``16:9``), or
+    nothing (the model's own default).  Which a model takes is its input list's say."""
+
+    width: int | None = None
+    height: int | None = None
+    ratio: str | None = None
+    # Where the manifest gives it, for messages (0 and "" when it is the default).
+    line: int = 0
+    field: str = ""
+
+    def body(self) -> dict[str, Any]:
+        if self.ratio is not None:
+            return {"aspectRatio": self.ratio}
+        if self.width is not None and self.height is not None:
+            return {"width": self.width, "height": self.height}
+        return {}
+
+    @property
+    def key(self) -> tuple[int | None, int | None, str | None]:
+        return (self.width, self.height, self.ratio)
+
+    def canonical(self) -> str:
+        """Its part of the canonical request (see :func:`canonical_request`): ``w,h`` as
+        ever, so the ids of width/height units never change; a ratio or no size are
+        spelled so no width/height pair can be mistaken for them."""
+        if self.ratio is not None:
+            return f"{json.dumps(self.ratio)},null"
+        if self.width is not None and self.height is not None:
+            return f"{self.width},{self.height}"
+        return "null,null"
+
+    def __str__(self) -> str:
+        if self.ratio is not None:
+            return self.ratio
+        if self.width is not None:
+            return f"{self.width}x{self.height}"
+        return "the model's default size"
+
+
+NO_SIZE = Size()
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One item of ``jobs:`` with the manifest's defaults already applied."""
 
@@ -77,13 +125,17 @@ class Entry:
     label: str
     explicit_id: bool
     model: str
-    sizes: tuple[tuple[int, int], ...]
+    sizes: tuple[Size, ...]
     params: Mapping[str, Any]
     count: int
     prompt: str | None = None
     prompt_line: int = 0
     prompts_file: Path | None = None
     variables: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    # Where each param is given, for messages: name -> (line, field path).
+    param_places: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+    model_line: int = 0
+    model_field: str = "model"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,17 +155,24 @@ class Unit:
     entry: str
     model: str
     prompt: str
-    width: int
-    height: int
+    width: int | None
+    height: int | None
     params: Mapping[str, Any]
     repeat: int
     source: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
     # Its place in the manifest's order (0, 1, ...), for file names.
     index: int = 0
+    aspect_ratio: str | None = None
 
     def request_body(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "width": self.width, "height": self.height, **self.params}
+        body: dict[str, Any] = {"prompt": self.prompt}
+        if self.aspect_ratio is not None:
+            body["aspectRatio"] = self.aspect_ratio
+        elif self.width is not None and self.height is not None:
+            body["width"], body["height"] = self.width, self.height
+        body.update(self.params)
+        return body
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -197,18 +256,47 @@ class _Reader:
             )
         return value
 
+    def aspect_ratio(self, node: yaml.Node, field_name: str) -> str:
+        value = self.value(node, field_name)
+        if not isinstance(value, str) or not ASPECT_RATIO_PATTERN.match(value.strip()):
+            shown = value if isinstance(value, str) else _type_name(value)
+            raise self.fail(
+                node, field_name, f'must be a ratio such as "16:9" (quoted), got {shown!r}'
+            )
+        return value.strip()
+
+    def size(self, node: yaml.Node, field_name: str) -> Size:
+        """One item of ``sizes``: ``[width, height]`` or a ratio string."""
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.ScalarNode):
+            return Size(ratio=self.aspect_ratio(node, field_name), line=line, field=field_name)
+        pair = self.sequence(node, field_name)
+        if len(pair) != 2:
+            raise self.fail(
+                node, field_name, f"must be [width, height] or a ratio, got {len(pair)} values"
+            )
+        width = self.dimension(pair[0], f"{field_name}[0]")
+        height = self.dimension(pair[1], f"{field_name}[1]")
+        return Size(width, height, line=line, field=field_name)
+
     def sequence(self, node: yaml.Node, field_name: str) -> list[yaml.Node]:
         if not isinstance(node, yaml.SequenceNode):
             raise self.fail(node, field_name, f"must be a list, got {_kind(node)}")
         return list(node.value)
 
-    def params(self, node: yaml.Node, field_name: str) -> dict[str, Any]:
+    def params(
+        self, node: yaml.Node, field_name: str, places: dict[str, tuple[int, str]]
+    ) -> dict[str, Any]:
         items = self.mapping(node, field_name, ())
         result: dict[str, Any] = {}
         for key, value_node in items.items():
             name = f"{field_name}.{key}"
+            places[key] = (value_node.start_mark.line + 1, name)
             if key in RESERVED_PARAMS:
-                raise self.fail(value_node, name, f"set {key} with its own field, not in params")
+                own = RESERVED_FIELDS.get(key, key)
+                raise self.fail(
+                    value_node, name, f"set {key} with its own field ({own}:), not in params"
+                )
             result[key] = self.json_value(value_node, name)
             if key == "seed":
                 seed = result[key]
@@ -255,10 +343,22 @@ def load_manifest(path: str | Path) -> Manifest:
     defaults: dict[str, Any] = {}
     if "model" in top:
         defaults["model"] = reader.string(top["model"], "model")
+        defaults["model_line"] = top["model"].start_mark.line + 1
     for name in ("width", "height"):
         if name in top:
-            defaults[name] = reader.dimension(top[name], name)
-    defaults["params"] = reader.params(top["params"], "params") if "params" in top else {}
+            defaults[name] = (reader.dimension(top[name], name), top[name].start_mark.line + 1)
+    if "aspect_ratio" in top:
+        if "width" in top or "height" in top:
+            raise reader.fail(top["aspect_ratio"], "aspect_ratio", "give either it or width/height")
+        ratio_node = top["aspect_ratio"]
+        defaults["aspect_ratio"] = Size(
+            ratio=reader.aspect_ratio(ratio_node, "aspect_ratio"),
+            line=ratio_node.start_mark.line + 1,
+            field="aspect_ratio",
+        )
+    places: dict[str, tuple[int, str]] = {}
+    defaults["params"] = reader.params(top["params"], "params", places) if "params" in top else {}
+    defaults["param_places"] = places
     output = None
     if "output" in top:
         output = path.parent / reader.string(top["output"], "output")
@@ -323,55 +423,20 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
     if ("prompt" in items) == ("prompts_file" in items):
         raise reader.fail(node, name, "give exactly one of prompt or prompts_file")
 
-    model = (
-        reader.string(items["model"], f"{name}.model")
-        if "model" in items
-        else defaults.get("model")
-    )
-    if model is None:
+    if "model" in items:
+        model = reader.string(items["model"], f"{name}.model")
+        model_line, model_field = items["model"].start_mark.line + 1, f"{name}.model"
+    elif "model" in defaults:
+        model, model_line, model_field = defaults["model"], defaults["model_line"], "model"
+    else:
         raise reader.fail(node, f"{name}.model", "no model: set model at the top or in this entry")
 
-    sizes: list[tuple[int, int]] = []
-    if "sizes" in items:
-        for key in ("width", "height"):
-            if key in items:
-                raise reader.fail(items[key], f"{name}.{key}", "give either sizes or width/height")
-        size_nodes = reader.sequence(items["sizes"], f"{name}.sizes")
-        if not size_nodes:
-            raise reader.fail(
-                items["sizes"], f"{name}.sizes", "must list at least one [width, height]"
-            )
-        for size_index, size_node in enumerate(size_nodes):
-            size_name = f"{name}.sizes[{size_index}]"
-            pair = reader.sequence(size_node, size_name)
-            if len(pair) != 2:
-                raise reader.fail(
-                    size_node, size_name, f"must be [width, height], got {len(pair)} values"
-                )
-            sizes.append(
-                (
-                    reader.dimension(pair[0], f"{size_name}[0]"),
-                    reader.dimension(pair[1], f"{size_name}[1]"),
-                )
-            )
-    else:
-        dims: dict[str, int] = {}
-        for key in ("width", "height"):
-            if key in items:
-                dims[key] = reader.dimension(items[key], f"{name}.{key}")
-            elif key in defaults:
-                dims[key] = defaults[key]
-            else:
-                raise reader.fail(
-                    node, f"{name}.{key}", f"no {key}: set it at the top or in this entry"
-                )
-        sizes.append((dims["width"], dims["height"]))
-    if len(set(sizes)) != len(sizes):
-        raise reader.fail(items["sizes"], f"{name}.sizes", "lists the same size twice")
+    sizes = _entry_sizes(reader, name, node, items, defaults)
 
     params = dict(defaults["params"])
+    param_places = dict(defaults["param_places"])
     if "params" in items:
-        params.update(reader.params(items["params"], f"{name}.params"))
+        params.update(reader.params(items["params"], f"{name}.params", param_places))
 
     count = 1
     if "count" in items:
@@ -435,7 +500,61 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
         prompt_line=prompt_line,
         prompts_file=prompts_file,
         variables=tuple(variables),
+        param_places=param_places,
+        model_line=model_line,
+        model_field=model_field,
     )
+
+
+def _entry_sizes(
+    reader: _Reader,
+    name: str,
+    node: yaml.Node,
+    items: dict[str, yaml.Node],
+    defaults: dict[str, Any],
+) -> tuple[Size, ...]:
+    """The entry's sizes: its ``sizes``, else its own ``aspect_ratio`` or width/height
+    (each side from the entry or the top), else the top's, else the model's default."""
+    if "sizes" in items:
+        for key in ("width", "height", "aspect_ratio"):
+            if key in items:
+                raise reader.fail(items[key], f"{name}.{key}", f"give either sizes or {key}")
+        size_nodes = reader.sequence(items["sizes"], f"{name}.sizes")
+        if not size_nodes:
+            raise reader.fail(
+                items["sizes"], f"{name}.sizes", "must list at least one [width, height] or ratio"
+            )
+        sizes = [reader.size(n, f"{name}.sizes[{i}]") for i, n in enumerate(size_nodes)]
+        if len({size.key for size in sizes}) != len(sizes):
+            raise reader.fail(items["sizes"], f"{name}.sizes", "lists the same size twice")
+        return tuple(sizes)
+    if "aspect_ratio" in items:
+        for key in ("width", "height"):
+            if key in items:
+                raise reader.fail(items[key], f"{name}.{key}", "give either it or aspect_ratio")
+        ratio_node = items["aspect_ratio"]
+        ratio = reader.aspect_ratio(ratio_node, f"{name}.aspect_ratio")
+        return (
+            Size(ratio=ratio, line=ratio_node.start_mark.line + 1, field=f"{name}.aspect_ratio"),
+        )
+    if "width" in items or "height" in items or "width" in defaults or "height" in defaults:
+        dims: dict[str, int] = {}
+        line, where = 0, ""
+        for key in ("width", "height"):
+            if key in items:
+                dims[key] = reader.dimension(items[key], f"{name}.{key}")
+                line, where = items[key].start_mark.line + 1, f"{name}.{key}"
+            elif key in defaults:
+                dims[key], top_line = defaults[key]
+                line, where = line or top_line, where or key
+            else:
+                raise reader.fail(
+                    node, f"{name}.{key}", f"no {key}: set it at the top or in this entry"
+                )
+        return (Size(dims["width"], dims["height"], line=line, field=where),)
+    if "aspect_ratio" in defaults:
+        return (defaults["aspect_ratio"],)
+    return (NO_SIZE,)
 
 
 def _template_fields(template: str) -> set[str]:
@@ -472,13 +591,13 @@ def iter_units(manifest: Manifest) -> Iterator[Unit]:
         # encode it once, not once per prompt (this loop runs millions of times).
         model_json = json.dumps(entry.model, ensure_ascii=False)
         params_json = _canonical_json(entry.params)
-        tails = [(w, h, f",{w},{h},{params_json}]") for w, h in entry.sizes]
+        tails = [(size, f",{size.canonical()},{params_json}]") for size in entry.sizes]
         # "per-unit" stays in the digest, so the id says how the seed was chosen, and
         # the seed sent is drawn from that id: the same unit asks the same seed again.
         derive_seed = entry.params.get("seed") == PER_UNIT_SEED
-        for prompt, metadata, source in _iter_named_prompts(manifest, entry):
+        for prompt, metadata, source in iter_entry_prompts(manifest, entry):
             head = f"[{model_json},{json.dumps(prompt, ensure_ascii=False)}"
-            for width, height, tail in tails:
+            for size, tail in tails:
                 request = head + tail
                 key = hashlib.sha256(request.encode()).digest()[:12]
                 first_repeat = occurrences.get(key, 0)
@@ -493,13 +612,14 @@ def iter_units(manifest: Manifest) -> Iterator[Unit]:
                         entry=entry.label,
                         model=entry.model,
                         prompt=prompt,
-                        width=width,
-                        height=height,
+                        width=size.width,
+                        height=size.height,
                         params=params,
                         repeat=repeat,
                         source=source,
                         metadata=metadata,
                         index=index,
+                        aspect_ratio=size.ratio,
                     )
                     index += 1
 
@@ -516,7 +636,7 @@ def count_units(manifest: Manifest) -> int:
     (and so checks) the whole manifest before its first submission."""
     total = 0
     for entry in manifest.entries:
-        prompts = sum(1 for _ in _iter_named_prompts(manifest, entry))
+        prompts = sum(1 for _ in iter_entry_prompts(manifest, entry))
         total += prompts * len(entry.sizes) * entry.count
     return total
 
@@ -526,22 +646,24 @@ def unit_id(canonical_request: str, repeat: int) -> str:
     return digest[:UNIT_ID_HEX_DIGITS]
 
 
-def canonical_request(
-    model: str, prompt: str, width: int, height: int, params: Mapping[str, Any]
-) -> str:
-    """The definition of what a unit id digests; :func:`iter_units` builds the same
-    string piecewise, and a test holds the two equal."""
-    return _canonical_json([model, prompt, width, height, params])
+def canonical_request(model: str, prompt: str, size: Size, params: Mapping[str, Any]) -> str:
+    """The definition of what a unit id digests: ``[model, prompt, width, height,
+    params]``, where an aspect ratio stands in the width's place with a null height, and
+    no size is two nulls.  :func:`iter_units` builds the same string piecewise, and a
+    test holds the two equal."""
+    first = size.ratio if size.ratio is not None else size.width
+    return _canonical_json([model, prompt, first, size.height, params])
 
 
 def _canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def _iter_named_prompts(
+def iter_entry_prompts(
     manifest: Manifest, entry: Entry
 ) -> Iterator[tuple[str, Mapping[str, Any], str]]:
-    """The entry's prompts, each checked to have the columns the file name template uses."""
+    """The entry's prompts as (prompt, columns or vars, ``file:line``), each checked to
+    have the columns the file name template uses."""
     prompts = _iter_prompts(manifest, entry)
     if not manifest.filename.extras:
         yield from prompts

@@ -41,6 +41,7 @@ UNIT_FIELDS: Mapping[str, int] = {
     "repeat": 6,
     "width": 6,
     "height": 6,
+    "aspect_ratio": 9,
     "slug": 60,
     "model": 64,
     "entry": 100,
@@ -67,16 +68,23 @@ class FileNameTemplate:
     numbered: bool  # holds {n}
     uses: frozenset[str]  # every field it holds
 
-    def render(self, unit: Unit, n: int, suffix: str) -> PurePosixPath:
-        """The image's path relative to the images directory."""
+    def render(
+        self, unit: Unit, n: int, suffix: str, size: tuple[int, int] | None = None
+    ) -> PurePosixPath:
+        """The image's path relative to the images directory.  ``size`` is the image's
+        own width and height when known; else the size asked for (0 for none)."""
+        width, height = size or (unit.width or 0, unit.height or 0)
         values: dict[str, Any] = {
             "id": unit.id,
             "index": unit.index,
             "n": n,
             "repeat": unit.repeat,
-            "width": unit.width,
-            "height": unit.height,
+            "width": width,
+            "height": height,
         }
+        if "aspect_ratio" in self.uses:
+            ratio = unit.aspect_ratio.replace(":", "x") if unit.aspect_ratio else ""
+            values["aspect_ratio"] = ratio or EMPTY_VALUE
         # Only worked out when used: this runs for every image.
         if "slug" in self.uses:
             values["slug"] = slug(unit.prompt)

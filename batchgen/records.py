@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .errors import MalformedResponseError
+from .inputs import same_value
 
 RUNNING_STATUSES = frozenset({"pending", "queued", "warming-up", "in-progress", "finalizing"})
 TERMINAL_STATUSES = frozenset({"success", "failure", "canceled"})
@@ -53,6 +54,9 @@ class Asset:
     mime_type: str | None = None
     size: int | None = None
     seed: int | None = None  # as the asset's metadata reports it
+    # The image's own width and height (``properties``), when the API says.
+    width: int | None = None
+    height: int | None = None
 
     @property
     def suffix(self) -> str:
@@ -120,14 +124,14 @@ def server_time(value: str) -> datetime | None:
 
 
 def made_for(job: JobRecord, body: dict[str, Any]) -> bool:
-    """Whether ``job`` was created by a POST of ``body``: every field sent is in the
-    job's recorded input with the same value (the API may add defaults of its own)."""
-    if job.request is None:
+    """Whether ``job`` was created by a POST of ``body``, judged on its stored input
+    (``metadata.input``) as the server may have normalised it: every field sent is there
+    with the same value, where a number and its string are the same (``42``, ``"42"``,
+    ``42.0``), and keys the server added (its defaults, ``modelId``) are ignored."""
+    stored = job.request
+    if stored is None:
         return False
-    return all(job.request.get(key, _ABSENT) == value for key, value in body.items())
-
-
-_ABSENT = object()
+    return all(key in stored and same_value(value, stored[key]) for key, value in body.items())
 
 
 def parse_submission(payload: Any) -> Submission:
@@ -144,15 +148,25 @@ def parse_asset(payload: Any) -> Asset:
     if not isinstance(asset_id, str) or not isinstance(url, str) or not url:
         raise MalformedResponseError("asset response has no id or url")
     properties = _mapping(asset.get("properties"))
-    size = properties.get("size")
     mime = asset.get("mimeType")
     return Asset(
         id=asset_id,
         url=url,
         mime_type=mime if isinstance(mime, str) else None,
-        size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
+        size=_count(properties.get("size")),
         seed=_seed(_mapping(asset.get("metadata")).get("seed")),
+        width=_count(properties.get("width")) or None,
+        height=_count(properties.get("height")) or None,
     )
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative whole number (the SDK types sizes as floats: 1024.0 is 1024)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value) if value >= 0 else None
 
 
 def _seed(value: Any) -> int | None:

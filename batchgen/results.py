@@ -33,6 +33,9 @@ class UnitResult:
     permanent: bool = False
     # The seed the images were made with, when known.
     seed: int | None = None
+    # Each file's own (width, height), when known: a model given an aspect ratio picks
+    # the pixels, and the size asked for is not always the size made.
+    sizes: tuple[tuple[int, int] | None, ...] = ()
 
     @classmethod
     def success(
@@ -43,6 +46,7 @@ class UnitResult:
         files: list[tuple[str, str]],
         cost: float | None,
         seed: int | None = None,
+        sizes: list[tuple[int, int] | None] | None = None,
     ) -> UnitResult:
         return cls(
             unit=unit,
@@ -52,6 +56,7 @@ class UnitResult:
             cost=cost,
             job_status="success",
             seed=seed,
+            sizes=tuple(sizes or ()),
         )
 
     @classmethod
@@ -77,14 +82,18 @@ class UnitResult:
 
     def to_json(self) -> dict[str, Any]:
         unit = self.unit
+        first = next((size for size in self.sizes if size is not None), None)
+        width, height = first or (unit.width, unit.height)
         return {
             "id": unit.id,
             "status": self.status,
             "entry": unit.entry,
             "model": unit.model,
             "prompt": unit.prompt,
-            "width": unit.width,
-            "height": unit.height,
+            "width": width,
+            "height": height,
+            "aspect_ratio": unit.aspect_ratio,
+            "sizes": [list(size) if size else None for size in self.sizes],
             "params": dict(unit.params),
             "seed": self.seed,
             "repeat": unit.repeat,

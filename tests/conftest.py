@@ -27,6 +27,30 @@ TEST_NETWORK = Network(
 )
 
 
+@pytest.fixture(autouse=True)
+def _hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the developer's credentials, API address or proxy: a test that
+    wants one sets it."""
+    for name in (
+        "SCENARIO_API_KEY",
+        "SCENARIO_API_SECRET",
+        "SCENARIO_SDK_API_KEY",
+        "SCENARIO_SDK_API_SECRET",
+        "SCENARIO_API_URL",
+        "SCENARIO_BASE_URL",
+        "SCENARIO_PROJECT_ID",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def write(tmp_path: Path) -> Callable[[str, str], Path]:
     """Write a file under tmp_path and return its path."""
@@ -67,8 +91,6 @@ def start_simulator() -> Iterator[Callable[..., Simulator]]:
 
 @pytest.fixture
 def api_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SCENARIO_SDK_API_KEY", "SCENARIO_SDK_API_SECRET", "SCENARIO_API_URL"):
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SCENARIO_API_KEY", SIM_KEY)
     monkeypatch.setenv("SCENARIO_API_SECRET", SIM_SECRET)
 

@@ -53,6 +53,7 @@ def test_a_chaotic_run_loses_nothing_pays_nothing_twice_and_leaks_nothing(
         failure_rate=0.03,
         stuck_rate=0.02,
         url_lifetime=600,
+        normalise_input=True,
     )
     out = tmp_path / "out"
     code = run_cli(

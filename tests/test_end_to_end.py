@@ -153,7 +153,7 @@ def test_failed_units_give_exit_1_with_reasons_and_wait_for_retry_failed(
     manifest = write(
         "jobs.yaml",
         "model: model_sim-fast\nwidth: 64\nheight: 64\n"
-        "jobs:\n  - prompt: p\n    count: 6\n  - prompt: q\n    params: {bogus: 1}\n",
+        "jobs:\n  - prompt: p\n    count: 6\n  - prompt: q forbidden\n",
     )
     sim = start_simulator(failure_rate=0.6, seed=3)
     out = tmp_path / "out"
@@ -163,7 +163,9 @@ def test_failed_units_give_exit_1_with_reasons_and_wait_for_retry_failed(
     failed = [r for r in results if r["status"] == "failure"]
     failed_p = [r for r in failed if r["prompt"] == "p"]
     assert failed_p and all("Simulated generation failure" in r["error"] for r in failed_p)
-    assert any(r["prompt"] == "q" and "Unknown field(s): bogus" in r["error"] for r in failed)
+    # A refusal no check of the model's inputs can foresee (content moderation): a 400
+    # from the API, for good.
+    assert any(r["prompt"] == "q forbidden" and "moderation" in r["error"] for r in failed)
     assert len(results) == 7
 
     # Both jobs of those units failed: they failed for good, and a plain rerun leaves
@@ -336,11 +338,13 @@ def test_a_failed_download_is_fetched_again_from_its_job_never_resubmitted(
     assert_matches_what_was_served(out, again, sim)
 
 
+@pytest.mark.parametrize("normalised", [False, True], ids=["input-as-sent", "input-normalised"])
 def test_lost_answers_are_reconciled_so_every_unit_is_made_and_paid_once(
     write: Callable[[str, str], Path],
     tmp_path: Path,
     start_simulator: Callable[..., Simulator],
     api_env: None,
+    normalised: bool,
 ) -> None:
     # Identical bodies (count > 1) are the hard case: each lost answer must adopt a
     # different job, and none may take the job another unit's answer is bringing.
@@ -348,9 +352,11 @@ def test_lost_answers_are_reconciled_so_every_unit_is_made_and_paid_once(
         "jobs.yaml",
         "model: model_sim-fast\nwidth: 64\nheight: 64\n"
         "jobs:\n  - prompt: same\n    count: 12\n  - prompt: 'p{n}'\n"
-        "    vars: {n: [1, 2, 3, 4, 5, 6, 7, 8]}\n",
+        "    vars: {n: [1, 2, 3, 4, 5, 6, 7, 8]}\n    params: {seed: 1234, guidance: 2.5}\n",
     )
-    sim = start_simulator(lose_answer_rate=0.4, seed=7)
+    # With normalised input the server stores each job's input with its defaults, the
+    # seed as a string and modelId added: a lost job must still be recognised.
+    sim = start_simulator(lose_answer_rate=0.4, seed=7, normalise_input=normalised)
     out = tmp_path / "out"
     assert run_cli(sim, manifest, out, "--poll-interval", "0.02", "--concurrency", "6") == 0
     results = read_results(out)
@@ -439,9 +445,9 @@ def test_a_model_the_plan_does_not_cover_fails_its_units_after_one_request(
 ) -> None:
     manifest = write(
         "jobs.yaml",
-        "width: 64\nheight: 64\njobs:\n"
-        "  - {model: model_imagen4-ultra, prompt: a, count: 4}\n"
-        "  - {model: model_sim-fast, prompt: b, count: 2}\n",
+        "jobs:\n"
+        "  - {model: model_imagen4-ultra, prompt: a, count: 4, aspect_ratio: '1:1'}\n"
+        "  - {model: model_sim-fast, prompt: b, count: 2, width: 64, height: 64}\n",
     )
     sim = start_simulator(restricted_models=("model_imagen4-ultra",))
     out = tmp_path / "out"
@@ -522,8 +528,10 @@ def test_refused_credentials_stop_the_run_at_once_with_exit_2(
     assert run_cli(sim, manifest, out, "--concurrency", "1") == 2
     err = capsys.readouterr().err
     assert "refused the credentials" in err and "wrong-secret-value" not in err
-    assert sim.requests["POST /v1/generate/custom/{model}"] == 1  # stopped at once
-    assert sim.jobs_created == 0
+    # Stopped at once, at the first request (the model's inputs), before the output
+    # directory was touched.
+    assert sim.requests.total() == 1 and sim.jobs_created == 0
+    assert not out.exists()
 
 
 def test_models_lists_every_page(
@@ -536,9 +544,32 @@ def test_models_lists_every_page(
     assert main(["models", "--api-url", sim.api_url]) == 0
     listed = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == list(names)
-    assert sim.requests["GET /v1/models"] == 3
+    assert sim.requests["GET /v1/models"] == 3 + 1  # the team's three pages, one public
     assert main(["models", "--api-url", sim.api_url, "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 230
+
+
+def test_models_lists_the_teams_and_the_public_ones_and_one_models_inputs(
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sim = start_simulator()
+    assert main(["models", "--api-url", sim.api_url]) == 0
+    rows = {
+        line.split("\t")[0]: line.split("\t")[1] for line in capsys.readouterr().out.splitlines()
+    }
+    assert rows["model_sim-fast"] == "private"
+    assert rows["model_bfl-flux-2-dev"] == rows["model_imagen4-ultra"] == "public"
+    assert main(["models", "model_imagen4-ultra", "--api-url", sim.api_url]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("model_imagen4-ultra")
+    ratio = next(line for line in table if line.startswith("aspectRatio"))
+    assert '"16:9"' in ratio and "string" in ratio and '"1:1"' in ratio.split()[-1]
+    prompt = next(line for line in table if line.startswith("prompt"))
+    assert prompt.rstrip().endswith("yes")
+    assert main(["models", "model_nope", "--api-url", sim.api_url]) == 1
+    assert "404" in capsys.readouterr().err
 
 
 def test_the_estimate_matches_what_the_run_then_spends(
@@ -629,31 +660,115 @@ def test_the_seed_used_is_recorded(
     assert api["seed"] == sim.assets[sim.jobs[api["job_id"]].asset_ids[0]].seed
 
 
-def test_validate_warns_about_model_ids_the_credentials_cannot_use(
+def test_validate_checks_every_unit_against_its_models_inputs(
     write: Callable[[str, str], Path],
     start_simulator: Callable[..., Simulator],
     api_env: None,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    write("long.txt", "fine\n" + "x" * 4001 + "\n")
     manifest = write(
         "jobs.yaml",
         "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n"
-        "  - prompt: known\n  - prompt: typo\n    model: model_sim-fsat\n",
+        "  - prompt: known\n"
+        "  - prompt: typo\n    model: model_sim-fsat\n"
+        "  - prompt: steps\n    params: {numInferenceSteps: 500, guidanse: 2}\n"
+        "  - prompts_file: long.txt\n"
+        "  - {prompt: wide, model: model_imagen4-ultra, sizes: [[1024, 576], '3:2']}\n"
+        "  - {prompt: public, model: model_bfl-flux-2-dev, width: 512, height: 512}\n",
     )
     sim = start_simulator()
-    assert main(["validate", str(manifest), "--api-url", sim.api_url]) == 0
-    captured = capsys.readouterr()
-    assert "expand to 2 units" in captured.out
-    warnings = captured.err.strip().splitlines()
-    assert len(warnings) == 1 and f"{manifest}:6: warning: model 'model_sim-fsat'" in warnings[0]
-    assert sim.requests["GET /v1/models"] == 1
+    assert main(["validate", str(manifest), "--api-url", sim.api_url]) == 2
+    problems = capsys.readouterr().err.strip().splitlines()
+    expected = [
+        f"{manifest}:7: jobs[1].model: model 'model_sim-fsat': not found",
+        f"{manifest}:9: jobs[2].params.numInferenceSteps: must be at most 100, got 500",
+        f"{manifest}:9: jobs[2].params.guidanse: model_sim-fast takes no input 'guidanse' "
+        "(did you mean 'guidance'?)",
+        f"{manifest.parent / 'long.txt'}:2: prompt: must have at most 4000 characters, has 4001",
+        f"{manifest}:11: jobs[4].sizes[0]: model_imagen4-ultra takes no width/height; give an "
+        'aspect ratio, e.g. aspect_ratio: "16:9"',
+        f"{manifest}:11: jobs[4].sizes[1]: aspectRatio must be one of",
+    ]
+    for wanted in expected:
+        assert any(wanted in line for line in problems), (wanted, problems)
+    assert len(problems) == len(expected) + 1 and "6 problems" in problems[-1]
+    assert sim.jobs_created == 0 and not sim.requests["POST /v1/generate/custom/{model}"]
+    assert sim.requests["GET /v1/models/{model}"] == 4  # one request per model
 
-    # Without credentials validate sends nothing.
+    # A manifest of public models and good params checks clean, without a warning.
+    good = write(
+        "good.yaml",
+        "jobs:\n  - {prompt: a, model: model_bfl-flux-2-dev, width: 512, height: 512}\n"
+        "  - {prompt: b, model: model_imagen4-ultra, aspect_ratio: '16:9'}\n",
+    )
+    assert main(["validate", str(good), "--api-url", sim.api_url + "/v1"]) == 0
+    captured = capsys.readouterr()
+    assert "expand to 2 units" in captured.out and captured.err == ""
+
+    # Without credentials validate sends nothing and says what it could not check.
+    requests = sim.requests.total()
     monkeypatch.delenv("SCENARIO_API_KEY")
     assert main(["validate", str(manifest), "--api-url", sim.api_url]) == 0
-    assert capsys.readouterr().err == ""
-    assert sim.requests["GET /v1/models"] == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "inputs were not checked: no credentials" in err[0]
+    assert sim.requests.total() == requests
+
+
+def test_run_refuses_a_param_its_model_does_not_take_before_sending_anything(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    manifest = write(
+        "jobs.yaml",
+        "model: model_bfl-flux-2-dev\nwidth: 512\nheight: 512\njobs:\n"
+        "  - prompt: a\n    count: 50\n  - prompt: b\n    params: {negativePrompt: blur}\n",
+    )
+    sim = start_simulator()
+    out = tmp_path / "out"
+    assert run_cli(sim, manifest, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"{manifest}:8: jobs[1].params.negativePrompt: model_bfl-flux-2-dev takes no " in err[0]
+    assert sim.jobs_created == 0 and not out.exists()
+
+
+def test_an_aspect_ratio_model_runs_end_to_end_and_records_each_images_real_size(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    api_env: None,
+) -> None:
+    manifest = write(
+        "jobs.yaml",
+        "model: model_imagen4-ultra\naspect_ratio: '1:1'\n"
+        "filename: '{aspect_ratio}/{index}-{width}x{height}'\njobs:\n"
+        "  - prompt: a lighthouse\n    sizes: ['16:9', '9:16']\n"
+        "  - prompt: a harbour\n    params: {numOutputs: 2}\n",
+    )
+    sim = start_simulator()
+    out = tmp_path / "out"
+    assert run_cli(sim, manifest, out, "--poll-interval", "0.02") == 0
+    results = {(r["prompt"], r["aspect_ratio"]): r for r in read_results(out)}
+    assert sim.jobs_created == 3 and not sim.refusals
+    expected = {("a lighthouse", "16:9"): (1408, 768), ("a lighthouse", "9:16"): (768, 1408),
+                ("a harbour", "1:1"): (1024, 1024)}  # fmt: skip
+    for key, (width, height) in expected.items():
+        record = results[key]
+        assert (record["width"], record["height"]) == (width, height)
+        body = sim.jobs[record["job_id"]].body
+        assert body["aspectRatio"] == key[1] and "width" not in body and "height" not in body
+        for path, size in zip(record["files"], record["sizes"], strict=True):
+            assert size == [width, height]
+            content = (out / path).read_bytes()
+            assert int.from_bytes(content[16:20], "big") == width  # the PNG's own header
+    assert results[("a lighthouse", "16:9")]["files"] == ["images/16x9/0-1408x768.png"]
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert {(r["width"], r["height"]) for r in rows} == set(expected.values())
+    assert len(rows) == 4
 
 
 def test_images_are_named_by_the_filename_template(

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from batchgen.errors import ManifestError
-from batchgen.manifest import canonical_request, count_units, iter_units, load_manifest, unit_id
+from batchgen.manifest import (
+    Size,
+    canonical_request,
+    count_units,
+    iter_units,
+    load_manifest,
+    unit_id,
+)
 
 Write = Callable[[str, str], Path]
 
@@ -154,8 +162,80 @@ def test_unit_ids_digest_the_canonical_request(write: Write) -> None:
     units = units_of(write, text)
     assert len(units) == 8
     for unit in units:
-        request = canonical_request(unit.model, unit.prompt, unit.width, unit.height, unit.params)
+        size = Size(unit.width, unit.height, unit.aspect_ratio)
+        request = canonical_request(unit.model, unit.prompt, size, unit.params)
         assert unit.id == unit_id(request, unit.repeat)
+
+
+def test_ids_of_width_and_height_units_keep_their_old_digest(write: Write) -> None:
+    # Output directories written before aspect ratios existed must resume unchanged.
+    (unit,) = units_of(write, BASE + "jobs:\n  - prompt: a cat\n    params: {seed: 1}\n")
+    old = hashlib.sha256(b'["m1","a cat",512,512,{"seed":1}]#0').hexdigest()[:20]
+    assert unit.id == old
+
+
+def test_aspect_ratios_and_no_size_make_their_own_units_and_bodies(write: Write) -> None:
+    text = (
+        "model: m1\naspect_ratio: '1:1'\njobs:\n"
+        "  - prompt: a\n"  # the top's ratio
+        "  - prompt: a\n    sizes: ['16:9', [512, 512], '1:1']\n"
+        "  - prompt: a\n    width: 512\n    height: 512\n"  # the entry's own size wins
+    )
+    units = units_of(write, text)
+    assert [(u.aspect_ratio, u.width, u.height) for u in units] == [
+        ("1:1", None, None),
+        ("16:9", None, None),
+        (None, 512, 512),
+        ("1:1", None, None),
+        (None, 512, 512),
+    ]
+    # The same request made twice is a second repeat, not a second id space.
+    assert [u.repeat for u in units] == [0, 0, 0, 1, 1]
+    assert units[1].request_body() == {"prompt": "a", "aspectRatio": "16:9"}
+    assert len({u.id for u in units}) == 5
+    for unit in units:
+        size = Size(unit.width, unit.height, unit.aspect_ratio)
+        assert unit.id == unit_id(canonical_request("m1", "a", size, {}), unit.repeat)
+    (bare,) = units_of(write, "model: m1\njobs:\n  - prompt: a\n")
+    assert bare.request_body() == {"prompt": "a"} and bare.width is None
+    assert bare.id not in {u.id for u in units}
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "message"),
+    [
+        ("model: m\naspect_ratio: 16:9\njobs:\n  - prompt: a\n", 2, "aspect_ratio", "quoted"),
+        (
+            "model: m\njobs:\n  - {prompt: a, aspect_ratio: 'wide'}\n",
+            3,
+            "jobs[0].aspect_ratio",
+            "16:9",
+        ),
+        ("model: m\njobs:\n  - {prompt: a, sizes: ['0:9']}\n", 3, "jobs[0].sizes[0]", "ratio"),
+        (
+            "model: m\njobs:\n  - {prompt: a, aspect_ratio: '1:1', width: 512}\n",
+            3,
+            "jobs[0].width",
+            "either",
+        ),
+        ("model: m\njobs:\n  - {prompt: a, sizes: ['1:1', '1:1']}\n", 3, "jobs[0].sizes", "twice"),
+        (
+            "model: m\njobs:\n  - {prompt: a, params: {aspectRatio: '1:1'}}\n",
+            3,
+            "jobs[0].params.aspectRatio",
+            "aspect_ratio:",
+        ),
+        ("model: m\nwidth: 512\njobs:\n  - prompt: a\n", 4, "jobs[0].height", "no height"),
+    ],
+)
+def test_bad_sizes_name_file_line_and_field(
+    write: Write, text: str, line: int, field: str, message: str
+) -> None:
+    path = write("jobs.yaml", text)
+    with pytest.raises(ManifestError) as caught:
+        count_units(load_manifest(path))
+    assert caught.value.line == line and caught.value.field == field
+    assert message in caught.value.message
 
 
 def test_params_merge_and_request_body(write: Write) -> None:

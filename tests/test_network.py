@@ -161,7 +161,9 @@ async def test_a_download_whose_first_piece_is_four_bytes_is_judged_on_enough_by
     network = Network(piece_bytes=512, piece_pause=0.001, first_cdn_piece=4, chunked=True)
     config = SimConfig(api_key=SIM_KEY, api_secret=SIM_SECRET, job_seconds=0, network=network)
     async with serve(config) as sim:
-        job = sim._create_job("model_sim-fast", {"prompt": "p", "width": 64, "height": 64}, 1)
+        model = sim.model("model_sim-fast")
+        assert model is not None
+        job = sim._create_job(model, {"prompt": "p", "width": 64, "height": 64}, 1)
         asset = sim.assets[job.asset_ids[0]]
         async with AssetDownloader.open(30) as downloader:
             got = await downloader.fetch(sim.signed_url(asset.asset_id), tmp_path / "a.png")

@@ -153,7 +153,7 @@ def test_a_second_run_on_the_same_directory_refuses_with_exit_3(
 
 SMALL = (
     "model: model_sim-fast\nwidth: 64\nheight: 64\n"
-    "jobs:\n  - prompt: p\n    count: 4\n  - prompt: q\n    params: {bogus: 1}\n"
+    "jobs:\n  - prompt: p\n    count: 4\n  - prompt: q forbidden\n"
 )
 
 
@@ -175,7 +175,7 @@ def test_status_reports_states_cost_and_failures(
     assert report["states"] == {"downloaded": 4, "failed": 1}
     assert report["cost"] == sum(r["cost"] or 0 for r in read_results(out)) > 0
     (failure,) = report["failures"]
-    assert failure["permanent"] is True and "Unknown field(s): bogus" in failure["error"]
+    assert failure["permanent"] is True and "moderation" in failure["error"]
 
     assert main(["status", str(out)]) == 0
     text = capsys.readouterr().out

@@ -30,25 +30,9 @@ from typing import Any
 
 from aiohttp import web
 
+from .models import DEFAULT_MODELS, SimModel, model_named, refusal
 from .png import make_png
 
-DEFAULT_MODELS = ("model_bfl-flux-2-dev", "model_imagen4-ultra", "model_sim-fast")
-ACCEPTED_FIELDS = frozenset(
-    {
-        "prompt",
-        "width",
-        "height",
-        "aspectRatio",
-        "seed",
-        "numOutputs",
-        "negativePrompt",
-        "guidance",
-        "numInferenceSteps",
-        "style",
-    }
-)
-MAX_SIDE = 4096
-MAX_OUTPUTS = 8
 MAX_PAGE_SIZE = 100
 PHASES = (("queued", 0.15), ("warming-up", 0.3), ("in-progress", 0.85), ("finalizing", 1.0))
 
@@ -124,15 +108,24 @@ class SimConfig:
     list_holes: float = 0.0
     list_refused: bool = False
     seed: int = 0
+    # The models the account can use (see batchgen.sim.models: ids outside the catalog
+    # take what model_sim-fast takes).
     models: tuple[str, ...] = DEFAULT_MODELS
     network: Network = Network()
+    # Store each job's metadata.input as the real API may: the model's defaults filled
+    # in, the seed as a string, and modelId added.
+    normalise_input: bool = False
+    # A prompt holding this word is refused (400), as content moderation does: a
+    # refusal no check of the model's inputs can foresee.
+    moderated_word: str = "forbidden"
 
 
 @dataclass(slots=True)
 class SimJob:
     job_id: str
     model: str
-    body: dict[str, Any]
+    body: dict[str, Any]  # as sent
+    stored_input: dict[str, Any]  # as metadata.input gives it
     created_wall: float
     start: float
     duration: float
@@ -215,6 +208,8 @@ class Simulator:
     jobs_created_per_body: Counter[str] = field(default_factory=Counter)
     cdn_authorization_headers: int = 0
     answers_lost: int = 0
+    # Submissions refused with a 400, by reason: a body the model does not take.
+    refusals: Counter[str] = field(default_factory=Counter)
     faults_injected: int = 0
     spent: float = 0.0
     # Called with each new job after it is created and before it is answered: tests use
@@ -272,9 +267,21 @@ class Simulator:
         signature = self._sign(asset_id, expires)
         return f"{self.cdn_url}/assets/{asset_id}.png?Expires={expires}&Signature={signature}"
 
-    def cost_of(self, body: dict[str, Any]) -> float:
-        pixels = int(body.get("width") or 1024) * int(body.get("height") or 1024)
-        return float(math.ceil(pixels / (1024 * 1024) * 4) * int(body.get("numOutputs") or 1))
+    def model(self, model_id: str) -> SimModel | None:
+        return model_named(model_id) if model_id in self.config.models else None
+
+    def cost_of(self, model: SimModel, body: dict[str, Any]) -> float:
+        width, height = model.pixels(body)
+        outputs = int(body.get("numOutputs") or 1)
+        return float(math.ceil(width * height / (1024 * 1024) * 4) * outputs)
+
+    def stored_input(self, model: SimModel, body: dict[str, Any]) -> dict[str, Any]:
+        if not self.config.normalise_input:
+            return body
+        stored: dict[str, Any] = {**model.defaults(), **body, "modelId": model.id}
+        if isinstance(stored.get("seed"), int):
+            stored["seed"] = str(stored["seed"])
+        return stored
 
     # ------------------------------------------------------------------ rendering
 
@@ -290,7 +297,7 @@ class Simulator:
             begun = end
         if status in ("success", "failure"):
             history.append({"date": _iso(since), "status": status})
-        metadata: dict[str, Any] = {"input": job.body, "modelId": job.model}
+        metadata: dict[str, Any] = {"input": job.stored_input, "modelId": job.model}
         if status == "success":
             metadata["assetIds"] = list(job.asset_ids)
         elif status == "failure":
@@ -311,18 +318,31 @@ class Simulator:
         }
 
     def asset_json(self, asset: SimAsset) -> dict[str, Any]:
+        """An asset as the API gives it, every field the SDK requires."""
+        made = _iso(self.jobs[asset.job_id].created_wall + self.jobs[asset.job_id].duration)
         return {
             "id": asset.asset_id,
             "url": self.signed_url(asset.asset_id),
             "mimeType": "image/png",
             "kind": "image",
             "status": "success",
+            "source": "inference-txt",
+            "privacy": "private",
+            "authorId": "sim-user",
+            "ownerId": "sim-team",
+            "collectionIds": [],
+            "editCapabilities": [],
+            "tags": [],
+            "createdAt": made,
+            "updatedAt": made,
             "properties": {
                 "width": asset.width,
                 "height": asset.height,
                 "size": len(asset.content()),
             },
             "metadata": {
+                "kind": "image",
+                "type": "inference-txt2img",
                 "prompt": asset.prompt,
                 "seed": str(asset.seed),
                 "modelId": asset.model,
@@ -419,26 +439,52 @@ class Simulator:
         return response
 
     async def _submit(self, request: web.Request) -> web.Response:
-        model = request.match_info["model"]
-        if model not in self.config.models:
-            return _error(404, f"Model {model} not found")
+        model_id = request.match_info["model"]
+        found = self.model(model_id)
+        if found is None:
+            return _error(404, f"Model {model_id} not found")
+        model = found
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
             return _error(400, "Body is not valid JSON")
-        problem = _body_problem(body)
+        problem = refusal(model, body)
+        if self.config.moderated_word and not problem:
+            if self.config.moderated_word in body["prompt"]:
+                problem = "The prompt was rejected by content moderation"
         if problem:
+            self.refusals[problem] += 1
             return _error(400, problem)
-        cost = self.cost_of(body)
+        cost = self.cost_of(model, body)
         if request.query.get("dryRun") == "true":
+            # The answer's shape is the SDK's GenerateRunModelResponse: a job that is
+            # only described, never created, and the cost.
+            preview = SimJob(
+                job_id=f"job_{secrets.token_hex(12)}",
+                model=model_id,
+                body=body,
+                stored_input=self.stored_input(model, body),
+                created_wall=self.wall(),
+                start=math.inf,
+                duration=1.0,
+                fails=False,
+                cost=cost,
+                asset_ids=[],
+            )
             return web.json_response(
-                {"creativeUnitsCost": cost, "creativeUnitsDiscount": 0, "costDetails": {}},
+                {
+                    "job": self.job_json(preview, at=-math.inf),
+                    "creativeUnitsCost": cost,
+                    "creativeUnitsDiscount": 0,
+                    "costDetails": {},
+                },
                 status=269,
             )
-        if model in self.config.restricted_models:
+        model_id = model.id
+        if model_id in self.config.restricted_models:
             return _error(
                 403,
-                f"Your plan does not give access to {model}",
+                f"Your plan does not give access to {model_id}",
                 name="ModelAccessRestrictedError",
             )
         if self.config.credits is not None and self.spent + cost > self.config.credits:
@@ -468,16 +514,18 @@ class Simulator:
             }
         )
 
-    def _create_job(self, model: str, body: dict[str, Any], cost: float) -> SimJob:
+    def _create_job(self, model: SimModel, body: dict[str, Any], cost: float) -> SimJob:
         job_id = f"job_{secrets.token_hex(12)}"
         spread = self.config.jitter * self.config.job_seconds
         duration = max(self.config.job_seconds + self._rng.uniform(-spread, spread), 0.0)
         outputs = int(body.get("numOutputs") or 1)
         seed = body.get("seed")
+        width, height = model.pixels(body)
         job = SimJob(
             job_id=job_id,
-            model=model,
+            model=model.id,
             body=body,
+            stored_input=self.stored_input(model, body),
             created_wall=self.wall(),
             start=self.clock(),
             duration=duration,
@@ -493,18 +541,18 @@ class Simulator:
             self.assets[asset_id] = SimAsset(
                 asset_id=asset_id,
                 job_id=job_id,
-                width=int(body.get("width") or 1024),
-                height=int(body.get("height") or 1024),
+                width=width,
+                height=height,
                 seed=(int(seed) if isinstance(seed, int) else self._rng.randrange(2**31)) + index,
                 prompt=str(body["prompt"]),
-                model=model,
+                model=model.id,
                 index=index,
             )
         self.jobs[job_id] = job
         if self.first_job_at is None:
             self.first_job_at = job.start
         self._running.add(job_id)
-        self.jobs_created_per_body[json.dumps([model, body], sort_keys=True)] += 1
+        self.jobs_created_per_body[json.dumps([model.id, body], sort_keys=True)] += 1
         return job
 
     def _finished_asset(self, asset_id: str) -> SimAsset | None:
@@ -624,24 +672,30 @@ class Simulator:
         return web.json_response({"assets": [self.asset_json(a) for a in found if a is not None]})
 
     async def _list_models(self, request: web.Request) -> web.Response:
+        """The team's own models, or with ``privacy=public`` Scenario's: private is the
+        default, as the real API's is."""
+        privacy = request.query.get("privacy", "private")
+        if privacy not in ("private", "public"):
+            return _error(400, "privacy must be private or public")
         try:
             page_size = min(int(request.query.get("pageSize", "50")), 500)
             offset = int(request.query.get("paginationToken", "0"))
         except ValueError:
             return _error(400, "Invalid query parameters")
-        names = self.config.models[offset : offset + page_size]
+        listed = [m for m in map(model_named, self.config.models) if m.privacy == privacy]
+        page = listed[offset : offset + page_size]
         payload: dict[str, Any] = {
-            "models": [{"id": m, "name": m, "type": "custom", "status": "trained"} for m in names]
+            "models": [{k: v for k, v in m.to_json().items() if k != "inputs"} for m in page]
         }
-        if offset + page_size < len(self.config.models):
+        if offset + page_size < len(listed):
             payload["nextPaginationToken"] = str(offset + page_size)
         return web.json_response(payload)
 
     async def _get_model(self, request: web.Request) -> web.Response:
-        model = request.match_info["model"]
-        if model not in self.config.models:
-            return _error(404, f"Model {model} not found")
-        return web.json_response({"model": {"id": model, "name": model, "type": "custom"}})
+        model = self.model(request.match_info["model"])
+        if model is None:
+            return _error(404, f"Model {request.match_info['model']} not found")
+        return web.json_response({"model": model.to_json()})
 
     def api_app(self) -> web.Application:
         app = web.Application(middlewares=[self._network, self._auth])
@@ -689,33 +743,6 @@ class Simulator:
         app[_IS_CDN] = True
         app.router.add_get("/assets/{asset_id}.png", self._cdn_get)
         return app
-
-
-def _body_problem(body: Any) -> str | None:
-    if not isinstance(body, dict):
-        return "Body must be a JSON object"
-    unknown = sorted(set(body) - ACCEPTED_FIELDS)
-    if unknown:
-        return f"Unknown field(s): {', '.join(unknown)}"
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        return "prompt is required and must be a non-empty string"
-    for side in ("width", "height"):
-        value = body.get(side)
-        if value is None:
-            continue
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or value <= 0
-            or value % 16
-            or value > MAX_SIDE
-        ):
-            return f"{side} must be a positive multiple of 16 up to {MAX_SIDE}"
-    outputs = body.get("numOutputs", 1)
-    if isinstance(outputs, bool) or not isinstance(outputs, int) or not 1 <= outputs <= MAX_OUTPUTS:
-        return f"numOutputs must be between 1 and {MAX_OUTPUTS}"
-    return None
 
 
 def decode_basic(header: str) -> tuple[str, str] | None:

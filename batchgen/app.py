@@ -1,0 +1,743 @@
+"""The application: run, estimate, validate and status, for the command line and for Python.
+
+::
+
+    import batchgen
+    report = batchgen.run("jobs.yaml", out="output/jobs", concurrency=8)
+    report.succeeded, report.failed, report.exit_code
+
+    # in a notebook, or any code with an event loop running:
+    report = await batchgen.arun("jobs.yaml", simulate=True)
+
+The keyword options are the command line's (``out``, ``api_url``, ``project_id``,
+``concurrency``, ``poll_interval``, ``job_timeout``, ``job_attempts``, ``downloads``,
+``retries``, ``retry_failed``, ``max_runtime``, ``fresh``, ``budget``, ``filename``,
+``shard``, ``simulate``, ``sim_job_seconds``), with the same defaults.  :func:`run`
+works in any thread, also one whose event loop is running elsewhere or here (it then
+runs in a thread of its own), and installs signal handlers only when asked to
+(``handle_signals``, which the command line sets).  Known errors are raised as
+:class:`~batchgen.errors.BatchgenError` (``exit_code`` says which); a run's own outcome,
+failures included, is in the returned :class:`Report`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+from anyio import CancelScope
+from yarl import URL
+
+from . import config as defaults
+from .api import AssetDownloader, ScenarioClient
+from .config import ApiSettings, Credentials, EngineSettings, RetrySettings
+from .dataset import write_metadata
+from .display import Display
+from .engine import Engine, Summary, cost_shape
+from .errors import (
+    EXIT_FAILED_UNITS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OUT_OF_TIME,
+    ApiError,
+    ConfigError,
+    PermanentApiError,
+)
+from .inputs import ModelSpec, model_from_json
+from .journal import JOURNAL_NAME, Journal, Resume, resume_action
+from .lock import OutputLock, run_in_progress
+from .manifest import Manifest, Unit, count_units, iter_units, load_manifest
+from .naming import FileNameTemplate, parse_template
+from .policy import Request, with_retries
+from .preflight import Problem, check_manifest
+from .progress import RateMeter
+from .results import write_results
+from .shard import Shard, shard_directories
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Journal metadata under which each model's inputs are kept, as checked by the last run.
+MODEL_KEY = "model:"
+ESTIMATE_CHUNK = 500
+
+
+# ---------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """What ``batchgen run`` takes, as keyword options; None means the default."""
+
+    out: Path | str | None = None
+    api_url: str | None = None
+    project_id: str | None = None
+    concurrency: int | None = None
+    poll_interval: float = defaults.DEFAULT_POLL_INTERVAL
+    job_timeout: float = defaults.DEFAULT_JOB_TIMEOUT
+    job_attempts: int = defaults.DEFAULT_JOB_ATTEMPTS
+    downloads: int | None = None
+    retries: int = defaults.DEFAULT_MAX_ATTEMPTS
+    retry_failed: bool = False
+    max_runtime: float | None = None
+    fresh: bool = False
+    budget: float | None = None
+    filename: str | FileNameTemplate | None = None
+    shard: str | Shard | None = None
+    simulate: bool = False
+    sim_job_seconds: float = 1.0
+    # Shown every display.interval seconds while the run goes on (the CLI's panel).
+    display: Display | None = None
+    # Stop cleanly on SIGINT/SIGTERM (only in the main thread).
+    handle_signals: bool = False
+
+
+def _options(given: dict[str, Any]) -> RunOptions:
+    known = {f.name for f in dataclasses.fields(RunOptions)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+    return RunOptions(**given)
+
+
+# ---------------------------------------------------------------------- reports
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """How a run went: its summary, with the output directory's total spend and the
+    exit code the command line gives for it."""
+
+    total: int
+    succeeded: int
+    failed: int
+    already_done: int
+    failed_earlier: int
+    not_finished: int
+    submitted: int
+    cost: float
+    elapsed_seconds: float
+    stopped: str | None
+    failures: list[dict[str, str]]
+    spent_total: float
+    output: str
+    exit_code: int
+    line: str = field(repr=False, default="")
+
+    def to_json(self) -> dict[str, Any]:
+        report = dataclasses.asdict(self)
+        del report["line"]
+        return report
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    model: str
+    size: str
+    units: int
+    cost_each: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    units: int
+    cost: float
+    shapes: list[Shape]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "units": self.units,
+            "cost": self.cost,
+            "shapes": [dataclasses.asdict(shape) for shape in self.shapes],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    manifest: str
+    entries: int
+    units: int
+    # Whether the models' inputs were checked (they need credentials and the API), and
+    # if not, why not.
+    inputs_checked: bool
+    not_checked_because: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    out: str
+    shards: list[str]
+    running: bool
+    units: int
+    states: dict[str, int]
+    cost: float
+    failures: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------- the backend
+
+
+@dataclass(slots=True)
+class Backend:
+    """The API (the real one or the embedded simulator) and the asset downloader."""
+
+    settings: ApiSettings
+    client: ScenarioClient
+    downloader: AssetDownloader
+    simulator: Any = None
+
+
+def connection(options: RunOptions) -> tuple[str, Credentials, str | None]:
+    """(API base URL, credentials, project id) from the options and the environment.
+    With ``simulate`` the URL is known only once the simulator runs: it is left empty."""
+    project_id = options.project_id or os.environ.get(defaults.PROJECT_VARIABLE) or None
+    if options.simulate:
+        return "", Credentials(key="sim", secret=secrets.token_urlsafe(24)), project_id
+    base_url = defaults.api_base_url(options.api_url)
+    parsed = URL(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(f"--api-url: not an http(s) URL: {base_url!r}")
+    return base_url, Credentials.from_environment(), project_id
+
+
+@contextlib.asynccontextmanager
+async def open_backend(options: RunOptions) -> AsyncIterator[Backend]:
+    """The one place a run's API is opened: the embedded simulator with ``simulate``,
+    else the URL and credentials the options and environment give."""
+    base_url, credentials, project_id = connection(options)
+    async with contextlib.AsyncExitStack() as stack:
+        simulator = None
+        if options.simulate:
+            from .sim import SimConfig, serve  # loaded only when used
+
+            sim_config = SimConfig(
+                api_key=credentials.key,
+                api_secret=credentials.secret,
+                job_seconds=options.sim_job_seconds,
+            )
+            simulator = await stack.enter_async_context(serve(sim_config))
+            base_url = simulator.api_url
+            log.info("simulator running at %s", base_url)
+        settings = ApiSettings(
+            base_url=base_url,
+            credentials=credentials,
+            project_id=project_id,
+            retry=RetrySettings(max_attempts=options.retries),
+        )
+        client = await stack.enter_async_context(ScenarioClient.open(settings))
+        downloader = await stack.enter_async_context(
+            AssetDownloader.open(settings.download_timeout)
+        )
+        yield Backend(settings, client, downloader, simulator)
+
+
+# ---------------------------------------------------------------------- manifests
+
+
+def load(manifest: str | Path, filename: str | FileNameTemplate | None = None) -> Manifest:
+    """The manifest, with another file name template when one is given."""
+    loaded = load_manifest(manifest)
+    if filename is not None:
+        template = parse_template(filename) if isinstance(filename, str) else filename
+        loaded = dataclasses.replace(loaded, filename=template)
+    return loaded
+
+
+def _shard(value: str | Shard | None) -> Shard | None:
+    if value is None or isinstance(value, Shard):
+        return value
+    try:
+        return Shard.parse(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def output_directory(manifest: Manifest, options: RunOptions, shard: Shard | None) -> Path:
+    given = Path(options.out) if options.out is not None else None
+    out = given or manifest.output or defaults.DEFAULT_OUTPUT_ROOT / manifest.path.stem
+    return out / shard.directory if shard is not None else out
+
+
+def _units(manifest: Manifest, shard: Shard | None) -> Iterator[Unit]:
+    units = iter_units(manifest)
+    return units if shard is None else shard.select(units)
+
+
+async def checked_manifest(
+    manifest: Manifest, backend: Backend, saved: dict[str, str] | None = None
+) -> tuple[int, dict[str, ModelSpec]]:
+    """Every unit checked against its model's inputs, before anything is sent: (units,
+    the models' inputs).  The manifest's own errors come first: if the models cannot be
+    read, the manifest is still read through, so a bad line is reported as such."""
+    try:
+        specs, problems = await model_specs(manifest, backend, saved)
+    except ApiError:
+        await anyio.to_thread.run_sync(count_units, manifest)
+        raise
+    total = await anyio.to_thread.run_sync(check_manifest, manifest, specs, problems)
+    return total, specs
+
+
+async def model_specs(
+    manifest: Manifest, backend: Backend, saved: dict[str, str] | None = None
+) -> tuple[dict[str, ModelSpec], list[Problem]]:
+    """Each model's inputs, one request per model, and a problem for each model the API
+    does not know.  One that cannot be read for now is taken from what an earlier run
+    saved, if it did."""
+    wanted: dict[str, tuple[int, str]] = {}
+    for entry in manifest.entries:
+        wanted.setdefault(entry.model, (entry.model_line, entry.model_field))
+    specs: dict[str, ModelSpec] = {}
+    problems: list[Problem] = []
+    for model_id, (line, where) in wanted.items():
+        try:
+            specs[model_id] = await with_retries(
+                Request.OTHER_READ,
+                lambda model_id=model_id: backend.client.get_model(model_id),  # type: ignore[misc]
+                backend.settings.retry,
+            )
+        except PermanentApiError as exc:
+            reason = "not found" if exc.status == 404 else exc.reason
+            problems.append(
+                Problem(
+                    str(manifest.path),
+                    line,
+                    where,
+                    f"model {model_id!r}: {reason} (batchgen models lists the models "
+                    "these credentials can use)",
+                )
+            )
+        except ApiError as exc:
+            if saved and model_id in saved:
+                log.warning(
+                    "model %s: its inputs cannot be read now (%s); checking against those "
+                    "saved by the last run",
+                    model_id,
+                    exc,
+                )
+                specs[model_id] = model_from_json(json.loads(saved[model_id]))
+            else:
+                raise
+    return specs, problems
+
+
+def _saved_specs(out_dir: Path) -> dict[str, str]:
+    if not (out_dir / JOURNAL_NAME).is_file():
+        return {}
+    journal = Journal(out_dir)
+    try:
+        return journal.recall(MODEL_KEY)
+    finally:
+        journal.close()
+
+
+# ---------------------------------------------------------------------- validate
+
+
+def validate(
+    manifest: str | Path,
+    *,
+    api_url: str | None = None,
+    project_id: str | None = None,
+    filename: str | FileNameTemplate | None = None,
+) -> Validation:
+    """Check a manifest and count its units; with credentials in the environment, also
+    check every unit against its model's inputs (read-only requests).  Raises
+    :class:`ConfigError` (``ModelInputsError``, ``ManifestError``) on a problem."""
+    loaded = load(manifest, filename)
+    options = RunOptions(api_url=api_url, project_id=project_id)
+    place = (str(loaded.path), len(loaded.entries))
+    try:
+        connection(options)
+    except ConfigError:
+        return Validation(*place, count_units(loaded), False, "no credentials")
+
+    async def check() -> int:
+        async with open_backend(options) as backend:
+            total, _ = await checked_manifest(loaded, backend)
+        return total
+
+    try:
+        total = _run_sync(check)
+    except ApiError as exc:  # the API cannot be reached or read: what can be, is checked
+        return Validation(*place, count_units(loaded), False, str(exc))
+    return Validation(*place, total, True)
+
+
+# ---------------------------------------------------------------------- estimate
+
+
+def estimate(manifest: str | Path, **options: Any) -> Estimate:
+    """What the units still to do would cost: the API's dry run (HTTP 269, nothing
+    created), once per model/size/params shape."""
+    return _run_sync(lambda: aestimate(manifest, **options))
+
+
+async def aestimate(manifest: str | Path, **options: Any) -> Estimate:
+    opts = _options(options)
+    loaded = load(manifest, opts.filename)
+    shard = _shard(opts.shard)
+    out_dir = output_directory(loaded, opts, shard)
+    async with open_backend(opts) as backend:
+        await checked_manifest(loaded, backend, _saved_specs(out_dir))
+        shapes = await anyio.to_thread.run_sync(
+            _shapes_to_do, loaded, shard, out_dir, opts.retry_failed
+        )
+        total = 0.0
+        rows: list[Shape] = []
+        for model, body, count in shapes.values():
+            cost = await with_retries(
+                Request.OTHER_READ,
+                lambda model=model, body=body: backend.client.estimate(model, body),  # type: ignore[misc]
+                backend.settings.retry,
+            )
+            total += (cost or 0.0) * count
+            rows.append(Shape(model, _size_label(body), count, cost))
+    return Estimate(sum(row.units for row in rows), total, rows)
+
+
+def _shapes_to_do(
+    manifest: Manifest, shard: Shard | None, out_dir: Path, retry_failed: bool
+) -> dict[str, tuple[str, dict[str, Any], int]]:
+    """(model, first body, units) per cost shape, of the units still to do: the journal
+    is asked about a chunk of units at a time, as a run does."""
+    journal = Journal(out_dir) if (out_dir / JOURNAL_NAME).is_file() else None
+    shapes: dict[str, tuple[str, dict[str, Any], int]] = {}
+    units = _units(manifest, shard)
+    try:
+        while chunk := list(itertools.islice(units, ESTIMATE_CHUNK)):
+            rows = journal.get_many([unit.id for unit in chunk]) if journal else {}
+            for unit in chunk:
+                action = resume_action(rows.get(unit.id), retry_failed=retry_failed)
+                if action not in (Resume.SUBMIT, Resume.RECONCILE):
+                    continue  # done, or its job is already paid for
+                body = unit.request_body()
+                key = cost_shape(unit.model, body)
+                model, first_body, count = shapes.get(key, (unit.model, body, 0))
+                shapes[key] = (model, first_body, count + 1)
+    finally:
+        if journal is not None:
+            journal.close()
+    return shapes
+
+
+def _size_label(body: dict[str, Any]) -> str:
+    if "aspectRatio" in body:
+        return str(body["aspectRatio"])
+    if "width" in body:
+        return f"{body.get('width')}x{body.get('height')}"
+    return "default"
+
+
+# ---------------------------------------------------------------------- run
+
+
+def run(manifest: str | Path, **options: Any) -> Report:
+    """Run every unit of a manifest (see the module docstring for the options)."""
+    return _run_sync(lambda: arun(manifest, **options))
+
+
+async def arun(manifest: str | Path, **options: Any) -> Report:
+    """:func:`run`, awaited in a running event loop (a notebook's, a service's)."""
+    opts = _options(options)
+    loaded = load(manifest, opts.filename)
+    shard = _shard(opts.shard)
+    out_dir = output_directory(loaded, opts, shard)
+    concurrency = opts.concurrency or loaded.concurrency or defaults.DEFAULT_CONCURRENCY
+    if not 1 <= concurrency <= defaults.MAX_CONCURRENCY:
+        raise ConfigError(f"concurrency must be between 1 and {defaults.MAX_CONCURRENCY}")
+    settings = EngineSettings(
+        output_dir=out_dir,
+        concurrency=concurrency,
+        poll_interval=opts.poll_interval,
+        job_timeout=opts.job_timeout,
+        job_attempts=opts.job_attempts,
+        download_workers=opts.downloads or defaults.download_workers_for(concurrency),
+        filename=loaded.filename,
+    )
+    async with open_backend(opts) as backend:
+        # Before the output directory is touched: credentials, models and every unit.
+        total, specs = await checked_manifest(loaded, backend, _saved_specs(out_dir))
+        if shard is not None:
+            total = await anyio.to_thread.run_sync(lambda: sum(1 for _ in _units(loaded, shard)))
+        log.info(
+            "%s: %d units, output in %s, %d in flight at most",
+            loaded.path,
+            total,
+            out_dir,
+            concurrency,
+        )
+        if opts.fresh:
+            _move_aside(out_dir)
+        with OutputLock(out_dir):
+            journal = Journal(out_dir, failed_job_limit=opts.job_attempts)
+            try:
+                for model_id, spec in specs.items():
+                    journal.remember(MODEL_KEY + model_id, json.dumps(spec.to_json()))
+                summary = await _run_engine(loaded, shard, total, opts, settings, backend, journal)
+                if not (summary.interrupted or summary.out_of_time):
+                    # Every unit of the manifest has a journal row now; any more are old.
+                    departed = sum(journal.counts().values()) - total
+                    if departed > 0:
+                        log.warning(
+                            "%d units recorded in %s are no longer in the manifest; "
+                            "they are kept, with their lines in results.jsonl",
+                            departed,
+                            out_dir,
+                        )
+            finally:
+                # Also after an error or an interruption: the views must match the journal.
+                with CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_write_views, journal, out_dir, shard)
+                spent = journal.spent()
+                journal.close()
+    code = exit_code(summary, total)
+    failures = [{"id": unit_id, "error": error} for unit_id, error in summary.failures]
+    return Report(
+        total=summary.total,
+        succeeded=summary.succeeded,
+        failed=summary.failed,
+        already_done=summary.skipped,
+        failed_earlier=summary.left_failed,
+        not_finished=summary.not_finished,
+        submitted=summary.submitted,
+        cost=summary.cost,
+        elapsed_seconds=round(time.monotonic() - summary.started, 3),
+        stopped=summary.stopped,
+        failures=failures,
+        spent_total=spent,
+        output=str(out_dir),
+        exit_code=code,
+        line=summary.line(),
+    )
+
+
+def _move_aside(out_dir: Path) -> None:
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    aside = out_dir.with_name(f"{out_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+    with OutputLock(out_dir):  # never move a directory from under a live run
+        out_dir.rename(aside)
+    log.warning("--fresh: the previous output is kept in %s", aside)
+
+
+async def _run_engine(
+    manifest: Manifest,
+    shard: Shard | None,
+    total: int,
+    options: RunOptions,
+    settings: EngineSettings,
+    backend: Backend,
+    journal: Journal,
+) -> Summary:
+    engine = Engine(
+        backend.client,
+        backend.downloader,
+        journal,
+        settings,
+        backend.settings.retry,
+        retry_failed=options.retry_failed,
+        budget=options.budget,
+        spent_before=journal.spent(),
+    )
+    display = options.display
+    meter = RateMeter()
+    async with anyio.create_task_group() as tg:
+        if options.handle_signals and threading.current_thread() is threading.main_thread():
+            tg.start_soon(_stop_on_signal, tg.cancel_scope, engine.summary)
+        if display is not None:
+            tg.start_soon(_show_progress, engine, display, meter)
+        with anyio.move_on_after(options.max_runtime) as deadline:
+            await engine.run(_units(manifest, shard), total)
+        if deadline.cancelled_caught:
+            engine.summary.out_of_time = True
+            log.warning("--max-runtime reached; the next run continues from here")
+        tg.cancel_scope.cancel()
+    if display is not None and display.live:  # its last frame is the final state
+        _show_now(engine, display, meter)
+    return engine.summary
+
+
+def exit_code(summary: Summary, total: int) -> int:
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    if summary.out_of_time:
+        return EXIT_OUT_OF_TIME
+    complete = summary.done + summary.skipped == total
+    if summary.failed == 0 and summary.left_failed == 0 and complete:
+        return EXIT_OK
+    return EXIT_FAILED_UNITS
+
+
+async def _show_progress(engine: Engine, display: Display, meter: RateMeter) -> None:
+    while True:
+        await anyio.sleep(display.interval)
+        _show_now(engine, display, meter)
+
+
+def _show_now(engine: Engine, display: Display, meter: RateMeter) -> None:
+    snapshot = engine.snapshot()
+    display.show(snapshot, meter.add(snapshot.elapsed, snapshot.done))
+
+
+async def _stop_on_signal(scope: CancelScope, summary: Summary) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.warning(
+                "%s: stopping; jobs already submitted keep running at the server",
+                signal.Signals(signum).name,
+            )
+            summary.interrupted = True
+            scope.cancel()
+            return
+
+
+def _write_views(journal: Journal, out_dir: Path, shard: Shard | None) -> None:
+    write_results(journal.results(), out_dir)
+    write_dataset_metadata(journal, out_dir, sharded=shard is not None)
+
+
+def write_dataset_metadata(journal: Journal, out_dir: Path, *, sharded: bool) -> None:
+    """``metadata.jsonl`` for the run's directory or, for a shard, for the whole output
+    root, covering every shard that has a journal (see :mod:`batchgen.dataset`).
+    ``journal`` is the run's own, still open."""
+    if not sharded:
+        write_metadata(out_dir, [("", journal.results())])
+        return
+    with contextlib.ExitStack() as stack:
+        parts = []
+        for place in shard_directories(out_dir.parent):
+            if place == out_dir:
+                parts.append((f"{place.name}/", journal.results()))
+            elif (place / JOURNAL_NAME).is_file():
+                other = Journal(place)
+                stack.callback(other.close)
+                parts.append((f"{place.name}/", other.results()))
+        write_metadata(out_dir.parent, parts)
+
+
+# ---------------------------------------------------------------------- status
+
+
+def status(out: str | Path) -> Status:
+    """What the runs in an output directory (or every shard under it) have done so far;
+    also while a run goes on."""
+    root = Path(out)
+    places = [root] if (root / JOURNAL_NAME).is_file() else shard_directories(root)
+    places = [p for p in places if (p / JOURNAL_NAME).is_file()]
+    if not places:
+        raise ConfigError(f"{root}: no batchgen journal here (is it a run's output directory?)")
+    counts: Counter[str] = Counter()
+    spent = 0.0
+    failures: list[dict[str, Any]] = []
+    for place in places:
+        journal = Journal(place)
+        try:
+            counts.update(journal.counts())
+            spent += journal.spent()
+            failures.extend(
+                {"id": unit_id, "error": error, "permanent": permanent, "job_id": job_id}
+                for unit_id, error, permanent, job_id in journal.failures()
+            )
+        finally:
+            journal.close()
+    return Status(
+        out=str(root),
+        shards=[p.name for p in places] if places != [root] else [],
+        running=any(run_in_progress(place) for place in places),
+        units=sum(counts.values()),
+        states=dict(counts),
+        cost=spent,
+        failures=failures,
+    )
+
+
+# ---------------------------------------------------------------------- models
+
+
+def models(
+    *, api_url: str | None = None, project_id: str | None = None, simulate: bool = False
+) -> list[dict[str, Any]]:
+    """Every model the credentials can use: the team's own (``privacy: private``) and
+    Scenario's public ones, each record as the API gives it."""
+    options = RunOptions(api_url=api_url, project_id=project_id, simulate=simulate)
+
+    async def fetch() -> list[dict[str, Any]]:
+        async with open_backend(options) as backend:
+            found: list[dict[str, Any]] = []
+            for privacy in ("private", "public"):
+                listed = await with_retries(
+                    Request.OTHER_READ,
+                    lambda privacy=privacy: backend.client.list_models(privacy),  # type: ignore[misc]
+                    backend.settings.retry,
+                )
+                found += [{**record, "privacy": privacy} for record in listed]
+            return found
+
+    return _run_sync(fetch)
+
+
+def model(
+    model_id: str,
+    *,
+    api_url: str | None = None,
+    project_id: str | None = None,
+    simulate: bool = False,
+) -> ModelSpec:
+    """One model and its inputs."""
+    options = RunOptions(api_url=api_url, project_id=project_id, simulate=simulate)
+
+    async def fetch() -> ModelSpec:
+        async with open_backend(options) as backend:
+            return await with_retries(
+                Request.OTHER_READ,
+                lambda: backend.client.get_model(model_id),
+                backend.settings.retry,
+            )
+
+    return _run_sync(fetch)
+
+
+# ---------------------------------------------------------------------- event loops
+
+
+def _run_sync(call: Callable[[], Awaitable[T]]) -> T:
+    """Run an async call to its end from synchronous code: in this thread when it has
+    no event loop running, else in a thread of its own (a notebook's loop is running)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return anyio.run(call)
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def in_thread() -> None:
+        try:
+            outcome.append(anyio.run(call))
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=in_thread, name="batchgen-run")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]

@@ -1,0 +1,173 @@
+"""Every unit of a manifest checked against its model's inputs, before anything is sent.
+
+Pure code: it is handed the models' input lists (:class:`~batchgen.inputs.ModelSpec`).
+A 100,000-unit run would otherwise learn of a field its model refuses 100,000 times,
+in a 400 per unit, or after half the batch had been paid for.
+
+What varies from unit to unit is only the prompt (and a seed drawn per unit), so the
+rest of each body (the entry's params and size) is checked once per entry and size,
+and each prompt once; a seed drawn per unit is checked as the range it is drawn from.
+Each problem names the file, the line and the field where the manifest (or the
+prompts file) gives what the model would refuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .inputs import (
+    PROMPT_INPUT,
+    RATIO_INPUT,
+    SEED_INPUT,
+    SIZE_INPUTS,
+    ModelSpec,
+    field_problem,
+    missing,
+    value_problem,
+)
+from .manifest import PER_UNIT_SEED, SEED_MASK, Entry, Manifest, Size, iter_entry_prompts
+
+# Problems shown at most; the count says how many more there are.
+PROBLEMS_SHOWN = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    path: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.field}: {self.message}"
+
+
+class ModelInputsError(ConfigError):
+    """What the models would refuse, one line per problem (exit 2; nothing was sent)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = [str(problem) for problem in problems[:PROBLEMS_SHOWN]]
+        if len(problems) > PROBLEMS_SHOWN:
+            lines.append(f"... and {len(problems) - PROBLEMS_SHOWN} more")
+        count = len(problems)
+        lines.append(
+            f"{count} problem{'s' if count != 1 else ''} with the models' inputs; "
+            "nothing was sent (batchgen models MODEL_ID shows what a model takes)"
+        )
+        super().__init__("\n".join(lines))
+
+
+def check_manifest(
+    manifest: Manifest, specs: Mapping[str, ModelSpec], problems: Iterable[Problem] = ()
+) -> int:
+    """Check every unit against its model; the number of units.  Raises
+    :class:`ModelInputsError` listing every problem found (``problems`` are ones found
+    already, such as models the API does not know; their units are read and counted but
+    not checked), or the manifest's own first error."""
+    found: dict[tuple[str, int | None, str, str], Problem] = {}
+    for problem in problems:
+        found[(problem.path, problem.line, problem.field, problem.message)] = problem
+    total = 0
+
+    def note(path: str, line: int | None, field: str, message: str) -> None:
+        found.setdefault((path, line, field, message), Problem(path, line, field, message))
+
+    path = str(manifest.path)
+    for entry in manifest.entries:
+        spec = specs.get(entry.model)
+        prompt_input = None
+        if spec is not None:
+            for problem in _fixed_part(path, entry, spec):
+                note(problem.path, problem.line, problem.field, problem.message)
+            prompt_input = spec.inputs.get(PROMPT_INPUT)
+            if prompt_input is None:
+                note(path, entry.line, f"jobs[{entry.index}]", f"{spec.id} takes no prompt")
+        count = 0
+        for prompt, _, source in iter_entry_prompts(manifest, entry):
+            count += 1
+            if prompt_input is None:
+                continue
+            message = value_problem(prompt_input, prompt)
+            if message:
+                prompt_path, _, prompt_line = source.rpartition(":")
+                note(prompt_path, int(prompt_line), "prompt", message)
+        total += count * len(entry.sizes) * entry.count
+    if found:
+        raise ModelInputsError(list(found.values()))
+    return total
+
+
+def _fixed_part(path: str, entry: Entry, spec: ModelSpec) -> list[Problem]:
+    """Problems with an entry's params and sizes, the same for all its prompts."""
+    problems: list[Problem] = []
+    name = f"jobs[{entry.index}]"
+    params = dict(entry.params)
+    if params.get(SEED_INPUT) == PER_UNIT_SEED:
+        params[SEED_INPUT] = 0  # one seed drawn; the range is checked below
+        problems += _per_unit_seed(path, entry, spec)
+    for param, value in params.items():
+        message = field_problem(spec, param, value)
+        if message:
+            line, where = entry.param_places.get(param, (entry.line, f"{name}.params.{param}"))
+            problems.append(Problem(path, line, where, message))
+    for size in entry.sizes:
+        problems += _size_problems(path, entry, size, spec)
+        body: dict[str, Any] = {PROMPT_INPUT: "", **size.body(), **params}
+        for input_name, message in missing(spec, body):
+            if input_name in SIZE_INPUTS or input_name == RATIO_INPUT:
+                message += f"; give {_size_advice(spec)}"
+            problems.append(Problem(path, size.line or entry.line, size.field or name, message))
+    return problems
+
+
+def _size_problems(path: str, entry: Entry, size: Size, spec: ModelSpec) -> list[Problem]:
+    line, where = size.line or entry.line, size.field or f"jobs[{entry.index}]"
+    forms = spec.size_forms
+    if size.ratio is not None and RATIO_INPUT not in forms:
+        return [Problem(path, line, where, f"{spec.id} takes no aspect ratio; give "
+                        f"{_size_advice(spec)}")]  # fmt: skip
+    if size.width is not None and "width/height" not in forms:
+        return [Problem(path, line, where, f"{spec.id} takes no width/height; give "
+                        f"{_size_advice(spec)}")]  # fmt: skip
+    problems = []
+    for input_name, value in size.body().items():
+        message = value_problem(spec.inputs[input_name], value)
+        if message:
+            problems.append(Problem(path, line, where, f"{input_name} {message}"))
+    return problems
+
+
+def _size_advice(spec: ModelSpec) -> str:
+    forms = spec.size_forms
+    if RATIO_INPUT in forms:
+        ratio = spec.inputs[RATIO_INPUT]
+        choices = f" ({ratio.describe_range()})" if ratio.allowed_values else ""
+        return f'an aspect ratio, e.g. aspect_ratio: "16:9"{choices}'
+    if forms:
+        return "width and height"
+    return "no size: it takes none"
+
+
+def _per_unit_seed(path: str, entry: Entry, spec: ModelSpec) -> list[Problem]:
+    item = spec.inputs.get(SEED_INPUT)
+    line, where = entry.param_places.get(SEED_INPUT, (entry.line, f"jobs[{entry.index}]"))
+    if item is None:
+        return []  # reported as a field the model does not take
+    low = item.minimum if item.minimum is not None else 0
+    high = item.maximum if item.maximum is not None else SEED_MASK
+    if low > 0 or high < SEED_MASK:
+        return [
+            Problem(
+                path,
+                line,
+                where,
+                f"{PER_UNIT_SEED!r} draws seeds from 0 to {SEED_MASK}, and {spec.id} takes "
+                f"{item.describe_range()}: give a fixed seed",
+            )
+        ]
+    return []

@@ -1,0 +1,109 @@
+"""The simulator against the official client: every answer batchgen relies on, as the SDK
+Scenario generates from its OpenAPI spec types it.
+
+The SDK parses leniently; here each raw answer is validated strictly against the SDK's
+own pydantic model, so a field it declares required that the simulator leaves out, or
+gives the wrong type, fails the test.  The simulator cannot then drift from the real API
+unnoticed.  (batchgen does not use the SDK: its list iterator stops at the first empty
+page even when a token follows, and it retries POSTs, which may pay twice.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from batchgen.sim import Simulator
+from tests.conftest import SIM_KEY, SIM_SECRET
+
+sdk = pytest.importorskip("scenario_sdk")
+types = pytest.importorskip("scenario_sdk.types")
+
+
+def strictly(model: Any, payload: Any) -> Any:
+    """Validate as pydantic does when it is strict about what the SDK requires."""
+    return model.model_validate(payload)
+
+
+def test_the_official_sdk_reads_every_answer_batchgen_relies_on(
+    start_simulator: Callable[..., Simulator],
+) -> None:
+    sim = start_simulator(job_seconds=0.0, jitter=0.0, normalise_input=True)
+    # The SDK's base URL includes /v1; batchgen's takes either.
+    client = sdk.Scenario(
+        api_key=SIM_KEY, api_secret=SIM_SECRET, base_url=f"{sim.api_url}/v1", max_retries=0
+    )
+    body = {"prompt": "a lighthouse", "width": 512, "height": 512, "numOutputs": 2}
+
+    submitted = client.generate.with_raw_response.run_model("model_sim-fast", body=body)
+    answer = strictly(types.GenerateRunModelResponse, submitted.http_response.json())
+    job_id = answer.job.job_id
+    assert answer.creative_units_cost == sim.jobs[job_id].cost
+
+    dry = client.generate.with_raw_response.run_model("model_sim-fast", body=body, dry_run="true")
+    assert dry.http_response.status_code == 269
+    estimated = strictly(types.GenerateRunModelResponse, dry.http_response.json())
+    assert estimated.creative_units_cost == answer.creative_units_cost
+    assert estimated.job.job_id not in sim.jobs  # a dry run creates nothing
+
+    job = strictly(
+        types.JobRetrieveResponse,
+        client.jobs.with_raw_response.retrieve(job_id).http_response.json(),
+    ).job
+    assert job.status == "success" and len(job.metadata.asset_ids) == 2
+    assert job.metadata.input["modelId"] == "model_sim-fast"  # stored as the API may
+    assert job.billing is not None and job.billing.cu_cost == answer.creative_units_cost
+
+    listed = client.jobs.with_raw_response.list(
+        type="custom", updated_after="2000-01-01T00:00:00.000Z"
+    ).http_response.json()
+    assert [strictly(types.JobListResponse, item).job_id for item in listed["jobs"]] == [job_id]
+
+    asset_id = job.metadata.asset_ids[0]
+    asset = strictly(
+        types.AssetRetrieveResponse,
+        client.assets.with_raw_response.retrieve(asset_id).http_response.json(),
+    ).asset
+    assert asset.properties.size > 0 and asset.url.startswith(sim.cdn_url)
+    bulk = strictly(
+        types.AssetGetBulkResponse,
+        client.assets.with_raw_response.get_bulk(
+            asset_ids=job.metadata.asset_ids
+        ).http_response.json(),
+    )
+    assert [a.id for a in bulk.assets] == job.metadata.asset_ids
+
+    for privacy in ("private", "public"):
+        page = client.models.with_raw_response.list(privacy=privacy).http_response.json()
+        found = [strictly(types.ModelListResponse, item) for item in page["models"]]
+        assert found and {m.privacy for m in found} == {privacy}
+    for model_id in sim.config.models:
+        model = strictly(
+            types.ModelRetrieveResponse,
+            client.models.with_raw_response.retrieve(model_id).http_response.json(),
+        ).model
+        assert model.inputs and any(i.name == "prompt" for i in model.inputs)
+
+    # And the SDK's own (lenient) reading agrees with what batchgen reads.
+    assert client.jobs.retrieve(job_id).job.job_id == job_id
+
+
+def test_the_simulator_refuses_what_a_model_does_not_take_as_the_api_does(
+    start_simulator: Callable[..., Simulator],
+) -> None:
+    sim = start_simulator()
+    client = sdk.Scenario(
+        api_key=SIM_KEY, api_secret=SIM_SECRET, base_url=f"{sim.api_url}/v1", max_retries=0
+    )
+    for model_id, body, reason in [
+        ("model_imagen4-ultra", {"prompt": "p", "width": 512, "height": 512}, "width"),
+        ("model_imagen4-ultra", {"prompt": "p", "aspectRatio": "2:1"}, "aspectRatio"),
+        ("model_sim-noseed", {"prompt": "p", "seed": 3}, "seed"),
+        ("model_bfl-flux-2-dev", {"width": 512, "height": 512}, "prompt"),
+    ]:
+        with pytest.raises(sdk.BadRequestError) as caught:
+            client.generate.run_model(model_id, body=body)
+        assert reason in caught.value.body["reason"]
+    assert sim.jobs_created == 0
