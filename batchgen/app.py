@@ -44,11 +44,9 @@ from anyio import CancelScope
 from yarl import URL
 
 from . import config as defaults
-from .api import AssetDownloader, ScenarioClient
 from .config import ApiSettings, Credentials, EngineSettings, RetrySettings
-from .dataset import write_metadata
-from .display import Display
 from .engine import Engine, Summary, cost_shape
+from .engine.policy import Request, with_retries
 from .errors import (
     EXIT_FAILED_UNITS,
     EXIT_INTERRUPTED,
@@ -58,16 +56,19 @@ from .errors import (
     ConfigError,
     PermanentApiError,
 )
-from .inputs import ModelSpec, model_from_json
-from .journal import JOURNAL_NAME, Journal, Resume, resume_action
-from .lock import OutputLock, run_in_progress
 from .manifest import Manifest, Unit, count_units, iter_units, load_manifest
-from .naming import FileNameTemplate, parse_template
-from .policy import Request, with_retries
-from .preflight import Problem, check_manifest
-from .progress import RateMeter
-from .results import write_results
-from .shard import Shard, shard_directories
+from .manifest.naming import FileNameTemplate, parse_template
+from .manifest.shard import Shard, shard_directories
+from .scenario.client import ScenarioClient
+from .scenario.download import AssetDownloader
+from .scenario.inputs import ModelSpec, model_from_json
+from .scenario.preflight import Problem, check_manifest
+from .store.dataset import write_metadata
+from .store.journal import JOURNAL_NAME, Journal, Resume, resume_action
+from .store.lock import OutputLock, run_in_progress
+from .store.results import write_results
+from .ui.display import Display
+from .ui.progress import RateMeter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

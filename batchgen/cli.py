@@ -27,10 +27,10 @@ import anyio
 
 from . import __version__, app
 from . import config as defaults
-from .display import Display, LineDisplay
 from .errors import EXIT_INTERRUPTED, EXIT_OK, BatchgenError, ConfigError
-from .naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
-from .shard import Shard
+from .manifest.naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
+from .manifest.shard import Shard
+from .ui.display import Display, LineDisplay
 
 STATUS_FAILURES_SHOWN = 20
 
@@ -482,7 +482,7 @@ def _open_display(args: argparse.Namespace, stack: contextlib.ExitStack) -> Disp
     if args.quiet:
         return None
     if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
-        from .live import LiveDisplay  # rich is imported only when it is shown
+        from .ui.live import LiveDisplay  # rich is imported only when it is shown
 
         return stack.enter_context(LiveDisplay.open())
     return LineDisplay(args.progress_every)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CredentialsError
-from .naming import DEFAULT_FILENAME, FileNameTemplate
+from .manifest.naming import DEFAULT_FILENAME, FileNameTemplate
 
 DEFAULT_API_URL = "https://api.cloud.scenario.com"
 DEFAULT_CONCURRENCY = 4

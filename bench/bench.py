@@ -41,10 +41,11 @@ from pathlib import Path
 
 from anyio.from_thread import start_blocking_portal
 
-from batchgen.journal import Journal
 from batchgen.manifest import iter_units, load_manifest
-from batchgen.results import UnitResult, stamp_of
 from batchgen.sim import Network, SimConfig, Simulator, serve
+from batchgen.store.files import stamp_of
+from batchgen.store.journal import Journal
+from batchgen.store.results import UnitResult
 
 KEY, SECRET = "bench-key", "bench-secret"
 HERE = Path(__file__).resolve().parent

@@ -11,8 +11,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from batchgen.commits import GroupCommit
-from batchgen.journal import Journal, State
+from batchgen.store.commits import GroupCommit
+from batchgen.store.journal import Journal, State
 
 
 class SpyJournal(Journal):

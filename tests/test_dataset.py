@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from batchgen.cli import main
-from batchgen.dataset import METADATA_NAME, image_rows
 from batchgen.sim import Simulator
+from batchgen.store.dataset import METADATA_NAME, image_rows
 from tests.test_end_to_end import run_cli
 
 SUCCESS = {

@@ -11,12 +11,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from batchgen.api import AssetDownloader, Downloaded, ScenarioClient
 from batchgen.config import ApiSettings, Credentials, EngineSettings, RetrySettings
 from batchgen.engine import Engine, Summary
-from batchgen.journal import Journal
 from batchgen.manifest import iter_units, load_manifest
+from batchgen.scenario.client import ScenarioClient
+from batchgen.scenario.download import AssetDownloader, Downloaded
 from batchgen.sim import SimConfig, Simulator, serve
+from batchgen.store.journal import Journal
 from tests.conftest import SIM_KEY, SIM_SECRET
 
 MANIFEST = """\

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from batchgen.errors import MalformedResponseError
-from batchgen.inputs import ModelSpec, missing, model_from_json, parse_model, problems
+from batchgen.scenario.inputs import ModelSpec, missing, model_from_json, parse_model, problems
 
 MODEL = {
     "model": {

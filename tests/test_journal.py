@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.journal import FAILED_JOB_LIMIT, Journal, Resume, Row, State, resume_action
+from batchgen.store.journal import FAILED_JOB_LIMIT, Journal, Resume, Row, State, resume_action
 
 
 @pytest.mark.parametrize(

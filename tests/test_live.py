@@ -8,7 +8,7 @@ import re
 
 from rich.console import Console
 
-from batchgen.live import LiveDisplay, render
+from batchgen.ui.live import LiveDisplay, render
 from tests.test_progress import snapshot
 
 log = logging.getLogger("batchgen")

@@ -11,7 +11,7 @@ import pytest
 
 from batchgen.errors import ConfigError
 from batchgen.manifest import Unit
-from batchgen.naming import (
+from batchgen.manifest.naming import (
     DEFAULT_FILENAME,
     NAME_PART_MAX,
     FileNameTemplate,

@@ -19,17 +19,12 @@ from aiohttp import web
 from anyio.from_thread import start_blocking_portal
 from yarl import URL
 
-from batchgen.api import (
-    AssetDownloader,
-    BodyTooLargeError,
-    Proxies,
-    ScenarioClient,
-    read_body,
-    retry_after_seconds,
-)
 from batchgen.cli import main
 from batchgen.config import ApiSettings, Credentials
 from batchgen.errors import AmbiguousSubmitError, DownloadError
+from batchgen.scenario.client import ScenarioClient
+from batchgen.scenario.download import AssetDownloader
+from batchgen.scenario.transport import NoAnswer, Proxies, read_body, retry_after_seconds
 from batchgen.sim import Network, SimConfig, Simulator, serve
 from tests.conftest import SIM_KEY, SIM_SECRET, ConnectProxy
 
@@ -148,7 +143,7 @@ async def test_an_answer_past_the_bound_is_refused_as_soon_as_it_passes(
         _pieces_app(big, list(range(1000, len(big), 1000)), chunked=True, encoding="gzip")
     )
     async with aiohttp.ClientSession() as session, session.get(f"{url}/v1/answer") as response:
-        with pytest.raises(BodyTooLargeError):
+        with pytest.raises(NoAnswer, match="larger than 10000 bytes"):
             await read_body(response, 10_000)
         # It stopped reading once past the bound: most of the answer was never read.
         assert not response.content.at_eof()
@@ -294,7 +289,7 @@ def test_the_tls_context_trusts_the_bundle_the_environment_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trustme = pytest.importorskip("trustme")
-    from batchgen.api import tls_context
+    from batchgen.scenario.transport import tls_context
 
     ca = trustme.CA()
     bundle = tmp_path / "ca.pem"

@@ -5,6 +5,14 @@ import random
 import pytest
 
 from batchgen.config import RetrySettings
+from batchgen.engine.policy import (
+    Action,
+    Request,
+    attempts_allowed,
+    backoff_delay,
+    decide,
+    with_retries,
+)
 from batchgen.errors import (
     AmbiguousSubmitError,
     CredentialsError,
@@ -15,7 +23,6 @@ from batchgen.errors import (
     RateLimitedError,
     TransientApiError,
 )
-from batchgen.policy import Action, Request, attempts_allowed, backoff_delay, decide, with_retries
 
 S, J, A, D = Request.SUBMIT, Request.JOB_STATUS, Request.ASSET_LOOKUP, Request.DOWNLOAD
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.inputs import parse_model
 from batchgen.manifest import load_manifest
-from batchgen.preflight import PROBLEMS_SHOWN, ModelInputsError, check_manifest
+from batchgen.scenario.inputs import parse_model
+from batchgen.scenario.preflight import PROBLEMS_SHOWN, ModelInputsError, check_manifest
 
 Write = Callable[[str, str], Path]
 

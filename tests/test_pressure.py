@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchgen.pressure import InFlightCap
+from batchgen.engine.pressure import InFlightCap
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchgen.progress import (
+from batchgen.ui.progress import (
     RATE_MIN_SECONDS,
     RateMeter,
     Snapshot,

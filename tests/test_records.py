@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from batchgen.inputs import same_value
-from batchgen.records import JobRecord, made_for
+from batchgen.scenario.inputs import same_value
+from batchgen.scenario.records import JobRecord, made_for
 
 BODY = {"prompt": "a cat", "width": 512, "height": 512, "seed": 3}
 

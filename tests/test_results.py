@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.journal import Journal
-from batchgen.results import files_intact, stamp_of
+from batchgen.store.files import files_intact, stamp_of
+from batchgen.store.journal import Journal
 
 CONTENT = b"\x89PNG\r\n\x1a\n original"
 

@@ -8,7 +8,7 @@ import pytest
 
 from batchgen.cli import main
 from batchgen.manifest import iter_units, load_manifest
-from batchgen.shard import Shard
+from batchgen.manifest.shard import Shard
 from batchgen.sim import Simulator
 from tests.test_end_to_end import read_results, run_cli
 

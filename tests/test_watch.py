@@ -6,8 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from batchgen.records import JobRecord
-from batchgen.watch import (
+from batchgen.engine.watch import (
     CURSOR_EPSILON,
     QUIET_MIN,
     SKEW_MARGIN,
@@ -15,6 +14,7 @@ from batchgen.watch import (
     Watcher,
     WatchSettings,
 )
+from batchgen.scenario.records import JobRecord
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
 INTERVAL = 0.25

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
-from .errors import OutputLockedError
+from ..errors import OutputLockedError
 
 LOCK_NAME = ".batchgen.lock"
 

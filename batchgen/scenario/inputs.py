@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import MalformedResponseError
+from ..errors import MalformedResponseError
 
 SIZE_INPUTS = ("width", "height")
 RATIO_INPUT = "aspectRatio"

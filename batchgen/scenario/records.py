@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import MalformedResponseError
+from ..errors import MalformedResponseError
 from .inputs import same_value
 
 RUNNING_STATUSES = frozenset({"pending", "queued", "warming-up", "in-progress", "finalizing"})

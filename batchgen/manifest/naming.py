@@ -24,12 +24,38 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-if TYPE_CHECKING:
-    from .manifest import Unit
+
+class Named(Protocol):
+    """What a template reads of a unit (a :class:`~batchgen.manifest.Unit` is one); the
+    module needs no more of the manifest than this, and imports none of it."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def repeat(self) -> int: ...
+    @property
+    def width(self) -> int | None: ...
+    @property
+    def height(self) -> int | None: ...
+    @property
+    def aspect_ratio(self) -> str | None: ...
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def entry(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def metadata(self) -> Mapping[str, Any]: ...
+
 
 DEFAULT_TEMPLATE = "{id}_{n}"
 # Fields every unit has, and the longest value each can give (after making it safe).
@@ -69,7 +95,7 @@ class FileNameTemplate:
     uses: frozenset[str]  # every field it holds
 
     def render(
-        self, unit: Unit, n: int, suffix: str, size: tuple[int, int] | None = None
+        self, unit: Named, n: int, suffix: str, size: tuple[int, int] | None = None
     ) -> PurePosixPath:
         """The image's path relative to the images directory.  ``size`` is the image's
         own width and height when known; else the size asked for (0 for none)."""

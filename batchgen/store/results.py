@@ -7,17 +7,15 @@ units that are no longer in the manifest.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .manifest import Unit
+from ..manifest import Unit
+from .files import write_lines_atomically
 
 RESULTS_NAME = "results.jsonl"
-HASH_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,56 +106,6 @@ class UnitResult:
         }
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-Stamp = tuple[int, int]  # a file's (size, mtime_ns) when it was written
-
-
-def stamp_of(path: Path) -> Stamp:
-    status = path.stat()
-    return status.st_size, status.st_mtime_ns
-
-
-def files_intact(
-    out_dir: Path, files: Iterable[tuple[str, str]], stamps: Iterable[Stamp | None] = ()
-) -> bool:
-    """Every recorded file is there with its recorded sha256.
-
-    A file whose size and modification time are still those recorded when it was
-    written is taken as unchanged without reading it (as make and rsync do): a resume
-    of a million-image run must not read the whole dataset again.  Any other file is
-    hashed."""
-    listed = list(files)
-    if not listed:
-        return False
-    known = list(stamps)
-    for index, (relative, digest) in enumerate(listed):
-        path = out_dir / relative
-        try:
-            stamp = stamp_of(path)
-        except OSError:
-            return False
-        if index < len(known) and known[index] == stamp:
-            continue
-        if not path.is_file() or sha256_of(path) != digest:
-            return False
-    return True
-
-
 def write_results(lines: Iterable[str], out_dir: Path) -> Path:
     """Replace ``results.jsonl`` with these lines, atomically."""
-    path = out_dir / RESULTS_NAME
-    temporary = out_dir / f".{RESULTS_NAME}.{os.getpid()}.tmp"
-    with temporary.open("w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    return path
+    return write_lines_atomically(out_dir / RESULTS_NAME, lines)

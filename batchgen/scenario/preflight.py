@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..manifest import PER_UNIT_SEED, SEED_MASK, Entry, Manifest, Size, iter_entry_prompts
 from .inputs import (
     PROMPT_INPUT,
     RATIO_INPUT,
@@ -28,7 +29,6 @@ from .inputs import (
     missing,
     value_problem,
 )
-from .manifest import PER_UNIT_SEED, SEED_MASK, Entry, Manifest, Size, iter_entry_prompts
 
 # Problems shown at most; the count says how many more there are.
 PROBLEMS_SHOWN = 20

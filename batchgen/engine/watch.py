@@ -34,7 +34,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .records import JobRecord, server_time
+from ..scenario.records import JobRecord, server_time
 
 # Listing requests to spend per job finished, when many jobs are in flight.  Each one
 # more shortens the wait to notice a finished job; some headroom is kept for sweeps.

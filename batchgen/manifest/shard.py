@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import Unit
+from .types import Unit
 
 SHARD_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 SHARD_DIRECTORY = re.compile(r"^shard-(\d+)-of-(\d+)$")

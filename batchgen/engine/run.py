@@ -29,10 +29,8 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .api import BULK_ASSET_LIMIT, STALE_CONNECTION_RETRIES, Downloaded
-from .commits import GroupCommit
-from .config import EngineSettings, RetrySettings
-from .errors import (
+from ..config import EngineSettings, RetrySettings
+from ..errors import (
     AmbiguousSubmitError,
     ApiError,
     DownloadError,
@@ -40,13 +38,17 @@ from .errors import (
     PermanentApiError,
     RateLimitedError,
 )
-from .journal import Journal, Resume, Row, resume_action
-from .manifest import Unit
+from ..manifest import Unit
+from ..scenario.client import BULK_ASSET_LIMIT, STALE_CONNECTION_RETRIES
+from ..scenario.download import Downloaded
+from ..scenario.records import RUNNING_STATUSES, Asset, JobRecord, Submission, made_for
+from ..store.commits import GroupCommit
+from ..store.files import files_intact, stamp_of
+from ..store.journal import Journal, Resume, Row, resume_action
+from ..store.results import UnitResult
+from ..ui.progress import Snapshot
 from .policy import Request, with_retries
 from .pressure import InFlightCap
-from .progress import Snapshot
-from .records import RUNNING_STATUSES, Asset, JobRecord, Submission, made_for
-from .results import UnitResult, files_intact, stamp_of
 from .watch import Watcher, WatchSettings
 
 log = logging.getLogger("batchgen")

@@ -1,36 +1,27 @@
-"""Parse a YAML manifest into entries, and expand entries lazily into work units.
+"""Parse a YAML manifest into entries.
 
-Pure code: no network, and the only files read are the manifest and the prompts files
-it names.  Every error is a :class:`ManifestError` naming the file, the line and the
-field, raised before anything is sent or written.
-
-A work unit is one generation job.  Its id is a digest of the request it makes
-(model, prompt, size, params) and of its repeat index, so the same manifest
-always yields the same ids and a changed prompt or param yields a new unit.  The repeat
-index counts identical requests in manifest order: ``count: 3`` gives repeats 0, 1, 2,
-and a prompt that appears again later (in another entry or a prompts file) continues
-the count instead of colliding.
+Pure code: no network, and the only file read is the manifest (a prompts file is only
+checked to exist here; its lines are read as units are made, :mod:`.prompts`).  Every
+error is a :class:`ManifestError` naming the file, the line and the field, raised before
+anything is sent or written.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
-import hashlib
-import itertools
-import json
 import math
 import re
 import string
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError, ManifestError
-from .naming import DEFAULT_FILENAME, FileNameTemplate, parse_template
+from ..errors import ConfigError, ManifestError
+from .expand import PER_UNIT_SEED
+from .naming import DEFAULT_FILENAME, parse_template
+from .prompts import PROMPT_FILE_SUFFIXES, type_name
+from .types import NO_SIZE, Entry, Manifest, Size
 
 TOP_LEVEL_KEYS = (
     "model",
@@ -60,119 +51,11 @@ ENTRY_KEYS = (
 RESERVED_PARAMS = ("prompt", "width", "height", "aspectRatio")
 RESERVED_FIELDS = {"aspectRatio": "aspect_ratio"}
 ASPECT_RATIO_PATTERN = re.compile(r"^([1-9][0-9]{0,3}):([1-9][0-9]{0,3})$")
-PROMPT_FILE_SUFFIXES = (".txt", ".csv", ".jsonl")
 SIZE_MULTIPLE = 16
 MAX_COUNT = 100_000
 MAX_CONCURRENCY = 1000
-UNIT_ID_HEX_DIGITS = 20
-# params.seed: per-unit derives each unit's seed from its id (see seed_for).
-PER_UNIT_SEED = "per-unit"
-SEED_MASK = 2**31 - 1
 ENTRY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 VAR_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-@dataclass(frozen=True, slots=True)
-class Size:
-    """How big an image is asked for: a width and height, an aspect ratio (``16:9``), or
-    nothing (the model's own default).  Which a model takes is its input list's say."""
-
-    width: int | None = None
-    height: int | None = None
-    ratio: str | None = None
-    # Where the manifest gives it, for messages (0 and "" when it is the default).
-    line: int = 0
-    field: str = ""
-
-    def body(self) -> dict[str, Any]:
-        if self.ratio is not None:
-            return {"aspectRatio": self.ratio}
-        if self.width is not None and self.height is not None:
-            return {"width": self.width, "height": self.height}
-        return {}
-
-    @property
-    def key(self) -> tuple[int | None, int | None, str | None]:
-        return (self.width, self.height, self.ratio)
-
-    def canonical(self) -> str:
-        """Its part of the canonical request (see :func:`canonical_request`): ``w,h`` as
-        ever, so the ids of width/height units never change; a ratio or no size are
-        spelled so no width/height pair can be mistaken for them."""
-        if self.ratio is not None:
-            return f"{json.dumps(self.ratio)},null"
-        if self.width is not None and self.height is not None:
-            return f"{self.width},{self.height}"
-        return "null,null"
-
-    def __str__(self) -> str:
-        if self.ratio is not None:
-            return self.ratio
-        if self.width is not None:
-            return f"{self.width}x{self.height}"
-        return "the model's default size"
-
-
-NO_SIZE = Size()
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One item of ``jobs:`` with the manifest's defaults already applied."""
-
-    index: int
-    line: int
-    label: str
-    explicit_id: bool
-    model: str
-    sizes: tuple[Size, ...]
-    params: Mapping[str, Any]
-    count: int
-    prompt: str | None = None
-    prompt_line: int = 0
-    prompts_file: Path | None = None
-    variables: tuple[tuple[str, tuple[Any, ...]], ...] = ()
-    # Where each param is given, for messages: name -> (line, field path).
-    param_places: Mapping[str, tuple[int, str]] = field(default_factory=dict)
-    model_line: int = 0
-    model_field: str = "model"
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    path: Path
-    entries: tuple[Entry, ...]
-    output: Path | None = None
-    concurrency: int | None = None
-    filename: FileNameTemplate = DEFAULT_FILENAME
-
-
-@dataclass(frozen=True, slots=True)
-class Unit:
-    """One generation job to make."""
-
-    id: str
-    entry: str
-    model: str
-    prompt: str
-    width: int | None
-    height: int | None
-    params: Mapping[str, Any]
-    repeat: int
-    source: str
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    # Its place in the manifest's order (0, 1, ...), for file names.
-    index: int = 0
-    aspect_ratio: str | None = None
-
-    def request_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"prompt": self.prompt}
-        if self.aspect_ratio is not None:
-            body["aspectRatio"] = self.aspect_ratio
-        elif self.width is not None and self.height is not None:
-            body["width"], body["height"] = self.width, self.height
-        body.update(self.params)
-        return body
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -231,7 +114,7 @@ class _Reader:
     def string(self, node: yaml.Node, field_name: str, *, allow_empty: bool = False) -> str:
         value = self.value(node, field_name)
         if not isinstance(value, str):
-            raise self.fail(node, field_name, f"must be a string, got {_type_name(value)}")
+            raise self.fail(node, field_name, f"must be a string, got {type_name(value)}")
         if not allow_empty and not value.strip():
             raise self.fail(node, field_name, "must not be empty")
         return value
@@ -239,7 +122,7 @@ class _Reader:
     def integer(self, node: yaml.Node, field_name: str, *, minimum: int, maximum: int) -> int:
         value = self.value(node, field_name)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(node, field_name, f"must be a whole number, got {_type_name(value)}")
+            raise self.fail(node, field_name, f"must be a whole number, got {type_name(value)}")
         if not minimum <= value <= maximum:
             raise self.fail(
                 node, field_name, f"must be between {minimum} and {maximum}, got {value}"
@@ -249,7 +132,7 @@ class _Reader:
     def dimension(self, node: yaml.Node, field_name: str) -> int:
         value = self.value(node, field_name)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(node, field_name, f"must be a whole number, got {_type_name(value)}")
+            raise self.fail(node, field_name, f"must be a whole number, got {type_name(value)}")
         if value <= 0 or value % SIZE_MULTIPLE:
             raise self.fail(
                 node, field_name, f"must be a positive multiple of {SIZE_MULTIPLE}, got {value}"
@@ -259,7 +142,7 @@ class _Reader:
     def aspect_ratio(self, node: yaml.Node, field_name: str) -> str:
         value = self.value(node, field_name)
         if not isinstance(value, str) or not ASPECT_RATIO_PATTERN.match(value.strip()):
-            shown = value if isinstance(value, str) else _type_name(value)
+            shown = value if isinstance(value, str) else type_name(value)
             raise self.fail(
                 node, field_name, f'must be a ratio such as "16:9" (quoted), got {shown!r}'
             )
@@ -411,7 +294,7 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
     if "id" in items:
         raw = reader.value(items["id"], f"{name}.id")
         if isinstance(raw, bool) or not isinstance(raw, str | int):
-            raise reader.fail(items["id"], f"{name}.id", f"must be a string, got {_type_name(raw)}")
+            raise reader.fail(items["id"], f"{name}.id", f"must be a string, got {type_name(raw)}")
         label, explicit = str(raw), True
         if not ENTRY_ID_PATTERN.match(label):
             raise reader.fail(
@@ -579,211 +462,6 @@ def _check_template(
             raise reader.fail(node, field_name, f"placeholder {{{name}}} has no entry in vars")
 
 
-# -------------------------------------------------------------------------- expansion
-
-
-def iter_units(manifest: Manifest) -> Iterator[Unit]:
-    """Yield every unit of the manifest in order, reading prompts files as it goes."""
-    occurrences: dict[bytes, int] = {}
-    index = 0
-    for entry in manifest.entries:
-        # Everything in the canonical request but the prompt is fixed per entry and size:
-        # encode it once, not once per prompt (this loop runs millions of times).
-        model_json = json.dumps(entry.model, ensure_ascii=False)
-        params_json = _canonical_json(entry.params)
-        tails = [(size, f",{size.canonical()},{params_json}]") for size in entry.sizes]
-        # "per-unit" stays in the digest, so the id says how the seed was chosen, and
-        # the seed sent is drawn from that id: the same unit asks the same seed again.
-        derive_seed = entry.params.get("seed") == PER_UNIT_SEED
-        for prompt, metadata, source in iter_entry_prompts(manifest, entry):
-            head = f"[{model_json},{json.dumps(prompt, ensure_ascii=False)}"
-            for size, tail in tails:
-                request = head + tail
-                key = hashlib.sha256(request.encode()).digest()[:12]
-                first_repeat = occurrences.get(key, 0)
-                occurrences[key] = first_repeat + entry.count
-                for repeat in range(first_repeat, first_repeat + entry.count):
-                    identity = unit_id(request, repeat)
-                    params = entry.params
-                    if derive_seed:
-                        params = {**entry.params, "seed": seed_for(identity)}
-                    yield Unit(
-                        id=identity,
-                        entry=entry.label,
-                        model=entry.model,
-                        prompt=prompt,
-                        width=size.width,
-                        height=size.height,
-                        params=params,
-                        repeat=repeat,
-                        source=source,
-                        metadata=metadata,
-                        index=index,
-                        aspect_ratio=size.ratio,
-                    )
-                    index += 1
-
-
-def seed_for(identity: str) -> int:
-    """A seed drawn from a unit id: stable, and spread over 0 .. 2**31 - 1."""
-    return int(identity[:8], 16) & SEED_MASK
-
-
-def count_units(manifest: Manifest) -> int:
-    """Check every prompt of every prompts file and count the units; raises on the first bad one.
-
-    Reads every prompt as :func:`iter_units` does, but builds no units: a run counts
-    (and so checks) the whole manifest before its first submission."""
-    total = 0
-    for entry in manifest.entries:
-        prompts = sum(1 for _ in iter_entry_prompts(manifest, entry))
-        total += prompts * len(entry.sizes) * entry.count
-    return total
-
-
-def unit_id(canonical_request: str, repeat: int) -> str:
-    digest = hashlib.sha256(f"{canonical_request}#{repeat}".encode()).hexdigest()
-    return digest[:UNIT_ID_HEX_DIGITS]
-
-
-def canonical_request(model: str, prompt: str, size: Size, params: Mapping[str, Any]) -> str:
-    """The definition of what a unit id digests: ``[model, prompt, width, height,
-    params]``, where an aspect ratio stands in the width's place with a null height, and
-    no size is two nulls.  :func:`iter_units` builds the same string piecewise, and a
-    test holds the two equal."""
-    first = size.ratio if size.ratio is not None else size.width
-    return _canonical_json([model, prompt, first, size.height, params])
-
-
-def _canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def iter_entry_prompts(
-    manifest: Manifest, entry: Entry
-) -> Iterator[tuple[str, Mapping[str, Any], str]]:
-    """The entry's prompts as (prompt, columns or vars, ``file:line``), each checked to
-    have the columns the file name template uses."""
-    prompts = _iter_prompts(manifest, entry)
-    if not manifest.filename.extras:
-        yield from prompts
-        return
-    for prompt, metadata, source in prompts:
-        missing = manifest.filename.missing(metadata)
-        if missing is not None:
-            path, _, line = source.rpartition(":")
-            what = "vars" if entry.prompt is not None else "columns"
-            raise ManifestError(
-                path,
-                int(line),
-                missing,
-                f"the filename template uses {{{missing}}}, which is not among this "
-                f"prompt's {what}",
-            )
-        yield prompt, metadata, source
-
-
-def _iter_prompts(manifest: Manifest, entry: Entry) -> Iterator[tuple[str, Mapping[str, Any], str]]:
-    if entry.prompt is not None:
-        source = f"{manifest.path}:{entry.prompt_line}"
-        if not entry.variables:
-            yield entry.prompt, {}, source
-            return
-        names = [name for name, _ in entry.variables]
-        for combo in itertools.product(*(values for _, values in entry.variables)):
-            bound = dict(zip(names, combo, strict=True))
-            yield entry.prompt.format(**bound), bound, source
-        return
-    assert entry.prompts_file is not None
-    suffix = entry.prompts_file.suffix.lower()
-    if suffix == ".txt":
-        yield from _read_txt(entry.prompts_file)
-    elif suffix == ".csv":
-        yield from _read_csv(entry.prompts_file)
-    else:
-        yield from _read_jsonl(entry.prompts_file)
-
-
-def _open_text(path: Path) -> Any:
-    try:
-        # utf-8-sig: spreadsheet exports often start with a byte-order mark.
-        return path.open(encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise ManifestError(str(path), None, "prompts_file", exc.strerror or str(exc)) from exc
-
-
-def _decode_guard(path: Path, lines: Iterator[Any]) -> Iterator[Any]:
-    try:
-        yield from lines
-    except UnicodeDecodeError as exc:
-        raise ManifestError(str(path), None, "prompt", f"not UTF-8 text ({exc.reason})") from exc
-
-
-def _read_txt(path: Path) -> Iterator[tuple[str, Mapping[str, Any], str]]:
-    empty: Mapping[str, Any] = {}
-    with _open_text(path) as handle:
-        for number, raw in enumerate(_decode_guard(path, iter(handle)), start=1):
-            prompt = raw.strip()
-            if prompt:  # blank lines separate groups of prompts; they are not prompts
-                yield prompt, empty, f"{path}:{number}"
-
-
-def _read_csv(path: Path) -> Iterator[tuple[str, Mapping[str, Any], str]]:
-    display = str(path)
-    with _open_text(path) as handle:
-        reader = csv.DictReader(handle)
-        try:
-            header = reader.fieldnames
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise ManifestError(display, 1, "header", str(exc)) from exc
-        if not header or "prompt" not in header:
-            raise ManifestError(display, 1, "prompt", "the header has no prompt column")
-        rows = _decode_guard(path, iter(reader))
-        while True:
-            try:
-                row = next(rows)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                raise ManifestError(display, reader.line_num, "row", str(exc)) from exc
-            line = reader.line_num
-            if None in row:
-                raise ManifestError(
-                    display, line, "row", f"more values than the {len(header)} columns"
-                )
-            if any(value is None for value in row.values()):
-                raise ManifestError(
-                    display, line, "row", f"fewer values than the {len(header)} columns"
-                )
-            prompt = row.pop("prompt").strip()
-            if not prompt:
-                raise ManifestError(display, line, "prompt", "must not be empty")
-            yield prompt, row, f"{display}:{line}"
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[str, Mapping[str, Any], str]]:
-    display = str(path)
-    with _open_text(path) as handle:
-        for number, raw in enumerate(_decode_guard(path, iter(handle)), start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(display, number, "json", exc.msg) from exc
-            if not isinstance(record, dict):
-                raise ManifestError(display, number, "json", "each line must be a JSON object")
-            prompt = record.pop("prompt", None)
-            if not isinstance(prompt, str):
-                problem = (
-                    "missing" if prompt is None else f"must be a string, got {_type_name(prompt)}"
-                )
-                raise ManifestError(display, number, "prompt", problem)
-            if not prompt.strip():
-                raise ManifestError(display, number, "prompt", "must not be empty")
-            yield prompt.strip(), record, f"{display}:{number}"
-
-
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -802,16 +480,7 @@ def _json_problem(value: Any) -> str | None:
             if problem:
                 return problem
         return None
-    return f"{_type_name(value)} is not a JSON value (quote it to send a string)"
-
-
-def _type_name(value: Any) -> str:
-    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list"}
-    if value is None:
-        return "nothing"
-    if isinstance(value, dict):
-        return "a mapping"
-    return names.get(type(value), type(value).__name__)
+    return f"{type_name(value)} is not a JSON value (quote it to send a string)"
 
 
 def _kind(node: yaml.Node) -> str:

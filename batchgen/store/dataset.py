@@ -16,10 +16,11 @@ are, are renamed ``extra_<name>`` when they would hide one of batchgen's own.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from .files import write_lines_atomically
 
 METADATA_NAME = "metadata.jsonl"
 OWN_COLUMNS = (
@@ -71,14 +72,10 @@ def image_rows(result: dict[str, Any], prefix: str = "") -> Iterator[dict[str, A
 def write_metadata(root: Path, parts: Iterable[tuple[str, Iterable[str]]]) -> Path:
     """Replace ``root/metadata.jsonl`` with the rows of these results lines, given as
     (path prefix from ``root``, lines) for each directory of results."""
-    path = root / METADATA_NAME
-    temporary = root / f".{METADATA_NAME}.{os.getpid()}.tmp"
-    with temporary.open("w", encoding="utf-8") as handle:
-        for prefix, lines in parts:
-            for line in lines:
-                for row in image_rows(json.loads(line), prefix):
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    return path
+    rows = (
+        json.dumps(row, ensure_ascii=False)
+        for prefix, lines in parts
+        for line in lines
+        for row in image_rows(json.loads(line), prefix)
+    )
+    return write_lines_atomically(root / METADATA_NAME, rows)

@@ -1,0 +1,34 @@
+"""The manifest: YAML parsed into entries (:mod:`.parse`), entries expanded lazily into
+work units (:mod:`.expand`, reading prompts files with :mod:`.prompts`), file names made
+from a template (:mod:`.naming`) and units split over machines (:mod:`.shard`)."""
+
+from .expand import (
+    PER_UNIT_SEED,
+    SEED_MASK,
+    canonical_request,
+    count_units,
+    iter_units,
+    seed_for,
+    unit_id,
+)
+from .parse import MAX_CONCURRENCY, load_manifest
+from .prompts import iter_entry_prompts
+from .types import NO_SIZE, Entry, Manifest, Size, Unit
+
+__all__ = [
+    "MAX_CONCURRENCY",
+    "NO_SIZE",
+    "PER_UNIT_SEED",
+    "SEED_MASK",
+    "Entry",
+    "Manifest",
+    "Size",
+    "Unit",
+    "canonical_request",
+    "count_units",
+    "iter_entry_prompts",
+    "iter_units",
+    "load_manifest",
+    "seed_for",
+    "unit_id",
+]

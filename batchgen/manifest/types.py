@@ -1,0 +1,115 @@
+"""What a manifest is made of: its entries, the sizes they ask for, and the work units
+they expand into.  Plain records, no I/O."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .naming import DEFAULT_FILENAME, FileNameTemplate
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    """How big an image is asked for: a width and height, an aspect ratio (``16:9``), or
+    nothing (the model's own default).  Which a model takes is its input list's say."""
+
+    width: int | None = None
+    height: int | None = None
+    ratio: str | None = None
+    # Where the manifest gives it, for messages (0 and "" when it is the default).
+    line: int = 0
+    field: str = ""
+
+    def body(self) -> dict[str, Any]:
+        if self.ratio is not None:
+            return {"aspectRatio": self.ratio}
+        if self.width is not None and self.height is not None:
+            return {"width": self.width, "height": self.height}
+        return {}
+
+    @property
+    def key(self) -> tuple[int | None, int | None, str | None]:
+        return (self.width, self.height, self.ratio)
+
+    def canonical(self) -> str:
+        """Its part of the canonical request (see :func:`canonical_request`): ``w,h`` as
+        ever, so the ids of width/height units never change; a ratio or no size are
+        spelled so no width/height pair can be mistaken for them."""
+        if self.ratio is not None:
+            return f"{json.dumps(self.ratio)},null"
+        if self.width is not None and self.height is not None:
+            return f"{self.width},{self.height}"
+        return "null,null"
+
+    def __str__(self) -> str:
+        if self.ratio is not None:
+            return self.ratio
+        if self.width is not None:
+            return f"{self.width}x{self.height}"
+        return "the model's default size"
+
+
+NO_SIZE = Size()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One item of ``jobs:`` with the manifest's defaults already applied."""
+
+    index: int
+    line: int
+    label: str
+    explicit_id: bool
+    model: str
+    sizes: tuple[Size, ...]
+    params: Mapping[str, Any]
+    count: int
+    prompt: str | None = None
+    prompt_line: int = 0
+    prompts_file: Path | None = None
+    variables: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    # Where each param is given, for messages: name -> (line, field path).
+    param_places: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+    model_line: int = 0
+    model_field: str = "model"
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    path: Path
+    entries: tuple[Entry, ...]
+    output: Path | None = None
+    concurrency: int | None = None
+    filename: FileNameTemplate = DEFAULT_FILENAME
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One generation job to make."""
+
+    id: str
+    entry: str
+    model: str
+    prompt: str
+    width: int | None
+    height: int | None
+    params: Mapping[str, Any]
+    repeat: int
+    source: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    # Its place in the manifest's order (0, 1, ...), for file names.
+    index: int = 0
+    aspect_ratio: str | None = None
+
+    def request_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"prompt": self.prompt}
+        if self.aspect_ratio is not None:
+            body["aspectRatio"] = self.aspect_ratio
+        elif self.width is not None and self.height is not None:
+            body["width"], body["height"] = self.width, self.height
+        body.update(self.params)
+        return body

@@ -1,0 +1,264 @@
+"""The Scenario API as typed calls: the one choke point every request goes through.
+
+:meth:`ScenarioClient.request` sends a request through a transport (``transport.py``:
+aiohttp, or a function in tests) and turns whatever comes back into a parsed answer or
+an error of :mod:`batchgen.errors`, sorting failures into the two kinds the engine must
+tell apart: *safe to retry* (nothing reached the server, or the request creates
+nothing) and *may have created a job* (:class:`AmbiguousSubmitError`: a submission sent
+whose answer was lost, which is reconciled, never sent again blindly).  The client sends
+the Basic credentials to the API origin only and follows no redirects.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from yarl import URL
+
+from ..config import MAX_API_BODY_BYTES, ApiSettings
+from ..errors import (
+    AmbiguousSubmitError,
+    ApiError,
+    CredentialsError,
+    MalformedResponseError,
+    OutOfCreditsError,
+    PermanentApiError,
+    RateLimitedError,
+    TransientApiError,
+)
+from .inputs import ModelSpec, parse_model
+from .records import Asset, JobRecord, Submission, parse_asset, parse_job, parse_submission
+from .transport import (
+    USER_AGENT,
+    AiohttpTransport,
+    CannotConnect,
+    ConnectionDropped,
+    NoAnswer,
+    Outgoing,
+    Transport,
+    open_session,
+)
+
+BULK_ASSET_LIMIT = 200
+# A job list that never ends is a server bug; stop following it somewhere.
+MAX_LIST_PAGES = 2_000
+DRY_RUN_STATUS = 269
+LIST_PAGE_SIZE = 100  # the most GET /v1/jobs gives in one page
+# A keep-alive connection that the server or a load balancer closed while it sat idle
+# fails the next request sent on it.  Nothing is wrong with the server: a read is sent
+# again at once on a fresh connection, this many times at most in a row, and it does
+# not count as a failed attempt.
+STALE_CONNECTION_RETRIES = 3
+
+
+def _reason(body: bytes) -> tuple[str, str, Any]:
+    """(reason, name, details) from an error body, tolerating anything."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body[:200].decode("utf-8", "replace").strip(), "", None
+    if not isinstance(payload, dict):
+        return "", "", None
+    reason = payload.get("reason") or payload.get("message") or ""
+    return str(reason)[:500], str(payload.get("name") or ""), payload.get("details")
+
+
+def _api_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class ScenarioClient:
+    """A thin, typed adapter over the Scenario REST API."""
+
+    def __init__(self, settings: ApiSettings, transport: Transport) -> None:
+        self._settings = settings
+        self._transport = transport
+        self._base = URL(settings.base_url.rstrip("/"))
+        self._headers = {
+            "Authorization": settings.credentials.authorization_header(),
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: ApiSettings) -> AsyncIterator[ScenarioClient]:
+        async with await open_session() as session:
+            yield cls(settings, AiohttpTransport(session, settings.request_timeout))
+
+    def _url(self, path: str, query: dict[str, str] | None) -> URL:
+        merged = dict(query or {})
+        if self._settings.project_id:
+            merged.setdefault("projectId", self._settings.project_id)
+        url = self._base.with_path(self._base.path.rstrip("/") + path)
+        return url.with_query(merged) if merged else url
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> tuple[int, Any]:
+        """One request; returns (status, parsed JSON) for a success, raises ours otherwise."""
+        creates = method == "POST" and path.startswith("/v1/generate/") and not query
+        what = f"{method} {path}"
+        outgoing = Outgoing(method, self._url(path, query), self._headers, body)
+        for stale in range(STALE_CONNECTION_RETRIES + 1):
+            try:
+                answer = await self._transport.send(outgoing, limit=MAX_API_BODY_BYTES)
+                break
+            except CannotConnect as exc:
+                # Nothing reached the server: safe to retry, even a submission.
+                raise TransientApiError(f"{what}: {exc}") from exc
+            except ConnectionDropped as exc:
+                # Most often a kept-alive connection closed while idle.  A read goes again
+                # at once; a submission may have created its job and is reconciled.
+                if creates:
+                    raise AmbiguousSubmitError(f"{what}: {exc}", connection_dropped=True) from exc
+                if stale == STALE_CONNECTION_RETRIES:
+                    raise TransientApiError(f"{what}: {exc}") from exc
+            except NoAnswer as exc:
+                if creates:
+                    raise AmbiguousSubmitError(f"{what}: {exc}") from exc
+                raise TransientApiError(f"{what}: {exc}") from exc
+        status, raw, retry_after = answer.status, answer.body, answer.retry_after
+        if 200 <= status < 300:
+            try:
+                return status, json.loads(raw) if raw else None
+            except ValueError as exc:
+                error_type: type[ApiError] = (
+                    AmbiguousSubmitError if creates else MalformedResponseError
+                )
+                raise error_type(f"{what}: answered {status} with a body that is not JSON") from exc
+        reason, name, details = _reason(raw)
+        message = f"{what}: HTTP {status}" + (f": {reason}" if reason else "")
+        if status == 401:
+            raise CredentialsError(
+                "the API refused the credentials (HTTP 401): check SCENARIO_API_KEY and "
+                "SCENARIO_API_SECRET"
+            )
+        if status == 429:
+            limit = details.get("actionLimit") if isinstance(details, dict) else None
+            raise RateLimitedError(
+                message,
+                reason=reason,
+                retry_after=retry_after,
+                action_limit=limit
+                if isinstance(limit, int) and not isinstance(limit, bool)
+                else None,
+            )
+        if status >= 500 or status in (408, 409):
+            # 408 and 409 are the server's "not now" (a timeout, a conflict in flight):
+            # like a 5xx, a read is tried again and a submission reconciled.
+            server_error: type[ApiError] = AmbiguousSubmitError if creates else TransientApiError
+            raise server_error(message, status=status, reason=reason)
+        if status == 402 or (400 <= status < 500 and "creative unit" in reason.lower()):
+            # Not documented; Scenario's own plugins read these as an exhausted quota.
+            raise OutOfCreditsError(message, status=status, reason=reason or f"HTTP {status}")
+        if 300 <= status < 400:
+            raise PermanentApiError(f"{what}: unexpected redirect (HTTP {status})", status=status)
+        raise PermanentApiError(
+            message, status=status, reason=reason or f"HTTP {status}", name=name
+        )
+
+    async def submit(self, model: str, body: dict[str, Any]) -> Submission:
+        status, payload = await self.request("POST", f"/v1/generate/custom/{model}", body=body)
+        try:
+            return parse_submission(payload)
+        except MalformedResponseError as exc:
+            raise AmbiguousSubmitError(f"POST /v1/generate/custom/{model}: {exc}") from exc
+
+    async def estimate(self, model: str, body: dict[str, Any]) -> float | None:
+        """Ask the dry run (HTTP 269) for the cost of one job; creates nothing."""
+        _, payload = await self.request(
+            "POST", f"/v1/generate/custom/{model}", query={"dryRun": "true"}, body=body
+        )
+        cost = payload.get("creativeUnitsCost") if isinstance(payload, dict) else None
+        return float(cost) if isinstance(cost, int | float) else None
+
+    async def get_job(self, job_id: str) -> JobRecord:
+        _, payload = await self.request("GET", f"/v1/jobs/{job_id}")
+        return parse_job(payload)
+
+    async def cancel_job(self, job_id: str) -> None:
+        """Ask the API to cancel a job; custom generation jobs usually refuse (400)."""
+        await self.request("POST", f"/v1/jobs/{job_id}/action", body={"action": "cancel"})
+
+    async def get_assets(self, asset_ids: Sequence[str]) -> list[Asset]:
+        """Fresh signed URLs for these assets, in the order asked."""
+        found = await self.lookup_assets(asset_ids)
+        missing = [a for a in asset_ids if a not in found]
+        if missing:
+            raise MalformedResponseError(f"asset lookup did not return {len(missing)} asset(s)")
+        return [found[a] for a in asset_ids]
+
+    async def lookup_assets(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        """The assets the API returns for these ids, by id: one request for each
+        ``BULK_ASSET_LIMIT`` of them."""
+        if len(asset_ids) == 1:
+            _, payload = await self.request("GET", f"/v1/assets/{asset_ids[0]}")
+            asset = parse_asset(payload)
+            return {asset.id: asset}
+        found: dict[str, Asset] = {}
+        for start in range(0, len(asset_ids), BULK_ASSET_LIMIT):
+            chunk = list(asset_ids[start : start + BULK_ASSET_LIMIT])
+            _, payload = await self.request("POST", "/v1/assets/get-bulk", body={"assetIds": chunk})
+            items = payload.get("assets") if isinstance(payload, dict) else None
+            if not isinstance(items, list):
+                raise MalformedResponseError("POST /v1/assets/get-bulk: no assets list")
+            for item in items:
+                asset = parse_asset(item)
+                found[asset.id] = asset
+        return found
+
+    async def jobs_created_after(self, since: datetime) -> list[JobRecord]:
+        """Every job created after ``since``, following pagination tokens through pages
+        that may be empty while a token is still given."""
+        return await self._list_jobs({"createdAfter": _api_time(since)})
+
+    async def jobs_updated_after(self, since: datetime) -> list[JobRecord]:
+        """Every custom-generation job the server changed after ``since`` (its clock)."""
+        return await self._list_jobs({"type": "custom", "updatedAfter": _api_time(since)})
+
+    async def _list_jobs(self, filters: dict[str, str]) -> list[JobRecord]:
+        query = filters | {"pageSize": str(LIST_PAGE_SIZE)}
+        return [parse_job(item) for item in await self._pages("/v1/jobs", "jobs", query)]
+
+    async def list_models(self, privacy: str = "private") -> list[dict[str, Any]]:
+        """Every model of one privacy (all pages): ``private``, the team's own (the API's
+        default), or ``public``, Scenario's."""
+        query = {"pageSize": "100", "privacy": privacy}
+        return [m for m in await self._pages("/v1/models", "models", query) if isinstance(m, dict)]
+
+    async def _pages(self, path: str, key: str, query: dict[str, str]) -> list[Any]:
+        """Every item of a paged list, following tokens through pages that may be empty
+        while a token is still given.  A token that comes back, or a list longer than
+        ``MAX_LIST_PAGES`` pages, is a broken list: it ends in an error, not in memory
+        and requests without end."""
+        items: list[Any] = []
+        seen: set[str] = set()
+        token: str | None = None
+        for _ in range(MAX_LIST_PAGES):
+            paged = query | ({"paginationToken": token} if token else {})
+            _, payload = await self.request("GET", path, query=paged)
+            if not isinstance(payload, dict) or not isinstance(payload.get(key) or [], list):
+                raise MalformedResponseError(f"GET {path}: no {key} list")
+            items.extend(payload.get(key) or [])
+            token = payload.get("nextPaginationToken") or None
+            if not token:
+                return items
+            if not isinstance(token, str) or token in seen:
+                raise MalformedResponseError(f"GET {path}: the pagination token came back")
+            seen.add(token)
+        raise MalformedResponseError(f"GET {path}: more than {MAX_LIST_PAGES} pages")
+
+    async def get_model(self, model_id: str) -> ModelSpec:
+        """A model and its inputs (``GET /v1/models/{id}``)."""
+        _, payload = await self.request("GET", f"/v1/models/{model_id}")
+        return parse_model(payload)

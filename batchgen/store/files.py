@@ -1,0 +1,129 @@
+"""Files on disk: hashes, the stamps that spare a resume from reading them again, and
+writes that a reader never sees half done.  Blocking code: callers run it in a worker
+thread, or inline in tests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+HASH_CHUNK = 1024 * 1024
+
+Stamp = tuple[int, int]  # a file's (size, mtime_ns) when it was written
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stamp_of(path: Path) -> Stamp:
+    status = path.stat()
+    return status.st_size, status.st_mtime_ns
+
+
+def files_intact(
+    out_dir: Path, files: Iterable[tuple[str, str]], stamps: Iterable[Stamp | None] = ()
+) -> bool:
+    """Every recorded file is there with its recorded sha256.
+
+    A file whose size and modification time are still those recorded when it was
+    written is taken as unchanged without reading it (as make and rsync do): a resume
+    of a million-image run must not read the whole dataset again.  Any other file is
+    hashed."""
+    listed = list(files)
+    if not listed:
+        return False
+    known = list(stamps)
+    for index, (relative, digest) in enumerate(listed):
+        path = out_dir / relative
+        try:
+            stamp = stamp_of(path)
+        except OSError:
+            return False
+        if index < len(known) and known[index] == stamp:
+            continue
+        if not path.is_file() or sha256_of(path) != digest:
+            return False
+    return True
+
+
+def write_lines_atomically(path: Path, lines: Iterable[str]) -> Path:
+    """Replace ``path`` with these lines: written beside it, fsynced, renamed over it, so
+    a reader sees the old file or the new one, never a part."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("w", encoding="utf-8") as handle:
+            for line in lines:
+                handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+class PartFile:
+    """A download's bytes under a hidden name (``.NAME.xxxx.part``), put in place only when
+    complete and verified."""
+
+    def __init__(self, destination: Path, token: str) -> None:
+        self.path = destination.with_name(f".{destination.name}.{token}.part")
+        self._file: BinaryIO | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._file is None:
+            try:
+                self._file = self.path.open("wb")
+            except FileNotFoundError:  # the first file in one of the template's folders
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("wb")
+        self._file.write(data)
+
+    def finish(self, data: bytes, destination: Path, fallback: Path | None, sha256: str) -> Path:
+        """Write the last bytes and put the file in place.  Without a ``fallback`` the
+        destination is replaced; with one, a destination that already holds other bytes is
+        left alone and the file goes to the fallback.  Returns where it went."""
+        self.write(data)
+        assert self._file is not None
+        self._file.close()
+        if fallback is None:
+            os.replace(self.path, destination)
+            return destination
+        if create_from(self.path, destination):
+            return destination
+        if sha256_of(destination) == sha256:
+            return destination  # these very bytes, put there by a run killed before it noted them
+        os.replace(self.path, fallback)
+        return fallback
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def create_from(part: Path, destination: Path) -> bool:
+    """Give ``part``'s bytes the name ``destination`` unless that name exists: one
+    atomic step, so two writers can never both believe they own the name."""
+    try:
+        os.link(part, destination)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        pass
+    # A file system without hard links: claim the name, then move the bytes in.
+    try:
+        os.close(os.open(destination, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    os.replace(part, destination)
+    return True
