@@ -11,7 +11,8 @@
 
 The keyword options are the command line's (``out``, ``api_url``, ``project_id``,
 ``concurrency``, ``poll_interval``, ``job_timeout``, ``job_attempts``, ``downloads``,
-``retries``, ``retry_failed``, ``max_runtime``, ``fresh``, ``budget``, ``filename``,
+``retries``, ``retry_failed``, ``reconcile_grace``, ``max_runtime``, ``fresh``, ``budget``,
+``filename``,
 ``shard``, ``simulate``, ``sim_job_seconds``), with the same defaults.  :func:`run`
 works in any thread, also one whose event loop is running elsewhere or here (it then
 runs in a thread of its own), and installs signal handlers only when asked to
@@ -47,6 +48,7 @@ from . import config as defaults
 from .config import ApiSettings, Credentials, EngineSettings, RetrySettings
 from .engine import Engine, Summary, cost_shape
 from .engine.policy import Request, with_retries
+from .engine.ports import Fetcher, Offload
 from .errors import (
     EXIT_FAILED_UNITS,
     EXIT_INTERRUPTED,
@@ -62,7 +64,7 @@ from .manifest.shard import Shard, shard_directories
 from .scenario.client import ScenarioClient
 from .scenario.download import AssetDownloader
 from .scenario.inputs import ModelSpec, model_from_json
-from .scenario.preflight import Problem, check_manifest
+from .scenario.preflight import Problem, check_manifest, read_prompts
 from .store.dataset import write_metadata
 from .store.journal import JOURNAL_NAME, Journal, Resume, resume_action
 from .store.lock import OutputLock, run_in_progress
@@ -95,6 +97,7 @@ class RunOptions:
     downloads: int | None = None
     retries: int = defaults.DEFAULT_MAX_ATTEMPTS
     retry_failed: bool = False
+    reconcile_grace: float = defaults.DEFAULT_RECONCILE_GRACE
     max_runtime: float | None = None
     fresh: bool = False
     budget: float | None = None
@@ -106,6 +109,9 @@ class RunOptions:
     display: Display | None = None
     # Stop cleanly on SIGINT/SIGTERM (only in the main thread).
     handle_signals: bool = False
+    # Opens the API to run against instead of the one the other options name (tests
+    # use the simulator in memory; an application may bring its own client).
+    backend: Callable[[], contextlib.AbstractAsyncContextManager[Backend]] | None = None
 
 
 def _options(given: dict[str, Any]) -> RunOptions:
@@ -129,6 +135,8 @@ class Report:
     failed: int
     already_done: int
     failed_earlier: int
+    # Jobs still running at the server past --job-timeout: paid, picked up next run.
+    abandoned: int
     not_finished: int
     submitted: int
     cost: float
@@ -198,12 +206,14 @@ class Status:
 
 @dataclass(slots=True)
 class Backend:
-    """The API (the real one or the embedded simulator) and the asset downloader."""
+    """The API (the real one or the embedded simulator), the asset downloader, and how
+    blocking work (SQLite, files) is run."""
 
     settings: ApiSettings
     client: ScenarioClient
-    downloader: AssetDownloader
+    downloader: Fetcher
     simulator: Any = None
+    offload: Offload = anyio.to_thread.run_sync
 
 
 def connection(options: RunOptions) -> tuple[str, Credentials, str | None]:
@@ -222,7 +232,12 @@ def connection(options: RunOptions) -> tuple[str, Credentials, str | None]:
 @contextlib.asynccontextmanager
 async def open_backend(options: RunOptions) -> AsyncIterator[Backend]:
     """The one place a run's API is opened: the embedded simulator with ``simulate``,
-    else the URL and credentials the options and environment give."""
+    else the URL and credentials the options and environment give (or whatever
+    ``options.backend`` opens: an API of the caller's own, such as the tests')."""
+    if options.backend is not None:
+        async with options.backend() as given:
+            yield given
+        return
     base_url, credentials, project_id = connection(options)
     async with contextlib.AsyncExitStack() as stack:
         simulator = None
@@ -286,14 +301,11 @@ async def checked_manifest(
     manifest: Manifest, backend: Backend, saved: dict[str, str] | None = None
 ) -> tuple[int, dict[str, ModelSpec]]:
     """Every unit checked against its model's inputs, before anything is sent: (units,
-    the models' inputs).  The manifest's own errors come first: if the models cannot be
-    read, the manifest is still read through, so a bad line is reported as such."""
-    try:
-        specs, problems = await model_specs(manifest, backend, saved)
-    except ApiError:
-        await anyio.to_thread.run_sync(count_units, manifest)
-        raise
-    total = await anyio.to_thread.run_sync(check_manifest, manifest, specs, problems)
+    the models' inputs).  The manifest's own errors come first: its prompts are read
+    through before the API is asked anything."""
+    prompts = await backend.offload(read_prompts, manifest)
+    specs, problems = await model_specs(manifest, backend, saved)
+    total = await backend.offload(check_manifest, manifest, specs, problems, prompts)
     return total, specs
 
 
@@ -398,10 +410,8 @@ async def aestimate(manifest: str | Path, **options: Any) -> Estimate:
     shard = _shard(opts.shard)
     out_dir = output_directory(loaded, opts, shard)
     async with open_backend(opts) as backend:
-        await checked_manifest(loaded, backend, _saved_specs(out_dir))
-        shapes = await anyio.to_thread.run_sync(
-            _shapes_to_do, loaded, shard, out_dir, opts.retry_failed
-        )
+        await checked_manifest(loaded, backend, await backend.offload(_saved_specs, out_dir))
+        shapes = await backend.offload(_shapes_to_do, loaded, shard, out_dir, opts.retry_failed)
         total = 0.0
         rows: list[Shape] = []
         for model, body, count in shapes.values():
@@ -473,12 +483,14 @@ async def arun(manifest: str | Path, **options: Any) -> Report:
         job_attempts=opts.job_attempts,
         download_workers=opts.downloads or defaults.download_workers_for(concurrency),
         filename=loaded.filename,
+        reconcile_grace=opts.reconcile_grace,
     )
     async with open_backend(opts) as backend:
         # Before the output directory is touched: credentials, models and every unit.
-        total, specs = await checked_manifest(loaded, backend, _saved_specs(out_dir))
+        saved = await backend.offload(_saved_specs, out_dir)
+        total, specs = await checked_manifest(loaded, backend, saved)
         if shard is not None:
-            total = await anyio.to_thread.run_sync(lambda: sum(1 for _ in _units(loaded, shard)))
+            total = await backend.offload(lambda: sum(1 for _ in _units(loaded, shard)))
         log.info(
             "%s: %d units, output in %s, %d in flight at most",
             loaded.path,
@@ -507,26 +519,14 @@ async def arun(manifest: str | Path, **options: Any) -> Report:
             finally:
                 # Also after an error or an interruption: the views must match the journal.
                 with CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_write_views, journal, out_dir, shard)
+                    await backend.offload(_write_views, journal, out_dir, shard)
                 spent = journal.spent()
                 journal.close()
-    code = exit_code(summary, total)
-    failures = [{"id": unit_id, "error": error} for unit_id, error in summary.failures]
     return Report(
-        total=summary.total,
-        succeeded=summary.succeeded,
-        failed=summary.failed,
-        already_done=summary.skipped,
-        failed_earlier=summary.left_failed,
-        not_finished=summary.not_finished,
-        submitted=summary.submitted,
-        cost=summary.cost,
-        elapsed_seconds=round(time.monotonic() - summary.started, 3),
-        stopped=summary.stopped,
-        failures=failures,
+        **summary.to_json(),
         spent_total=spent,
         output=str(out_dir),
-        exit_code=code,
+        exit_code=exit_code(summary, total),
         line=summary.line(),
     )
 
@@ -558,6 +558,7 @@ async def _run_engine(
         retry_failed=options.retry_failed,
         budget=options.budget,
         spent_before=journal.spent(),
+        offload=backend.offload,
     )
     display = options.display
     meter = RateMeter()

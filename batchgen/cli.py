@@ -164,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
         "404, or jobs that failed repeatedly)",
     )
     run.add_argument(
+        "--reconcile-grace",
+        type=_positive_float("--reconcile-grace"),
+        default=defaults.DEFAULT_RECONCILE_GRACE,
+        metavar="SECONDS",
+        help="a POST whose answer was lost is sent again only once reads of the job list "
+        "spread over this long have all missed its job (the list shows new jobs late; "
+        f"default {defaults.DEFAULT_RECONCILE_GRACE:g})",
+    )
+    run.add_argument(
         "--max-runtime",
         type=_positive_float("--max-runtime"),
         metavar="SECONDS",
@@ -442,6 +451,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         "downloads": args.downloads,
         "retries": args.retries,
         "retry_failed": args.retry_failed,
+        "reconcile_grace": args.reconcile_grace,
         "max_runtime": args.max_runtime,
         "fresh": args.fresh,
         "budget": args.budget,

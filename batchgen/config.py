@@ -32,6 +32,9 @@ def download_workers_for(concurrency: int) -> int:
 
 
 DEFAULT_STATUS_REQUESTS_AT_ONCE = 16
+# A lost answer's POST is taken to have made no job only after reads of the job list
+# spread over this many seconds have all missed it (the list shows new jobs late).
+DEFAULT_RECONCILE_GRACE = 5.0
 DEFAULT_REQUEST_TIMEOUT = 60.0
 DEFAULT_DOWNLOAD_TIMEOUT = 300.0
 DEFAULT_MAX_ATTEMPTS = 6
@@ -116,3 +119,4 @@ class EngineSettings:
     download_workers: int = DEFAULT_DOWNLOAD_WORKERS
     status_requests_at_once: int = DEFAULT_STATUS_REQUESTS_AT_ONCE
     filename: FileNameTemplate = DEFAULT_FILENAME
+    reconcile_grace: float = DEFAULT_RECONCILE_GRACE

@@ -8,17 +8,20 @@
     │   └── CredentialsError           no key/secret, or the API refused them (401)
     ├── OutputLockedError              exit 3: another run holds the output directory
     ├── ApiError                       the Scenario API answered with an error, or not at all
-    │   ├── PermanentApiError          400, 403, 404: retrying cannot help
-    │   │   └── OutOfCreditsError      402, or a 4xx about creative units: stop submitting
+    │   ├── PermanentApiError          400, 403, 404: the same request fails the same way
+    │   │   └── ModelRestrictedError   403 ModelAccessRestrictedError: the plan lacks the model
+    │   ├── OutOfCreditsError          402, or a 4xx about creative units: the account is empty
     │   ├── RateLimitedError           429: too many requests or too many jobs in flight
     │   ├── TransientApiError          5xx, 408, 409, dropped connections, timeouts: may pass
     │   │   └── AmbiguousSubmitError   a POST that may have created a job before it failed
     │   └── MalformedResponseError     a 2xx whose body is not what the API documents
     └── DownloadError                  an asset could not be fetched or did not verify
 
-Errors from aiohttp are converted at the HTTP boundary (``batchgen.api``) with
-``raise ... from exc``, so code above it only ever sees this tree.  Messages never
-contain credentials or signed URLs.
+Each error says what happened; what to do about it is decided in one table
+(:func:`batchgen.engine.policy.decide`).  Failures of the network are converted at the
+HTTP boundary (``batchgen.scenario.transport`` and ``client``) with ``raise ... from
+exc``, so code above it only ever sees this tree.  Messages never contain credentials
+or signed URLs.
 """
 
 from __future__ import annotations
@@ -85,7 +88,11 @@ class PermanentApiError(ApiError):
         self.name = name
 
 
-class OutOfCreditsError(PermanentApiError):
+class ModelRestrictedError(PermanentApiError):
+    """403 ``ModelAccessRestrictedError``: the plan does not cover this model."""
+
+
+class OutOfCreditsError(ApiError):
     """The account has run out of creative units: nothing more can be submitted."""
 
 

@@ -57,6 +57,9 @@ TARGETS = {
     "resume_seconds": 5.0,
 }
 
+# What a unit's POST sent, as the journal keeps it with ``submitting``.
+SENT = '["model_x", {"prompt": "p"}]'
+
 
 @dataclass
 class Child:
@@ -268,9 +271,8 @@ def resume(args: argparse.Namespace, place: Path) -> dict[str, float]:
                 (out / relative).write_bytes(content)
                 files = [(relative, hashlib.sha256(content).hexdigest())]
                 job_id = f"job-{unit.id}"
-                journal.submitting(unit.id, "2026-11-24T00:00:00+00:00")
+                journal.submitting(unit.id, "2026-11-24T00:00:00+00:00", SENT)
                 journal.submitted(unit.id, job_id, 1.0)
-                journal.finished(unit.id, "success", 1.0)
                 result = UnitResult.success(unit, job_id=job_id, files=files, cost=1.0)
                 journal.downloaded(unit.id, files, result.to_json(), [stamp_of(out / relative)])
     journal.close()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
@@ -12,9 +13,8 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 
 from batchgen.sim import Network, SimConfig, Simulator, serve
+from tests.helpers import SIM_KEY, SIM_SECRET
 
-SIM_KEY = "test-key"
-SIM_SECRET = "s3cr3t-NEVER-LOGGED-4b1d"
 # How the tests' simulator answers: as across a network (pieces, gzip, chunked, first
 # CDN piece of four bytes, a little latency), only faster than the internet's.
 TEST_NETWORK = Network(
@@ -49,6 +49,16 @@ def _hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "all_proxy",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """The command line takes over batchgen's logger (its own handler, no propagation);
+    every test gets it back as it was, so caplog sees what the next one logs."""
+    logger = logging.getLogger("batchgen")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
 @pytest.fixture

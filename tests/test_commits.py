@@ -14,6 +14,9 @@ import pytest
 from batchgen.store.commits import GroupCommit
 from batchgen.store.journal import Journal, State
 
+# What a unit's POST sent, as the journal keeps it with ``submitting``.
+SENT = '["model_x", {"prompt": "p"}]'
+
 
 class SpyJournal(Journal):
     def __init__(self, out_dir: Path) -> None:
@@ -51,8 +54,8 @@ async def test_a_batch_with_a_submitting_is_fsynced_and_others_are_not(tmp_path:
     commits = GroupCommit(journal)
     async with anyio.create_task_group() as writer:
         await writer.start(commits.run)
-        await commits(functools.partial(journal.submitting, "u1", "2026-11-24T10:00:00+00:00"),
-                      durable=True)  # fmt: skip
+        submitting = functools.partial(journal.submitting, "u1", "2026-11-24T10:00", SENT)
+        await commits(submitting, durable=True)
         await commits(functools.partial(journal.submitted, "u1", "job1", 1.0))
         commits.close()
     assert journal.durable_batches == [True, False]
@@ -68,7 +71,7 @@ async def test_a_failing_call_raises_to_its_caller_only_and_leaves_nothing_half_
     commits = GroupCommit(journal)
 
     def half_then_fail() -> None:
-        journal.submitting("broken", "2026-11-24T10:00:00+00:00")
+        journal.submitting("broken", "2026-11-24T10:00:00+00:00", SENT)
         raise OSError("disk trouble")
 
     outcomes: dict[str, object] = {}
@@ -82,9 +85,9 @@ async def test_a_failing_call_raises_to_its_caller_only_and_leaves_nothing_half_
     async with anyio.create_task_group() as writer:
         await writer.start(commits.run)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(call, "first", functools.partial(journal.submitting, "a", "t"))
+            tg.start_soon(call, "first", functools.partial(journal.submitting, "a", "t", SENT))
             tg.start_soon(call, "broken", functools.partial(half_then_fail))
-            tg.start_soon(call, "last", functools.partial(journal.submitting, "b", "t"))
+            tg.start_soon(call, "last", functools.partial(journal.submitting, "b", "t", SENT))
         commits.close()
     assert isinstance(outcomes["broken"], OSError)
     assert outcomes["first"] is None and outcomes["last"] is None
@@ -96,7 +99,7 @@ async def test_a_failing_call_raises_to_its_caller_only_and_leaves_nothing_half_
 async def test_calls_before_the_writer_starts_or_after_it_ends_still_run(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     commits = GroupCommit(journal)
-    await commits(functools.partial(journal.submitting, "early", "t"), durable=True)
+    await commits(functools.partial(journal.submitting, "early", "t", SENT), durable=True)
     async with anyio.create_task_group() as writer:
         await writer.start(commits.run)
         commits.close()

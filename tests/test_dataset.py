@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from batchgen.cli import main
-from batchgen.sim import Simulator
 from batchgen.store.dataset import METADATA_NAME, image_rows
-from tests.test_end_to_end import run_cli
+from tests.helpers import World
 
 SUCCESS = {
     "id": "u1",
@@ -83,21 +82,19 @@ def load_imagefolder(data_dir: Path) -> object:
 
 
 @pytest.fixture
-def csv_run(
-    write: Callable[[str, str], Path], start_simulator: Callable[..., Simulator], api_env: None
-) -> tuple[Path, Simulator]:
-    """A manifest of a CSV with extra columns and a template, and a simulator for it."""
+def csv_run(write: Callable[[str, str], Path], tmp_path: Path) -> tuple[Path, World]:
+    """A manifest of a CSV with extra columns and a template, and a world to run it in."""
     write("prompts.csv", CSV)
-    return write("jobs.yaml", CSV_MANIFEST), start_simulator()
+    return write("jobs.yaml", CSV_MANIFEST), World(tmp_path)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_the_output_loads_with_the_real_datasets_imagefolder_loader(
-    csv_run: tuple[Path, Simulator], tmp_path: Path
+    csv_run: tuple[Path, World],
 ) -> None:
-    manifest, sim = csv_run
-    out = tmp_path / "out"
-    assert run_cli(sim, manifest, out, "--poll-interval", "0.02") == 0
+    manifest, world = csv_run
+    sim, out = world.sim, world.out
+    assert world.run(manifest).exit_code == 0
     rows = [json.loads(line) for line in (out / METADATA_NAME).read_text().splitlines()]
     assert len(rows) == 2 * 2 + 2 and all((out / r["file_name"]).is_file() for r in rows)
     assert {r["file_name"].rsplit("/", 1)[0] for r in rows} == {"images/jobs-0", "images/jobs-1"}
@@ -116,13 +113,11 @@ def test_the_output_loads_with_the_real_datasets_imagefolder_loader(
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_shards_make_one_dataset_at_the_output_root(
-    csv_run: tuple[Path, Simulator], tmp_path: Path
-) -> None:
-    manifest, sim = csv_run
-    root = tmp_path / "out"
+def test_shards_make_one_dataset_at_the_output_root(csv_run: tuple[Path, World]) -> None:
+    manifest, world = csv_run
+    root = world.out
     for shard in ("1/2", "2/2"):
-        assert run_cli(sim, manifest, root, "--shard", shard, "--poll-interval", "0.02") == 0
+        assert world.run(manifest, shard=shard).exit_code == 0
     assert not list(root.glob(f"shard-*/{METADATA_NAME}"))
     rows = [json.loads(line) for line in (root / METADATA_NAME).read_text().splitlines()]
     assert len(rows) == 6 and {r["file_name"].split("/")[0] for r in rows} == {

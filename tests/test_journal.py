@@ -6,6 +6,9 @@ import pytest
 
 from batchgen.store.journal import FAILED_JOB_LIMIT, Journal, Resume, Row, State, resume_action
 
+# What a unit's POST sent, as the journal keeps it with ``submitting``.
+SENT = '["model_x", {"prompt": "p"}]'
+
 
 @pytest.mark.parametrize(
     ("row", "retry_failed", "action"),
@@ -37,9 +40,8 @@ def test_resume_table(row: Row | None, retry_failed: bool, action: Resume) -> No
 
 def test_transitions_survive_reopening_and_old_jobs_stay_owned(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
-    journal.submitting("u1", "2026-01-01T00:00:00+00:00")
+    journal.submitting("u1", "2026-01-01T00:00:00+00:00", SENT)
     journal.submitted("u1", "job-a", 4.0)
-    journal.finished("u1", "failure", 4.0)
     journal.failed(
         "u1",
         error="bad luck",
@@ -48,7 +50,7 @@ def test_transitions_survive_reopening_and_old_jobs_stay_owned(tmp_path: Path) -
         job_status="failure",
         result={"id": "u1", "status": "failure"},
     )
-    journal.submitting("u1", "2026-01-01T00:01:00+00:00")  # tried again: a new job
+    journal.submitting("u1", "2026-01-01T00:01:00+00:00", SENT)  # tried again: a new job
     journal.close()
 
     reopened = Journal(tmp_path)
@@ -67,7 +69,7 @@ def test_transitions_survive_reopening_and_old_jobs_stay_owned(tmp_path: Path) -
 def test_a_job_that_keeps_failing_becomes_a_permanent_failure(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     for attempt in range(FAILED_JOB_LIMIT):
-        journal.submitting("u", f"2026-01-01T00:0{attempt}:00+00:00")
+        journal.submitting("u", f"2026-01-01T00:0{attempt}:00+00:00", SENT)
         journal.submitted("u", f"job-{attempt}", 1.0)
         journal.failed(
             "u",
@@ -87,7 +89,7 @@ def test_get_many_finds_the_units_it_has_among_many(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     with journal.batch():
         for index in range(0, 1200, 2):
-            journal.submitting(f"u{index}", "t")
+            journal.submitting(f"u{index}", "t", SENT)
     asked = [f"u{index}" for index in range(1200)]  # more than one query's worth
     found = journal.get_many(asked)
     assert sorted(found) == sorted(f"u{index}" for index in range(0, 1200, 2))
@@ -98,13 +100,13 @@ def test_get_many_finds_the_units_it_has_among_many(tmp_path: Path) -> None:
 def test_a_batch_is_one_transaction_and_each_call_in_it_stands_alone(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     with pytest.raises(RuntimeError), journal.batch():
-        journal.submitting("lost", "t")
+        journal.submitting("lost", "t", SENT)
         raise RuntimeError("the whole batch is rolled back")
     assert journal.get("lost") is None
     with journal.batch(durable=True):
-        journal.submitting("kept", "t")
+        journal.submitting("kept", "t", SENT)
         with pytest.raises(RuntimeError), journal.each():
-            journal.submitting("half", "t")
+            journal.submitting("half", "t", SENT)
             raise RuntimeError("only this call is rolled back")
     assert journal.get("kept") is not None and journal.get("half") is None
 
@@ -114,7 +116,7 @@ def test_results_and_failures_come_in_journal_order_across_pages(tmp_path: Path)
     total = 2500  # more than two pages
     with journal.batch():
         for index in range(total):
-            journal.submitting(f"u{index}", "t")
+            journal.submitting(f"u{index}", "t", SENT)
             if index % 3:
                 journal.downloaded(f"u{index}", [], {"id": f"u{index}"})
             else:

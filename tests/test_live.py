@@ -9,7 +9,7 @@ import re
 from rich.console import Console
 
 from batchgen.ui.live import LiveDisplay, render
-from tests.test_progress import snapshot
+from tests.helpers import summary as snapshot
 
 log = logging.getLogger("batchgen")
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

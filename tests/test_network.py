@@ -158,7 +158,7 @@ async def test_a_download_whose_first_piece_is_four_bytes_is_judged_on_enough_by
     async with serve(config) as sim:
         model = sim.model("model_sim-fast")
         assert model is not None
-        job = sim._create_job(model, {"prompt": "p", "width": 64, "height": 64}, 1)
+        job = sim._job(model, {"prompt": "p", "width": 64, "height": 64}, 1, created=True)
         asset = sim.assets[job.asset_ids[0]]
         async with AssetDownloader.open(30) as downloader:
             got = await downloader.fetch(sim.signed_url(asset.asset_id), tmp_path / "a.png")
@@ -313,7 +313,6 @@ def start_proxy() -> Iterator[Callable[[], ConnectProxy]]:
         yield start
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("through_proxy", [False, True], ids=["direct", "through-a-proxy"])
 def test_the_example_runs_over_tls_through_a_proxy_named_only_by_the_environment(
     through_proxy: bool,

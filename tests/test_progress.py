@@ -1,33 +1,12 @@
-"""Progress as plain data: counts, rate, ETA and spend."""
+"""Where a run stands, as plain data: counts, rate, ETA and spend."""
 
 from __future__ import annotations
 
 import pytest
 
-from batchgen.ui.progress import (
-    RATE_MIN_SECONDS,
-    RateMeter,
-    Snapshot,
-    format_duration,
-    format_rate,
-)
-
-
-def snapshot(**changes: object) -> Snapshot:
-    fields: dict[str, object] = {
-        "total": 100,
-        "skipped": 10,
-        "left_failed": 5,
-        "succeeded": 40,
-        "failed": 5,
-        "in_flight": 8,
-        "downloading": 2,
-        "cost": 45.0,
-        "spent": 60.0,
-        "elapsed": 30.0,
-    }
-    fields.update(changes)
-    return Snapshot(**fields)  # type: ignore[arg-type]
+from batchgen.ui.format import format_duration, format_rate
+from batchgen.ui.progress import RATE_MIN_SECONDS, RateMeter
+from tests.helpers import summary as snapshot
 
 
 @pytest.mark.parametrize(
@@ -83,7 +62,7 @@ def test_eta(changes: dict, rate: float | None, eta: float | None) -> None:
     ],
 )
 def test_the_plain_line(changes: dict, rate: float | None, expected: str) -> None:
-    assert snapshot(**changes).line(rate) == expected
+    assert snapshot(**changes).progress_line(rate) == expected
 
 
 @pytest.mark.parametrize(

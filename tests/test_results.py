@@ -13,6 +13,9 @@ from batchgen.store.journal import Journal
 
 CONTENT = b"\x89PNG\r\n\x1a\n original"
 
+# What a unit's POST sent, as the journal keeps it with ``submitting``.
+SENT = '["model_x", {"prompt": "p"}]'
+
 
 def written(tmp_path: Path) -> tuple[list[tuple[str, str]], list[tuple[int, int]]]:
     (tmp_path / "images").mkdir(exist_ok=True)
@@ -68,7 +71,7 @@ def test_the_journal_keeps_stamps_and_reads_rows_written_without_them(tmp_path: 
     files, stamps = written(tmp_path)
     journal = Journal(tmp_path)
     for unit_id, recorded in (("new", stamps), ("old", None)):
-        journal.submitting(unit_id, "t")
+        journal.submitting(unit_id, "t", SENT)
         journal.submitted(unit_id, f"job-{unit_id}", 1.0)
         journal.downloaded(unit_id, files, {"id": unit_id}, recorded)
     new, old = journal.get("new"), journal.get("old")

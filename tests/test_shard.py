@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,8 +8,6 @@ import pytest
 from batchgen.cli import main
 from batchgen.manifest import iter_units, load_manifest
 from batchgen.manifest.shard import Shard
-from batchgen.sim import Simulator
-from tests.test_end_to_end import read_results, run_cli
 
 MANIFEST = (
     "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n"
@@ -34,29 +31,3 @@ def test_bad_shards_are_refused(text: str, capsys: pytest.CaptureFixture[str]) -
         Shard.parse(text)
     assert main(["run", "m.yaml", "--shard", text]) == 2
     assert "--shard" in capsys.readouterr().err
-
-
-def test_two_shards_run_apart_make_exactly_the_whole_set(
-    write: Callable[[str, str], Path],
-    tmp_path: Path,
-    start_simulator: Callable[..., Simulator],
-    api_env: None,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    manifest = write("jobs.yaml", MANIFEST)
-    everything = {u.id for u in iter_units(load_manifest(manifest))}
-    sim = start_simulator()
-    root = tmp_path / "out"
-    for shard in ("1/2", "2/2"):
-        assert run_cli(sim, manifest, root, "--shard", shard, "--poll-interval", "0.02") == 0
-    first = {r["id"] for r in read_results(root / "shard-1-of-2")}
-    second = {r["id"] for r in read_results(root / "shard-2-of-2")}
-    assert first and second and not first & second
-    assert first | second == everything
-    assert sim.jobs_created == len(everything)
-
-    capsys.readouterr()
-    assert main(["status", str(root), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["shards"] == ["shard-1-of-2", "shard-2-of-2"]
-    assert report["states"] == {"downloaded": len(everything)}

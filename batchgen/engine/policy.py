@@ -22,6 +22,7 @@ from ..errors import (
     CredentialsError,
     DownloadError,
     MalformedResponseError,
+    ModelRestrictedError,
     OutOfCreditsError,
     PermanentApiError,
     RateLimitedError,
@@ -47,31 +48,38 @@ class Request(enum.Enum):
 class Action(enum.Enum):
     RETRY = "retry"
     RECONCILE = "find out whether the job exists before submitting again"
-    FAIL_UNIT = "fail the unit"
+    FAIL_UNIT = "fail the unit; the next run tries it again"
+    FAIL_FOR_GOOD = "fail the unit for good (--retry-failed tries it again)"
+    FAIL_MODEL = "fail every unit of the model for good, after one request"
     STOP_SUBMITTING = "stop submitting; let the jobs in flight finish"
     STOP_RUN = "stop the run"
 
 
 def decide(request: Request, error: BaseException) -> Action:
-    """The retry table.  Anything not an error of ours (cancellation included) is not ours
-    to decide: it is never retried and propagates."""
-    if isinstance(error, CredentialsError):
-        return Action.STOP_RUN
-    if isinstance(error, AmbiguousSubmitError):
-        # The job may exist and be billed: never resubmitted blindly.
-        return Action.RECONCILE
-    if isinstance(error, RateLimitedError | TransientApiError):
-        return Action.RETRY
-    if isinstance(error, MalformedResponseError):
-        return Action.FAIL_UNIT if request is Request.SUBMIT else Action.RETRY
-    if isinstance(error, OutOfCreditsError):
-        return Action.STOP_SUBMITTING
-    if isinstance(error, PermanentApiError):
-        return Action.FAIL_UNIT
-    if isinstance(error, DownloadError):
-        return Action.RETRY if error.transient else Action.FAIL_UNIT
-    if isinstance(error, ApiError):
-        return Action.FAIL_UNIT
+    """The retry table (the README's, row by row).  Anything not an error of ours
+    (cancellation included) is not ours to decide: it is never retried and propagates."""
+    match error:
+        case CredentialsError():
+            return Action.STOP_RUN
+        case AmbiguousSubmitError():
+            # The job may exist and be billed: never resubmitted blindly.
+            return Action.RECONCILE
+        case RateLimitedError() | TransientApiError():
+            return Action.RETRY
+        case MalformedResponseError():
+            return Action.FAIL_UNIT if request is Request.SUBMIT else Action.RETRY
+        case OutOfCreditsError():
+            return Action.STOP_SUBMITTING
+        case ModelRestrictedError():
+            return Action.FAIL_MODEL
+        case PermanentApiError():
+            # A request refused for what it is fails the same way again; a job or asset
+            # the API no longer knows makes the unit start over on the next run.
+            return Action.FAIL_FOR_GOOD if request is Request.SUBMIT else Action.FAIL_UNIT
+        case DownloadError():
+            return Action.RETRY if error.transient else Action.FAIL_UNIT
+        case ApiError():
+            return Action.FAIL_UNIT
     return Action.STOP_RUN
 
 

@@ -12,9 +12,11 @@ the Basic credentials to the API origin only and follows no redirects.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from yarl import URL
@@ -25,6 +27,7 @@ from ..errors import (
     ApiError,
     CredentialsError,
     MalformedResponseError,
+    ModelRestrictedError,
     OutOfCreditsError,
     PermanentApiError,
     RateLimitedError,
@@ -83,6 +86,29 @@ class ScenarioClient:
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
+        # The server's clock as its last answer gave it, and when (ours) that was.
+        self._server_date: tuple[float, str] | None = None
+
+    @property
+    def settings(self) -> ApiSettings:
+        return self._settings
+
+    def server_now(self) -> datetime:
+        """The server's time now, as near as its answers tell (their Date header, to
+        the second): times the API compares with its own (``createdAfter``) are given
+        in its clock, so a skewed local clock cannot hide a job."""
+        known = self._server_date
+        if known is not None:
+            received, date = known
+            try:
+                then = parsedate_to_datetime(date)
+            except (TypeError, ValueError):
+                pass
+            else:
+                if then.tzinfo is None:
+                    then = then.replace(tzinfo=UTC)
+                return then + timedelta(seconds=max(time.time() - received, 0.0))
+        return datetime.now(UTC)
 
     @classmethod
     @asynccontextmanager
@@ -128,6 +154,8 @@ class ScenarioClient:
                     raise AmbiguousSubmitError(f"{what}: {exc}") from exc
                 raise TransientApiError(f"{what}: {exc}") from exc
         status, raw, retry_after = answer.status, answer.body, answer.retry_after
+        if answer.date:
+            self._server_date = (time.time(), answer.date)
         if 200 <= status < 300:
             try:
                 return status, json.loads(raw) if raw else None
@@ -163,6 +191,8 @@ class ScenarioClient:
             raise OutOfCreditsError(message, status=status, reason=reason or f"HTTP {status}")
         if 300 <= status < 400:
             raise PermanentApiError(f"{what}: unexpected redirect (HTTP {status})", status=status)
+        if status == 403 and name == "ModelAccessRestrictedError":
+            raise ModelRestrictedError(message, status=status, reason=reason, name=name)
         raise PermanentApiError(
             message, status=status, reason=reason or f"HTTP {status}", name=name
         )

@@ -62,41 +62,75 @@ class ModelInputsError(ConfigError):
         super().__init__("\n".join(lines))
 
 
+@dataclass(frozen=True, slots=True)
+class Prompts:
+    """What a pass over an entry's prompts learned: how many, and how long the shortest
+    and the longest are (all that a model's input list can refuse in a prompt)."""
+
+    count: int = 0
+    shortest: int = 0
+    longest: int = 0
+
+
+def read_prompts(manifest: Manifest) -> list[Prompts]:
+    """One pass over every prompt of the manifest, with no model in hand: it finds the
+    manifest's own errors (raised at their line) before anything is asked of the API,
+    and what :func:`check_manifest` needs to check the prompts without reading them
+    again unless one of them is at fault."""
+    found = []
+    for entry in manifest.entries:
+        count, shortest, longest = 0, 0, 0
+        for prompt, _, _ in iter_entry_prompts(manifest, entry):
+            size = len(prompt)
+            if not count or size < shortest:
+                shortest = size
+            longest = max(longest, size)
+            count += 1
+        found.append(Prompts(count, shortest, longest))
+    return found
+
+
 def check_manifest(
-    manifest: Manifest, specs: Mapping[str, ModelSpec], problems: Iterable[Problem] = ()
+    manifest: Manifest,
+    specs: Mapping[str, ModelSpec],
+    problems: Iterable[Problem] = (),
+    prompts: list[Prompts] | None = None,
 ) -> int:
     """Check every unit against its model; the number of units.  Raises
     :class:`ModelInputsError` listing every problem found (``problems`` are ones found
-    already, such as models the API does not know; their units are read and counted but
-    not checked), or the manifest's own first error."""
+    already, such as models the API does not know: their units are not checked).
+    ``prompts`` is :func:`read_prompts`'s pass, made here if not given; the prompts of
+    an entry are read again only to say which lines the model would refuse."""
+    if prompts is None:
+        prompts = read_prompts(manifest)
     found: dict[tuple[str, int | None, str, str], Problem] = {}
     for problem in problems:
         found[(problem.path, problem.line, problem.field, problem.message)] = problem
-    total = 0
 
     def note(path: str, line: int | None, field: str, message: str) -> None:
         found.setdefault((path, line, field, message), Problem(path, line, field, message))
 
     path = str(manifest.path)
-    for entry in manifest.entries:
+    total = 0
+    for entry, seen in zip(manifest.entries, prompts, strict=True):
+        total += seen.count * len(entry.sizes) * entry.count
         spec = specs.get(entry.model)
-        prompt_input = None
-        if spec is not None:
-            for problem in _fixed_part(path, entry, spec):
-                note(problem.path, problem.line, problem.field, problem.message)
-            prompt_input = spec.inputs.get(PROMPT_INPUT)
-            if prompt_input is None:
-                note(path, entry.line, f"jobs[{entry.index}]", f"{spec.id} takes no prompt")
-        count = 0
+        if spec is None:
+            continue
+        for problem in _fixed_part(path, entry, spec):
+            note(problem.path, problem.line, problem.field, problem.message)
+        prompt_input = spec.inputs.get(PROMPT_INPUT)
+        if prompt_input is None:
+            note(path, entry.line, f"jobs[{entry.index}]", f"{spec.id} takes no prompt")
+            continue
+        extremes = ("x" * seen.shortest, "x" * seen.longest) if seen.count else ()
+        if not any(value_problem(prompt_input, text) for text in extremes):
+            continue
         for prompt, _, source in iter_entry_prompts(manifest, entry):
-            count += 1
-            if prompt_input is None:
-                continue
             message = value_problem(prompt_input, prompt)
             if message:
                 prompt_path, _, prompt_line = source.rpartition(":")
                 note(prompt_path, int(prompt_line), "prompt", message)
-        total += count * len(entry.sizes) * entry.count
     if found:
         raise ModelInputsError(list(found.values()))
     return total

@@ -61,6 +61,8 @@ class Answer:
     body: bytes
     # The wait the server asks for (Retry-After or retry-after-ms), in seconds.
     retry_after: float | None = None
+    # The server's clock when it answered (the Date header), as given.
+    date: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,7 @@ class AiohttpTransport:
             ) as response:
                 status = response.status
                 wait = retry_after_seconds(response.headers)
+                date = response.headers.get("Date")
                 body = await read_body(response, limit)
         except aiohttp.ClientConnectorError as exc:
             raise CannotConnect(f"cannot connect to {url.host}:{url.port}") from exc
@@ -109,7 +112,7 @@ class AiohttpTransport:
             raise ConnectionDropped(f"the connection was closed ({type(exc).__name__})") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise NoAnswer(f"{type(exc).__name__} before the answer arrived") from exc
-        return Answer(status, body, wait)
+        return Answer(status, body, wait, date)
 
 
 async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:

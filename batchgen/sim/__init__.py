@@ -1,9 +1,12 @@
-"""A Scenario-compatible API simulator: real aiohttp servers on loopback.
+"""A Scenario-compatible API simulator.
 
-``serve()`` starts two origins, the API and an asset CDN, and yields a
-:class:`~batchgen.sim.server.Simulator` whose counters tests and benchmarks read.
+:class:`~batchgen.sim.state.Simulator` is the API as state and one function; ``serve()``
+puts it behind real aiohttp servers on loopback (the API and an asset CDN), and
+:mod:`batchgen.sim.fake` behind an in-memory transport on virtual time, for the
+engine's tests.  Counters on the simulator say what it saw.
 """
 
-from .server import INTERNET, Network, SimConfig, Simulator, serve
+from .server import serve
+from .state import INTERNET, Network, SimConfig, Simulator
 
 __all__ = ["INTERNET", "Network", "SimConfig", "Simulator", "serve"]

@@ -2,13 +2,21 @@
 
 A unit absent from the journal is *planned*.  Its state then only moves forward::
 
-    submitting ──► submitted ──► finished ──► downloaded
-        │              │             │
-        └──────────────┴─────────────┴──────► failed
+    submitting ──► submitted ──────────────────► downloaded
+        │              │  ╲
+        │              │   ╲──► abandoned ──► (re-attached by the next run)
+        └──────────────┴──────► failed
 
-``submitting`` is committed before the POST, ``submitted`` (with the job id) as soon as
-the answer arrives: a unit found in ``submitting`` after a crash may or may not have a
-job, and is reconciled against the API's job list before anything is sent again.
+``submitting`` is committed before the POST, with the request exactly as sent, and
+``submitted`` (with the job id) as soon as the answer arrives.  A unit in
+``submitting`` is *uncertain*: its POST may or may not have made a job (the answer was
+lost, or the process died waiting for it).  It stays so until a reconciliation has read
+the account's job list and either found its job (``submitted``) or, after reads spread
+over a grace period, found none (``failed``, to be submitted again).  A job that ran
+past its deadline and could not be cancelled is ``abandoned``: it runs on and is paid,
+so the next run watches it again; it never buys a second one.  (``finished``, a job
+ended and not yet downloaded, was written by earlier versions and is read as
+``submitted``.)
 
 Why SQLite: resume needs to look up one unit (and one job id) at a time among
 millions without reading them all into memory; a transaction makes each transition
@@ -38,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 JOURNAL_NAME = "journal.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # A job that ended in status "failure" costs money each time: after this many, the
 # unit is a permanent failure, retried only with --retry-failed.
 FAILED_JOB_LIMIT = 2  # the default of --job-attempts
@@ -57,13 +65,16 @@ CREATE TABLE IF NOT EXISTS units (
     error TEXT,
     files TEXT,
     result TEXT,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    sent TEXT
 );
 -- Every job ever assigned to a unit, also after the unit moved on to a new one: a
 -- lost answer must never adopt a job that is already someone's.
 CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, unit_id TEXT NOT NULL, cost REAL);
 CREATE INDEX IF NOT EXISTS units_state ON units (state);
 """
+# What a journal written by an earlier version lacks, added when it is opened.
+MIGRATIONS = (("units", "sent", "ALTER TABLE units ADD COLUMN sent TEXT"),)
 
 
 class State(enum.StrEnum):
@@ -72,6 +83,7 @@ class State(enum.StrEnum):
     FINISHED = "finished"
     DOWNLOADED = "downloaded"
     FAILED = "failed"
+    ABANDONED = "abandoned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +116,7 @@ def resume_action(row: Row | None, *, retry_failed: bool) -> Resume:
         return Resume.SUBMIT
     if row.state is State.DOWNLOADED:
         return Resume.VERIFY
-    if row.state in (State.SUBMITTED, State.FINISHED):
+    if row.state in (State.SUBMITTED, State.FINISHED, State.ABANDONED):
         return Resume.REATTACH
     if row.state is State.SUBMITTING:
         return Resume.RECONCILE
@@ -159,8 +171,12 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        for table, column, statement in MIGRATIONS:
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                self._db.execute(statement)
         self._db.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
         )
 
     def close(self) -> None:
@@ -185,6 +201,19 @@ class Journal:
             for row in rows:
                 found[row[0]] = _row(row)
         return found
+
+    def job_owners(self, job_ids: list[str]) -> dict[str, str]:
+        """The unit each of these jobs belongs to, for those that are some unit's."""
+        owners: dict[str, str] = {}
+        for start in range(0, len(job_ids), LOOKUP_CHUNK):
+            chunk = job_ids[start : start + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT job_id, unit_id FROM jobs WHERE job_id IN ({marks})", chunk
+                ).fetchall()
+            owners.update(rows)
+        return owners
 
     def owns_job(self, job_id: str) -> bool:
         with self._lock:
@@ -233,9 +262,14 @@ class Journal:
         return {state: count for state, count in rows}
 
     def spent(self) -> float:
-        """Creative units of every job created for a unit, retried ones included."""
+        """Creative units of every job created for a unit, retried ones included, and
+        what the jobs that uncertain units may have made would cost."""
         with self._lock:
-            (total,) = self._db.execute("SELECT COALESCE(SUM(cost), 0) FROM jobs").fetchone()
+            (total,) = self._db.execute(
+                "SELECT (SELECT COALESCE(SUM(cost), 0) FROM jobs)"
+                " + (SELECT COALESCE(SUM(cost), 0) FROM units WHERE state = ?)",
+                (State.SUBMITTING,),
+            ).fetchone()
         return float(total)
 
     def failures(self) -> Iterator[tuple[str, str, bool, str | None]]:
@@ -307,9 +341,10 @@ class Journal:
                 raise
             self._db.execute("COMMIT")
 
-    def submitting(self, unit_id: str, started: str) -> None:
-        """Committed and fsynced before the POST is sent (see the module docstring);
-        inside a batch, the batch must be ``durable``."""
+    def submitting(self, unit_id: str, started: str, sent: str, cost: float | None = None) -> None:
+        """Committed and fsynced before the POST is sent (see the module docstring), with
+        the request as sent (``sent``: JSON of [model, body]) and what its job is expected
+        to cost; inside a batch, the batch must be ``durable``."""
         with self._lock:
             synced = not self._in_batch
             if synced:
@@ -317,12 +352,13 @@ class Journal:
             try:
                 self._write(
                     (
-                        "INSERT INTO units (id, state, submit_started, updated)"
-                        " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                        "INSERT INTO units (id, state, submit_started, sent, cost, updated)"
+                        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
                         " state = excluded.state, job_id = NULL, job_status = NULL,"
-                        " submit_started = excluded.submit_started, error = NULL,"
-                        " result = NULL, updated = excluded.updated",
-                        (unit_id, State.SUBMITTING, started, time.time()),
+                        " submit_started = excluded.submit_started, sent = excluded.sent,"
+                        " cost = excluded.cost, error = NULL, result = NULL,"
+                        " updated = excluded.updated",
+                        (unit_id, State.SUBMITTING, started, sent, cost, time.time()),
                     )
                 )
             finally:
@@ -332,7 +368,8 @@ class Journal:
     def submitted(self, unit_id: str, job_id: str, cost: float | None) -> None:
         self._write(
             (
-                "UPDATE units SET state = ?, job_id = ?, cost = ?, updated = ? WHERE id = ?",
+                "UPDATE units SET state = ?, job_id = ?, cost = COALESCE(?, cost), updated = ?"
+                " WHERE id = ?",
                 (State.SUBMITTED, job_id, cost, time.time(), unit_id),
             ),
             (
@@ -341,27 +378,56 @@ class Journal:
             ),
         )
 
-    def finished(self, unit_id: str, job_status: str, cost: float | None) -> None:
-        self.finished_many([(unit_id, job_status, cost)])
+    def nothing_made(self, unit_id: str, error: str) -> None:
+        """A reconciliation found no job for the unit's last POST: it is to be sent again
+        (a failure for now, not for good, with no job)."""
+        self._write(
+            (
+                "UPDATE units SET state = ?, job_id = NULL, job_status = NULL, cost = NULL,"
+                " permanent = 0, error = ?, updated = ? WHERE id = ? AND state = ?",
+                (State.FAILED, error, time.time(), unit_id, State.SUBMITTING),
+            )
+        )
 
-    def finished_many(self, ended: list[tuple[str, str, float | None]]) -> None:
-        """(unit id, job status, cost) of jobs that ended together, in one commit."""
-        statements: list[tuple[str, tuple[Any, ...]]] = []
-        now = time.time()
-        for unit_id, job_status, cost in ended:
-            statements += [
+    def uncertain(self) -> list[tuple[str, str | None, str | None]]:
+        """(unit id, when its last POST was sent, what it sent) of every unit whose POST
+        may or may not have made a job."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT id, submit_started, sent FROM units WHERE state = ?", (State.SUBMITTING,)
+            ).fetchall()
+
+    def vanished(self, unit_id: str) -> None:
+        """The API no longer knows the unit's job (404 past the grace period): the unit
+        is uncertain again, and its POST is reconciled as a lost answer's would be."""
+        self._write(
+            (
+                "UPDATE units SET state = ?, updated = ? WHERE id = ? AND sent IS NOT NULL",
+                (State.SUBMITTING, time.time(), unit_id),
+            )
+        )
+
+    def abandoned(
+        self, unit_id: str, job_id: str, cost: float | None, error: str, result: dict[str, Any]
+    ) -> None:
+        """The unit's job ran past its deadline and could not be cancelled: it runs on,
+        and is paid; the next run watches it again."""
+        self._write(
+            (
+                "UPDATE units SET state = ?, job_id = ?, cost = COALESCE(?, cost), error = ?,"
+                " result = ?, updated = ? WHERE id = ?",
                 (
-                    "UPDATE units SET state = ?, job_status = ?, cost = COALESCE(?, cost),"
-                    " updated = ? WHERE id = ?",
-                    (State.FINISHED, job_status, cost, now, unit_id),
+                    State.ABANDONED,
+                    job_id,
+                    cost,
+                    error,
+                    json.dumps(result, ensure_ascii=False),
+                    time.time(),
+                    unit_id,
                 ),
-                (
-                    "UPDATE jobs SET cost = COALESCE(?, cost)"
-                    " WHERE job_id = (SELECT job_id FROM units WHERE id = ?)",
-                    (cost, unit_id),
-                ),
-            ]
-        self._write(*statements)
+            ),
+            _job_cost(job_id, cost),
+        )
 
     def downloaded(
         self,
@@ -373,18 +439,21 @@ class Journal:
         recorded: list[list[Any]] = [[path, digest] for path, digest in files]
         if stamps is not None:
             recorded = [[*entry, *stamp] for entry, stamp in zip(recorded, stamps, strict=True)]
+        job_id, cost = result.get("job_id"), result.get("cost")
         self._write(
             (
                 "UPDATE units SET state = ?, job_status = 'success', files = ?, error = NULL,"
-                " result = ?, updated = ? WHERE id = ?",
+                " result = ?, sent = NULL, cost = COALESCE(?, cost), updated = ? WHERE id = ?",
                 (
                     State.DOWNLOADED,
                     json.dumps(recorded),
                     json.dumps(result, ensure_ascii=False),
+                    cost,
                     time.time(),
                     unit_id,
                 ),
-            )
+            ),
+            _job_cost(job_id, cost),
         )
 
     def failed(
@@ -419,5 +488,12 @@ class Journal:
                     time.time(),
                     self.failed_job_limit,
                 ),
-            )
+            ),
+            _job_cost(job_id, result.get("cost")),
         )
+
+
+def _job_cost(job_id: str | None, cost: float | None) -> tuple[str, tuple[Any, ...]]:
+    """The statement that keeps a job's cost as its final record says (the submission's
+    answer may not have said)."""
+    return ("UPDATE jobs SET cost = COALESCE(?, cost) WHERE job_id = ?", (cost, job_id))

@@ -1,6 +1,6 @@
 """Showing a run's progress: how a display looks to the run, and the plain line.
 
-The edge for :mod:`batchgen.progress`: displays only draw snapshots.  The live panel
+The edge for :mod:`batchgen.progress`: displays only draw summarys.  The live panel
 for terminals is in :mod:`batchgen.live`, imported only when one is shown (rich takes
 time to import, which cron runs need not pay).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from .progress import Snapshot
+from ..engine.summary import Summary
 
 log = logging.getLogger("batchgen")
 
@@ -19,7 +19,7 @@ class Display(Protocol):
     interval: float  # seconds between two showings
     live: bool  # redraws in place (so it shows the final state too)
 
-    def show(self, snapshot: Snapshot, rate: float | None) -> None: ...
+    def show(self, summary: Summary, rate: float | None) -> None: ...
 
 
 class LineDisplay:
@@ -30,5 +30,5 @@ class LineDisplay:
     def __init__(self, interval: float) -> None:
         self.interval = interval
 
-    def show(self, snapshot: Snapshot, rate: float | None) -> None:
-        log.info("progress: %s", snapshot.line(rate))
+    def show(self, summary: Summary, rate: float | None) -> None:
+        log.info("progress: %s", summary.progress_line(rate))

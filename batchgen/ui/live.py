@@ -18,7 +18,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .progress import Snapshot, format_duration, format_rate
+from ..engine.summary import Summary
+from .format import format_duration, format_rate
 
 log = logging.getLogger("batchgen")
 
@@ -50,11 +51,11 @@ class LiveDisplay:
             finally:
                 log.handlers[:] = saved
 
-    def show(self, snapshot: Snapshot, rate: float | None) -> None:
+    def show(self, snapshot: Summary, rate: float | None) -> None:
         self._live.update(render(snapshot, rate), refresh=True)
 
 
-def render(snapshot: Snapshot, rate: float | None) -> RenderableType:
+def render(snapshot: Summary, rate: float | None) -> RenderableType:
     finished = snapshot.done + snapshot.skipped
     share = finished / snapshot.total if snapshot.total else 1.0
     bar = Table.grid(padding=(0, 1))

@@ -1,0 +1,264 @@
+"""A unit's submission: the budget, the journal's ``submitting``, the POST, and the
+reconciliation of a lost answer.
+
+What a failure means is the retry table's (:func:`.policy.decide`); this module does
+what it says.  A POST is sent only once ``submitting`` is on disk with the request as
+sent; a POST whose answer may have made a job is reconciled (:mod:`.reconcile`), never
+sent again blindly.  A closed idle connection says nothing about the server: it does
+not use up an attempt.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import anyio
+
+from ..config import RetrySettings
+from ..errors import AmbiguousSubmitError, ApiError, RateLimitedError
+from ..manifest import Unit
+from ..scenario.client import STALE_CONNECTION_RETRIES
+from ..scenario.records import Submission
+from ..store.journal import Journal
+from .policy import Action, Request, decide, with_retries
+from .ports import Api
+from .pressure import InFlightCap
+from .reconcile import Reconciler
+from .summary import Summary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    job_id: str
+    created_at: str
+    cost: float | None
+    adopted: bool = False  # found by a reconciliation, its answer having been lost
+
+
+class SubmitStopped(Exception):
+    """Submitting has stopped (the budget, the credits): the unit is left as it was."""
+
+
+class UnitFailed(Exception):
+    """The unit cannot be submitted: its failure, for good or for now."""
+
+    def __init__(self, reason: str, *, permanent: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+def request_key(model: str, body: dict[str, Any]) -> str:
+    """A request as one string: the same for identical requests, and what the journal
+    keeps as sent."""
+    return json.dumps([model, body], sort_keys=True, ensure_ascii=False)
+
+
+def cost_shape(model: str, body: dict[str, Any]) -> str:
+    """What a job's cost depends on: everything in the request but prompt and seed."""
+    rest = {k: v for k, v in body.items() if k not in ("prompt", "seed")}
+    return json.dumps([model, rest], sort_keys=True)
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, ApiError) and error.reason:
+        return f"HTTP {error.status}: {error.reason}" if error.status else error.reason
+    return str(error)
+
+
+class Submitter:
+    def __init__(
+        self,
+        api: Api,
+        journal: Journal,
+        record: Any,
+        reconciler: Reconciler,
+        summary: Summary,
+        slots: anyio.CapacityLimiter,
+        retry: RetrySettings,
+        rng: random.Random,
+        *,
+        budget: float | None,
+        claimed: set[str],
+    ) -> None:
+        self._api = api
+        self._journal = journal
+        self._record = record
+        self._reconciler = reconciler
+        self._summary = summary
+        self._slots = slots
+        self._cap = InFlightCap(int(slots.total_tokens))
+        self._retry = retry
+        self._rng = rng
+        self._budget = budget
+        self._claimed = claimed
+        # Creative units spent, by earlier runs and this one, plus those reserved by
+        # submissions under way: a job is paid for before its POST is sent.
+        self._spent = summary.spent_before
+        self._shape_costs: dict[str, float] = {}
+        # Models the plan does not cover: their other units fail at once instead of
+        # each paying a request to learn the same thing.
+        self._refused_models: dict[str, str] = {}
+
+    async def submit(self, unit: Unit, lost_at: str | None = None) -> Submitted:
+        """Submit a unit: adopt the job an earlier lost POST made if there is one, else
+        POST, and reconcile again whenever the answer is lost.  ``lost_at`` is when
+        (the server's clock) a POST of this unit may have made a job."""
+        if unit.model in self._refused_models:
+            raise UnitFailed(self._refused_models[unit.model], permanent=True)
+        body = unit.request_body()
+        key = request_key(unit.model, body)
+        since = datetime.fromisoformat(lost_at) if lost_at else None
+        reserved = 0.0
+        attempts = dropped = 0
+        last_error: ApiError | None = None
+        while True:
+            if since is not None:
+                adopted = await self._reconciler.find(unit.id, key, body, since)
+                if adopted is not None:
+                    log.info(
+                        "unit %s: adopted job %s whose answer was lost", unit.id, adopted.job_id
+                    )
+                    return await self._submitted(
+                        unit, adopted.job_id, adopted.cost, adopted.created_at, True
+                    )
+                self._spent -= reserved  # a lost POST that made nothing costs nothing
+                reserved = 0.0
+                if attempts >= self._retry.max_attempts:
+                    reason = describe(last_error) if last_error else "its answers were lost"
+                    raise UnitFailed(f"{reason}; no job was made", permanent=False)
+            attempts += 1
+            cost = await self._within_budget(unit, body)
+            if cost is None:
+                raise SubmitStopped
+            reserved = cost
+            self._spent += reserved
+            started = self._api.server_now()
+            await self._record(
+                functools.partial(
+                    self._journal.submitting, unit.id, started.isoformat(), key, cost or None
+                ),
+                durable=True,
+            )
+            self._reconciler.posting[key] += 1
+            try:
+                submission = await with_retries(
+                    Request.SUBMIT,
+                    functools.partial(self._post, unit.model, body),
+                    self._retry,
+                    self._rng,
+                )
+            except ApiError as exc:
+                match decide(Request.SUBMIT, exc):
+                    case Action.RECONCILE:
+                        log.warning(
+                            "unit %s: %s; looking for the job it may have made", unit.id, exc
+                        )
+                        last_error, since = exc, started
+                        # A closed idle connection is not the server failing.
+                        dropped_now = (
+                            isinstance(exc, AmbiguousSubmitError) and exc.connection_dropped
+                        )
+                        dropped = dropped + 1 if dropped_now else 0
+                        if 0 < dropped <= STALE_CONNECTION_RETRIES:
+                            attempts -= 1
+                        continue
+                    case Action.STOP_SUBMITTING:
+                        self._spent -= reserved
+                        await self._nothing_made(unit, exc)
+                        if not self._summary.out_of_credits:
+                            self._summary.out_of_credits = True
+                            log.warning(
+                                "out of creative units (%s): no more submissions; the jobs "
+                                "in flight finish",
+                                describe(exc),
+                            )
+                        raise SubmitStopped from exc
+                    case Action.FAIL_MODEL:
+                        self._spent -= reserved
+                        self._refused_models[unit.model] = describe(exc)
+                        raise UnitFailed(describe(exc), permanent=True) from exc
+                    case Action.FAIL_FOR_GOOD:
+                        self._spent -= reserved
+                        raise UnitFailed(describe(exc), permanent=True) from exc
+                    case Action.STOP_RUN:
+                        raise
+                    case _:  # FAIL_UNIT, or RETRY with its attempts used up
+                        self._spent -= reserved
+                        raise UnitFailed(describe(exc), permanent=False) from exc
+            finally:
+                self._reconciler.posting[key] -= 1
+            self._claimed.add(submission.job.job_id)
+            if submission.cost is not None:
+                self._spent += submission.cost - reserved
+            return await self._submitted(
+                unit, submission.job.job_id, submission.cost, submission.job.created_at, False
+            )
+
+    async def _post(self, model: str, body: dict[str, Any]) -> Submission:
+        try:
+            submission = await self._api.submit(model, body)
+        except RateLimitedError as exc:
+            self._set_cap(self._cap.rate_limited(exc.action_limit))
+            raise
+        self._set_cap(self._cap.submitted())
+        return submission
+
+    async def _submitted(
+        self, unit: Unit, job_id: str, cost: float | None, created_at: str, adopted: bool
+    ) -> Submitted:
+        await self._record(functools.partial(self._journal.submitted, unit.id, job_id, cost))
+        self._summary.submitted += 1
+        log.debug("submitted unit %s as job %s", unit.id, job_id)
+        return Submitted(job_id, created_at, cost, adopted)
+
+    async def _nothing_made(self, unit: Unit, error: ApiError) -> None:
+        await self._record(functools.partial(self._journal.nothing_made, unit.id, describe(error)))
+
+    async def _within_budget(self, unit: Unit, body: dict[str, Any]) -> float | None:
+        """The cost to reserve for this unit's next job, or None if it would pass the
+        budget (and submitting stops).  Without a budget nothing is reserved."""
+        if self._summary.submitting_stopped:
+            return None
+        if self._budget is None:
+            return 0.0
+        cost = await self.cost_of(unit.model, body)
+        # No await from here on: checking and reserving are one step.
+        if self._spent + cost > self._budget:
+            if not self._summary.over_budget:
+                self._summary.over_budget = True
+                log.warning(
+                    "budget: %g CU spent or reserved, the next job costs %g, --budget is %g: "
+                    "no more submissions; the jobs in flight finish",
+                    self._spent,
+                    cost,
+                    self._budget,
+                )
+            return None
+        return cost
+
+    async def cost_of(self, model: str, body: dict[str, Any]) -> float:
+        """What a job of this shape costs, from one dry run per shape."""
+        key = cost_shape(model, body)
+        if key not in self._shape_costs:
+            cost = await with_retries(
+                Request.OTHER_READ,
+                lambda: self._api.estimate(model, body),
+                self._retry,
+                self._rng,
+            )
+            self._shape_costs[key] = cost or 0.0
+        return self._shape_costs[key]
+
+    def _set_cap(self, cap: int) -> None:
+        if cap != self._slots.total_tokens:
+            log.info("jobs in flight: at most %d now (--concurrency %d)", cap, self._cap.ceiling)
+            self._slots.total_tokens = cap

@@ -1,0 +1,169 @@
+"""Where a run stands, and how it ended: one record for the engine to count in, the
+displays to show (a copy, taken as they draw) and the report to be made from.  Pure."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..ui.format import format_duration, format_rate
+
+# How many failure reasons it keeps to show; the results file has them all.
+FAILURES_KEPT = 10
+
+
+@dataclass(slots=True)
+class Summary:
+    total: int = 0
+    skipped: int = 0  # done by earlier runs
+    left_failed: int = 0  # failed for good in earlier runs, not tried again
+    submitted: int = 0  # jobs this run created (or adopted after a lost answer)
+    succeeded: int = 0
+    failed: int = 0
+    # Units whose job ran past its deadline and could not be cancelled: it runs on at
+    # the server, is paid, and the next run picks it up.
+    abandoned: int = 0
+    abandoned_cost: float = 0.0
+    in_flight: int = 0  # jobs at the server
+    downloading: int = 0  # jobs ended, their images on the way
+    cost: float = 0.0  # creative units this run
+    spent_before: float = 0.0  # creative units of earlier runs in this output directory
+    budget: float | None = None
+    elapsed: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+    out_of_time: bool = False
+    out_of_credits: bool = False
+    over_budget: bool = False
+
+    def copy(self) -> Summary:
+        return dataclasses.replace(self, failures=list(self.failures))
+
+    # ------------------------------------------------------------------ counting
+
+    def note_failure(self, unit_id: str, error: str) -> None:
+        self.failed += 1
+        if len(self.failures) < FAILURES_KEPT:
+            self.failures.append((unit_id, error))
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def spent(self) -> float:
+        """Creative units in this output directory, earlier runs included."""
+        return self.spent_before + self.cost
+
+    @property
+    def submitting_stopped(self) -> bool:
+        return self.out_of_credits or self.over_budget
+
+    @property
+    def remaining(self) -> int:
+        """Units this run still has to finish."""
+        return max(0, self.total - self.skipped - self.left_failed - self.done - self.abandoned)
+
+    @property
+    def not_finished(self) -> int:
+        return self.remaining
+
+    @property
+    def queued(self) -> int:
+        """Units not yet submitted."""
+        return max(0, self.remaining - self.in_flight - self.downloading)
+
+    @property
+    def finishing(self) -> int:
+        """Units this run will still finish: once submitting has stopped (budget,
+        credits), only those already submitted."""
+        if self.submitting_stopped:
+            return min(self.remaining, self.in_flight + self.downloading)
+        return self.remaining
+
+    @property
+    def stopped(self) -> str | None:
+        """Why the run ended before its work did, if it did."""
+        if self.interrupted:
+            return "interrupted"
+        if self.out_of_time:
+            return "max-runtime"
+        if self.out_of_credits:
+            return "out-of-credits"
+        if self.over_budget:
+            return "budget"
+        return None
+
+    def eta(self, rate: float | None) -> float | None:
+        if self.finishing == 0:
+            return 0.0
+        if not rate:
+            return None
+        return self.finishing / rate
+
+    # ------------------------------------------------------------------ words
+
+    def progress_line(self, rate: float | None) -> str:
+        """The plain progress line: for logs, cron mail and anything not a terminal."""
+        parts = [
+            f"{self.done + self.skipped}/{self.total} done",
+            f"{self.failed} failed",
+            f"{self.in_flight} in flight",
+            f"{self.queued} queued",
+        ]
+        if self.downloading:
+            parts.append(f"{self.downloading} downloading")
+        parts.append(f"{format_rate(rate)}, ETA {format_duration(self.eta(rate))}")
+        parts.append(self.spend())
+        return "; ".join(parts)
+
+    def spend(self) -> str:
+        text = f"{self.spent:g} CU spent"
+        if self.budget is not None:
+            text += f" of {self.budget:g}"
+        if self.spent != self.cost:
+            text += f" ({self.cost:g} this run)"
+        return text
+
+    def line(self) -> str:
+        """The final summary in a line."""
+        parts = [
+            f"{self.succeeded} succeeded",
+            f"{self.failed} failed",
+            f"{self.skipped} already done",
+        ]
+        if self.left_failed:
+            parts.append(
+                f"{self.left_failed} failed for good earlier (--retry-failed retries them)"
+            )
+        if self.abandoned:
+            parts.append(
+                f"{self.abandoned} still running at the server past --job-timeout "
+                f"({self.abandoned_cost:g} CU; the next run picks them up)"
+            )
+        if self.out_of_credits:
+            parts.append("submitting stopped: out of creative units")
+        if self.over_budget:
+            parts.append("submitting stopped: the next job would pass --budget")
+        if self.not_finished > 0:
+            parts.append(f"{self.not_finished} not finished")
+        return f"{', '.join(parts)}; cost {self.cost:g} CU; {self.elapsed:.1f}s"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "already_done": self.skipped,
+            "failed_earlier": self.left_failed,
+            "abandoned": self.abandoned,
+            "not_finished": self.not_finished,
+            "submitted": self.submitted,
+            "cost": self.cost,
+            "elapsed_seconds": round(self.elapsed, 3),
+            "stopped": self.stopped,
+            "failures": [{"id": unit_id, "error": error} for unit_id, error in self.failures],
+        }
