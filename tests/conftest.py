@@ -13,6 +13,7 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 
 from batchgen.sim import Network, SimConfig, Simulator, serve
+from batchgen.store.journal import Journal
 from tests.helpers import SIM_KEY, SIM_SECRET
 
 # How the tests' simulator answers: as across a network (pieces, gzip, chunked, first
@@ -59,6 +60,22 @@ def _logging_as_it_was() -> Iterator[None]:
     saved = (logger.handlers[:], logger.level, logger.propagate)
     yield
     logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+@pytest.fixture
+def open_journal() -> Iterator[Callable[..., Journal]]:
+    """Journals for a test, each closed when it ends (a test leaves no connection
+    open: Python 3.13 reports one as an error)."""
+    opened: list[Journal] = []
+
+    def open_one(out: Path, kind: type[Journal] = Journal, **options: Any) -> Journal:
+        journal = kind(out, **options)
+        opened.append(journal)
+        return journal
+
+    yield open_one
+    for journal in opened:
+        journal.close()
 
 
 @pytest.fixture

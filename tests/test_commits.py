@@ -4,7 +4,7 @@ order, their atomicity and their own errors."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,8 +33,10 @@ class SpyJournal(Journal):
 
 
 @pytest.mark.anyio
-async def test_calls_made_together_share_one_commit_and_keep_their_order(tmp_path: Path) -> None:
-    journal = SpyJournal(tmp_path)
+async def test_calls_made_together_share_one_commit_and_keep_their_order(
+    tmp_path: Path, open_journal: Callable[..., Journal]
+) -> None:
+    journal = open_journal(tmp_path, SpyJournal)
     commits = GroupCommit(journal)
     seen: list[int] = []
     async with anyio.create_task_group() as writer:
@@ -49,8 +51,10 @@ async def test_calls_made_together_share_one_commit_and_keep_their_order(tmp_pat
 
 
 @pytest.mark.anyio
-async def test_a_batch_with_a_submitting_is_fsynced_and_others_are_not(tmp_path: Path) -> None:
-    journal = SpyJournal(tmp_path)
+async def test_a_batch_with_a_submitting_is_fsynced_and_others_are_not(
+    tmp_path: Path, open_journal: Callable[..., Journal]
+) -> None:
+    journal = open_journal(tmp_path, SpyJournal)
     commits = GroupCommit(journal)
     async with anyio.create_task_group() as writer:
         await writer.start(commits.run)
@@ -65,9 +69,9 @@ async def test_a_batch_with_a_submitting_is_fsynced_and_others_are_not(tmp_path:
 
 @pytest.mark.anyio
 async def test_a_failing_call_raises_to_its_caller_only_and_leaves_nothing_half_done(
-    tmp_path: Path,
+    tmp_path: Path, open_journal: Callable[..., Journal]
 ) -> None:
-    journal = Journal(tmp_path)
+    journal = open_journal(tmp_path)
     commits = GroupCommit(journal)
 
     def half_then_fail() -> None:
@@ -96,8 +100,10 @@ async def test_a_failing_call_raises_to_its_caller_only_and_leaves_nothing_half_
 
 
 @pytest.mark.anyio
-async def test_calls_before_the_writer_starts_or_after_it_ends_still_run(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
+async def test_calls_before_the_writer_starts_or_after_it_ends_still_run(
+    tmp_path: Path, open_journal: Callable[..., Journal]
+) -> None:
+    journal = open_journal(tmp_path)
     commits = GroupCommit(journal)
     await commits(functools.partial(journal.submitting, "early", "t", SENT), durable=True)
     async with anyio.create_task_group() as writer:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,10 @@ def test_resume_table(row: Row | None, retry_failed: bool, action: Resume) -> No
     assert resume_action(row, retry_failed=retry_failed) is action
 
 
-def test_transitions_survive_reopening_and_old_jobs_stay_owned(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
+def test_transitions_survive_reopening_and_old_jobs_stay_owned(
+    tmp_path: Path, open_journal: Callable[..., Journal]
+) -> None:
+    journal = open_journal(tmp_path)
     journal.submitting("u1", "2026-01-01T00:00:00+00:00", SENT)
     journal.submitted("u1", "job-a", 4.0)
     journal.failed(
@@ -53,7 +56,7 @@ def test_transitions_survive_reopening_and_old_jobs_stay_owned(tmp_path: Path) -
     journal.submitting("u1", "2026-01-01T00:01:00+00:00", SENT)  # tried again: a new job
     journal.close()
 
-    reopened = Journal(tmp_path)
+    reopened = open_journal(tmp_path)
     row = reopened.get("u1")
     assert row is not None and row.state is State.SUBMITTING and row.job_id is None
     assert row.submit_started == "2026-01-01T00:01:00+00:00" and row.failed_jobs == 1
@@ -66,8 +69,10 @@ def test_transitions_survive_reopening_and_old_jobs_stay_owned(tmp_path: Path) -
     reopened.close()
 
 
-def test_a_job_that_keeps_failing_becomes_a_permanent_failure(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
+def test_a_job_that_keeps_failing_becomes_a_permanent_failure(
+    tmp_path: Path, open_journal: Callable[..., Journal]
+) -> None:
+    journal = open_journal(tmp_path)
     for attempt in range(FAILED_JOB_LIMIT):
         journal.submitting("u", f"2026-01-01T00:0{attempt}:00+00:00", SENT)
         journal.submitted("u", f"job-{attempt}", 1.0)
@@ -85,8 +90,10 @@ def test_a_job_that_keeps_failing_becomes_a_permanent_failure(tmp_path: Path) ->
     journal.close()
 
 
-def test_get_many_finds_the_units_it_has_among_many(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
+def test_get_many_finds_the_units_it_has_among_many(
+    tmp_path: Path, open_journal: Callable[..., Journal]
+) -> None:
+    journal = open_journal(tmp_path)
     with journal.batch():
         for index in range(0, 1200, 2):
             journal.submitting(f"u{index}", "t", SENT)
@@ -97,8 +104,10 @@ def test_get_many_finds_the_units_it_has_among_many(tmp_path: Path) -> None:
     assert journal.get("u1") is None
 
 
-def test_a_batch_is_one_transaction_and_each_call_in_it_stands_alone(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
+def test_a_batch_is_one_transaction_and_each_call_in_it_stands_alone(
+    tmp_path: Path, open_journal: Callable[..., Journal]
+) -> None:
+    journal = open_journal(tmp_path)
     with pytest.raises(RuntimeError), journal.batch():
         journal.submitting("lost", "t", SENT)
         raise RuntimeError("the whole batch is rolled back")
@@ -111,8 +120,10 @@ def test_a_batch_is_one_transaction_and_each_call_in_it_stands_alone(tmp_path: P
     assert journal.get("kept") is not None and journal.get("half") is None
 
 
-def test_results_and_failures_come_in_journal_order_across_pages(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
+def test_results_and_failures_come_in_journal_order_across_pages(
+    tmp_path: Path, open_journal: Callable[..., Journal]
+) -> None:
+    journal = open_journal(tmp_path)
     total = 2500  # more than two pages
     with journal.batch():
         for index in range(total):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,9 +68,11 @@ def test_no_recorded_files_is_never_intact(tmp_path: Path) -> None:
     assert files_intact(tmp_path, [], []) is False
 
 
-def test_the_journal_keeps_stamps_and_reads_rows_written_without_them(tmp_path: Path) -> None:
+def test_the_journal_keeps_stamps_and_reads_rows_written_without_them(
+    tmp_path: Path, open_journal: Callable[..., Journal]
+) -> None:
     files, stamps = written(tmp_path)
-    journal = Journal(tmp_path)
+    journal = open_journal(tmp_path)
     for unit_id, recorded in (("new", stamps), ("old", None)):
         journal.submitting(unit_id, "t", SENT)
         journal.submitted(unit_id, f"job-{unit_id}", 1.0)
