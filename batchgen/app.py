@@ -45,8 +45,8 @@ from anyio import CancelScope
 from yarl import URL
 
 from . import config as defaults
-from .config import ApiSettings, Credentials, EngineSettings, RetrySettings
-from .engine import Engine, Summary, cost_shape
+from .config import ApiSettings, Credentials, RetrySettings
+from .engine import Engine, EngineSettings, Summary, cost_shape
 from .engine.policy import Request, with_retries
 from .engine.ports import Fetcher, Offload
 from .errors import (

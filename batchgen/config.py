@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CredentialsError
-from .manifest.naming import DEFAULT_FILENAME, FileNameTemplate
 
 DEFAULT_API_URL = "https://api.cloud.scenario.com"
 DEFAULT_CONCURRENCY = 4
@@ -31,7 +30,6 @@ def download_workers_for(concurrency: int) -> int:
     return max(MIN_DOWNLOAD_WORKERS, min(concurrency, MAX_DEFAULT_DOWNLOAD_WORKERS))
 
 
-DEFAULT_STATUS_REQUESTS_AT_ONCE = 16
 # A lost answer's POST is taken to have made no job only after reads of the job list
 # spread over this many seconds have all missed it (the list shows new jobs late).
 DEFAULT_RECONCILE_GRACE = 5.0
@@ -107,16 +105,3 @@ class ApiSettings:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
     retry: RetrySettings = RetrySettings()
-
-
-@dataclass(frozen=True, slots=True)
-class EngineSettings:
-    output_dir: Path
-    concurrency: int = DEFAULT_CONCURRENCY
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    job_timeout: float = DEFAULT_JOB_TIMEOUT
-    job_attempts: int = DEFAULT_JOB_ATTEMPTS
-    download_workers: int = DEFAULT_DOWNLOAD_WORKERS
-    status_requests_at_once: int = DEFAULT_STATUS_REQUESTS_AT_ONCE
-    filename: FileNameTemplate = DEFAULT_FILENAME
-    reconcile_grace: float = DEFAULT_RECONCILE_GRACE

@@ -55,6 +55,8 @@ TARGETS = {
     "cpu_ms_per_job": 2.0,
     "validate_rss_mb": 300.0,
     "resume_seconds": 5.0,
+    "memory_growth": 1.25,
+    "memory_mb": 100.0,
 }
 
 # What a unit's POST sent, as the journal keeps it with ``submitting``.
@@ -219,6 +221,31 @@ def latency(args: argparse.Namespace, place: Path) -> dict[str, dict[str, float]
     return figures
 
 
+def memory(args: argparse.Namespace, place: Path) -> dict[str, dict[str, float]]:
+    """Peak memory of batchgen runs of growing size, fast jobs at C: what it holds must
+    follow the concurrency and the downloads, not the batch."""
+    figures: dict[str, dict[str, float]] = {}
+    for units in args.memory_units:
+        sub = place / f"n{units}"
+        sub.mkdir()
+        manifest, _ = write_workload(sub, units, args.memory_concurrency)
+        with simulator(job_seconds=0.05, jitter=0.5, seed=args.seed) as sim:
+            command = batchgen(
+                "run", str(manifest), "--out", str(sub / "out"), "--quiet",
+                "--concurrency", str(args.memory_concurrency), "--poll-interval", "0.05",
+            )  # fmt: skip
+            child = run_child(command, api_env(sim))
+            if child.returncode != 0 or len(sim.jobs) != units:
+                sys.exit(f"memory run of {units} failed ({child.returncode}):\n{child.output}")
+            figures[str(units)] = {
+                "units": units,
+                "peak_rss_mb": child.peak_rss_mb,
+                "cpu_ms_per_job": 1000 * child.cpu / units,
+                "seconds": child.wall,
+            }
+    return figures
+
+
 def startup_cpu(place: Path) -> float:
     """CPU seconds of starting batchgen and reading a one-line manifest: the fixed cost
     inside every per-job CPU figure."""
@@ -303,7 +330,9 @@ def resume(args: argparse.Namespace, place: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["pipeline", "latency", "fast", "validate", "resume"])
+    parser.add_argument(
+        "--only", choices=["pipeline", "latency", "memory", "fast", "validate", "resume"]
+    )
     parser.add_argument("--units", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--job-seconds", type=float, default=1.0)
@@ -312,6 +341,10 @@ def main() -> None:
     parser.add_argument(
         "--latency-ms", type=float, default=100, help="round trip, latency scenario"
     )
+    parser.add_argument(
+        "--memory-units", type=int, nargs="+", default=[10_000, 50_000], metavar="N"
+    )
+    parser.add_argument("--memory-concurrency", type=int, default=300)
     parser.add_argument("--fast-units", type=int, default=5000)
     parser.add_argument("--fast-concurrency", type=int, default=500)
     parser.add_argument("--validate-lines", type=int, default=1_000_000)
@@ -368,6 +401,20 @@ def main() -> None:
             for key in ("makespan_s", "makespan_ratio", "status_per_job", "slots_busy",
                         "cpu_ms_per_job"):  # fmt: skip
                 print(f"  {key:18}" + "".join(f"{figures_l[n][key]:>12.3f}" for n in names))
+        if (sub := scenario("memory")) is not None:
+            figures_m = memory(args, sub)
+            report["memory"] = figures_m
+            sizes = list(figures_m)
+            print(f"memory: batchgen, fast jobs, C={args.memory_concurrency}")
+            for size in sizes:
+                row = figures_m[size]
+                print(f"  {size:>8} units: peak RSS {row['peak_rss_mb']:.0f} MB, "
+                      f"{row['cpu_ms_per_job']:.2f} ms CPU/job, {row['seconds']:.1f}s")  # fmt: skip
+            smallest, largest = figures_m[sizes[0]], figures_m[sizes[-1]]
+            growth = largest["peak_rss_mb"] / smallest["peak_rss_mb"]
+            print(f"  {sizes[-1]} over {sizes[0]}: {growth:.2f}x: "
+                  f"{verdict(growth, TARGETS['memory_growth'])}; largest "
+                  f"{verdict(largest['peak_rss_mb'], TARGETS['memory_mb'])} MB")  # fmt: skip
         if (sub := scenario("fast")) is not None:
             figures_fast = fast(args, sub)
             report["fast"] = figures_fast

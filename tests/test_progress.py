@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from batchgen.ui.format import format_duration, format_rate
-from batchgen.ui.progress import RATE_MIN_SECONDS, RateMeter
+from batchgen.ui.progress import RATE_MIN_SECONDS, RateMeter, progress_line
 from tests.helpers import summary as snapshot
 
 
@@ -62,7 +62,7 @@ def test_eta(changes: dict, rate: float | None, eta: float | None) -> None:
     ],
 )
 def test_the_plain_line(changes: dict, rate: float | None, expected: str) -> None:
-    assert snapshot(**changes).progress_line(rate) == expected
+    assert progress_line(snapshot(**changes), rate) == expected
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,6 @@
 poller's pure decisions (:mod:`.watch`), the retry table (:mod:`.policy`) and the
 adaptive in-flight cap (:mod:`.pressure`)."""
 
-from .run import Engine, Summary, cost_shape
+from .run import Engine, EngineSettings, Summary, cost_shape
 
-__all__ = ["Engine", "Summary", "cost_shape"]
+__all__ = ["Engine", "EngineSettings", "Summary", "cost_shape"]

@@ -29,6 +29,7 @@ import json
 import logging
 import random
 from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,9 +37,11 @@ from typing import Any, NamedTuple
 import anyio
 from anyio.abc import TaskGroup
 
-from ..config import EngineSettings, RetrySettings
+from .. import config as defaults
+from ..config import RetrySettings
 from ..errors import ApiError, DownloadError, PermanentApiError
 from ..manifest import Unit
+from ..manifest.naming import DEFAULT_FILENAME, FileNameTemplate
 from ..scenario.records import JobRecord
 from ..store.commits import GroupCommit
 from ..store.files import files_intact, stamp_of
@@ -58,7 +61,21 @@ PLAN_CHUNK = 500
 # A cancel of a job past its deadline gets this long; custom jobs usually refuse.
 CANCEL_TIMEOUT = 10.0
 
-__all__ = ["Engine", "Summary", "cost_shape"]
+__all__ = ["Engine", "EngineSettings", "Summary", "cost_shape"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """How a run goes: its output directory and the knobs of the command line."""
+
+    output_dir: Path
+    concurrency: int = defaults.DEFAULT_CONCURRENCY
+    poll_interval: float = defaults.DEFAULT_POLL_INTERVAL
+    job_timeout: float = defaults.DEFAULT_JOB_TIMEOUT
+    job_attempts: int = defaults.DEFAULT_JOB_ATTEMPTS
+    download_workers: int = defaults.DEFAULT_DOWNLOAD_WORKERS
+    filename: FileNameTemplate = DEFAULT_FILENAME
+    reconcile_grace: float = defaults.DEFAULT_RECONCILE_GRACE
 
 
 class Plan(NamedTuple):
@@ -104,8 +121,9 @@ class Engine:
         # Room for unit tasks: C in jobs, D downloading, D more waiting to download.  A
         # slow CDN fills it, and the planner stops taking units: no batch-sized backlog.
         self._room = anyio.Semaphore(settings.concurrency + 2 * settings.download_workers)
-        # Job ids given to a unit, this run; earlier runs' are in the journal.  A lost
-        # answer never adopts a job that is already someone's.
+        # Job ids given to a unit and not yet in the journal for good (until the unit's
+        # task has recorded its end; the journal owns them from then on): a lost answer
+        # never adopts a job that is already someone's.  Bounded by the units in progress.
         self._claimed: set[str] = set()
         self.poller = Poller(api, settings.poll_interval, retry, self._rng)
         self.resolver = AssetResolver(api, retry, self._rng)
@@ -257,8 +275,11 @@ class Engine:
     # ---------------------------------------------------------------- one unit
 
     async def _unit_task(self, unit: Unit, row: Row | None, action: Resume) -> None:
+        mine: set[str] = set()
         try:
-            result = await self._process(unit, row, action)
+            result = await self._process(unit, row, action, mine)
+            if result is not None:
+                await self._finish(result)
         except SubmitStopped:
             return
         except StillUncertain as exc:
@@ -266,15 +287,16 @@ class Engine:
             return
         finally:
             self._room.release()
-        if result is not None:
-            await self._finish(result)
+            self._claimed.difference_update(mine)
 
-    async def _process(self, unit: Unit, row: Row | None, action: Resume) -> UnitResult | None:
+    async def _process(
+        self, unit: Unit, row: Row | None, action: Resume, mine: set[str]
+    ) -> UnitResult | None:
         """Everything a unit goes through; its result, or None when it is left to the
-        next run (its job abandoned past its deadline, or uncertain)."""
+        next run (its job abandoned past its deadline, or uncertain).  ``mine`` gathers
+        the job ids it claims."""
         job_id = row.job_id if action is Resume.REATTACH and row is not None else None
         if job_id is not None:
-            self._claimed.add(job_id)
             log.debug("unit %s: watching its job %s again", unit.id, job_id)
         lost_at = row.submit_started if action is Resume.RECONCILE and row is not None else None
         cost = row.cost if row is not None and job_id is not None else None
@@ -288,12 +310,9 @@ class Engine:
                         submitted = await self._submitter.submit(unit, lost_at)
                     except UnitFailed as exc:
                         return UnitResult.failure(unit, error=exc.reason, permanent=exc.permanent)
-                    job_id, cost, created_at = (
-                        submitted.job_id,
-                        submitted.cost,
-                        submitted.created_at,
-                    )
-                    lost_at = None
+                    job_id, cost = submitted.job_id, submitted.cost
+                    created_at, lost_at = submitted.created_at, None
+                    mine.add(job_id)
                 outcome = await self._watch(unit, job_id, created_at)
             if isinstance(outcome, UnitResult) or outcome is None:
                 return outcome

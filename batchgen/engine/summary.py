@@ -7,8 +7,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ui.format import format_duration, format_rate
-
 # How many failure reasons it keeps to show; the results file has them all.
 FAILURES_KEPT = 10
 
@@ -105,28 +103,6 @@ class Summary:
         return self.finishing / rate
 
     # ------------------------------------------------------------------ words
-
-    def progress_line(self, rate: float | None) -> str:
-        """The plain progress line: for logs, cron mail and anything not a terminal."""
-        parts = [
-            f"{self.done + self.skipped}/{self.total} done",
-            f"{self.failed} failed",
-            f"{self.in_flight} in flight",
-            f"{self.queued} queued",
-        ]
-        if self.downloading:
-            parts.append(f"{self.downloading} downloading")
-        parts.append(f"{format_rate(rate)}, ETA {format_duration(self.eta(rate))}")
-        parts.append(self.spend())
-        return "; ".join(parts)
-
-    def spend(self) -> str:
-        text = f"{self.spent:g} CU spent"
-        if self.budget is not None:
-            text += f" of {self.budget:g}"
-        if self.spent != self.cost:
-            text += f" ({self.cost:g} this run)"
-        return text
 
     def line(self) -> str:
         """The final summary in a line."""

@@ -30,6 +30,7 @@ is handed, when to list and which jobs to ask about one by one; the engine does 
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -48,7 +49,10 @@ QUIET_MIN = 10.0
 QUIET_MAX = 300.0
 # A job is not asked about on its own before this share of the usual job time.
 EARLY_FRACTION = 0.8
-SIGHTINGS_KEPT = 10_000
+# Ends of jobs not (yet) watched kept for when their submission's answer arrives: a
+# job ends before its POST is answered only while that POST is in flight, so a few
+# times the most jobs in flight (--concurrency is at most 1,000) is plenty.
+SIGHTINGS_KEPT = 3_000
 # Weight of the newest job in the running mean of job times.
 MEAN_WEIGHT = 0.05
 
@@ -259,7 +263,8 @@ class Watcher:
     # ------------------------------------------------------------------ helpers
 
     def _sight(self, job: JobRecord) -> None:
-        self._sightings[job.job_id] = job
+        # Kept without what it was asked (the input is all of a job's bulk, and not needed).
+        self._sightings[job.job_id] = dataclasses.replace(job, request=None)
         self._sightings.move_to_end(job.job_id)
         while len(self._sightings) > SIGHTINGS_KEPT:
             self._sightings.popitem(last=False)

@@ -11,12 +11,11 @@ from .expand import (
     seed_for,
     unit_id,
 )
-from .parse import MAX_CONCURRENCY, load_manifest
+from .parse import load_manifest
 from .prompts import iter_entry_prompts
 from .types import NO_SIZE, Entry, Manifest, Size, Unit
 
 __all__ = [
-    "MAX_CONCURRENCY",
     "NO_SIZE",
     "PER_UNIT_SEED",
     "SEED_MASK",

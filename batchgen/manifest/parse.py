@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..config import MAX_CONCURRENCY
 from ..errors import ConfigError, ManifestError
 from .expand import PER_UNIT_SEED
 from .naming import DEFAULT_FILENAME, parse_template
@@ -53,7 +54,6 @@ RESERVED_FIELDS = {"aspectRatio": "aspect_ratio"}
 ASPECT_RATIO_PATTERN = re.compile(r"^([1-9][0-9]{0,3}):([1-9][0-9]{0,3})$")
 SIZE_MULTIPLE = 16
 MAX_COUNT = 100_000
-MAX_CONCURRENCY = 1000
 ENTRY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 VAR_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

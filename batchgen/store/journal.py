@@ -45,11 +45,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import DEFAULT_JOB_ATTEMPTS
+
 JOURNAL_NAME = "journal.sqlite3"
 SCHEMA_VERSION = 2
 # A job that ended in status "failure" costs money each time: after this many, the
 # unit is a permanent failure, retried only with --retry-failed.
-FAILED_JOB_LIMIT = 2  # the default of --job-attempts
+FAILED_JOB_LIMIT = DEFAULT_JOB_ATTEMPTS
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -11,6 +11,7 @@ import logging
 from typing import Protocol
 
 from ..engine.summary import Summary
+from .progress import progress_line
 
 log = logging.getLogger("batchgen")
 
@@ -31,4 +32,4 @@ class LineDisplay:
         self.interval = interval
 
     def show(self, summary: Summary, rate: float | None) -> None:
-        log.info("progress: %s", summary.progress_line(rate))
+        log.info("progress: %s", progress_line(summary, rate))

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from ..engine.summary import Summary
 from .format import format_duration, format_rate
+from .progress import spend
 
 log = logging.getLogger("batchgen")
 
@@ -79,7 +80,7 @@ def render(snapshot: Summary, rate: float | None) -> RenderableType:
         Text.assemble(
             f"{format_rate(rate)}   ETA {format_duration(snapshot.eta(rate))}   "
             f"elapsed {format_duration(snapshot.elapsed)}   ",
-            (snapshot.spend(), "yellow"),
+            (spend(snapshot), "yellow"),
         ),
     )
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..engine.summary import Summary
+from .format import format_duration, format_rate
+
 # The rate is measured over about this long: long enough to smooth the bursts in which
 # jobs end, short enough to follow a run that speeds up or slows down.
 RATE_WINDOW_SECONDS = 60.0
@@ -35,3 +38,28 @@ class RateMeter:
         if span < RATE_MIN_SECONDS:
             return None
         return (done - first_done) / span
+
+
+def progress_line(summary: Summary, rate: float | None) -> str:
+    """The plain progress line: for logs, cron mail and anything not a terminal."""
+    parts = [
+        f"{summary.done + summary.skipped}/{summary.total} done",
+        f"{summary.failed} failed",
+        f"{summary.in_flight} in flight",
+        f"{summary.queued} queued",
+    ]
+    if summary.downloading:
+        parts.append(f"{summary.downloading} downloading")
+    parts.append(f"{format_rate(rate)}, ETA {format_duration(summary.eta(rate))}")
+    parts.append(spend(summary))
+    return "; ".join(parts)
+
+
+def spend(summary: Summary) -> str:
+    """Creative units spent, against the budget, and how many of them this run."""
+    text = f"{summary.spent:g} CU spent"
+    if summary.budget is not None:
+        text += f" of {summary.budget:g}"
+    if summary.spent != summary.cost:
+        text += f" ({summary.cost:g} this run)"
+    return text
