@@ -489,6 +489,9 @@ async def arun(manifest: str | Path, **options: Any) -> Report:
         # Before the output directory is touched: credentials, models and every unit.
         saved = await backend.offload(_saved_specs, out_dir)
         total, specs = await checked_manifest(loaded, backend, saved)
+        settings = dataclasses.replace(
+            settings, seeds={model: spec.seed_range for model, spec in specs.items()}
+        )
         if shard is not None:
             total = await backend.offload(lambda: sum(1 for _ in _units(loaded, shard)))
         log.info(

@@ -345,10 +345,17 @@ def test_seeds_fixed_derived_per_unit_or_left_to_the_api(write: Write) -> None:
     assert {u.id for u in plain}.isdisjoint(u.id for u in units[2:5])
 
 
-@pytest.mark.parametrize("seed", ["random", "1.5", "true", "[1]"])
-def test_a_seed_is_a_number_or_per_unit(write: Write, seed: str) -> None:
-    with pytest.raises(ManifestError, match="whole number or 'per-unit'"):
+@pytest.mark.parametrize("seed", ["randomly", "1.5", "true", "[1]"])
+def test_a_seed_is_a_number_per_unit_or_random(write: Write, seed: str) -> None:
+    with pytest.raises(ManifestError, match="whole number, 'per-unit' or 'random'"):
         units_of(write, BASE + f"jobs:\n  - prompt: p\n    params: {{seed: {seed}}}\n")
+
+
+def test_a_random_seed_is_left_to_the_api_and_makes_units_of_its_own(write: Write) -> None:
+    (chosen,) = units_of(write, BASE + "jobs:\n  - prompt: p\n    params: {seed: random}\n")
+    assert "seed" not in chosen.request_body()
+    (plain,) = units_of(write, BASE + "jobs:\n  - prompt: p\n")
+    assert chosen.id != plain.id
 
 
 def test_counting_agrees_with_expanding(write: Write) -> None:

@@ -28,14 +28,14 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import anyio
 from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
 
 from .. import config as defaults
 from ..config import RetrySettings
@@ -51,7 +51,15 @@ from .download import IMAGES_DIR, AssetResolver, download_job
 from .poll import JobVanished, Poller
 from .ports import Api, Fetcher, Offload
 from .reconcile import Reconciler, StillUncertain
-from .submit import SubmitStopped, Submitter, UnitFailed, cost_shape, describe
+from .submit import (
+    SeedRange,
+    SubmitStopped,
+    Submitter,
+    UnitFailed,
+    cost_shape,
+    describe,
+    server_time,
+)
 from .summary import Summary
 
 log = logging.getLogger(__name__)
@@ -76,6 +84,9 @@ class EngineSettings:
     download_workers: int = defaults.DEFAULT_DOWNLOAD_WORKERS
     filename: FileNameTemplate = DEFAULT_FILENAME
     reconcile_grace: float = defaults.DEFAULT_RECONCILE_GRACE
+    # Each model's seed range, for the models that take a seed: a unit the manifest
+    # gives no seed gets one drawn from its id (see submit.request_for).
+    seeds: Mapping[str, SeedRange | None] = field(default_factory=dict)
 
 
 class Plan(NamedTuple):
@@ -147,6 +158,7 @@ class Engine:
             self._rng,
             budget=budget,
             claimed=self._claimed,
+            seeds=settings.seeds,
         )
 
     @property
@@ -172,10 +184,15 @@ class Engine:
                         await services.start(self.resolver.run)
                         await services.start(self.reconciler.run)
                         await self._reconcile_uncertain()
+                        # Plans are made one chunk ahead, in a worker thread, while
+                        # units are taken.
+                        plans, receive = anyio.create_memory_object_stream[Plan](1)
                         async with anyio.create_task_group() as work:
-                            async for plan in self._plans(iter(units)):
-                                for unit in plan.units:
-                                    await self._take(unit, plan, work)
+                            work.start_soon(self._plan_ahead, iter(units), plans)
+                            async with receive:
+                                async for plan in receive:
+                                    for unit in plan.units:
+                                        await self._take(unit, plan, work)
                         services.cancel_scope.cancel()
                 finally:
                     self._commits.close()
@@ -185,20 +202,10 @@ class Engine:
 
     # ---------------------------------------------------------------- planning
 
-    async def _plans(self, units: Iterator[Unit]) -> AsyncIterator[Plan]:
-        """Plans, made one chunk ahead in a worker thread while units are taken."""
-        send, receive = anyio.create_memory_object_stream[Plan](1)
-
-        async def plan_ahead() -> None:
-            async with send:
-                while plan := await self._offload(self._next_plan, units):
-                    await send.send(plan)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(plan_ahead)
-            async with receive:
-                async for plan in receive:
-                    yield plan
+    async def _plan_ahead(self, units: Iterator[Unit], plans: MemoryObjectSendStream[Plan]) -> None:
+        async with plans:
+            while plan := await self._offload(self._next_plan, units):
+                await plans.send(plan)
 
     def _next_plan(self, units: Iterator[Unit]) -> Plan | None:
         """The next chunk of units and what to do with each (blocking).
@@ -252,7 +259,7 @@ class Engine:
         async def one(unit_id: str, since: str, sent: str) -> None:
             _, body = _json_loads(sent)
             try:
-                job = await self.reconciler.find(unit_id, sent, body, _parse_time(since))
+                job = await self.reconciler.find(unit_id, sent, body, server_time(since))
             except StillUncertain as exc:
                 log.warning("unit %s: %s", unit_id, exc)
                 return
@@ -299,6 +306,7 @@ class Engine:
         if job_id is not None:
             log.debug("unit %s: watching its job %s again", unit.id, job_id)
         lost_at = row.submit_started if action is Resume.RECONCILE and row is not None else None
+        lost_sent = row.sent if lost_at is not None and row is not None else None
         cost = row.cost if row is not None and job_id is not None else None
         created_at = ""
         failed_jobs = row.failed_jobs if row is not None else 0
@@ -307,11 +315,12 @@ class Engine:
             async with self._slots:  # held from the POST until the job ends
                 if job_id is None:
                     try:
-                        submitted = await self._submitter.submit(unit, lost_at)
+                        submitted = await self._submitter.submit(unit, lost_at, lost_sent)
                     except UnitFailed as exc:
                         return UnitResult.failure(unit, error=exc.reason, permanent=exc.permanent)
                     job_id, cost = submitted.job_id, submitted.cost
                     created_at, lost_at = submitted.created_at, None
+                    lost_sent = None
                     mine.add(job_id)
                 outcome = await self._watch(unit, job_id, created_at)
             if isinstance(outcome, UnitResult) or outcome is None:
@@ -465,8 +474,3 @@ def _clear_leftovers(images: Path) -> None:
 def _json_loads(sent: str) -> tuple[str, dict[str, Any]]:
     model, body = json.loads(sent)
     return str(model), dict(body)
-
-
-def _parse_time(value: str) -> datetime:
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

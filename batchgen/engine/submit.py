@@ -14,8 +14,9 @@ import functools
 import json
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -56,6 +57,28 @@ class UnitFailed(Exception):
         self.permanent = permanent
 
 
+SeedRange = tuple[int, int]
+
+
+def request_for(unit: Unit, seeds: SeedRange | None) -> dict[str, Any]:
+    """The body a unit's POST sends.  Where the model takes a seed (``seeds`` is its
+    range) and the manifest gives none, one is drawn from the unit's id: no two units
+    ever send the same body, on this machine or any other, so a lost answer's job can
+    only be its own unit's.  ``seed: random`` leaves the seed to the API."""
+    body = unit.request_body()
+    if seeds is not None and "seed" not in body and "seed" not in unit.params:
+        low, high = seeds
+        body["seed"] = low + int(unit.id[:12], 16) % (high - low + 1)
+    return body
+
+
+def server_time(value: str) -> datetime:
+    """A moment the journal keeps (ISO 8601), as an aware time (earlier versions kept
+    some without a zone: they are UTC)."""
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def request_key(model: str, body: dict[str, Any]) -> str:
     """A request as one string: the same for identical requests, and what the journal
     keeps as sent."""
@@ -88,8 +111,11 @@ class Submitter:
         *,
         budget: float | None,
         claimed: set[str],
+        seeds: Mapping[str, SeedRange | None] | None = None,
     ) -> None:
         self._api = api
+        # Each model's seed range, for a model that takes a seed (see request_for).
+        self._seeds = seeds or {}
         self._journal = journal
         self._record = record
         self._reconciler = reconciler
@@ -108,28 +134,33 @@ class Submitter:
         # each paying a request to learn the same thing.
         self._refused_models: dict[str, str] = {}
 
-    async def submit(self, unit: Unit, lost_at: str | None = None) -> Submitted:
+    async def submit(
+        self, unit: Unit, lost_at: str | None = None, lost_sent: str | None = None
+    ) -> Submitted:
         """Submit a unit: adopt the job an earlier lost POST made if there is one, else
         POST, and reconcile again whenever the answer is lost.  ``lost_at`` is when
-        (the server's clock) a POST of this unit may have made a job."""
+        (the server's clock) a POST of this unit may have made a job, and ``lost_sent``
+        what it sent (a journal of an earlier version did not keep it: then it sent what
+        the manifest asks for)."""
         if unit.model in self._refused_models:
             raise UnitFailed(self._refused_models[unit.model], permanent=True)
-        body = unit.request_body()
+        body = request_for(unit, self._seeds.get(unit.model))
         key = request_key(unit.model, body)
-        since = datetime.fromisoformat(lost_at) if lost_at else None
+        if lost_at is not None:
+            # The lost POST's own request is what recognises its job.
+            lost_key = lost_sent or request_key(unit.model, unit.request_body())
+            adopted = await self._adopt(unit, lost_key, server_time(lost_at))
+            if adopted is not None:
+                return adopted
+        since: datetime | None = None
         reserved = 0.0
         attempts = dropped = 0
         last_error: ApiError | None = None
         while True:
             if since is not None:
-                adopted = await self._reconciler.find(unit.id, key, body, since)
+                adopted = await self._adopt(unit, key, since)
                 if adopted is not None:
-                    log.info(
-                        "unit %s: adopted job %s whose answer was lost", unit.id, adopted.job_id
-                    )
-                    return await self._submitted(
-                        unit, adopted.job_id, adopted.cost, adopted.created_at, True
-                    )
+                    return adopted
                 self._spent -= reserved  # a lost POST that made nothing costs nothing
                 reserved = 0.0
                 if attempts >= self._retry.max_attempts:
@@ -163,6 +194,8 @@ class Submitter:
                             "unit %s: %s; looking for the job it may have made", unit.id, exc
                         )
                         last_error, since = exc, started
+                        if not reserved:
+                            await self._note_possible_cost(unit, body)
                         # A closed idle connection is not the server failing.
                         dropped_now = (
                             isinstance(exc, AmbiguousSubmitError) and exc.connection_dropped
@@ -202,6 +235,26 @@ class Submitter:
             return await self._submitted(
                 unit, submission.job.job_id, submission.cost, submission.job.created_at, False
             )
+
+    async def _adopt(self, unit: Unit, key: str, since: datetime) -> Submitted | None:
+        """The job a lost POST of ``key`` at ``since`` made, adopted, if it made one."""
+        adopted = await self._reconciler.find(unit.id, key, json.loads(key)[1], since)
+        if adopted is None:
+            return None
+        log.info("unit %s: adopted job %s (its answer was lost)", unit.id, adopted.job_id)
+        return await self._submitted(unit, adopted.job_id, adopted.cost, adopted.created_at, True)
+
+    async def _note_possible_cost(self, unit: Unit, body: dict[str, Any]) -> None:
+        """Without a budget nothing was priced before the POST; once its answer is lost
+        the job it may have made is priced (one dry run per shape), so that what the run
+        reports spent hides nothing.  A dry run that fails leaves it unpriced."""
+        try:
+            cost = await self.cost_of(unit.model, body)
+        except ApiError as exc:
+            log.info("unit %s: no price for the job it may have made: %s", unit.id, exc)
+            return
+        if cost:
+            await self._record(functools.partial(self._journal.may_have_cost, unit.id, cost))
 
     async def _post(self, model: str, body: dict[str, Any]) -> Submission:
         try:

@@ -4,6 +4,7 @@ from a template (:mod:`.naming`) and units split over machines (:mod:`.shard`)."
 
 from .expand import (
     PER_UNIT_SEED,
+    RANDOM_SEED,
     SEED_MASK,
     canonical_request,
     count_units,
@@ -18,6 +19,7 @@ from .types import NO_SIZE, Entry, Manifest, Size, Unit
 __all__ = [
     "NO_SIZE",
     "PER_UNIT_SEED",
+    "RANDOM_SEED",
     "SEED_MASK",
     "Entry",
     "Manifest",

@@ -19,8 +19,11 @@ from .prompts import iter_entry_prompts
 from .types import Manifest, Size, Unit
 
 UNIT_ID_HEX_DIGITS = 20
-# params.seed: per-unit derives each unit's seed from its id (see seed_for).
+# params.seed: per-unit derives each unit's seed from its id (see seed_for), and is in
+# the id's digest; random leaves the seed to the API.  Left out, a seed is drawn from
+# the unit's id as well, when the model takes one (see batchgen.engine.submit).
 PER_UNIT_SEED = "per-unit"
+RANDOM_SEED = "random"
 SEED_MASK = 2**31 - 1
 
 

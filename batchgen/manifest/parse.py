@@ -19,7 +19,7 @@ import yaml
 
 from ..config import MAX_CONCURRENCY
 from ..errors import ConfigError, ManifestError
-from .expand import PER_UNIT_SEED
+from .expand import PER_UNIT_SEED, RANDOM_SEED
 from .naming import DEFAULT_FILENAME, parse_template
 from .prompts import PROMPT_FILE_SUFFIXES, type_name
 from .types import NO_SIZE, Entry, Manifest, Size
@@ -183,11 +183,13 @@ class _Reader:
             result[key] = self.json_value(value_node, name)
             if key == "seed":
                 seed = result[key]
-                if seed != PER_UNIT_SEED and (isinstance(seed, bool) or not isinstance(seed, int)):
+                named = (PER_UNIT_SEED, RANDOM_SEED)
+                if seed not in named and (isinstance(seed, bool) or not isinstance(seed, int)):
                     raise self.fail(
                         value_node,
                         name,
-                        f"must be a whole number or {PER_UNIT_SEED!r}, got {seed!r}",
+                        f"must be a whole number, {PER_UNIT_SEED!r} or {RANDOM_SEED!r}, "
+                        f"got {seed!r}",
                     )
         return result
 

@@ -106,10 +106,13 @@ class Unit:
     aspect_ratio: str | None = None
 
     def request_body(self) -> dict[str, Any]:
+        """What the manifest asks for (``seed: random`` leaves the seed to the API)."""
         body: dict[str, Any] = {"prompt": self.prompt}
         if self.aspect_ratio is not None:
             body["aspectRatio"] = self.aspect_ratio
         elif self.width is not None and self.height is not None:
             body["width"], body["height"] = self.width, self.height
         body.update(self.params)
+        if body.get("seed") == "random":
+            del body["seed"]
         return body

@@ -28,6 +28,8 @@ from ..errors import MalformedResponseError
 SIZE_INPUTS = ("width", "height")
 RATIO_INPUT = "aspectRatio"
 SEED_INPUT = "seed"
+# The largest seed drawn for a model whose seed input names no maximum.
+SEED_MAX = 2**31 - 1
 PROMPT_INPUT = "prompt"
 ARRAY_ITEM_TYPES = {
     "number_array": "number",
@@ -100,6 +102,16 @@ class ModelSpec:
         if self.takes(RATIO_INPUT):
             forms.append(RATIO_INPUT)
         return tuple(forms)
+
+    @property
+    def seed_range(self) -> tuple[int, int] | None:
+        """The seeds the model takes (lowest, highest), if it takes a numeric seed."""
+        item = self.inputs.get(SEED_INPUT)
+        if item is None or item.type != "number":
+            return None
+        low = int(item.minimum) if item.minimum is not None else 0
+        high = int(item.maximum) if item.maximum is not None else SEED_MAX
+        return (low, high) if high >= low else None
 
     def to_json(self) -> dict[str, Any]:
         return {

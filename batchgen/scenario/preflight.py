@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..manifest import PER_UNIT_SEED, SEED_MASK, Entry, Manifest, Size, iter_entry_prompts
+from ..manifest import (
+    PER_UNIT_SEED,
+    RANDOM_SEED,
+    SEED_MASK,
+    Entry,
+    Manifest,
+    Size,
+    iter_entry_prompts,
+)
 from .inputs import (
     PROMPT_INPUT,
     RATIO_INPUT,
@@ -141,6 +149,8 @@ def _fixed_part(path: str, entry: Entry, spec: ModelSpec) -> list[Problem]:
     problems: list[Problem] = []
     name = f"jobs[{entry.index}]"
     params = dict(entry.params)
+    if params.get(SEED_INPUT) == RANDOM_SEED:
+        del params[SEED_INPUT]  # nothing is sent: the API chooses
     if params.get(SEED_INPUT) == PER_UNIT_SEED:
         params[SEED_INPUT] = 0  # one seed drawn; the range is checked below
         problems += _per_unit_seed(path, entry, spec)

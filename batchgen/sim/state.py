@@ -124,7 +124,8 @@ class SimConfig:
     # GET /v1/jobs/{id} answers 404 for a job younger than this (not replicated yet).
     young_job_404: float = 0.0
     # Another client on the same account: this fraction of submissions is also sent,
-    # body for body, by someone else, whose job is created just before ours.
+    # by someone else (the same prompt and parameters, a seed of their own), whose job
+    # is created just before ours.
     other_clients: float = 0.0
     # Seconds the server's clock is ahead of the client's (negative: behind).
     clock_skew: float = 0.0
@@ -500,7 +501,12 @@ class Simulator:
                 details={"actionName": "parallelCustomJobs", "actionLimit": limit},
             )
         if self.config.other_clients and self._rng.random() < self.config.other_clients:
-            other = self._job(model, dict(body), cost, created=True)
+            # Someone else on the account sending the same prompt: a seed, where the
+            # request has one, is theirs (one drawn from a unit id of ours is not).
+            theirs = dict(body)
+            if "seed" in theirs:
+                theirs["seed"] = self._rng.randrange(2**31)
+            other = self._job(model, theirs, cost, created=True)
             other.by_other_client = True
         job = self._job(model, body, cost, created=True)
         self.spent += cost

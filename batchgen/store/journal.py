@@ -102,6 +102,8 @@ class Row:
     files: tuple[tuple[str, str], ...] = ()
     # Each file's (size, mtime_ns) as written, when recorded: resume checks it first.
     stamps: tuple[tuple[int, int] | None, ...] = ()
+    # What its last POST sent (JSON of [model, body]), while it may be needed.
+    sent: str | None = None
 
 
 class Resume(enum.Enum):
@@ -131,7 +133,8 @@ def resume_action(row: Row | None, *, retry_failed: bool) -> Resume:
 
 
 ROW_COLUMNS = (
-    "id, state, job_id, submit_started, job_status, failed_jobs, permanent, cost, error, files"
+    "id, state, job_id, submit_started, job_status, failed_jobs, permanent, cost, error, files,"
+    " sent"
 )
 # Ids per query: well under SQLite's limit on bound parameters.
 LOOKUP_CHUNK = 500
@@ -156,6 +159,7 @@ def _row(found: tuple[Any, ...]) -> Row:
         error=found[8],
         files=files,
         stamps=stamps,
+        sent=found[10],
     )
 
 
@@ -378,6 +382,16 @@ class Journal:
                 "INSERT OR IGNORE INTO jobs (job_id, unit_id, cost) VALUES (?, ?, ?)",
                 (job_id, unit_id, cost),
             ),
+        )
+
+    def may_have_cost(self, unit_id: str, cost: float) -> None:
+        """What the job a lost POST may have made would cost: counted as spent until a
+        reconciliation finds out (a run that cannot learn it overstates, never hides)."""
+        self._write(
+            (
+                "UPDATE units SET cost = ? WHERE id = ? AND state = ? AND cost IS NULL",
+                (cost, unit_id, State.SUBMITTING),
+            )
         )
 
     def nothing_made(self, unit_id: str, error: str) -> None:
