@@ -11,14 +11,13 @@
 
 The keyword options are the command line's (``out``, ``api_url``, ``project_id``,
 ``concurrency``, ``poll_interval``, ``job_timeout``, ``job_attempts``, ``downloads``,
-``retries``, ``retry_failed``, ``reconcile_grace``, ``max_runtime``, ``fresh``, ``budget``,
-``filename``,
-``shard``, ``simulate``, ``sim_job_seconds``), with the same defaults.  :func:`run`
-works in any thread, also one whose event loop is running elsewhere or here (it then
-runs in a thread of its own), and installs signal handlers only when asked to
-(``handle_signals``, which the command line sets).  Known errors are raised as
-:class:`~batchgen.errors.BatchgenError` (``exit_code`` says which); a run's own outcome,
-failures included, is in the returned :class:`Report`.
+``retries``, ``retry_failed``, ``reconcile_grace``, ``max_runtime``, ``max_units``,
+``fresh``, ``rebuild_journal``, ``budget``, ``filename``, ``shard``, ``simulate``,
+``sim_job_seconds``), with the same defaults. :func:`run` works in any thread, also one
+whose event loop is running elsewhere or here (it then runs in a thread of its own), and
+installs signal handlers only when asked to (``handle_signals``, which the command line
+sets). Known errors are raised as :class:`~batchgen.errors.BatchgenError` (``exit_code``
+says which); a run's own outcome, failures included, is in the returned :class:`Report`.
 """
 
 from __future__ import annotations
@@ -49,14 +48,18 @@ from .config import ApiSettings, Credentials, RetrySettings
 from .engine import Engine, EngineSettings, Summary, cost_shape
 from .engine.policy import Request, with_retries
 from .engine.ports import Fetcher, Offload
+from .engine.submit import request_for, request_key
 from .errors import (
     EXIT_FAILED_UNITS,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_OUT_OF_TIME,
     ApiError,
+    BatchgenError,
     ConfigError,
+    JournalMissingError,
     PermanentApiError,
+    StorageError,
 )
 from .manifest import Manifest, Unit, count_units, iter_units, load_manifest
 from .manifest.naming import FileNameTemplate, parse_template
@@ -66,8 +69,10 @@ from .scenario.download import AssetDownloader
 from .scenario.inputs import ModelSpec, model_from_json
 from .scenario.preflight import Problem, check_manifest, read_prompts
 from .store.dataset import write_metadata
+from .store.faults import storage_faults
 from .store.journal import JOURNAL_NAME, Journal, Resume, resume_action
 from .store.lock import OutputLock, run_in_progress
+from .store.rebuild import Rebuilt, earlier_work, rebuild
 from .store.results import write_results
 from .ui.display import Display
 from .ui.progress import RateMeter
@@ -99,7 +104,9 @@ class RunOptions:
     retry_failed: bool = False
     reconcile_grace: float = defaults.DEFAULT_RECONCILE_GRACE
     max_runtime: float | None = None
+    max_units: int = defaults.DEFAULT_MAX_UNITS
     fresh: bool = False
+    rebuild_journal: bool = False
     budget: float | None = None
     filename: str | FileNameTemplate | None = None
     shard: str | Shard | None = None
@@ -298,12 +305,15 @@ def _units(manifest: Manifest, shard: Shard | None) -> Iterator[Unit]:
 
 
 async def checked_manifest(
-    manifest: Manifest, backend: Backend, saved: dict[str, str] | None = None
+    manifest: Manifest,
+    backend: Backend,
+    saved: dict[str, str] | None = None,
+    max_units: int = defaults.DEFAULT_MAX_UNITS,
 ) -> tuple[int, dict[str, ModelSpec]]:
     """Every unit checked against its model's inputs, before anything is sent: (units,
     the models' inputs).  The manifest's own errors come first: its prompts are read
     through before the API is asked anything."""
-    prompts = await backend.offload(read_prompts, manifest)
+    prompts = await backend.offload(read_prompts, manifest, max_units)
     specs, problems = await model_specs(manifest, backend, saved)
     total = await backend.offload(check_manifest, manifest, specs, problems, prompts)
     return total, specs
@@ -371,6 +381,7 @@ def validate(
     api_url: str | None = None,
     project_id: str | None = None,
     filename: str | FileNameTemplate | None = None,
+    max_units: int = defaults.DEFAULT_MAX_UNITS,
 ) -> Validation:
     """Check a manifest and count its units; with credentials in the environment, also
     check every unit against its model's inputs (read-only requests).  Raises
@@ -381,17 +392,17 @@ def validate(
     try:
         connection(options)
     except ConfigError:
-        return Validation(*place, count_units(loaded), False, "no credentials")
+        return Validation(*place, count_units(loaded, max_units), False, "no credentials")
 
     async def check() -> int:
         async with open_backend(options) as backend:
-            total, _ = await checked_manifest(loaded, backend)
+            total, _ = await checked_manifest(loaded, backend, max_units=max_units)
         return total
 
     try:
         total = _run_sync(check)
     except ApiError as exc:  # the API cannot be reached or read: what can be, is checked
-        return Validation(*place, count_units(loaded), False, str(exc))
+        return Validation(*place, count_units(loaded, max_units), False, str(exc))
     return Validation(*place, total, True)
 
 
@@ -410,7 +421,8 @@ async def aestimate(manifest: str | Path, **options: Any) -> Estimate:
     shard = _shard(opts.shard)
     out_dir = output_directory(loaded, opts, shard)
     async with open_backend(opts) as backend:
-        await checked_manifest(loaded, backend, await backend.offload(_saved_specs, out_dir))
+        saved = await backend.offload(_saved_specs, out_dir)
+        await checked_manifest(loaded, backend, saved, opts.max_units)
         shapes = await backend.offload(_shapes_to_do, loaded, shard, out_dir, opts.retry_failed)
         total = 0.0
         rows: list[Shape] = []
@@ -468,6 +480,29 @@ def run(manifest: str | Path, **options: Any) -> Report:
 
 async def arun(manifest: str | Path, **options: Any) -> Report:
     """:func:`run`, awaited in a running event loop (a notebook's, a service's)."""
+    try:
+        return await _arun(manifest, options)
+    except BaseExceptionGroup as group:
+        # The task groups a run is made of gather errors; the caller gets the one that
+        # says why the run stopped, as the command line shows it.
+        known = _first_known(group)
+        if known is None:
+            raise
+        raise known from None
+
+
+def _first_known(error: BaseException) -> BatchgenError | None:
+    if isinstance(error, BatchgenError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _first_known(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
     opts = _options(options)
     loaded = load(manifest, opts.filename)
     shard = _shard(opts.shard)
@@ -488,7 +523,7 @@ async def arun(manifest: str | Path, **options: Any) -> Report:
     async with open_backend(opts) as backend:
         # Before the output directory is touched: credentials, models and every unit.
         saved = await backend.offload(_saved_specs, out_dir)
-        total, specs = await checked_manifest(loaded, backend, saved)
+        total, specs = await checked_manifest(loaded, backend, saved, opts.max_units)
         settings = dataclasses.replace(
             settings, seeds={model: spec.seed_range for model, spec in specs.items()}
         )
@@ -506,6 +541,13 @@ async def arun(manifest: str | Path, **options: Any) -> Report:
         with OutputLock(out_dir):
             journal = Journal(out_dir, failed_job_limit=opts.job_attempts)
             try:
+                # Before the views are touched: over a lost journal they would be
+                # rewritten from nothing.
+                await _journal_or_rebuild(journal, loaded, shard, opts, settings, backend)
+            except BaseException:
+                journal.close()
+                raise
+            try:
                 for model_id, spec in specs.items():
                     journal.remember(MODEL_KEY + model_id, json.dumps(spec.to_json()))
                 summary = await _run_engine(loaded, shard, total, opts, settings, backend, journal)
@@ -522,7 +564,7 @@ async def arun(manifest: str | Path, **options: Any) -> Report:
             finally:
                 # Also after an error or an interruption: the views must match the journal.
                 with CancelScope(shield=True):
-                    await backend.offload(_write_views, journal, out_dir, shard)
+                    await backend.offload(_write_views_if_possible, journal, out_dir, shard)
                 spent = journal.spent()
                 journal.close()
     return Report(
@@ -534,12 +576,61 @@ async def arun(manifest: str | Path, **options: Any) -> Report:
     )
 
 
+async def _journal_or_rebuild(
+    journal: Journal,
+    manifest: Manifest,
+    shard: Shard | None,
+    options: RunOptions,
+    settings: EngineSettings,
+    backend: Backend,
+) -> None:
+    """Refuse to start from nothing over earlier work; rebuild the journal if asked."""
+    out_dir = settings.output_dir
+    empty = await backend.offload(journal.is_empty)
+    if options.rebuild_journal:
+        if not empty:
+            raise ConfigError(
+                f"--rebuild-journal: {journal.path} holds units; it is for a directory "
+                "whose journal is lost (move the damaged one aside first)"
+            )
+
+        def sent_for(unit: Unit) -> str:
+            return request_key(unit.model, request_for(unit, settings.seeds.get(unit.model)))
+
+        def rebuild_all() -> Rebuilt:
+            with storage_faults(out_dir), journal.batch(durable=True):
+                return rebuild(journal, out_dir, _units(manifest, shard), sent_for)
+
+        rebuilt = await backend.offload(rebuild_all)
+        log.warning(
+            "journal rebuilt: %d units from results.jsonl; %d others may have been "
+            "submitted since %s and are looked for in the account's jobs first",
+            rebuilt.restored,
+            rebuilt.uncertain,
+            rebuilt.since,
+        )
+    elif empty and await backend.offload(earlier_work, out_dir):
+        raise JournalMissingError(
+            f"{out_dir}: its journal ({journal.path.name}) is missing or empty, but "
+            "results.jsonl or images/ hold earlier work: a run now would pay for every "
+            "unit again. Run with --rebuild-journal to rebuild it from results.jsonl, "
+            "the files and the account's jobs, or with --fresh to start over elsewhere"
+        )
+
+
 def _move_aside(out_dir: Path) -> None:
-    if not out_dir.exists() or not any(out_dir.iterdir()):
-        return
-    aside = out_dir.with_name(f"{out_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
-    with OutputLock(out_dir):  # never move a directory from under a live run
-        out_dir.rename(aside)
+    with storage_faults(out_dir):
+        if not out_dir.exists() or not any(out_dir.iterdir()):
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        with OutputLock(out_dir):  # never move a directory from under a live run
+            # --fresh twice in one second: the second name gets a number.
+            for number in itertools.count(1):
+                suffix = stamp if number == 1 else f"{stamp}-{number}"
+                aside = out_dir.with_name(f"{out_dir.name}.{suffix}")
+                if not aside.exists():
+                    out_dir.rename(aside)
+                    break
     log.warning("--fresh: the previous output is kept in %s", aside)
 
 
@@ -615,6 +706,16 @@ async def _stop_on_signal(scope: CancelScope, summary: Summary) -> None:
             return
 
 
+def _write_views_if_possible(journal: Journal, out_dir: Path, shard: Shard | None) -> None:
+    """The views, unless the disk refuses them: a run ending on a full disk must say
+    why it stopped, and the next run writes them (the journal has it all)."""
+    try:
+        with storage_faults(out_dir):
+            _write_views(journal, out_dir, shard)
+    except StorageError as exc:
+        log.warning("results.jsonl and metadata.jsonl not rewritten: %s", exc)
+
+
 def _write_views(journal: Journal, out_dir: Path, shard: Shard | None) -> None:
     write_results(journal.results(), out_dir)
     write_dataset_metadata(journal, out_dir, sharded=shard is not None)
@@ -656,12 +757,13 @@ def status(out: str | Path) -> Status:
     for place in places:
         journal = Journal(place)
         try:
-            counts.update(journal.counts())
-            spent += journal.spent()
-            failures.extend(
-                {"id": unit_id, "error": error, "permanent": permanent, "job_id": job_id}
-                for unit_id, error, permanent, job_id in journal.failures()
-            )
+            with storage_faults(journal.path):
+                counts.update(journal.counts())
+                spent += journal.spent()
+                failures.extend(
+                    {"id": unit_id, "error": error, "permanent": permanent, "job_id": job_id}
+                    for unit_id, error, permanent, job_id in journal.failures()
+                )
         finally:
             journal.close()
     return Status(

@@ -88,6 +88,17 @@ def _add_filename(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_max_units(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-units",
+        type=_positive_int("--max-units", 10**12),
+        default=defaults.DEFAULT_MAX_UNITS,
+        metavar="N",
+        help="refuse a manifest that expands to more units than this (a typo in vars can "
+        f"ask for billions; default {defaults.DEFAULT_MAX_UNITS:,})",
+    )
+
+
 def _shard(text: str) -> Shard:
     try:
         return Shard.parse(text)
@@ -172,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "spread over this long have all missed its job (the list shows new jobs late; "
         f"default {defaults.DEFAULT_RECONCILE_GRACE:g})",
     )
+    _add_max_units(run)
     run.add_argument(
         "--max-runtime",
         type=_positive_float("--max-runtime"),
@@ -183,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start over: move an existing output directory aside to DIR.<date-time> "
         "(nothing is deleted) and begin a new one",
+    )
+    run.add_argument(
+        "--rebuild-journal",
+        action="store_true",
+        help="the output's journal is lost: rebuild it from results.jsonl, the files and "
+        "the account's jobs (units with no results line are looked for among the jobs "
+        "before any is sent)",
     )
     run.add_argument(
         "--estimate",
@@ -241,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--api-url", help="API base URL (as for run)")
     validate.add_argument("--project-id", help="Scenario project id (as for run)")
     _add_filename(validate)
+    _add_max_units(validate)
     validate.set_defaults(simulate=False)
     _add_verbosity(validate)
 
@@ -384,7 +404,11 @@ def _known_error(exc: BaseException) -> BatchgenError | None:
 
 def _validate(args: argparse.Namespace) -> int:
     checked = app.validate(
-        args.manifest, api_url=args.api_url, project_id=args.project_id, filename=args.filename
+        args.manifest,
+        api_url=args.api_url,
+        project_id=args.project_id,
+        filename=args.filename,
+        max_units=args.max_units,
     )
     print(f"{checked.manifest}: ok, {checked.entries} entries expand to {checked.units} units")
     if checked.not_checked_because == "no credentials":
@@ -453,7 +477,9 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         "retry_failed": args.retry_failed,
         "reconcile_grace": args.reconcile_grace,
         "max_runtime": args.max_runtime,
+        "max_units": args.max_units,
         "fresh": args.fresh,
+        "rebuild_journal": args.rebuild_journal,
         "budget": args.budget,
         "filename": args.filename,
         "shard": args.shard,

@@ -13,6 +13,9 @@ from .errors import CredentialsError
 DEFAULT_API_URL = "https://api.cloud.scenario.com"
 DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 1000
+# The units a manifest may expand to, unless --max-units says more: a typo in vars
+# (three lists of 1,000) should not start a billion-unit run.
+DEFAULT_MAX_UNITS = 10_000_000
 DEFAULT_POLL_INTERVAL = 2.0
 # A job still not finished after this long is given up (and a cancel is attempted).
 DEFAULT_JOB_TIMEOUT = 3600.0

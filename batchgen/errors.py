@@ -5,8 +5,12 @@
     BatchgenError                      anything batchgen knows how to explain in one line
     ├── ConfigError                    exit 2: bad input or configuration, nothing sent
     │   ├── ManifestError              names file, line and field
-    │   └── CredentialsError           no key/secret, or the API refused them (401)
+    │   ├── CredentialsError           no key/secret, or the API refused them (401)
+    │   └── JournalMissingError        earlier work is there but its journal is not
     ├── OutputLockedError              exit 3: another run holds the output directory
+    ├── StorageError                   exit 5: the output directory cannot be written or
+    │                                  read (full or read-only disk, a file in the way,
+    │                                  a damaged journal); what was recorded stays
     ├── ApiError                       the Scenario API answered with an error, or not at all
     │   ├── PermanentApiError          400, 403, 404: the same request fails the same way
     │   │   └── ModelRestrictedError   403 ModelAccessRestrictedError: the plan lacks the model
@@ -32,6 +36,7 @@ EXIT_FAILED_UNITS = 1
 EXIT_INVALID = 2
 EXIT_LOCKED = 3
 EXIT_OUT_OF_TIME = 4
+EXIT_STORAGE = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -63,10 +68,23 @@ class CredentialsError(ConfigError):
     """Credentials are missing, or the API refused them."""
 
 
+class JournalMissingError(ConfigError):
+    """Images or ``results.jsonl`` are in the output directory but the journal that
+    recorded them is gone or empty: a run would pay for every unit again."""
+
+
 class OutputLockedError(BatchgenError):
     """Another batchgen run is using this output directory."""
 
     exit_code = 3
+
+
+class StorageError(BatchgenError):
+    """A local fault: the output directory or its journal cannot be written or read.
+    The run stops; every transition recorded before it stays, and the next run resumes
+    once the fault is mended."""
+
+    exit_code = 5
 
 
 class ApiError(BatchgenError):

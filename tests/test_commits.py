@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from batchgen.errors import StorageError
 from batchgen.store.commits import GroupCommit
 from batchgen.store.journal import Journal, State
 
@@ -83,7 +84,7 @@ async def test_a_failing_call_raises_to_its_caller_only_and_leaves_nothing_half_
     async def call(name: str, run: functools.partial[None]) -> None:
         try:
             outcomes[name] = await commits(run)
-        except OSError as exc:
+        except StorageError as exc:
             outcomes[name] = exc
 
     async with anyio.create_task_group() as writer:
@@ -93,7 +94,10 @@ async def test_a_failing_call_raises_to_its_caller_only_and_leaves_nothing_half_
             tg.start_soon(call, "broken", functools.partial(half_then_fail))
             tg.start_soon(call, "last", functools.partial(journal.submitting, "b", "t", SENT))
         commits.close()
-    assert isinstance(outcomes["broken"], OSError)
+    # A local fault, in one line, raised from what the system said.
+    broken = outcomes["broken"]
+    assert isinstance(broken, StorageError) and isinstance(broken.__cause__, OSError)
+    assert "disk trouble" in str(broken) and "\n" not in str(broken)
     assert outcomes["first"] is None and outcomes["last"] is None
     assert journal.get("broken") is None  # its own write was rolled back
     assert journal.get("a") is not None and journal.get("b") is not None

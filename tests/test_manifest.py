@@ -86,6 +86,40 @@ BAD_MANIFESTS = [
     (BASE + "filename: '../{id}'\njobs:\n  - prompt: a\n", 4, "filename", "'..' path part"),
     (BASE + "filename: '{slug}'\njobs:\n  - prompt: a\n", 4, "filename", "{id} or {index}"),
     (BASE + "filename: 7\njobs:\n  - prompt: a\n", 4, "filename", "must be a string"),
+    # Hostile input is refused before it is built (issue 13's table).
+    (BASE + "filename: '{index:0999999999d}'\njobs:\n  - prompt: a\n", 4, "filename", "width"),
+    (BASE + "params: {x: " + "[" * 40 + "]" * 40 + "}\njobs:\n  - prompt: a\n", 4, "yaml", "deep"),
+    (
+        BASE + "jobs:\n  - prompt: a\n    params: {x: " + "9" * 5000 + "}\n",
+        6,
+        "jobs[0].params.x",
+        "long",
+    ),
+    (
+        BASE + "jobs:\n  - prompt: a\n    params: {x: " + "9" * 30 + "}\n",
+        6,
+        "jobs[0].params.x",
+        "within",
+    ),
+    (BASE + "params:\n  a: &a [1, *a]\njobs:\n  - prompt: a\n", 5, "yaml", "refers to itself"),
+    (
+        # A "billion laughs": each alias repeats ten of the one before.
+        BASE
+        + "params:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+        + "jobs:\n  - prompt: a\n",
+        10,
+        "yaml",
+        "more than 1,000,000 values",
+    ),
+    (
+        BASE
+        + "jobs:\n  - prompt: a\n  - prompt: '{a}{b}{c}'\n    vars:\n"
+        + "".join(f"      {v}: [{', '.join(map(str, range(1000)))}]\n" for v in "abc"),
+        6,
+        "jobs[1]",
+        "more than 10,000,000 units",
+    ),
     # A template's column must be in every prompt's vars (or prompt file columns).
     (
         BASE + "filename: '{x}/{id}'\njobs:\n  - {prompt: 'a {x}', vars: {x: [1]}}\n"
@@ -311,6 +345,14 @@ def test_bad_manifests_name_file_line_and_field(
         ("p.jsonl", '{"prompt": "ok"}\n{"prompt": \n', 2, "json"),
         ("p.jsonl", '{"prompt": "ok"}\n{"text": "no prompt"}\n', 2, "prompt"),
         ("p.jsonl", '["not", "an object"]\n', 1, "json"),
+        (
+            "p.jsonl",
+            '{"prompt": "a"}\n{"prompt": "b", "x": ' + "[" * 5000 + "]" * 5000 + "}\n",
+            2,
+            "json",
+        ),
+        ("p.jsonl", '{"prompt": "a", "x": ' + "[" * 40 + "]" * 40 + "}\n", 1, "json"),
+        ("p.jsonl", '{"prompt": "a", "x": ' + "9" * 5000 + "}\n", 1, "json"),
     ],
 )
 def test_bad_prompt_files_name_their_own_line(
@@ -321,6 +363,24 @@ def test_bad_prompt_files_name_their_own_line(
     with pytest.raises(ManifestError) as caught:
         count_units(manifest)
     assert (caught.value.path, caught.value.line, caught.value.field) == (str(prompts), line, field)
+
+
+def test_yaml_nested_past_what_can_be_read_is_refused_in_one_line(write: Write) -> None:
+    path = write("deep.yaml", BASE + "jobs:\n  - prompt: a\n    params: {x: " + "[" * 20000 + "}\n")
+    with pytest.raises(ManifestError, match="nested too deeply") as caught:
+        load_manifest(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_unit_bound_counts_prompts_files_and_can_be_raised(write: Write) -> None:
+    write("p.txt", "".join(f"prompt {n}\n" for n in range(10)))
+    manifest = load_manifest(
+        write("m.yaml", BASE + "jobs:\n  - prompt: a\n  - prompts_file: p.txt\n    count: 2\n")
+    )
+    with pytest.raises(ManifestError, match="more than 20 units") as caught:
+        count_units(manifest, max_units=20)
+    assert (caught.value.line, caught.value.field) == (6, "jobs[1]")
+    assert count_units(manifest, max_units=21) == 21
 
 
 def test_missing_manifest(tmp_path: Path) -> None:

@@ -27,12 +27,11 @@ from ..manifest.naming import FileNameTemplate
 from ..scenario.client import BULK_ASSET_LIMIT
 from ..scenario.download import Downloaded, Fetcher
 from ..scenario.records import Asset, JobRecord
+from ..store.files import IMAGES_DIR
 from .policy import Request, with_retries
 from .ports import Api
 
 log = logging.getLogger(__name__)
-
-IMAGES_DIR = "images"
 
 
 @dataclass(slots=True)

@@ -44,10 +44,11 @@ from ..manifest import Unit
 from ..manifest.naming import DEFAULT_FILENAME, FileNameTemplate
 from ..scenario.records import JobRecord
 from ..store.commits import GroupCommit
-from ..store.files import files_intact, stamp_of
+from ..store.faults import storage_faults
+from ..store.files import IMAGES_DIR, files_intact, stamp_of
 from ..store.journal import Journal, Resume, Row, resume_action
 from ..store.results import UnitResult
-from .download import IMAGES_DIR, AssetResolver, download_job
+from .download import AssetResolver, download_job
 from .poll import JobVanished, Poller
 from .ports import Api, Fetcher, Offload
 from .reconcile import Reconciler, StillUncertain
@@ -466,9 +467,10 @@ class Engine:
 
 def _clear_leftovers(images: Path) -> None:
     """Downloads a killed run left half-written; the output lock says none is ours."""
-    images.mkdir(parents=True, exist_ok=True)
-    for leftover in images.rglob(".*.part"):
-        leftover.unlink()
+    with storage_faults(images):
+        images.mkdir(parents=True, exist_ok=True)
+        for leftover in images.rglob(".*.part"):
+            leftover.unlink(missing_ok=True)
 
 
 def _json_loads(sent: str) -> tuple[str, dict[str, Any]]:

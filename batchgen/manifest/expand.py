@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ..config import DEFAULT_MAX_UNITS
+from ..errors import ManifestError
 from .prompts import iter_entry_prompts
-from .types import Manifest, Size, Unit
+from .types import Entry, Manifest, Size, Unit
 
 UNIT_ID_HEX_DIGITS = 20
 # params.seed: per-unit derives each unit's seed from its id (see seed_for), and is in
@@ -74,16 +77,51 @@ def seed_for(identity: str) -> int:
     return int(identity[:8], 16) & SEED_MASK
 
 
-def count_units(manifest: Manifest) -> int:
+def count_units(manifest: Manifest, max_units: int = DEFAULT_MAX_UNITS) -> int:
     """Check every prompt of every prompts file and count the units; raises on the first bad one.
 
     Reads every prompt as :func:`iter_units` does, but builds no units: a run counts
     (and so checks) the whole manifest before its first submission."""
-    total = 0
+    bound = UnitBound(manifest, max_units)
     for entry in manifest.entries:
-        prompts = sum(1 for _ in iter_entry_prompts(manifest, entry))
-        total += prompts * len(entry.sizes) * entry.count
-    return total
+        for _ in iter_entry_prompts(manifest, entry):
+            bound.add(entry)
+    return bound.total
+
+
+class UnitBound:
+    """Refuses a manifest that expands to more than ``max_units`` units, naming the
+    entry where the count passes it, before the units are made: the vars of every
+    entry are multiplied out at once (``vars`` of 1,000 × 1,000 × 1,000 values is
+    refused at once, not after a billion prompts), a prompts file's lines as read."""
+
+    def __init__(self, manifest: Manifest, max_units: int) -> None:
+        self.max_units = max_units
+        self.total = 0
+        self._path = str(manifest.path)
+        planned = 0
+        for entry in manifest.entries:
+            if entry.prompt is None:
+                continue
+            prompts = math.prod(len(values) for _, values in entry.variables)
+            planned += prompts * len(entry.sizes) * entry.count
+            if planned > max_units:
+                raise self._too_many(entry)
+
+    def add(self, entry: Entry) -> None:
+        """Count one prompt of ``entry`` (its sizes times its count in units)."""
+        self.total += len(entry.sizes) * entry.count
+        if self.total > self.max_units:
+            raise self._too_many(entry)
+
+    def _too_many(self, entry: Entry) -> ManifestError:
+        return ManifestError(
+            self._path,
+            entry.line,
+            f"jobs[{entry.index}]",
+            f"the manifest expands to more than {self.max_units:,} units by this entry "
+            "(--max-units; raise it if that many is meant)",
+        )
 
 
 def unit_id(canonical_request: str, repeat: int) -> str:

@@ -157,6 +157,13 @@ def parse_template(text: str) -> FileNameTemplate:
             )
         width = UNIT_FIELDS.get(name, EXTRA_MAX)
         if spec:
+            # A width is checked before it is used: '{index:0999999999d}' would build
+            # a string of a billion characters just to find it too long.
+            too_wide = [int(digits) for digits in re.findall(r"\d+", spec)]
+            if any(number > NAME_PART_MAX for number in too_wide):
+                raise ConfigError(
+                    f"{{{name}:{spec}}}: a width over {NAME_PART_MAX} (a name part's limit)"
+                )
             try:
                 shown = format(0, spec)
             except ValueError as exc:

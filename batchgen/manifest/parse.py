@@ -56,6 +56,12 @@ SIZE_MULTIPLE = 16
 MAX_COUNT = 100_000
 ENTRY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 VAR_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Bounds on what a manifest can make batchgen build: lists and mappings within each
+# other, values in all (aliases followed), a whole number's size (what JSON carries
+# across languages without loss or refusal).
+MAX_NESTING = 32
+MAX_VALUES = 1_000_000
+MAX_WHOLE_NUMBER = 2**63 - 1
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -103,6 +109,8 @@ class _Reader:
             return self._constructor.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
             raise self.fail(node, field_name, str(exc).splitlines()[0]) from exc
+        except ValueError as exc:  # a number of more digits than Python converts
+            raise self.fail(node, field_name, "a number too long to use") from exc
 
     def json_value(self, node: yaml.Node, field_name: str) -> Any:
         value = self.value(node, field_name)
@@ -220,8 +228,13 @@ def load_manifest(path: str | Path) -> Manifest:
         raise ManifestError(display, line, "yaml", problem) from exc
     except yaml.YAMLError as exc:
         raise ManifestError(display, None, "yaml", str(exc).splitlines()[0]) from exc
+    except RecursionError:
+        raise ManifestError(
+            display, None, "yaml", f"nested too deeply (at most {MAX_NESTING} levels)"
+        ) from None
     if root is None:
         raise ManifestError(display, None, "jobs", "the manifest is empty")
+    _check_shape(root, display)
     reader = _Reader(path, text)
     top = reader.mapping(root, "", TOP_LEVEL_KEYS)
 
@@ -467,8 +480,60 @@ def _check_template(
 # ---------------------------------------------------------------------------- helpers
 
 
+def _check_shape(root: yaml.Node, display: str) -> None:
+    """Refuse a document nested too deeply, or whose aliases expand it past
+    :data:`MAX_VALUES` values (a "billion laughs"), before any of it is built: nodes
+    that aliases share are walked once, and a size is capped as it is summed."""
+    height: dict[int, int] = {}
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            children = _children(node)
+            height[key] = 1 + max((height[id(c)] for c in children), default=0)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            open_nodes.discard(key)
+            line = node.start_mark.line + 1
+            if height[key] > MAX_NESTING:
+                raise ManifestError(
+                    display, line, "yaml", f"nested too deeply (at most {MAX_NESTING} levels)"
+                )
+            if size[key] > MAX_VALUES:
+                raise ManifestError(
+                    display,
+                    line,
+                    "yaml",
+                    f"expands to more than {MAX_VALUES:,} values (aliases repeat what they name)",
+                )
+            continue
+        if key in height:
+            continue
+        if key in open_nodes:
+            raise ManifestError(
+                display, node.start_mark.line + 1, "yaml", "an alias refers to itself"
+            )
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in height)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
 def _json_problem(value: Any) -> str | None:
-    if value is None or isinstance(value, str | bool | int):
+    if value is None or isinstance(value, str | bool):
+        return None
+    if isinstance(value, int):
+        if abs(value) > MAX_WHOLE_NUMBER:
+            return f"whole numbers must be within ±{MAX_WHOLE_NUMBER}"
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{value} is not a finite number"

@@ -71,6 +71,10 @@ def _iter_prompts(manifest: Manifest, entry: Entry) -> Iterator[tuple[str, Mappi
         yield from _read_jsonl(entry.prompts_file)
 
 
+# A record's columns go into the results and the dataset's metadata as they are.
+MAX_RECORD_NESTING = 32
+
+
 def _open_text(path: Path) -> Any:
     try:
         # utf-8-sig: spreadsheet exports often start with a byte-order mark.
@@ -138,6 +142,14 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Mapping[str, Any], str]]:
                 record = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise ManifestError(display, number, "json", exc.msg) from exc
+            except RecursionError:
+                raise ManifestError(display, number, "json", "nested too deeply") from None
+            except ValueError:  # a number of more digits than Python converts
+                raise ManifestError(display, number, "json", "a number too long to use") from None
+            if _deeper_than(record, MAX_RECORD_NESTING):
+                raise ManifestError(
+                    display, number, "json", f"nested more than {MAX_RECORD_NESTING} levels deep"
+                )
             if not isinstance(record, dict):
                 raise ManifestError(display, number, "json", "each line must be a JSON object")
             prompt = record.pop("prompt", None)
@@ -149,3 +161,18 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Mapping[str, Any], str]]:
             if not prompt.strip():
                 raise ManifestError(display, number, "prompt", "must not be empty")
             yield prompt.strip(), record, f"{display}:{number}"
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest more than ``limit`` levels in ``value``."""
+    level = [value]
+    for _ in range(limit + 1):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return False
+    return True

@@ -26,6 +26,7 @@ from yarl import URL
 
 from ..config import MAX_ASSET_BYTES
 from ..errors import DownloadError
+from ..store.faults import storage_error
 from ..store.files import PartFile
 from .transport import USER_AGENT, Proxies, open_session, proxy_options
 
@@ -198,6 +199,8 @@ class AssetDownloader:
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DownloadError(f"download from {where.host} failed: {type(exc).__name__}") from exc
+        except OSError as exc:  # writing the file, not the network: a local fault
+            raise storage_error(exc, destination) from exc
         finally:
             part.discard()  # quick, and done even when cancelled
         return Downloaded(placed, check.received, sha256, check.dimensions())

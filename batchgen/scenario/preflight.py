@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import DEFAULT_MAX_UNITS
 from ..errors import ConfigError
 from ..manifest import (
     PER_UNIT_SEED,
@@ -25,6 +26,7 @@ from ..manifest import (
     Entry,
     Manifest,
     Size,
+    UnitBound,
     iter_entry_prompts,
 )
 from .inputs import (
@@ -80,15 +82,17 @@ class Prompts:
     longest: int = 0
 
 
-def read_prompts(manifest: Manifest) -> list[Prompts]:
+def read_prompts(manifest: Manifest, max_units: int = DEFAULT_MAX_UNITS) -> list[Prompts]:
     """One pass over every prompt of the manifest, with no model in hand: it finds the
     manifest's own errors (raised at their line) before anything is asked of the API,
     and what :func:`check_manifest` needs to check the prompts without reading them
     again unless one of them is at fault."""
     found = []
+    bound = UnitBound(manifest, max_units)
     for entry in manifest.entries:
         count, shortest, longest = 0, 0, 0
         for prompt, _, _ in iter_entry_prompts(manifest, entry):
+            bound.add(entry)
             size = len(prompt)
             if not count or size < shortest:
                 shortest = size

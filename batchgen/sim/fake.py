@@ -22,6 +22,7 @@ from ..errors import DownloadError
 from ..scenario.client import ScenarioClient
 from ..scenario.download import Downloaded, ImageCheck
 from ..scenario.transport import Answer, ConnectionDropped, MockTransport, Outgoing
+from ..store.faults import storage_error
 from ..store.files import PartFile
 from .state import SimConfig, SimRequest, Simulator
 
@@ -99,6 +100,8 @@ class FakeFetcher:
         part = PartFile(destination, secrets.token_hex(4))
         try:
             placed = part.finish(answer.content, destination, fallback, sha256)
+        except OSError as exc:
+            raise storage_error(exc, destination) from exc
         finally:
             part.discard()
         return Downloaded(placed, check.received, sha256, check.dimensions())

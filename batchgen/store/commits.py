@@ -15,6 +15,7 @@ and an error in one is raised to its caller only.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -22,6 +23,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
+from .faults import storage_error, storage_faults
 from .journal import Journal
 
 T = TypeVar("T")
@@ -89,7 +91,7 @@ class GroupCommit:
         self._wake.set()
 
     def _alone(self, run: Callable[[], T], durable: bool) -> T:
-        with self._journal.batch(durable=durable):
+        with storage_faults(self._journal.path), self._journal.batch(durable=durable):
             return run()
 
     def _commit(self, calls: list[_Call[Any]]) -> None:
@@ -99,9 +101,15 @@ class GroupCommit:
                     try:
                         with self._journal.each():
                             call.result = call.run()
+                    except (OSError, sqlite3.Error) as exc:
+                        if not self._journal.in_transaction:
+                            raise  # the whole batch was undone: every call in it is lost
+                        call.error = storage_error(exc, self._journal.path)
                     except Exception as exc:
                         call.error = exc
         except Exception as exc:
             # The commit itself failed: nothing of this batch was recorded.
+            if isinstance(exc, OSError | sqlite3.Error):
+                exc = storage_error(exc, self._journal.path)
             for call in calls:
                 call.error = call.error or exc

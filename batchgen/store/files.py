@@ -4,6 +4,7 @@ thread, or inline in tests."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterable
@@ -13,6 +14,9 @@ from typing import BinaryIO
 HASH_CHUNK = 1024 * 1024
 
 Stamp = tuple[int, int]  # a file's (size, mtime_ns) when it was written
+
+# Where the images go, below the output directory.
+IMAGES_DIR = "images"
 
 
 def sha256_of(path: Path) -> str:
@@ -105,9 +109,14 @@ class PartFile:
         return fallback
 
     def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self.path.unlink(missing_ok=True)
+        """Remove the part file, if it is still there; never raises (it runs in a
+        ``finally``, where a full disk's error must not hide the one that ended the
+        download; a part file left behind is removed by the next run)."""
+        with contextlib.suppress(OSError):
+            if self._file is not None:
+                self._file.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
 
 
 def create_from(part: Path, destination: Path) -> bool:

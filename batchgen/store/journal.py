@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_JOB_ATTEMPTS
+from .faults import storage_faults
 
 JOURNAL_NAME = "journal.sqlite3"
 SCHEMA_VERSION = 2
@@ -168,12 +169,20 @@ class Journal:
     from a worker thread so a commit's fsync never stalls the event loop."""
 
     def __init__(self, out_dir: Path, *, failed_job_limit: int = FAILED_JOB_LIMIT) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
         self.failed_job_limit = failed_job_limit
         self.path = out_dir / JOURNAL_NAME
         self._lock = threading.RLock()
         self._in_batch = False
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        with storage_faults(self.path):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            try:
+                self._open()
+            except BaseException:
+                self._db.close()
+                raise
+
+    def _open(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
@@ -305,7 +314,7 @@ class Journal:
                 try:
                     yield
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    self._rollback("ROLLBACK")
                     raise
                 else:
                     self._db.execute("COMMIT")
@@ -327,10 +336,21 @@ class Journal:
             try:
                 yield
             except BaseException:
-                self._db.execute("ROLLBACK TO one_call")
+                self._rollback("ROLLBACK TO one_call", "RELEASE one_call")
                 raise
-            finally:
-                self._db.execute("RELEASE one_call")
+            self._db.execute("RELEASE one_call")
+
+    @property
+    def in_transaction(self) -> bool:
+        """False once SQLite has rolled back a whole transaction of its own accord (as
+        it does when the disk is full): a batch's every call is then lost."""
+        return self._db.in_transaction
+
+    def _rollback(self, *statements: str) -> None:
+        """Undo, unless SQLite already undid the whole transaction."""
+        if self._db.in_transaction:
+            for statement in statements:
+                self._db.execute(statement)
 
     def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
         with self._lock:
@@ -343,7 +363,7 @@ class Journal:
                 for sql, values in statements:
                     self._db.execute(sql, values)
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
@@ -381,6 +401,58 @@ class Journal:
             (
                 "INSERT OR IGNORE INTO jobs (job_id, unit_id, cost) VALUES (?, ?, ?)",
                 (job_id, unit_id, cost),
+            ),
+        )
+
+    def is_empty(self) -> bool:
+        """Whether no unit has a row (a new journal, or one emptied)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM units LIMIT 1").fetchone() is None
+
+    def restore(
+        self,
+        unit_id: str,
+        state: State,
+        *,
+        job_id: str | None = None,
+        cost: float | None = None,
+        error: str | None = None,
+        permanent: bool = False,
+        files: list[list[Any]] | None = None,
+        result: dict[str, Any] | None = None,
+        started: str | None = None,
+        sent: str | None = None,
+    ) -> None:
+        """A row as a rebuild finds it (see :mod:`batchgen.store.rebuild`), in one step."""
+        self._write(
+            (
+                "INSERT OR REPLACE INTO units (id, state, job_id, submit_started, job_status,"
+                " permanent, cost, error, files, result, updated, sent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    unit_id,
+                    state,
+                    job_id,
+                    started,
+                    "success" if state is State.DOWNLOADED else None,
+                    int(permanent),
+                    cost,
+                    error,
+                    json.dumps(files) if files is not None else None,
+                    json.dumps(result, ensure_ascii=False) if result is not None else None,
+                    time.time(),
+                    sent,
+                ),
+            ),
+            *(
+                [
+                    (
+                        "INSERT OR IGNORE INTO jobs (job_id, unit_id, cost) VALUES (?, ?, ?)",
+                        (job_id, unit_id, cost),
+                    )
+                ]
+                if job_id
+                else []
             ),
         )
 

@@ -1,8 +1,13 @@
 """One run per output directory, so cron never starts a second run on top of a first.
 
-``flock`` on ``<out>/.batchgen.lock``: the operating system drops the lock when the
-process holding it dies, however it dies, so a lock left by a dead run is simply
-taken by the next one; the file's content (pid and host) only serves the message.
+``flock`` on the output directory itself: a user can delete a lock file under a running
+process (and a second run would then lock a new file of the same name), but not the
+directory the run writes into.  The operating system drops the lock when the process
+holding it dies, however it dies, so a lock left by a dead run is simply taken by the
+next one.  ``<out>/.batchgen.lock`` is locked too, which an earlier version locked
+instead (an old and a new version exclude each other), and holds the pid and host for
+the message.  Like any ``flock``, it excludes runs on one machine: a directory shared
+over the network needs ``--shard`` to split its work.
 """
 
 from __future__ import annotations
@@ -14,30 +19,41 @@ from pathlib import Path
 from types import TracebackType
 
 from ..errors import OutputLockedError
+from .faults import storage_faults
 
 LOCK_NAME = ".batchgen.lock"
 
 
 class OutputLock:
     def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
         self.path = out_dir / LOCK_NAME
-        self._fd: int | None = None
+        self._fds: list[int] = []
 
     def __enter__(self) -> OutputLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise OutputLockedError(
-                f"{self.path.parent} is in use by another batchgen run ({holder}); "
-                "it resumes from the journal when that run ends"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-        self._fd = fd
+        with storage_faults(self.out_dir):
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                for path, flags in (
+                    (self.out_dir, os.O_RDONLY | os.O_DIRECTORY),
+                    (self.path, os.O_RDWR | os.O_CREAT),
+                ):
+                    fd = os.open(path, flags, 0o644)
+                    self._fds.append(fd)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        raise OutputLockedError(
+                            f"{self.out_dir} is in use by another batchgen run "
+                            f"({_holder(self.path)}); it resumes from the journal when that "
+                            "run ends"
+                        ) from None
+                fd = self._fds[-1]
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+            except BaseException:
+                self._release()
+                raise
         return self
 
     def __exit__(
@@ -46,18 +62,38 @@ class OutputLock:
         value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        self._release()
+
+    def _release(self) -> None:
+        for fd in reversed(self._fds):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        self._fds.clear()
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text("utf-8", "replace").strip()[:200] or "another process"
+    except OSError:
+        return "another process"
 
 
 def run_in_progress(out_dir: Path) -> bool:
     """Whether some process holds the directory's lock right now."""
-    path = out_dir / LOCK_NAME
-    if not path.exists():
+    return any(
+        _locked(path, flags)
+        for path, flags in (
+            (out_dir, os.O_RDONLY | os.O_DIRECTORY),
+            (out_dir / LOCK_NAME, os.O_RDONLY),
+        )
+    )
+
+
+def _locked(path: Path, flags: int) -> bool:
+    try:
+        fd = os.open(path, flags)
+    except OSError:
         return False
-    fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -101,6 +101,7 @@ class UnitResult:
             "sha256": [digest for _, digest in self.files],
             "cost": self.cost,
             "error": self.error,
+            "permanent": self.permanent,
             "metadata": dict(unit.metadata),
             "source": unit.source,
         }
