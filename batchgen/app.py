@@ -11,13 +11,14 @@
 
 The keyword options are the command line's (``out``, ``api_url``, ``project_id``,
 ``concurrency``, ``poll_interval``, ``job_timeout``, ``job_attempts``, ``downloads``,
-``retries``, ``retry_failed``, ``reconcile_grace``, ``max_runtime``, ``max_units``,
-``fresh``, ``rebuild_journal``, ``budget``, ``filename``, ``shard``, ``simulate``,
-``sim_job_seconds``), with the same defaults. :func:`run` works in any thread, also one
-whose event loop is running elsewhere or here (it then runs in a thread of its own), and
-installs signal handlers only when asked to (``handle_signals``, which the command line
-sets). Known errors are raised as :class:`~batchgen.errors.BatchgenError` (``exit_code``
-says which); a run's own outcome, failures included, is in the returned :class:`Report`.
+``retries``, ``retry_failed``, ``resubmit_abandoned``, ``reconcile_grace``,
+``max_runtime``, ``max_units``, ``fresh``, ``rebuild_journal``, ``budget``,
+``filename``, ``shard``, ``simulate``, ``sim_job_seconds``), with the same defaults.
+:func:`run` works in any thread, also one whose event loop is running elsewhere or here
+(it then runs in a thread of its own), and installs signal handlers only when asked to
+(``handle_signals``, which the command line sets). Known errors are raised as
+:class:`~batchgen.errors.BatchgenError` (``exit_code`` says which); a run's own outcome,
+failures included, is in the returned :class:`Report`.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class RunOptions:
     downloads: int | None = None
     retries: int = defaults.DEFAULT_MAX_ATTEMPTS
     retry_failed: bool = False
+    resubmit_abandoned: bool = False
     reconcile_grace: float = defaults.DEFAULT_RECONCILE_GRACE
     max_runtime: float | None = None
     max_units: int = defaults.DEFAULT_MAX_UNITS
@@ -423,7 +425,7 @@ async def aestimate(manifest: str | Path, **options: Any) -> Estimate:
     async with open_backend(opts) as backend:
         saved = await backend.offload(_saved_specs, out_dir)
         await checked_manifest(loaded, backend, saved, opts.max_units)
-        shapes = await backend.offload(_shapes_to_do, loaded, shard, out_dir, opts.retry_failed)
+        shapes = await backend.offload(_shapes_to_do, loaded, shard, out_dir, opts)
         total = 0.0
         rows: list[Shape] = []
         for model, body, count in shapes.values():
@@ -438,7 +440,7 @@ async def aestimate(manifest: str | Path, **options: Any) -> Estimate:
 
 
 def _shapes_to_do(
-    manifest: Manifest, shard: Shard | None, out_dir: Path, retry_failed: bool
+    manifest: Manifest, shard: Shard | None, out_dir: Path, options: RunOptions
 ) -> dict[str, tuple[str, dict[str, Any], int]]:
     """(model, first body, units) per cost shape, of the units still to do: the journal
     is asked about a chunk of units at a time, as a run does."""
@@ -449,7 +451,11 @@ def _shapes_to_do(
         while chunk := list(itertools.islice(units, ESTIMATE_CHUNK)):
             rows = journal.get_many([unit.id for unit in chunk]) if journal else {}
             for unit in chunk:
-                action = resume_action(rows.get(unit.id), retry_failed=retry_failed)
+                action = resume_action(
+                    rows.get(unit.id),
+                    retry_failed=options.retry_failed,
+                    resubmit_abandoned=options.resubmit_abandoned,
+                )
                 if action not in (Resume.SUBMIT, Resume.RECONCILE):
                     continue  # done, or its job is already paid for
                 body = unit.request_body()
@@ -650,6 +656,7 @@ async def _run_engine(
         settings,
         backend.settings.retry,
         retry_failed=options.retry_failed,
+        resubmit_abandoned=options.resubmit_abandoned,
         budget=options.budget,
         spent_before=journal.spent(),
         offload=backend.offload,

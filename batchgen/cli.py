@@ -175,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         "404, or jobs that failed repeatedly)",
     )
     run.add_argument(
+        "--resubmit-abandoned",
+        action="store_true",
+        help="buy a new job for each unit whose job was abandoned at --job-timeout, instead "
+        "of watching that job again: the abandoned job runs on and is paid as well",
+    )
+    run.add_argument(
         "--reconcile-grace",
         type=_positive_float("--reconcile-grace"),
         default=defaults.DEFAULT_RECONCILE_GRACE,
@@ -475,6 +481,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         "downloads": args.downloads,
         "retries": args.retries,
         "retry_failed": args.retry_failed,
+        "resubmit_abandoned": args.resubmit_abandoned,
         "reconcile_grace": args.reconcile_grace,
         "max_runtime": args.max_runtime,
         "max_units": args.max_units,

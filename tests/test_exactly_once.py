@@ -224,6 +224,30 @@ def test_a_job_past_its_deadline_is_abandoned_watched_again_and_never_bought_twi
     assert_matches_what_was_served(world.out, world.results(), world.sim)
 
 
+def test_resubmit_abandoned_buys_a_new_job_and_never_hands_the_old_one_on(
+    write: Write, tmp_path: Path
+) -> None:
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n  - {prompt: slow, count: 3}\n",
+    )
+    world = World(tmp_path, job_seconds=40, jitter=0.0)
+    first = world.run(manifest, job_timeout=10)
+    assert first.abandoned == 3
+    abandoned_jobs = {r["job_id"] for r in world.results()}
+    assert world.estimate(manifest).units == 0  # watched again: nothing to buy
+    assert world.estimate(manifest, resubmit_abandoned=True).units == 3
+
+    world.configure(job_seconds=1)
+    again = world.run(manifest, resubmit_abandoned=True)
+    assert again.exit_code == 0 and again.succeeded == 3
+    assert world.sim.jobs_created == 6  # what the option costs: the old jobs ran on
+    assert not abandoned_jobs & {r["job_id"] for r in world.results()}
+    assert_matches_what_was_served(world.out, world.results(), world.sim)
+    # The abandoned jobs' cost stays in what was spent.
+    assert again.spent_total == world.sim.spent
+
+
 def test_a_cancel_the_server_accepts_frees_the_unit(write: Write, tmp_path: Path) -> None:
     manifest = write(
         "jobs.yaml",
@@ -269,11 +293,16 @@ def test_a_chaotic_world_cut_short_again_and_again_pays_each_unit_once(
         normalise_input=True,
     )
     rng = random.Random(7)
+    abandoned = 0
     for _ in range(6):
-        report = world.run(manifest, concurrency=20, max_runtime=rng.uniform(5, 40))
+        # A deadline shorter than the slowest jobs: some are abandoned (cancels are
+        # refused), to be watched again by a later run.
+        report = world.run(manifest, concurrency=20, max_runtime=rng.uniform(5, 40), job_timeout=12)
         assert report.exit_code in (0, 1, 4)
+        abandoned += report.abandoned
         world.clock.jump(rng.uniform(0, 30))
     world.configure(error_rate=0.0, truncate_rate=0.0)
+    assert abandoned > 0 and world.sim.cancels["refused"] > 0
     final = world.run(manifest, concurrency=20)
     results = world.results()
     assert final.exit_code == 0, final

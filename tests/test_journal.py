@@ -33,10 +33,21 @@ SENT = '["model_x", {"prompt": "p"}]'
         (Row("u", State.FAILED, permanent=True), False, Resume.SKIP_FAILED),
         (Row("u", State.FAILED, permanent=True), True, Resume.SUBMIT),
         (Row("u", State.FAILED, error="HTTP 503"), False, Resume.SUBMIT),
+        # still running at the server, paid: watched again, never bought twice
+        (Row("u", State.ABANDONED, job_id="j"), True, Resume.REATTACH),
     ],
 )
 def test_resume_table(row: Row | None, retry_failed: bool, action: Resume) -> None:
     assert resume_action(row, retry_failed=retry_failed) is action
+
+
+def test_an_abandoned_job_is_bought_again_only_when_asked() -> None:
+    row = Row("u", State.ABANDONED, job_id="j")
+    assert resume_action(row, retry_failed=False, resubmit_abandoned=True) is Resume.SUBMIT
+    others = [Row("u", State.SUBMITTED, job_id="j"), Row("u", State.FAILED, permanent=True)]
+    for other in others:  # it asks for nothing else
+        plain = resume_action(other, retry_failed=False)
+        assert resume_action(other, retry_failed=False, resubmit_abandoned=True) is plain
 
 
 def test_transitions_survive_reopening_and_old_jobs_stay_owned(

@@ -111,6 +111,7 @@ class Engine:
         rng: random.Random | None = None,
         *,
         retry_failed: bool = False,
+        resubmit_abandoned: bool = False,
         budget: float | None = None,
         spent_before: float = 0.0,
         offload: Offload | None = None,
@@ -122,6 +123,7 @@ class Engine:
         self._retry = retry
         self._rng = rng or random.Random()
         self._retry_failed = retry_failed
+        self._resubmit_abandoned = resubmit_abandoned
         self._offload: Offload = offload or anyio.to_thread.run_sync
         # Every journal call goes through it, in order, batched (see store.commits).
         self._commits = GroupCommit(journal, self._offload)
@@ -218,7 +220,11 @@ class Engine:
             return None
         rows = self._journal.get_many([unit.id for unit in chunk])
         actions = {
-            unit_id: resume_action(row, retry_failed=self._retry_failed)
+            unit_id: resume_action(
+                row,
+                retry_failed=self._retry_failed,
+                resubmit_abandoned=self._resubmit_abandoned,
+            )
             for unit_id, row in rows.items()
         }
         out = self._settings.output_dir

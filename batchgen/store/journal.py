@@ -115,13 +115,19 @@ class Resume(enum.Enum):
     SKIP_FAILED = "leave a permanent failure alone"
 
 
-def resume_action(row: Row | None, *, retry_failed: bool) -> Resume:
-    """What a run does with a unit, given what the journal says about it."""
+def resume_action(
+    row: Row | None, *, retry_failed: bool, resubmit_abandoned: bool = False
+) -> Resume:
+    """What a run does with a unit, given what the journal says about it.  An abandoned
+    job is watched again; ``resubmit_abandoned`` buys the unit a new one instead (the
+    abandoned job stays its first unit's, paid, and is never adopted by another)."""
     if row is None:
         return Resume.SUBMIT
     if row.state is State.DOWNLOADED:
         return Resume.VERIFY
-    if row.state in (State.SUBMITTED, State.FINISHED, State.ABANDONED):
+    if row.state is State.ABANDONED:
+        return Resume.SUBMIT if resubmit_abandoned else Resume.REATTACH
+    if row.state in (State.SUBMITTED, State.FINISHED):
         return Resume.REATTACH
     if row.state is State.SUBMITTING:
         return Resume.RECONCILE
