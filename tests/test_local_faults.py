@@ -127,10 +127,12 @@ def test_a_run_on_a_directory_in_use_is_refused_even_without_its_lock_file(
 def test_a_lost_journal_over_earlier_work_is_refused_then_rebuilt_without_paying_again(
     write: Write, tmp_path: Path, how: str
 ) -> None:
-    manifest = write("jobs.yaml", MANIFEST)
+    # And one unit the moderation refuses for good: a rebuild must not try it again.
+    manifest = write("jobs.yaml", MANIFEST + "  - prompt: forbidden\n")
     world = World(tmp_path, seed=6)
-    assert world.run(manifest, concurrency=6).exit_code == 0
+    assert world.run(manifest, concurrency=6).exit_code == 1
     first = {r["id"]: r["job_id"] for r in world.results()}
+    posts = world.sim.requests["POST /v1/generate/custom/{model}"]
     journal = world.out / JOURNAL_NAME
     for leftover in world.out.glob(JOURNAL_NAME + "-*"):
         leftover.unlink()
@@ -145,8 +147,9 @@ def test_a_lost_journal_over_earlier_work_is_refused_then_rebuilt_without_paying
     assert world.sim.jobs_created == 30
 
     rebuilt = world.run(manifest, concurrency=6, rebuild_journal=True)
-    assert rebuilt.exit_code == 0 and rebuilt.already_done == 30
+    assert rebuilt.exit_code == 1 and rebuilt.already_done == 30 and rebuilt.failed_earlier == 1
     assert world.sim.jobs_created == 30
+    assert world.sim.requests["POST /v1/generate/custom/{model}"] == posts  # none sent
     assert {r["id"]: r["job_id"] for r in world.results()} == first
 
 

@@ -8,7 +8,7 @@ from what remains:
 
 - each line of ``results.jsonl`` becomes its unit's row.  ``success``: downloaded, each
   file hashed once here and recorded if it still holds its bytes (one that does not is
-  fetched again from the unit's job by the run); ``failed``: failed (for good unless the
+  fetched again from the unit's job by the run); ``failure``: failed (for good unless the
   line says otherwise: a line of an earlier version does not, and a retry would buy a
   job, so ``--retry-failed`` decides); ``abandoned``: watched again.
 - every unit of the manifest without a line may have been submitted by a run whose
@@ -107,7 +107,7 @@ def _restore(journal: Journal, out_dir: Path, record: dict[str, Any]) -> bool:
             error=record.get("error"),
             result=record,
         )
-    elif status == "failed":
+    elif status == "failure":
         journal.restore(
             unit_id,
             State.FAILED,
