@@ -74,7 +74,7 @@ from .store.faults import storage_faults
 from .store.journal import JOURNAL_NAME, Journal, Resume, resume_action
 from .store.lock import OutputLock, run_in_progress
 from .store.rebuild import Rebuilt, earlier_work, rebuild
-from .store.results import write_results
+from .store.views import update_views
 from .ui.display import Display
 from .ui.progress import RateMeter
 
@@ -724,8 +724,9 @@ def _write_views_if_possible(journal: Journal, out_dir: Path, shard: Shard | Non
 
 
 def _write_views(journal: Journal, out_dir: Path, shard: Shard | None) -> None:
-    write_results(journal.results(), out_dir)
-    write_dataset_metadata(journal, out_dir, sharded=shard is not None)
+    update_views(journal, out_dir, metadata=shard is None)
+    if shard is not None:  # one metadata.jsonl at the root, for every shard
+        write_dataset_metadata(journal, out_dir, sharded=True)
 
 
 def write_dataset_metadata(journal: Journal, out_dir: Path, *, sharded: bool) -> None:

@@ -69,7 +69,9 @@ CREATE TABLE IF NOT EXISTS units (
     files TEXT,
     result TEXT,
     updated REAL NOT NULL,
-    sent TEXT
+    sent TEXT,
+    result_seq INTEGER,
+    shown INTEGER NOT NULL DEFAULT 0
 );
 -- Every job ever assigned to a unit, also after the unit moved on to a new one: a
 -- lost answer must never adopt a job that is already someone's.
@@ -77,7 +79,17 @@ CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, unit_id TEXT NOT NULL,
 CREATE INDEX IF NOT EXISTS units_state ON units (state);
 """
 # What a journal written by an earlier version lacks, added when it is opened.
-MIGRATIONS = (("units", "sent", "ALTER TABLE units ADD COLUMN sent TEXT"),)
+MIGRATIONS = (
+    ("units", "sent", "ALTER TABLE units ADD COLUMN sent TEXT"),
+    ("units", "result_seq", "ALTER TABLE units ADD COLUMN result_seq INTEGER"),
+    ("units", "shown", "ALTER TABLE units ADD COLUMN shown INTEGER NOT NULL DEFAULT 0"),
+)
+# After the migrations: an index on a column an older journal gains with them.
+INDEXES = "CREATE INDEX IF NOT EXISTS units_result_seq ON units (result_seq);"
+# A unit whose results line changes gets the next number: the output views are brought
+# up to date from the rows numbered after the last they show (see store.views).
+_NEXT_SEQ = "(SELECT COALESCE(MAX(result_seq), 0) + 1 FROM units)"
+SEQ_IF_CHANGED = f"result_seq = CASE WHEN result IS ? THEN result_seq ELSE {_NEXT_SEQ} END"
 
 
 class State(enum.StrEnum):
@@ -196,6 +208,7 @@ class Journal:
             columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in columns:
                 self._db.execute(statement)
+        self._db.executescript(INDEXES)
         self._db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
         )
@@ -264,6 +277,50 @@ class Journal:
             if len(page) < READ_PAGE:
                 return
             after = page[-1][0]
+
+    # ---------------------------------------------------------------- views
+
+    def result_seq(self) -> int:
+        """The number of the latest change to any unit's results line (0: none yet)."""
+        with self._lock:
+            found = self._db.execute("SELECT MAX(result_seq) FROM units").fetchone()[0]
+        return int(found or 0)
+
+    def changed_results(self, after: int) -> tuple[int, bool]:
+        """Since change ``after``: the latest change, and whether it changed the line of
+        a unit the views show (which must then be replaced, or go)."""
+        with self._lock:
+            latest, replaced = self._db.execute(
+                "SELECT MAX(result_seq), MAX(shown) FROM units WHERE result_seq > ?", (after,)
+            ).fetchone()
+        return (after, False) if latest is None else (int(latest), bool(replaced))
+
+    def results_changed(self, after: int, upto: int) -> Iterator[str]:
+        """The results lines of the units changed after ``after`` up to ``upto``, in the
+        order they changed, a page at a time."""
+        while True:
+            with self._lock:
+                page = self._db.execute(
+                    "SELECT result_seq, result FROM units WHERE result_seq > ?"
+                    " AND result_seq <= ? ORDER BY result_seq LIMIT ?",
+                    (after, upto, READ_PAGE),
+                ).fetchall()
+            for _, line in page:
+                if line is not None:
+                    yield line
+            if len(page) < READ_PAGE:
+                return
+            after = page[-1][0]
+
+    def mark_shown(self, upto: int, after: int | None = None) -> None:
+        """The views now show the current results line of every unit changed after
+        ``after`` (of every unit, if None) up to change ``upto``."""
+        values: tuple[int, ...]
+        if after is None:  # rows a journal of an earlier version numbered none of too
+            where, values = "result_seq IS NULL OR result_seq <= ?", (upto,)
+        else:
+            where, values = "result_seq > ? AND result_seq <= ?", (after, upto)
+        self._write((f"UPDATE units SET shown = (result IS NOT NULL) WHERE {where}", values))
 
     def remember(self, key: str, value: str) -> None:
         """Keep a fact about the run beside the units (such as a model's inputs)."""
@@ -389,6 +446,8 @@ class Journal:
                         " state = excluded.state, job_id = NULL, job_status = NULL,"
                         " submit_started = excluded.submit_started, sent = excluded.sent,"
                         " cost = excluded.cost, error = NULL, result = NULL,"
+                        f" result_seq = CASE WHEN result IS NULL THEN result_seq ELSE {_NEXT_SEQ}"
+                        " END,"
                         " updated = excluded.updated",
                         (unit_id, State.SUBMITTING, started, sent, cost, time.time()),
                     )
@@ -433,8 +492,8 @@ class Journal:
         self._write(
             (
                 "INSERT OR REPLACE INTO units (id, state, job_id, submit_started, job_status,"
-                " permanent, cost, error, files, result, updated, sent)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " permanent, cost, error, files, result, updated, sent, result_seq)"
+                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {_NEXT_SEQ})",
                 (
                     unit_id,
                     state,
@@ -509,13 +568,14 @@ class Journal:
         self._write(
             (
                 "UPDATE units SET state = ?, job_id = ?, cost = COALESCE(?, cost), error = ?,"
-                " result = ?, updated = ? WHERE id = ?",
+                f" result = ?, {SEQ_IF_CHANGED}, updated = ? WHERE id = ?",
                 (
                     State.ABANDONED,
                     job_id,
                     cost,
                     error,
-                    json.dumps(result, ensure_ascii=False),
+                    line := json.dumps(result, ensure_ascii=False),
+                    line,
                     time.time(),
                     unit_id,
                 ),
@@ -537,11 +597,13 @@ class Journal:
         self._write(
             (
                 "UPDATE units SET state = ?, job_status = 'success', files = ?, error = NULL,"
-                " result = ?, sent = NULL, cost = COALESCE(?, cost), updated = ? WHERE id = ?",
+                f" result = ?, {SEQ_IF_CHANGED}, sent = NULL, cost = COALESCE(?, cost),"
+                " updated = ? WHERE id = ?",
                 (
                     State.DOWNLOADED,
                     json.dumps(recorded),
-                    json.dumps(result, ensure_ascii=False),
+                    line := json.dumps(result, ensure_ascii=False),
+                    line,
                     cost,
                     time.time(),
                     unit_id,
@@ -564,12 +626,14 @@ class Journal:
         self._write(
             (
                 "INSERT INTO units (id, state, job_id, job_status, failed_jobs, permanent, error,"
-                " result, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f" result, result_seq, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {_NEXT_SEQ}, ?)"
                 " ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
                 " job_id = COALESCE(excluded.job_id, job_id), job_status = excluded.job_status,"
                 " failed_jobs = failed_jobs + excluded.failed_jobs,"
                 " permanent = excluded.permanent OR failed_jobs + excluded.failed_jobs >= ?,"
-                " error = excluded.error, result = excluded.result, updated = excluded.updated",
+                " error = excluded.error, result = excluded.result,"
+                " result_seq = CASE WHEN result IS excluded.result THEN result_seq"
+                f" ELSE {_NEXT_SEQ} END, updated = excluded.updated",
                 (
                     unit_id,
                     State.FAILED,

@@ -1,8 +1,9 @@
 """``<out>/results.jsonl``: one JSON object per unit, a view of the journal.
 
-It is rewritten from the journal (atomically: a temporary file renamed into place)
-whenever a run ends, interrupted or not, in the order units first appeared, and keeps
-units that are no longer in the manifest.
+It is brought up to date from the journal whenever a run ends, interrupted or not
+(:mod:`.views`: appended to when only new units finished, rewritten in the order units
+first appeared when a line shown changed), always atomically, and keeps units that are
+no longer in the manifest.
 """
 
 from __future__ import annotations
