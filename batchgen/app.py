@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -44,6 +45,7 @@ import anyio
 from anyio import CancelScope
 from yarl import URL
 
+from . import __version__
 from . import config as defaults
 from .config import ApiSettings, Credentials, RetrySettings
 from .engine import Engine, EngineSettings, Summary, cost_shape
@@ -71,6 +73,7 @@ from .scenario.inputs import ModelSpec, model_from_json
 from .scenario.preflight import Problem, check_manifest, read_prompts
 from .store.dataset import write_metadata
 from .store.faults import storage_faults
+from .store.files import stamps_hold
 from .store.journal import JOURNAL_NAME, Journal, Resume, resume_action
 from .store.lock import OutputLock, run_in_progress
 from .store.rebuild import Rebuilt, earlier_work, rebuild
@@ -556,7 +559,15 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
             try:
                 for model_id, spec in specs.items():
                     journal.remember(MODEL_KEY + model_id, json.dumps(spec.to_json()))
-                summary = await _run_engine(loaded, shard, total, opts, settings, backend, journal)
+                fingerprint = await backend.offload(_fingerprint, loaded, shard)
+                if await backend.offload(_still_complete, journal, out_dir, fingerprint):
+                    summary = Summary(total=total, skipped=total)
+                else:
+                    summary = await _run_engine(
+                        loaded, shard, total, opts, settings, backend, journal
+                    )
+                if summary.skipped + summary.succeeded == total and summary.not_finished == 0:
+                    journal.remember(COMPLETE_KEY, f"{fingerprint} {journal.result_seq()}")
                 if not (summary.interrupted or summary.out_of_time):
                     # Every unit of the manifest has a journal row now; any more are old.
                     departed = sum(journal.counts().values()) - total
@@ -580,6 +591,34 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
         exit_code=exit_code(summary, total),
         line=summary.line(),
     )
+
+
+# A finished batch, as the journal remembers it: the manifest it was (its fingerprint)
+# and the journal's latest change then.  A rerun that finds both unchanged and every
+# file as written has nothing to do, and knows it without expanding a unit.
+COMPLETE_KEY = "complete"
+
+
+def _fingerprint(manifest: Manifest, shard: Shard | None) -> str:
+    """What a run's units are made from: the manifest's bytes, each prompts file's path,
+    size and modification time, the shard and the file name template."""
+    digest = hashlib.sha256(manifest.path.read_bytes())
+    for entry in manifest.entries:
+        if entry.prompts_file is not None:
+            status = entry.prompts_file.stat()
+            digest.update(f"\0{entry.prompts_file}:{status.st_size}:{status.st_mtime_ns}".encode())
+    digest.update(f"\0{shard}\0{manifest.filename.text}\0{__version__}".encode())
+    return digest.hexdigest()
+
+
+def _still_complete(journal: Journal, out_dir: Path, fingerprint: str) -> bool:
+    """Whether the batch was finished by an earlier run and nothing changed since: the
+    same manifest, no change in the journal, every file as it was written."""
+    recorded = journal.recall(COMPLETE_KEY).get("")
+    if recorded != f"{fingerprint} {journal.result_seq()}":
+        return False
+    with storage_faults(out_dir):
+        return stamps_hold(out_dir, journal.downloaded_files())
 
 
 async def _journal_or_rebuild(

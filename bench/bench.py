@@ -55,6 +55,7 @@ TARGETS = {
     "cpu_ms_per_job": 2.0,
     "validate_rss_mb": 300.0,
     "resume_seconds": 5.0,
+    "rerun_over_validate": 1.5,
     "memory_growth": 1.25,
     "memory_mb": 100.0,
 }
@@ -316,12 +317,23 @@ def resume(args: argparse.Namespace, place: Path) -> dict[str, float]:
                 f"resume run failed ({child.returncode}, {len(sim.jobs)} jobs):\n{child.output}"
             )
         assert sim.first_job_at is not None
-        # The simulator's clock is this process's monotonic clock.
+        first_submission = sim.first_job_at - started  # the simulator's clock is ours
+        # Then the same run again, with nothing left to do, beside validate of the same
+        # manifest against the same API (both read every prompt and ask for the model).
+        rerun = run_child(
+            batchgen("run", str(manifest), "--out", str(out), "--quiet"), api_env(sim)
+        )
+        check = run_child(batchgen("validate", str(manifest)), api_env(sim))
+        if rerun.returncode != 0 or check.returncode != 0 or len(sim.jobs) != 8:
+            sys.exit(f"rerun or validate failed:\n{rerun.output}\n{check.output}")
         return {
             "journal_units": args.resume_units,
-            "seconds_to_first_submission": sim.first_job_at - started,
+            "seconds_to_first_submission": first_submission,
             "run_seconds": child.wall,
             "peak_rss_mb": child.peak_rss_mb,
+            "rerun_seconds": rerun.wall,
+            "validate_seconds": check.wall,
+            "rerun_over_validate": rerun.wall / check.wall,
         }
 
 
@@ -440,6 +452,10 @@ def main() -> None:
             print(f"resume: journal of {args.resume_units} units, first new submission after "
                   f"{seconds:.2f}s: {verdict(seconds, TARGETS['resume_seconds'])}; "
                   f"peak RSS {figures_r['peak_rss_mb']:.0f} MB")  # fmt: skip
+            ratio = figures_r["rerun_over_validate"]
+            print(f"  a rerun with nothing to do: {figures_r['rerun_seconds']:.2f}s, validate "
+                  f"{figures_r['validate_seconds']:.2f}s: {ratio:.2f}x: "
+                  f"{verdict(ratio, TARGETS['rerun_over_validate'])}")  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
 

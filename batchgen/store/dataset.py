@@ -1,11 +1,11 @@
 """``metadata.jsonl``: the run as a Hugging Face ``imagefolder`` dataset.
 
 ``datasets.load_dataset("imagefolder", data_dir=OUT)`` reads it as it is: one row per
-image, its ``file_name`` relative to the metadata file, next to the columns that say
-how the image was made.  Like ``results.jsonl`` it is a view of the journal, brought up
-to date (atomically) when a run ends (:mod:`.views`).  For a sharded run it is written once, at the output
-root, and covers every shard: ``imagefolder`` would read a second metadata file below
-it as a second description of the same images.
+image, its ``file_name`` relative to the metadata file, next to the columns that say how
+the image was made. Like ``results.jsonl`` it is a view of the journal, brought up to
+date (atomically) when a run ends (:mod:`.views`). For a sharded run it is written once,
+at the output root, and covers every shard: ``imagefolder`` would read a second metadata
+file below it as a second description of the same images.
 
 The columns keep one type per column whatever the manifest holds, because the loader
 infers one schema for the whole file: ``params`` (whose values differ in type from one

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -72,6 +73,30 @@ def write_lines_atomically(path: Path, lines: Iterable[str]) -> Path:
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def stamps_hold(out_dir: Path, recorded: Iterable[str]) -> bool:
+    """Whether every file in ``recorded`` (each unit's files as the journal keeps them,
+    JSON) still has the size and modification time it was written with: the check of
+    a finished batch that nothing was deleted or changed, at one ``stat`` a file.  A
+    file recorded without them (an earlier version) fails it, as does any change."""
+    # Paths relative to an open directory: the kernel walks two names, not the whole
+    # path, for each of (maybe) millions of files.
+    directory = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for files in recorded:
+            for entry in json.loads(files or "[]"):
+                if len(entry) != 4:
+                    return False
+                try:
+                    status = os.stat(entry[0], dir_fd=directory)
+                except OSError:
+                    return False
+                if status.st_size != entry[2] or status.st_mtime_ns != entry[3]:
+                    return False
+        return True
+    finally:
+        os.close(directory)
 
 
 class PartFile:

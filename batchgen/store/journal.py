@@ -278,6 +278,11 @@ class Journal:
                 return
             after = page[-1][0]
 
+    def downloaded_files(self) -> Iterator[str]:
+        """The recorded files (JSON, as kept) of every downloaded unit, a page at a time."""
+        for (files,) in self._paged("files", f"state = '{State.DOWNLOADED.value}'"):
+            yield files
+
     # ---------------------------------------------------------------- views
 
     def result_seq(self) -> int:
