@@ -70,7 +70,7 @@ from .manifest.shard import Shard, shard_directories
 from .scenario.client import ScenarioClient
 from .scenario.download import AssetDownloader
 from .scenario.inputs import ModelSpec, model_from_json
-from .scenario.preflight import Problem, check_manifest, read_prompts
+from .scenario.preflight import Problem, Prompts, check_manifest, read_prompts
 from .store.dataset import write_metadata
 from .store.faults import storage_faults
 from .store.files import stamps_hold
@@ -314,14 +314,14 @@ async def checked_manifest(
     backend: Backend,
     saved: dict[str, str] | None = None,
     max_units: int = defaults.DEFAULT_MAX_UNITS,
-) -> tuple[int, dict[str, ModelSpec]]:
+) -> tuple[int, dict[str, ModelSpec], list[Prompts]]:
     """Every unit checked against its model's inputs, before anything is sent: (units,
     the models' inputs).  The manifest's own errors come first: its prompts are read
     through before the API is asked anything."""
     prompts = await backend.offload(read_prompts, manifest, max_units)
     specs, problems = await model_specs(manifest, backend, saved)
     total = await backend.offload(check_manifest, manifest, specs, problems, prompts)
-    return total, specs
+    return total, specs, prompts
 
 
 async def model_specs(
@@ -401,7 +401,7 @@ def validate(
 
     async def check() -> int:
         async with open_backend(options) as backend:
-            total, _ = await checked_manifest(loaded, backend, max_units=max_units)
+            total, _, _ = await checked_manifest(loaded, backend, max_units=max_units)
         return total
 
     try:
@@ -427,8 +427,8 @@ async def aestimate(manifest: str | Path, **options: Any) -> Estimate:
     out_dir = output_directory(loaded, opts, shard)
     async with open_backend(opts) as backend:
         saved = await backend.offload(_saved_specs, out_dir)
-        await checked_manifest(loaded, backend, saved, opts.max_units)
-        shapes = await backend.offload(_shapes_to_do, loaded, shard, out_dir, opts)
+        _, _, prompts = await checked_manifest(loaded, backend, saved, opts.max_units)
+        shapes = await backend.offload(_shapes_to_do, loaded, shard, out_dir, opts, prompts)
         total = 0.0
         rows: list[Shape] = []
         for model, body, count in shapes.values():
@@ -442,32 +442,71 @@ async def aestimate(manifest: str | Path, **options: Any) -> Estimate:
     return Estimate(sum(row.units for row in rows), total, rows)
 
 
+Shapes = dict[str, tuple[str, dict[str, Any], int]]
+
+
 def _shapes_to_do(
-    manifest: Manifest, shard: Shard | None, out_dir: Path, options: RunOptions
-) -> dict[str, tuple[str, dict[str, Any], int]]:
-    """(model, first body, units) per cost shape, of the units still to do: the journal
-    is asked about a chunk of units at a time, as a run does."""
+    manifest: Manifest,
+    shard: Shard | None,
+    out_dir: Path,
+    options: RunOptions,
+    prompts: list[Prompts],
+) -> Shapes:
+    """(model, first body, units) per cost shape, of the units still to do.  With no
+    journal yet every unit is to do, and the shapes are counted entry by entry from
+    the pass over the prompts already made; a finished batch has none; else the
+    journal is asked about a chunk of units at a time, as a run does."""
     journal = Journal(out_dir) if (out_dir / JOURNAL_NAME).is_file() else None
-    shapes: dict[str, tuple[str, dict[str, Any], int]] = {}
-    units = _units(manifest, shard)
     try:
-        while chunk := list(itertools.islice(units, ESTIMATE_CHUNK)):
-            rows = journal.get_many([unit.id for unit in chunk]) if journal else {}
-            for unit in chunk:
-                action = resume_action(
-                    rows.get(unit.id),
-                    retry_failed=options.retry_failed,
-                    resubmit_abandoned=options.resubmit_abandoned,
-                )
-                if action not in (Resume.SUBMIT, Resume.RECONCILE):
-                    continue  # done, or its job is already paid for
-                body = unit.request_body()
-                key = cost_shape(unit.model, body)
-                model, first_body, count = shapes.get(key, (unit.model, body, 0))
-                shapes[key] = (model, first_body, count + 1)
+        if journal is None or journal.is_empty():
+            if shard is None:
+                return _shapes_of_entries(manifest, prompts)
+        elif _still_complete(journal, out_dir, _fingerprint(manifest, shard)):
+            return {}
+        return _shapes_of_units(manifest, shard, journal, options)
     finally:
         if journal is not None:
             journal.close()
+
+
+def _shapes_of_entries(manifest: Manifest, prompts: list[Prompts]) -> Shapes:
+    """Every unit's shape without making the units: all of an entry's units of one
+    size share a shape (the prompt and seed are taken not to change the cost), so one
+    unit of each size stands for the entry's prompts times its count."""
+    shapes: Shapes = {}
+    for entry, seen in zip(manifest.entries, prompts, strict=True):
+        one_entry = dataclasses.replace(manifest, entries=(entry,))
+        counted: set[str] = set()
+        for unit in itertools.islice(iter_units(one_entry), len(entry.sizes) * entry.count):
+            body = unit.request_body()
+            key = cost_shape(unit.model, body)
+            if key in counted:
+                continue
+            counted.add(key)
+            model, first_body, count = shapes.get(key, (unit.model, body, 0))
+            shapes[key] = (model, first_body, count + seen.count * entry.count)
+    return shapes
+
+
+def _shapes_of_units(
+    manifest: Manifest, shard: Shard | None, journal: Journal | None, options: RunOptions
+) -> Shapes:
+    shapes: Shapes = {}
+    units = _units(manifest, shard)
+    while chunk := list(itertools.islice(units, ESTIMATE_CHUNK)):
+        rows = journal.get_many([unit.id for unit in chunk]) if journal else {}
+        for unit in chunk:
+            action = resume_action(
+                rows.get(unit.id),
+                retry_failed=options.retry_failed,
+                resubmit_abandoned=options.resubmit_abandoned,
+            )
+            if action not in (Resume.SUBMIT, Resume.RECONCILE):
+                continue  # done, or its job is already paid for
+            body = unit.request_body()
+            key = cost_shape(unit.model, body)
+            model, first_body, count = shapes.get(key, (unit.model, body, 0))
+            shapes[key] = (model, first_body, count + 1)
     return shapes
 
 
@@ -532,7 +571,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
     async with open_backend(opts) as backend:
         # Before the output directory is touched: credentials, models and every unit.
         saved = await backend.offload(_saved_specs, out_dir)
-        total, specs = await checked_manifest(loaded, backend, saved, opts.max_units)
+        total, specs, _ = await checked_manifest(loaded, backend, saved, opts.max_units)
         settings = dataclasses.replace(
             settings, seeds={model: spec.seed_range for model, spec in specs.items()}
         )

@@ -56,6 +56,7 @@ TARGETS = {
     "validate_rss_mb": 300.0,
     "resume_seconds": 5.0,
     "rerun_over_validate": 1.5,
+    "estimate_over_validate": 2.0,
     "memory_growth": 1.25,
     "memory_mb": 100.0,
 }
@@ -275,11 +276,28 @@ def fast(args: argparse.Namespace, place: Path) -> dict[str, float]:
 
 
 def validate(args: argparse.Namespace, place: Path) -> dict[str, float]:
+    """``validate`` of a large prompts file, and ``run --estimate`` of it beside
+    ``validate`` against the same API (each asks for the model; the estimate adds one
+    dry run)."""
     manifest, _ = write_workload(place, args.validate_lines, 8)
     child = run_child(batchgen("validate", str(manifest)))
     if child.returncode != 0:
         sys.exit(f"validate failed:\n{child.output}")
-    return {"lines": args.validate_lines, "seconds": child.wall, "peak_rss_mb": child.peak_rss_mb}
+    with simulator(seed=args.seed) as sim:
+        out = str(place / "out-estimate")
+        estimate = run_child(
+            batchgen("run", str(manifest), "--out", out, "--estimate"), api_env(sim)
+        )
+        check = run_child(batchgen("validate", str(manifest)), api_env(sim))
+        if estimate.returncode != 0 or check.returncode != 0:
+            sys.exit(f"estimate or validate failed:\n{estimate.output}\n{check.output}")
+    return {
+        "lines": args.validate_lines,
+        "seconds": child.wall,
+        "peak_rss_mb": child.peak_rss_mb,
+        "estimate_over_validate_time": estimate.wall / check.wall,
+        "estimate_over_validate_memory": estimate.peak_rss_mb / check.peak_rss_mb,
+    }
 
 
 def resume(args: argparse.Namespace, place: Path) -> dict[str, float]:
@@ -445,6 +463,10 @@ def main() -> None:
             print(f"validate: {args.validate_lines} lines in {figures_v['seconds']:.1f}s, "
                   f"peak RSS {figures_v['peak_rss_mb']:.0f} MB: "
                   f"{verdict(figures_v['peak_rss_mb'], TARGETS['validate_rss_mb'])}")  # fmt: skip
+            for what in ("time", "memory"):
+                ratio = figures_v[f"estimate_over_validate_{what}"]
+                print(f"  run --estimate over validate, {what}: {ratio:.2f}x: "
+                      f"{verdict(ratio, TARGETS['estimate_over_validate'])}")  # fmt: skip
         if (sub := scenario("resume")) is not None:
             figures_r = resume(args, sub)
             report["resume"] = figures_r

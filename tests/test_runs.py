@@ -318,6 +318,33 @@ def test_the_estimate_matches_what_the_run_then_spends(example: Path, tmp_path: 
     assert (done.units, done.cost) == (0, 0)
 
 
+def test_an_estimate_with_no_journal_counts_entries_as_expanding_every_unit_would(
+    write: Write,
+) -> None:
+    from batchgen.app import RunOptions, _shapes_of_entries, _shapes_of_units
+    from batchgen.manifest import load_manifest
+    from batchgen.scenario.preflight import read_prompts
+
+    write("p.csv", "prompt,numOutputs\na,1\nb,2\na,1\n")
+    manifest = load_manifest(
+        write(
+            "jobs.yaml",
+            "model: model_sim-fast\nwidth: 256\nheight: 256\njobs:\n"
+            "  - {prompt: 'x {n}', vars: {n: [1, 2, 3]}, count: 2,"
+            " sizes: [[256, 256], [512, 512], '16:9']}\n"
+            "  - {prompts_file: p.csv, count: 3}\n"
+            "  - {prompt: same shape again, params: {seed: per-unit}}\n"
+            "  - {prompt: other model, model: model_sim-noseed}\n",
+        )
+    )
+    by_entries = _shapes_of_entries(manifest, read_prompts(manifest))
+    by_units = _shapes_of_units(manifest, None, None, RunOptions())
+    assert {k: (m, n) for k, (m, _, n) in by_entries.items()} == {
+        k: (m, n) for k, (m, _, n) in by_units.items()
+    }
+    assert sum(n for *_, n in by_entries.values()) == 3 * 2 * 3 + 3 * 3 + 1 + 1
+
+
 def test_a_budget_stops_submitting_before_it_is_passed(write: Write, tmp_path: Path) -> None:
     # 256x256 costs 1 CU, 1024x1024 costs 4 CU in the simulator.
     manifest = write(
