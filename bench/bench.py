@@ -4,7 +4,7 @@ come from the operating system (``wait4``); the simulator runs in this process, 
 thread of its own, and counts every request it receives.
 
     python bench/bench.py                      # all scenarios, the issue's settings
-    python bench/bench.py --only pipeline      # one of: pipeline fast validate resume
+    python bench/bench.py --only pipeline      # or latency memory floor fast validate resume
 
 Scenarios:
   pipeline  N jobs of about --job-seconds (with --jitter), C at a time, both clients,
@@ -57,6 +57,7 @@ TARGETS = {
     "resume_seconds": 5.0,
     "rerun_over_validate": 1.5,
     "estimate_over_validate": 2.0,
+    "cpu_over_best_case": 1.5,
     "memory_growth": 1.25,
     "memory_mb": 100.0,
 }
@@ -248,6 +249,37 @@ def memory(args: argparse.Namespace, place: Path) -> dict[str, dict[str, float]]
     return figures
 
 
+def floor(args: argparse.Namespace, place: Path) -> dict[str, dict[str, float]]:
+    """CPU per job of batchgen beside the best-case client (``best_case.py``: no
+    journal, no checks, no retries) on the same fast workload, each against a fresh
+    simulator: what batchgen's guarantees cost a job."""
+    manifest, prompts = write_workload(place, args.floor_units, args.floor_concurrency)
+    clients = {
+        "batchgen": batchgen(
+            "run", str(manifest), "--out", str(place / "out-batchgen"), "--quiet",
+            "--concurrency", str(args.floor_concurrency), "--poll-interval", "0.05",
+        ),
+        "best case": [
+            sys.executable, str(HERE / "best_case.py"), "--prompts", str(prompts),
+            "--out", str(place / "out-best"), "--concurrency", str(args.floor_concurrency),
+        ],
+    }  # fmt: skip
+    figures: dict[str, dict[str, float]] = {}
+    for name, command in clients.items():
+        with simulator(job_seconds=0.05, jitter=0.5, seed=args.seed) as sim:
+            if name == "best case":
+                command = [*command, "--api-url", sim.api_url]
+            child = run_child(command, api_env(sim))
+            if child.returncode != 0 or len(sim.jobs) != args.floor_units:
+                sys.exit(f"{name} failed ({child.returncode}):\n{child.output}")
+            figures[name] = {
+                "cpu_ms_per_job": 1000 * child.cpu / args.floor_units,
+                "seconds": child.wall,
+                "peak_rss_mb": child.peak_rss_mb,
+            }
+    return figures
+
+
 def startup_cpu(place: Path) -> float:
     """CPU seconds of starting batchgen and reading a one-line manifest: the fixed cost
     inside every per-job CPU figure."""
@@ -361,7 +393,8 @@ def resume(args: argparse.Namespace, place: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--only", choices=["pipeline", "latency", "memory", "fast", "validate", "resume"]
+        "--only",
+        choices=["pipeline", "latency", "memory", "floor", "fast", "validate", "resume"],
     )
     parser.add_argument("--units", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=50)
@@ -375,6 +408,8 @@ def main() -> None:
         "--memory-units", type=int, nargs="+", default=[10_000, 50_000], metavar="N"
     )
     parser.add_argument("--memory-concurrency", type=int, default=300)
+    parser.add_argument("--floor-units", type=int, default=10_000)
+    parser.add_argument("--floor-concurrency", type=int, default=300)
     parser.add_argument("--fast-units", type=int, default=5000)
     parser.add_argument("--fast-concurrency", type=int, default=500)
     parser.add_argument("--validate-lines", type=int, default=1_000_000)
@@ -445,6 +480,18 @@ def main() -> None:
             print(f"  {sizes[-1]} over {sizes[0]}: {growth:.2f}x: "
                   f"{verdict(growth, TARGETS['memory_growth'])}; largest "
                   f"{verdict(largest['peak_rss_mb'], TARGETS['memory_mb'])} MB")  # fmt: skip
+        if (sub := scenario("floor")) is not None:
+            figures_f = floor(args, sub)
+            report["floor"] = figures_f
+            ours, best = figures_f["batchgen"], figures_f["best case"]
+            ratio = ours["cpu_ms_per_job"] / best["cpu_ms_per_job"]
+            print(f"floor: N={args.floor_units} C={args.floor_concurrency}, fast jobs, "
+                  "beside the best-case client")  # fmt: skip
+            for name, row in figures_f.items():
+                print(f"  {name:10} {row['cpu_ms_per_job']:.2f} ms CPU/job, "
+                      f"{row['seconds']:.1f}s, peak RSS {row['peak_rss_mb']:.0f} MB")  # fmt: skip
+            print(f"  CPU/job over the best case: {ratio:.2f}x: "
+                  f"{verdict(ratio, TARGETS['cpu_over_best_case'])}")  # fmt: skip
         if (sub := scenario("fast")) is not None:
             figures_fast = fast(args, sub)
             report["fast"] = figures_fast
