@@ -13,7 +13,6 @@ never a success.  Files appear under their final name only once complete
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +33,9 @@ DOWNLOAD_CHUNK = 256 * 1024
 # Bytes gathered before a trip to a worker thread to write them: most images fit, so
 # a download costs one trip (write and rename) instead of one per chunk.
 WRITE_BUFFER = 4 * 1024 * 1024
+# A file this small is written and put in place on the event loop: a trip to a worker
+# thread (waking it, waiting for it) costs more than its write.
+INLINE_BYTES = 64 * 1024
 # A CDN connection that sends nothing for this long is given up (and tried again):
 # a stalled transfer must not hold a download worker for the whole download timeout.
 READ_TIMEOUT = 30.0
@@ -168,7 +170,7 @@ class AssetDownloader:
     ) -> Downloaded:
         """Download ``url`` to ``destination`` (see :meth:`PartFile.finish` for
         ``fallback``)."""
-        part = PartFile(destination, secrets.token_hex(4))
+        part = PartFile(destination)
         pending = bytearray()
         where = URL(url)
         try:
@@ -194,9 +196,12 @@ class AssetDownloader:
                         await anyio.to_thread.run_sync(part.write, bytes(pending))
                         pending.clear()
             sha256 = check.finish(announced, expected_size)
-            placed = await anyio.to_thread.run_sync(
-                part.finish, bytes(pending), destination, fallback, sha256
-            )
+            if check.received <= INLINE_BYTES:
+                placed = part.finish(bytes(pending), destination, fallback, sha256)
+            else:
+                placed = await anyio.to_thread.run_sync(
+                    part.finish, bytes(pending), destination, fallback, sha256
+                )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DownloadError(f"download from {where.host} failed: {type(exc).__name__}") from exc
         except OSError as exc:  # writing the file, not the network: a local fault

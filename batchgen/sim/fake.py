@@ -10,7 +10,6 @@ clock starts at :data:`EPOCH`.
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +96,7 @@ class FakeFetcher:
         if len(answer.content) < answer.announced:
             raise DownloadError(f"download from {host} failed: ClientPayloadError")
         sha256 = check.finish(answer.announced, expected_size)
-        part = PartFile(destination, secrets.token_hex(4))
+        part = PartFile(destination)
         try:
             placed = part.finish(answer.content, destination, fallback, sha256)
         except OSError as exc:

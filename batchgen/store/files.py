@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterable
@@ -99,11 +100,17 @@ def stamps_hold(out_dir: Path, recorded: Iterable[str]) -> bool:
         os.close(directory)
 
 
+_PART_NUMBERS = itertools.count()
+
+
 class PartFile:
     """A download's bytes under a hidden name (``.NAME.xxxx.part``), put in place only when
     complete and verified."""
 
-    def __init__(self, destination: Path, token: str) -> None:
+    def __init__(self, destination: Path, token: str | None = None) -> None:
+        # Unique among this process's downloads (the output lock says no other process
+        # writes here; a killed run's part files are removed by the next run).
+        token = token or str(next(_PART_NUMBERS))
         self.path = destination.with_name(f".{destination.name}.{token}.part")
         self._file: BinaryIO | None = None
 
