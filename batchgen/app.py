@@ -812,18 +812,20 @@ def write_dataset_metadata(journal: Journal, out_dir: Path, *, sharded: bool) ->
     root, covering every shard that has a journal (see :mod:`batchgen.dataset`).
     ``journal`` is the run's own, still open."""
     if not sharded:
-        write_metadata(out_dir, [("", journal.results())])
+        write_metadata(out_dir, lambda: [("", journal.results())])
         return
     with contextlib.ExitStack() as stack:
-        parts = []
+        journals: list[tuple[str, Journal]] = []
         for place in shard_directories(out_dir.parent):
             if place == out_dir:
-                parts.append((f"{place.name}/", journal.results()))
+                journals.append((f"{place.name}/", journal))
             elif (place / JOURNAL_NAME).is_file():
                 other = Journal(place)
                 stack.callback(other.close)
-                parts.append((f"{place.name}/", other.results()))
-        write_metadata(out_dir.parent, parts)
+                journals.append((f"{place.name}/", other))
+        write_metadata(
+            out_dir.parent, lambda: [(prefix, shard.results()) for prefix, shard in journals]
+        )
 
 
 # ---------------------------------------------------------------------- status

@@ -126,3 +126,71 @@ def test_shards_make_one_dataset_at_the_output_root(csv_run: tuple[Path, World])
     }
     assert main(["validate", str(manifest)]) == 0
     assert len(load_imagefolder(root)) == 6  # type: ignore[arg-type]
+
+
+def test_an_extra_column_of_mixed_kinds_is_written_as_strings() -> None:
+    from batchgen.store.dataset import extra_kinds, mixed
+
+    lines = [
+        {**SUCCESS, "metadata": {"n": 3, "tags": ["a"], "same": "x"}},
+        {**SUCCESS, "metadata": {"n": "three", "same": "y", "label": 1}},
+    ]
+    kinds = extra_kinds(lines)
+    assert mixed(kinds) == {"n"} and kinds["extra_label"] == "number"
+    rows = [row for line in lines for row in image_rows(line, "", mixed(kinds))]
+    assert {row["n"] for row in rows} == {"3", "three"}
+    assert rows[0]["tags"] == '["a"]'  # a list is a JSON string, never a nested column
+    assert "label" not in rows[2] and rows[2]["extra_label"] == 1
+    assert (rows[0]["entry"], rows[0]["repeat"]) == (None, None)  # older lines lack them
+
+
+DIFFICULT = """\
+model: model_sim-fast
+width: 64
+height: 48
+jobs:
+  - prompts_file: prompts.jsonl
+"""
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_columns_that_would_break_the_loader_do_not(
+    write: Callable[[str, str], Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A column named image, one named label, and one of numbers and strings; then a
+    # second run whose new rows change a column's kind.
+    lines = [
+        {"prompt": "a", "image": "foo", "label": "cat", "n": 3},
+        {"prompt": "b", "image": "bar", "label": "dog", "n": 4},
+    ]
+    write("prompts.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+    manifest = write("jobs.yaml", DIFFICULT)
+    world = World(tmp_path)
+    assert world.run(manifest).exit_code == 0
+    assert "'image' is written as 'extra_image'" in caplog.text
+    dataset = load_imagefolder(world.out)
+    item = dataset[0]  # type: ignore[index]
+    assert item["image"].size == (64, 48) and item["extra_image"] in ("foo", "bar")
+    assert item["entry"] == "jobs[0]" and item["repeat"] == 0
+
+    write(
+        "prompts.jsonl",
+        "".join(json.dumps(line) + "\n" for line in [*lines, {"prompt": "c", "n": "three"}]),
+    )
+    assert world.run(manifest).succeeded == 1
+    assert "'n' holds values of more than one kind" in caplog.text
+    again = load_imagefolder(world.out)
+    assert sorted(again["n"]) == ["3", "4", "three"]  # type: ignore[index]
+
+
+def test_a_run_with_no_image_writes_no_metadata_file(
+    write: Callable[[str, str], Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = write(
+        "jobs.yaml", "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n  - prompt: forbidden\n"
+    )
+    world = World(tmp_path)
+    caplog.set_level("INFO", logger="batchgen")
+    assert world.run(manifest).exit_code == 1
+    assert not (world.out / METADATA_NAME).exists()
+    assert "no image yet, so no metadata file" in caplog.text

@@ -8,19 +8,27 @@ at the output root, and covers every shard: ``imagefolder`` would read a second 
 file below it as a second description of the same images.
 
 The columns keep one type per column whatever the manifest holds, because the loader
-infers one schema for the whole file: ``params`` (whose values differ in type from one
-entry to the next) is a JSON string, and a prompt file's extra columns, added as they
-are, are renamed ``extra_<name>`` when they would hide one of batchgen's own.
+infers one schema for the whole file (a column of numbers that meets a string fails the
+whole load): ``params`` (whose values differ in type from one entry to the next) is a
+JSON string; a prompt file's extra columns are added as they are, but a column whose
+values are of more than one kind (numbers and strings, say) is written as strings, and
+lists and mappings as JSON strings; and an extra column is renamed ``extra_<name>`` when
+it would hide one of batchgen's own or a name the loaders give a meaning to (``image``
+would replace the pictures, ``label`` their class).  Each is said once, as a warning.
+A run with no image yet writes no metadata file (the loader refuses an empty one).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .files import write_lines_atomically
+
+log = logging.getLogger(__name__)
 
 METADATA_NAME = "metadata.jsonl"
 OWN_COLUMNS = (
@@ -33,18 +41,54 @@ OWN_COLUMNS = (
     "height",
     "params",
     "seed",
+    "entry",
+    "repeat",
     "job_id",
     "cost",
     "source",
 )
+# Names the loaders give a meaning to: ``imagefolder`` makes ``image`` the picture and
+# ``label`` its class; WebDataset readers key samples by ``__key__`` and ``__url__``.
+RESERVED_COLUMNS = frozenset({"image", "label", "__key__", "__url__", "__local_path__"})
+# What a column's values are, for the one type the loader will infer.
+Kinds = dict[str, str]
+MIXED = "mixed"
 
 
-def image_rows(result: dict[str, Any], prefix: str = "") -> Iterator[dict[str, Any]]:
+def column_name(name: str) -> str:
+    """An extra column's name in the metadata: its own, unless that is taken."""
+    return f"extra_{name}" if name in OWN_COLUMNS or name in RESERVED_COLUMNS else name
+
+
+def kind_of(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "json"
+
+
+def image_rows(
+    result: dict[str, Any], prefix: str = "", as_text: Iterable[str] = ()
+) -> Iterator[dict[str, Any]]:
     """The metadata rows of one results line: one per image of a successful unit.
-    ``prefix`` is the path from the metadata file to the results' directory."""
+    ``prefix`` is the path from the metadata file to the results' directory;
+    ``as_text`` the extra columns (by their metadata names) written as strings."""
     if result.get("status") != "success":
         return
-    extras = result.get("metadata") or {}
+    text = set(as_text)
+    extras: dict[str, Any] = {}
+    for name, value in (result.get("metadata") or {}).items():
+        column = column_name(name)
+        if isinstance(value, list | dict):
+            value = json.dumps(value, ensure_ascii=False, sort_keys=True)
+        elif column in text and value is not None and not isinstance(value, str):
+            value = json.dumps(value, ensure_ascii=False)
+        extras[column] = value
     sizes = result.get("sizes") or []
     for index, relative in enumerate(result.get("files") or []):
         # Each image's own size when the results line has it (older ones do not).
@@ -60,22 +104,84 @@ def image_rows(result: dict[str, Any], prefix: str = "") -> Iterator[dict[str, A
             "height": height,
             "params": json.dumps(result.get("params") or {}, sort_keys=True),
             "seed": result.get("seed"),
+            "entry": result.get("entry"),
+            "repeat": result.get("repeat"),
             "job_id": result.get("job_id"),
             "cost": result.get("cost"),
             "source": result.get("source"),
         }
-        for name, value in extras.items():
-            row[f"extra_{name}" if name in OWN_COLUMNS else name] = value
+        row.update(extras)
         yield row
 
 
-def write_metadata(root: Path, parts: Iterable[tuple[str, Iterable[str]]]) -> Path:
+def extra_kinds(results: Iterable[dict[str, Any]], known: Kinds | None = None) -> Kinds:
+    """Each extra column's kind over these results lines (``mixed`` when its values are
+    of more than one), added to ``known``."""
+    kinds: Kinds = dict(known or {})
+    for result in results:
+        if result.get("status") != "success" or not result.get("files"):
+            continue
+        for name, value in (result.get("metadata") or {}).items():
+            kind = kind_of(value)
+            if kind is None:
+                continue
+            column = column_name(name)
+            before = kinds.setdefault(column, kind)
+            if before not in (kind, MIXED):
+                kinds[column] = MIXED
+    return kinds
+
+
+def mixed(kinds: Kinds) -> set[str]:
+    return {column for column, kind in kinds.items() if kind == MIXED}
+
+
+Parts = Callable[[], Iterable[tuple[str, Iterable[str]]]]
+
+
+def write_metadata(root: Path, parts: Parts) -> Kinds:
     """Replace ``root/metadata.jsonl`` with the rows of these results lines, given as
-    (path prefix from ``root``, lines) for each directory of results."""
+    (path prefix from ``root``, lines) for each directory of results (``parts`` is
+    called once a pass: the lines are read twice, first for the columns' kinds).  With
+    no image at all, no file is left.  Returns the columns' kinds."""
+    kinds = extra_kinds(json.loads(line) for _, lines in parts() for line in lines)
+    _say(kinds)
+    as_text = mixed(kinds)
     rows = (
         json.dumps(row, ensure_ascii=False)
-        for prefix, lines in parts
+        for prefix, lines in parts()
         for line in lines
-        for row in image_rows(json.loads(line), prefix)
+        for row in image_rows(json.loads(line), prefix, as_text)
     )
-    return write_lines_atomically(root / METADATA_NAME, rows)
+    first = next(rows, None)
+    path = root / METADATA_NAME
+    if first is None:
+        if path.exists():
+            path.unlink()
+        log.info("%s: no image yet, so no metadata file (the loader refuses an empty one)", root)
+        return kinds
+    write_lines_atomically(path, _chain(first, rows))
+    return kinds
+
+
+def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest
+
+
+def _say(kinds: Kinds) -> None:
+    for column in sorted(kinds):
+        if column.startswith("extra_") and column.removeprefix("extra_") in RESERVED_COLUMNS:
+            log.warning(
+                "metadata.jsonl: the column %r is written as %r: the dataset loaders "
+                "give %r a meaning of their own",
+                column.removeprefix("extra_"),
+                column,
+                column.removeprefix("extra_"),
+            )
+    for column in sorted(mixed(kinds)):
+        log.warning(
+            "metadata.jsonl: the column %r holds values of more than one kind (numbers "
+            "and strings, say); it is written as strings, so that the loader reads it",
+            column,
+        )

@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from .dataset import METADATA_NAME, image_rows, write_metadata
+from .dataset import METADATA_NAME, Kinds, extra_kinds, image_rows, mixed, write_metadata
 from .journal import Journal
 from .results import RESULTS_NAME, write_results
 
@@ -37,28 +37,37 @@ def update_views(journal: Journal, out_dir: Path, *, metadata: bool = True) -> s
     state = journal.recall(STATE)
     shown = int(state.get("seq", -1))
     intact = shown >= 0 and all(_stamp(view) == state.get(view.name) for view in views)
+    kinds: Kinds = json.loads(state.get("columns") or "{}")
     if intact:
         latest, replaced = journal.changed_results(shown)
         if latest == shown:
             return "unchanged"
+        if metadata and not replaced:
+            # New rows may not change a column's kind: the file would no longer load.
+            grown = extra_kinds(
+                (json.loads(line) for line in journal.results_changed(shown, latest)), kinds
+            )
+            replaced = any(kinds.get(column, kind) != kind for column, kind in grown.items())
+            kinds = grown
         if not replaced:
             _append(views[0], journal.results_changed(shown, latest))
             if metadata:
+                as_text = mixed(kinds)
                 rows = (
                     json.dumps(row, ensure_ascii=False)
                     for line in journal.results_changed(shown, latest)
-                    for row in image_rows(json.loads(line))
+                    for row in image_rows(json.loads(line), "", as_text)
                 )
                 _append(views[1], rows)
             journal.mark_shown(latest, after=shown)
-            _remember(journal, latest, views)
+            _remember(journal, latest, views, kinds)
             return "appended"
     latest = journal.result_seq()
     write_results(journal.results(), out_dir)
     if metadata:
-        write_metadata(out_dir, [("", journal.results())])
+        kinds = write_metadata(out_dir, lambda: [("", journal.results())])
     journal.mark_shown(latest)
-    _remember(journal, latest, views)
+    _remember(journal, latest, views, kinds)
     return "rewritten"
 
 
@@ -86,7 +95,8 @@ def _stamp(path: Path) -> str | None:
     return f"{status.st_size}:{status.st_mtime_ns}"
 
 
-def _remember(journal: Journal, latest: int, views: list[Path]) -> None:
+def _remember(journal: Journal, latest: int, views: list[Path], kinds: Kinds) -> None:
     journal.remember(STATE + "seq", str(latest))
+    journal.remember(STATE + "columns", json.dumps(kinds, sort_keys=True))
     for view in views:
         journal.remember(STATE + view.name, _stamp(view) or "")
