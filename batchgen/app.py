@@ -57,6 +57,7 @@ from .errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_OUT_OF_TIME,
+    EXIT_STOPPED,
     ApiError,
     BatchgenError,
     ConfigError,
@@ -113,6 +114,8 @@ class RunOptions:
     fresh: bool = False
     rebuild_journal: bool = False
     budget: float | None = None
+    run_budget: float | None = None
+    warn_at: float | None = None
     filename: str | FileNameTemplate | None = None
     shard: str | Shard | None = None
     simulate: bool = False
@@ -154,7 +157,10 @@ class Report:
     cost: float
     elapsed_seconds: float
     stopped: str | None
-    failures: list[dict[str, str]]
+    # The first few failed units ({"id", "error", "permanent"}), and every failure
+    # counted by reason ({"reason", "units"}).
+    failures: list[dict[str, Any]]
+    failure_reasons: list[dict[str, Any]]
     spent_total: float
     output: str
     exit_code: int
@@ -727,6 +733,13 @@ async def _run_engine(
     backend: Backend,
     journal: Journal,
 ) -> Summary:
+    # The directory's budget, or this run's if it is the nearer of the two.
+    spent_before = journal.spent()
+    budget, budget_option = options.budget, "--budget"
+    if options.run_budget is not None and (
+        budget is None or spent_before + options.run_budget < budget
+    ):
+        budget, budget_option = spent_before + options.run_budget, "--run-budget"
     engine = Engine(
         backend.client,
         backend.downloader,
@@ -735,8 +748,10 @@ async def _run_engine(
         backend.settings.retry,
         retry_failed=options.retry_failed,
         resubmit_abandoned=options.resubmit_abandoned,
-        budget=options.budget,
-        spent_before=journal.spent(),
+        budget=budget,
+        budget_option=budget_option,
+        warn_at=options.warn_at,
+        spent_before=spent_before,
         offload=backend.offload,
     )
     display = options.display
@@ -763,8 +778,11 @@ def exit_code(summary: Summary, total: int) -> int:
     if summary.out_of_time:
         return EXIT_OUT_OF_TIME
     complete = summary.done + summary.skipped == total
-    if summary.failed == 0 and summary.left_failed == 0 and complete:
-        return EXIT_OK
+    if summary.failed == 0 and summary.left_failed == 0:
+        if complete:
+            return EXIT_OK
+        if summary.submitting_stopped:
+            return EXIT_STOPPED  # the budget or the credits: nothing failed
     return EXIT_FAILED_UNITS
 
 

@@ -20,6 +20,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ from .manifest.shard import Shard
 from .ui.display import Display, LineDisplay
 
 STATUS_FAILURES_SHOWN = 20
+# Failed units a run's summary shows each in a line when there are more: the rest are
+# counted by reason.
+FAILURES_SHOWN = 3
 
 log = logging.getLogger("batchgen")
 
@@ -65,6 +69,19 @@ def _positive_float(name: str) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
         if not value > 0 or value == float("inf"):
             raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text}")
+        return value
+
+    return parse
+
+
+def _fraction(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not 0 < value <= 1:
+            raise argparse.ArgumentTypeError(f"{name} must be above 0 and at most 1, got {text}")
         return value
 
     return parse
@@ -222,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop submitting before the creative units spent in this output directory plus "
         "the next job's cost would pass this",
     )
+    run.add_argument(
+        "--run-budget",
+        type=_positive_float("--run-budget"),
+        metavar="CU",
+        help="the same for what this run spends (a nightly cap); the nearer of the two "
+        "budgets stops submission",
+    )
+    run.add_argument(
+        "--warn-at",
+        type=_fraction("--warn-at"),
+        metavar="FRACTION",
+        help="log a warning once the spend passes this fraction of the budget, e.g. 0.8",
+    )
     _add_filename(run)
     run.add_argument(
         "--shard",
@@ -356,20 +386,86 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_verbosity(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="store_true", help="log every request decision")
-    group.add_argument("-q", "--quiet", action="store_true", help="only warnings and the summary")
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only warnings on stderr, and the summary only when something did not succeed "
+        "(for cron: a run that did everything prints nothing)",
+    )
+    parser.add_argument(
+        "--log-file",
+        type=Path,
+        metavar="PATH",
+        help="also append the log to this file, whatever -q says (rotation is logrotate's)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="the log file's lines: text, or one JSON object a line (time, level, logger, message)",
+    )
+
+
+class _Formatter(logging.Formatter):
+    """Times in ISO 8601 with the zone, as cron mail and log collectors want them."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        moment = datetime.fromtimestamp(record.created).astimezone()
+        return moment.isoformat(timespec="milliseconds")
+
+
+class _JsonFormatter(_Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "time": self.formatTime(record),
+                "level": record.levelname,
+                "logger": record.name,
+                "message": record.getMessage(),
+            },
+            ensure_ascii=False,
+        )
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     stamp = "" if sys.stderr.isatty() else "%(asctime)s "
-    handler.setFormatter(logging.Formatter(f"{stamp}%(levelname)s %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(level)
+    handler.setFormatter(_Formatter(f"{stamp}%(levelname)s %(message)s"))
+    handler.setLevel(level)
+    handlers: list[logging.Handler] = [handler]
+    if getattr(args, "log_file", None) is not None:
+        try:
+            to_file = logging.FileHandler(args.log_file, mode="a", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--log-file {args.log_file}: {exc.strerror or exc}") from None
+        to_file.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+        to_file.setFormatter(
+            _JsonFormatter()
+            if args.log_format == "json"
+            else _Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+        )
+        handlers.append(to_file)
+    for old in log.handlers:
+        old.close()
+    log.handlers[:] = handlers
+    log.setLevel(min(h.level for h in handlers))
     log.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        for handler in log.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    # --json promises a JSON object on every exit, also when the arguments are wrong.
+    wants_json = "--json" in (sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
         _setup_logging(args)
@@ -384,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except KeyboardInterrupt:
         print("batchgen: interrupted", file=sys.stderr)
+        if wants_json:
+            print(json.dumps({"error": "interrupted", "exit_code": EXIT_INTERRUPTED}))
         return EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
         known = _known_error(exc)
@@ -393,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exception(exc)
         for line in str(known).splitlines():
             print(f"batchgen: error: {line}", file=sys.stderr)
+        if wants_json:
+            print(json.dumps({"error": str(known), "exit_code": known.exit_code}))
         return known.exit_code
 
 
@@ -488,6 +588,8 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         "fresh": args.fresh,
         "rebuild_journal": args.rebuild_journal,
         "budget": args.budget,
+        "run_budget": args.run_budget,
+        "warn_at": args.warn_at,
         "filename": args.filename,
         "shard": args.shard,
         "simulate": args.simulate,
@@ -512,10 +614,15 @@ def _run(args: argparse.Namespace) -> int:
         report = app.run(args.manifest, **_run_options(args), display=display, handle_signals=True)
     if args.json:
         print(json.dumps(report.to_json()))
-    else:
+    elif not (args.quiet and report.exit_code == EXIT_OK):
         print(f"batchgen: {report.line}")
-        for failure in report.failures:
-            print(f"  failed {failure['id']}: {failure['error']}")
+        if report.failed > len(report.failures):  # many: counted by reason, a few shown
+            for reason in report.failure_reasons:
+                print(f"  {reason['units']} failed: {reason['reason']}")
+        shown = FAILURES_SHOWN if report.failed > len(report.failures) else None
+        for failure in report.failures[:shown]:
+            permanent = " (for good)" if failure["permanent"] else ""
+            print(f"  failed {failure['id']}{permanent}: {failure['error']}")
     return report.exit_code
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ API_URL_VARIABLE = "SCENARIO_API_URL"
 SDK_BASE_URL_VARIABLE = "SCENARIO_BASE_URL"
 API_VERSION_PATH = "/v1"
 PROJECT_VARIABLE = "SCENARIO_PROJECT_ID"
+CREDENTIALS_FILE_VARIABLE = "SCENARIO_CREDENTIALS_FILE"
 TRACEBACK_VARIABLE = "BATCHGEN_TRACEBACK"
 
 
@@ -70,15 +72,51 @@ class Credentials:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Credentials:
+        """From the variables, else from the file ``$SCENARIO_CREDENTIALS_FILE`` names
+        (lines ``SCENARIO_API_KEY=...`` and ``SCENARIO_API_SECRET=...``; ``#`` starts a
+        comment), which only its owner may read: what cron, with no environment to
+        speak of, can be given."""
         env = os.environ if environ is None else environ
         key = next((env[name] for name in KEY_VARIABLES if env.get(name)), "")
         secret = next((env[name] for name in SECRET_VARIABLES if env.get(name)), "")
+        if (not key or not secret) and env.get(CREDENTIALS_FILE_VARIABLE):
+            found = _read_credentials_file(Path(env[CREDENTIALS_FILE_VARIABLE]))
+            key = key or next((found[name] for name in KEY_VARIABLES if found.get(name)), "")
+            secret = secret or next(
+                (found[name] for name in SECRET_VARIABLES if found.get(name)), ""
+            )
         if not key or not secret:
             raise CredentialsError(
                 "no API credentials: set SCENARIO_API_KEY and SCENARIO_API_SECRET "
-                "(or SCENARIO_SDK_API_KEY/SCENARIO_SDK_API_SECRET), or use --simulate"
+                "(or SCENARIO_SDK_API_KEY/SCENARIO_SDK_API_SECRET), or name a file holding "
+                f"them in {CREDENTIALS_FILE_VARIABLE}, or use --simulate"
             )
         return cls(key=key, secret=secret)
+
+
+def _read_credentials_file(path: Path) -> dict[str, str]:
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CredentialsError(
+            f"{CREDENTIALS_FILE_VARIABLE}: {path}: {exc.strerror or exc}"
+        ) from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise CredentialsError(
+            f"{CREDENTIALS_FILE_VARIABLE}: {path} may be read by others (mode "
+            f"{stat.S_IMODE(mode):o}); chmod 600 it"
+        )
+    found: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, equals, value = line.partition("=")
+        if not equals:
+            raise CredentialsError(f"{path}:{number}: expected NAME=value (the value is not shown)")
+        found[name.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
+    return found
 
 
 def api_base_url(given: str | None, environ: Mapping[str, str] | None = None) -> str:

@@ -40,6 +40,7 @@ def _hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "SCENARIO_API_URL",
         "SCENARIO_BASE_URL",
         "SCENARIO_PROJECT_ID",
+        "SCENARIO_CREDENTIALS_FILE",
         "HTTPS_PROXY",
         "https_proxy",
         "HTTP_PROXY",

@@ -276,7 +276,7 @@ def test_out_of_credits_stops_submitting_and_the_rest_waits_for_more(
     )
     world = World(tmp_path, credits=5.0)  # one creative unit per 64x64 job
     report = world.run(manifest, concurrency=2)
-    assert report.exit_code == 1 and report.stopped == "out-of-credits"
+    assert report.exit_code == 6 and report.stopped == "out-of-credits"
     assert world.sim.jobs_created == 5
     assert "out of creative units" in report.line
     assert sum(r["status"] == "success" for r in world.results()) == 5
@@ -355,11 +355,11 @@ def test_a_budget_stops_submitting_before_it_is_passed(write: Write, tmp_path: P
     )
     world = World(tmp_path)
     report = world.run(manifest, concurrency=3, budget=9)
-    assert report.exit_code == 1 and report.stopped == "budget"
+    assert report.exit_code == 6 and report.stopped == "budget"
     assert world.sim.spent <= 9 and world.sim.jobs_created >= 6
     assert "would pass --budget" in report.line
     # The budget counts what earlier runs spent in this directory too.
-    assert world.run(manifest, concurrency=3, budget=12).exit_code == 1
+    assert world.run(manifest, concurrency=3, budget=12).exit_code == 6
     assert world.sim.spent <= 12
     assert world.run(manifest, concurrency=3, budget=100).exit_code == 0
     assert world.sim.jobs_created == 9

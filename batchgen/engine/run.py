@@ -61,9 +61,12 @@ from .submit import (
     describe,
     server_time,
 )
-from .summary import Summary
+from .summary import FAILURES_KEPT, Summary
 
 log = logging.getLogger(__name__)
+
+# Failed units logged each in a warning of its own; after that, at info level.
+FAILURES_LOGGED = FAILURES_KEPT
 
 # Units looked up in the journal together when deciding what to do with them.
 PLAN_CHUNK = 500
@@ -113,6 +116,8 @@ class Engine:
         retry_failed: bool = False,
         resubmit_abandoned: bool = False,
         budget: float | None = None,
+        budget_option: str = "--budget",
+        warn_at: float | None = None,
         spent_before: float = 0.0,
         offload: Offload | None = None,
     ) -> None:
@@ -127,7 +132,11 @@ class Engine:
         self._offload: Offload = offload or anyio.to_thread.run_sync
         # Every journal call goes through it, in order, batched (see store.commits).
         self._commits = GroupCommit(journal, self._offload)
-        self.summary = Summary(budget=budget, spent_before=spent_before)
+        self.summary = Summary(
+            budget=budget, budget_option=budget_option, spent_before=spent_before
+        )
+        # Spend at which to warn once (a fraction of the budget), if asked.
+        self._warn_at = warn_at * budget if warn_at is not None and budget is not None else None
         self._started = 0.0
         # Job slots: one from a unit's POST until its job ends (adaptive, see pressure).
         self._slots = anyio.CapacityLimiter(settings.concurrency)
@@ -445,9 +454,24 @@ class Engine:
         if result.status == "success":
             self.summary.succeeded += 1
         else:
-            self.summary.note_failure(result.unit.id, result.error or "")
-            log.warning("unit %s failed: %s", result.unit.id, result.error)
+            self.summary.note_failure(result.unit.id, result.error or "", result.permanent)
+            # The first few each in a line; the rest are counted by reason in the summary.
+            if self.summary.failed <= FAILURES_LOGGED:
+                log.warning("unit %s failed: %s", result.unit.id, result.error)
+            else:
+                if self.summary.failed == FAILURES_LOGGED + 1:
+                    log.warning("more units failed; the summary counts them by reason")
+                log.info("unit %s failed: %s", result.unit.id, result.error)
         self.summary.cost += result.cost or 0.0
+        if self._warn_at is not None and self.summary.spent >= self._warn_at:
+            self._warn_at = None
+            log.warning(
+                "budget: %g CU spent, %.0f%% of %s %g (--warn-at)",
+                self.summary.spent,
+                100 * self.summary.spent / (self.summary.budget or 1),
+                self.summary.budget_option,
+                self.summary.budget,
+            )
 
     def _journal_result(self, result: UnitResult) -> None:
         if result.status == "success":

@@ -289,10 +289,11 @@ class Submitter:
             if not self._summary.over_budget:
                 self._summary.over_budget = True
                 log.warning(
-                    "budget: %g CU spent or reserved, the next job costs %g, --budget is %g: "
+                    "budget: %g CU spent or reserved, the next job costs %g, %s is %g: "
                     "no more submissions; the jobs in flight finish",
                     self._spent,
                     cost,
+                    self._summary.budget_option,
                     self._budget,
                 )
             return None

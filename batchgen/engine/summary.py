@@ -4,11 +4,25 @@ displays to show (a copy, taken as they draw) and the report to be made from.  P
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-# How many failure reasons it keeps to show; the results file has them all.
+# How many failed units it keeps to show; the results file has them all.
 FAILURES_KEPT = 10
+# Distinct reasons counted; any more are counted together (a bad night is a count of
+# reasons, not a mail of thousands of lines).
+REASONS_KEPT = 20
+OTHER_REASONS = "other reasons"
+# What makes one unit's error differ from another's for the same reason.
+_IDENTIFIERS = re.compile(r"\b(?:job|asset|model)_[A-Za-z0-9-]+|\b[0-9a-f]{12,}\b")
+
+
+def reason_of(error: str) -> str:
+    """An error with the ids of its unit, job or asset left out: what units that failed
+    for the same reason share."""
+    return _IDENTIFIERS.sub("…", error)
 
 
 @dataclass(slots=True)
@@ -28,22 +42,29 @@ class Summary:
     cost: float = 0.0  # creative units this run
     spent_before: float = 0.0  # creative units of earlier runs in this output directory
     budget: float | None = None
+    # Which option set the budget: --budget (the directory's) or --run-budget (this run's).
+    budget_option: str = "--budget"
     elapsed: float = 0.0
-    failures: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str, bool]] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
     interrupted: bool = False
     out_of_time: bool = False
     out_of_credits: bool = False
     over_budget: bool = False
 
     def copy(self) -> Summary:
-        return dataclasses.replace(self, failures=list(self.failures))
+        return dataclasses.replace(self, failures=list(self.failures), reasons=Counter())
 
     # ------------------------------------------------------------------ counting
 
-    def note_failure(self, unit_id: str, error: str) -> None:
+    def note_failure(self, unit_id: str, error: str, permanent: bool = False) -> None:
         self.failed += 1
         if len(self.failures) < FAILURES_KEPT:
-            self.failures.append((unit_id, error))
+            self.failures.append((unit_id, error, permanent))
+        reason = reason_of(error)
+        if reason not in self.reasons and len(self.reasons) >= REASONS_KEPT:
+            reason = OTHER_REASONS
+        self.reasons[reason] += 1
 
     # ------------------------------------------------------------------ derived
 
@@ -123,7 +144,7 @@ class Summary:
         if self.out_of_credits:
             parts.append("submitting stopped: out of creative units")
         if self.over_budget:
-            parts.append("submitting stopped: the next job would pass --budget")
+            parts.append(f"submitting stopped: the next job would pass {self.budget_option}")
         if self.not_finished > 0:
             parts.append(f"{self.not_finished} not finished")
         return f"{', '.join(parts)}; cost {self.cost:g} CU; {self.elapsed:.1f}s"
@@ -141,5 +162,11 @@ class Summary:
             "cost": self.cost,
             "elapsed_seconds": round(self.elapsed, 3),
             "stopped": self.stopped,
-            "failures": [{"id": unit_id, "error": error} for unit_id, error in self.failures],
+            "failures": [
+                {"id": unit_id, "error": error, "permanent": permanent}
+                for unit_id, error, permanent in self.failures
+            ],
+            "failure_reasons": [
+                {"reason": reason, "units": units} for reason, units in self.reasons.most_common()
+            ],
         }

@@ -1,0 +1,149 @@
+"""Nightly runs from cron: nothing printed when all went well, one summary when not,
+JSON on every exit, a log file with zoned times, a per-run budget with its own exit
+code, credentials from a file only its owner reads.  The command line against the
+simulator over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from batchgen.cli import main
+from batchgen.config import Credentials
+from batchgen.errors import CredentialsError
+from batchgen.sim import Simulator
+from tests.helpers import SIM_KEY, SIM_SECRET, World
+
+Write = Callable[[str, str], Path]
+Start = Callable[..., Simulator]
+ZONED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$")
+
+
+def manifest_of(write: Write, prompts: list[str]) -> Path:
+    jobs = "".join(f"  - prompt: {prompt!r}\n" for prompt in prompts)
+    return write("jobs.yaml", f"model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n{jobs}")
+
+
+def run(sim: Simulator, manifest: Path, out: Path, *options: str) -> int:
+    command = ["run", str(manifest), "--out", str(out), "--api-url", sim.api_url]
+    return main([*command, "--poll-interval", "0.1", *options])
+
+
+def test_quiet_prints_nothing_when_everything_succeeded(
+    write: Write,
+    tmp_path: Path,
+    start_simulator: Start,
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sim = start_simulator()
+    assert run(sim, manifest_of(write, ["a", "b"]), tmp_path / "out", "-q") == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_bad_night_is_one_summary_counted_by_reason(
+    write: Write,
+    tmp_path: Path,
+    start_simulator: Start,
+    api_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sim = start_simulator()
+    prompts = ["fine"] + [f"forbidden {n}" for n in range(25)]
+    assert run(sim, manifest_of(write, prompts), tmp_path / "out", "-q") == 1
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith("batchgen: 1 succeeded, 25 failed")
+    assert "  25 failed: HTTP 400: The prompt was rejected by content moderation" in lines
+    assert sum(line.startswith("  failed ") for line in lines) == 3  # a few examples
+    assert "(for good)" in lines[-1]
+    # The log: the first ten each in a line, then one line saying the rest are counted.
+    assert err.count("WARNING unit ") == 10 and "counts them by reason" in err
+
+
+def test_json_on_every_exit_errors_included(
+    write: Write, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = write("bad.yaml", "model: m\njobs: []\n")
+    assert main(["run", str(bad), "--json", "--simulate"]) == 2
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["exit_code"] == 2 and "jobs" in answer["error"]
+    assert main(["run", str(bad), "--json", "--no-such-option"]) == 2
+    assert json.loads(capsys.readouterr().out)["exit_code"] == 2
+
+
+def test_the_log_file_takes_everything_with_zoned_times(
+    write: Write, tmp_path: Path, start_simulator: Start, api_env: None
+) -> None:
+    sim = start_simulator()
+    log = tmp_path / "night.log"
+    manifest = manifest_of(write, ["a", "forbidden"])
+    for _ in range(2):  # appended to
+        run(sim, manifest, tmp_path / "out", "-q", "--log-file", str(log), "--log-format", "json")
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["level"] for r in records} >= {"INFO", "WARNING"}
+    assert all(ZONED.match(r["time"]) for r in records)
+    assert sum("units, output in" in r["message"] for r in records) == 2
+    assert SIM_SECRET not in log.read_text()
+
+
+def test_a_run_budget_caps_one_night_and_has_its_own_exit_code(
+    write: Write, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = manifest_of(write, [f"p{n}" for n in range(10)])
+    world = World(tmp_path)
+    first = world.run(manifest, run_budget=4, concurrency=2, warn_at=0.5)
+    assert first.exit_code == 6 and first.stopped == "budget" and first.succeeded == 4
+    assert "would pass --run-budget" in first.line
+    assert "--warn-at" in caplog.text
+    # The next night has its own 4, though the directory has spent 4 already.
+    second = world.run(manifest, run_budget=4, budget=100, concurrency=2)
+    assert second.exit_code == 6 and second.succeeded == 4 and world.sim.spent == 8
+    # The directory's budget, when nearer, is the one that stops it.
+    third = world.run(manifest, run_budget=4, budget=9, concurrency=2)
+    assert third.succeeded == 1 and "would pass --budget" in third.line
+
+
+def test_credentials_from_a_file_only_its_owner_may_read(tmp_path: Path) -> None:
+    secrets_file = tmp_path / "scenario.env"
+    secrets_file.write_text(
+        f"# for cron\nexport SCENARIO_API_KEY={SIM_KEY}\nSCENARIO_API_SECRET='{SIM_SECRET}'\n"
+    )
+    os.chmod(secrets_file, 0o644)
+    environ = {"SCENARIO_CREDENTIALS_FILE": str(secrets_file)}
+    with pytest.raises(CredentialsError, match="chmod 600") as caught:
+        Credentials.from_environment(environ)
+    assert SIM_SECRET not in str(caught.value)
+    os.chmod(secrets_file, 0o600)
+    found = Credentials.from_environment(environ)
+    assert (found.key, found.secret) == (SIM_KEY, SIM_SECRET)
+    secrets_file.write_text(f"SCENARIO_API_KEY {SIM_SECRET}\n")
+    with pytest.raises(CredentialsError, match=r"scenario.env:1: expected NAME=value") as bad:
+        Credentials.from_environment(environ)
+    assert SIM_SECRET not in str(bad.value)
+
+
+def test_a_cron_like_run_with_only_the_credentials_file(
+    write: Write,
+    tmp_path: Path,
+    start_simulator: Start,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sim = start_simulator()
+    secrets_file = tmp_path / "scenario.env"
+    secrets_file.write_text(f"SCENARIO_API_KEY={SIM_KEY}\nSCENARIO_API_SECRET={SIM_SECRET}\n")
+    os.chmod(secrets_file, 0o600)
+    monkeypatch.setenv("SCENARIO_CREDENTIALS_FILE", str(secrets_file))
+    manifest = manifest_of(write, ["a", "b"])
+    assert run(sim, manifest, tmp_path / "out", "-q") == 0
+    assert capsys.readouterr() == ("", "")
+    # Wrong credentials: refused before the output directory is made.
+    secrets_file.write_text(f"SCENARIO_API_KEY={SIM_KEY}\nSCENARIO_API_SECRET=wrong\n")
+    assert run(sim, manifest, tmp_path / "never", "-q") == 2
+    assert not (tmp_path / "never").exists()
