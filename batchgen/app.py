@@ -67,15 +67,15 @@ from .errors import (
 )
 from .manifest import Manifest, Unit, count_units, iter_units, load_manifest
 from .manifest.naming import FileNameTemplate, parse_template
-from .manifest.shard import Shard, shard_directories
+from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
 from .scenario.client import ScenarioClient
 from .scenario.download import AssetDownloader
 from .scenario.inputs import ModelSpec, model_from_json
 from .scenario.preflight import Problem, Prompts, check_manifest, read_prompts
 from .store.dataset import write_metadata
 from .store.faults import storage_faults
-from .store.files import stamps_hold
-from .store.journal import JOURNAL_NAME, Journal, Resume, resume_action
+from .store.files import files_not_as_written, stamps_hold
+from .store.journal import JOURNAL_NAME, Journal, Resume, State, resume_action
 from .store.lock import OutputLock, run_in_progress
 from .store.rebuild import Rebuilt, earlier_work, rebuild
 from .store.views import update_views
@@ -214,6 +214,13 @@ class Status:
     states: dict[str, int]
     cost: float
     failures: list[dict[str, Any]]
+    # Images gone, and images whose size or time changed since they were written (a
+    # quick look: batchgen verify hashes them).
+    missing_files: int = 0
+    changed_files: int = 0
+    # Given the manifest: its units, and how many of them are not done yet.
+    manifest_units: int | None = None
+    left: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -602,6 +609,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                 journal.close()
                 raise
             try:
+                journal.remember(MANIFEST_KEY, str(loaded.path.resolve()))
                 for model_id, spec in specs.items():
                     journal.remember(MODEL_KEY + model_id, json.dumps(spec.to_json()))
                 fingerprint = await backend.offload(_fingerprint, loaded, shard)
@@ -619,7 +627,8 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                     if departed > 0:
                         log.warning(
                             "%d units recorded in %s are no longer in the manifest; "
-                            "they are kept, with their lines in results.jsonl",
+                            "they are kept, with their lines in results.jsonl (batchgen "
+                            "prune forgets them)",
                             departed,
                             out_dir,
                         )
@@ -642,6 +651,8 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
 # and the journal's latest change then.  A rerun that finds both unchanged and every
 # file as written has nothing to do, and knows it without expanding a unit.
 COMPLETE_KEY = "complete"
+# The manifest the last run used, for the commands that look after the directory.
+MANIFEST_KEY = "manifest"
 
 
 def _fingerprint(manifest: Manifest, shard: Shard | None) -> str:
@@ -849,17 +860,19 @@ def write_dataset_metadata(journal: Journal, out_dir: Path, *, sharded: bool) ->
 # ---------------------------------------------------------------------- status
 
 
-def status(out: str | Path) -> Status:
+def status(out: str | Path, manifest: str | Path | None = None) -> Status:
     """What the runs in an output directory (or every shard under it) have done so far;
-    also while a run goes on."""
+    also while a run goes on.  Given the manifest, also how much of it is left."""
     root = Path(out)
     places = [root] if (root / JOURNAL_NAME).is_file() else shard_directories(root)
     places = [p for p in places if (p / JOURNAL_NAME).is_file()]
     if not places:
         raise ConfigError(f"{root}: no batchgen journal here (is it a run's output directory?)")
+    loaded = load(manifest) if manifest is not None else None
     counts: Counter[str] = Counter()
     spent = 0.0
     failures: list[dict[str, Any]] = []
+    missing = changed = manifest_units = left = 0
     for place in places:
         journal = Journal(place)
         try:
@@ -870,6 +883,21 @@ def status(out: str | Path) -> Status:
                     {"id": unit_id, "error": error, "permanent": permanent, "job_id": job_id}
                     for unit_id, error, permanent, job_id in journal.failures()
                 )
+                for _, gone in files_not_as_written(place, journal.downloaded_files()):
+                    missing += gone
+                    changed += not gone
+                if loaded is not None:
+                    match = SHARD_DIRECTORY.match(place.name) if place != root else None
+                    shard = Shard(int(match[1]), int(match[2])) if match else None
+                    units = _units(loaded, shard)
+                    while chunk := list(itertools.islice(units, ESTIMATE_CHUNK)):
+                        rows = journal.get_many([unit.id for unit in chunk])
+                        manifest_units += len(chunk)
+                        left += sum(
+                            1
+                            for unit in chunk
+                            if unit.id not in rows or rows[unit.id].state is not State.DOWNLOADED
+                        )
         finally:
             journal.close()
     return Status(
@@ -880,6 +908,10 @@ def status(out: str | Path) -> Status:
         states=dict(counts),
         cost=spent,
         failures=failures,
+        missing_files=missing,
+        changed_files=changed,
+        manifest_units=manifest_units if loaded is not None else None,
+        left=left if loaded is not None else None,
     )
 
 

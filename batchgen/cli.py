@@ -26,9 +26,9 @@ from typing import Any
 
 import anyio
 
-from . import __version__, app
+from . import __version__, app, upkeep
 from . import config as defaults
-from .errors import EXIT_INTERRUPTED, EXIT_OK, BatchgenError, ConfigError
+from .errors import EXIT_FAILED_UNITS, EXIT_INTERRUPTED, EXIT_OK, BatchgenError, ConfigError
 from .manifest.naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
 from .manifest.shard import Shard
 from .ui.display import Display, LineDisplay
@@ -321,8 +321,50 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="what a run has done so far in an output directory (also while it runs)"
     )
     status.add_argument("out", type=Path, metavar="OUT")
+    status.add_argument(
+        "manifest",
+        type=Path,
+        nargs="?",
+        metavar="MANIFEST",
+        help="also say how many of this manifest's units are left to do",
+    )
     status.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(status)
+
+    prune = commands.add_parser(
+        "prune",
+        help="forget the units that left the manifest (their lines in the views, and with "
+        "--delete-files their images); their jobs stay recorded as theirs",
+        epilog="example: batchgen prune output/jobs jobs.yaml --delete-files",
+    )
+    prune.add_argument("out", type=Path, metavar="OUT")
+    prune.add_argument(
+        "manifest",
+        type=Path,
+        nargs="?",
+        metavar="MANIFEST",
+        help="the manifest whose units stay (default: the one the last run used)",
+    )
+    prune.add_argument(
+        "--delete-files", action="store_true", help="also delete the forgotten units' images"
+    )
+    prune.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_verbosity(prune)
+
+    verify = commands.add_parser(
+        "verify",
+        help="hash every image against the journal; with --fix fetch the missing and altered "
+        "ones again from their jobs (never a new job)",
+        epilog="example: batchgen verify output/jobs --fix",
+    )
+    verify.add_argument("out", type=Path, metavar="OUT")
+    verify.add_argument(
+        "--fix", action="store_true", help="download the missing and altered images again"
+    )
+    verify.add_argument("--api-url", help="API base URL (as for run)")
+    verify.add_argument("--project-id", help="Scenario project id (as for run)")
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_verbosity(verify)
 
     sim = commands.add_parser("sim", help="serve the Scenario simulator until stopped")
     sim.add_argument("--host", default="127.0.0.1")
@@ -475,6 +517,10 @@ def _main(argv: Sequence[str] | None) -> int:
             return _sim(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "prune":
+            return _prune(args)
+        if args.command == "verify":
+            return _verify(args)
         if args.command == "models":
             return _models(args)
         return _run(args)
@@ -638,8 +684,39 @@ def _open_display(args: argparse.Namespace, stack: contextlib.ExitStack) -> Disp
     return LineDisplay(args.progress_every)
 
 
+def _prune(args: argparse.Namespace) -> int:
+    pruned = upkeep.prune(args.out, args.manifest, delete_files=args.delete_files)
+    if args.json:
+        print(json.dumps(pruned.to_json()))
+    elif not args.quiet or pruned.units:
+        deleted = f", {pruned.files_deleted} images deleted" if args.delete_files else ""
+        print(f"{args.out}: {pruned.units} units forgotten{deleted}")
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    found = upkeep.verify(args.out, fix=args.fix, api_url=args.api_url, project_id=args.project_id)
+    if args.json:
+        print(json.dumps(found.to_json()))
+    else:
+        broken = len(found.missing) + len(found.altered)
+        if not (args.quiet and broken == 0):
+            print(
+                f"{args.out}: {found.checked} images checked, {len(found.missing)} missing, "
+                f"{len(found.altered)} altered"
+                + (f", {found.fixed} fetched again" if args.fix else "")
+            )
+        for path in found.missing[:STATUS_FAILURES_SHOWN]:
+            print(f"  missing {path}")
+        for path in found.altered[:STATUS_FAILURES_SHOWN]:
+            print(f"  altered {path}")
+        for problem in found.not_fixed:
+            print(f"  not fixed {problem}")
+    return EXIT_OK if found.intact else EXIT_FAILED_UNITS
+
+
 def _status(args: argparse.Namespace) -> int:
-    found = app.status(args.out)
+    found = app.status(args.out, args.manifest)
     if args.json:
         print(json.dumps(found.to_json(), ensure_ascii=False))
         return EXIT_OK
@@ -649,6 +726,13 @@ def _status(args: argparse.Namespace) -> int:
     )
     running = "a run is in progress; " if found.running else ""
     print(f"{found.out}: {running}{states}; cost {found.cost:g} CU")
+    if found.left is not None:
+        print(f"  {found.left} of the manifest's {found.manifest_units} units left to do")
+    if found.missing_files or found.changed_files:
+        print(
+            f"  {found.missing_files} images missing, {found.changed_files} changed since "
+            "written (batchgen verify hashes them; --fix fetches them again)"
+        )
     for failure in found.failures[:STATUS_FAILURES_SHOWN]:
         permanent = " (for good)" if failure["permanent"] else ""
         print(f"  failed {failure['id']}{permanent}: {failure['error']}")

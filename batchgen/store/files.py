@@ -9,7 +9,7 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -81,21 +81,28 @@ def stamps_hold(out_dir: Path, recorded: Iterable[str]) -> bool:
     JSON) still has the size and modification time it was written with: the check of
     a finished batch that nothing was deleted or changed, at one ``stat`` a file.  A
     file recorded without them (an earlier version) fails it, as does any change."""
+    return next(files_not_as_written(out_dir, recorded), None) is None
+
+
+def files_not_as_written(out_dir: Path, recorded: Iterable[str]) -> Iterator[tuple[str, bool]]:
+    """(path, whether it is missing) of each recorded file gone or not as written (size
+    and modification time; one recorded without them counts as changed), lazily."""
     # Paths relative to an open directory: the kernel walks two names, not the whole
     # path, for each of (maybe) millions of files.
     directory = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for files in recorded:
             for entry in json.loads(files or "[]"):
-                if len(entry) != 4:
-                    return False
                 try:
                     status = os.stat(entry[0], dir_fd=directory)
                 except OSError:
-                    return False
-                if status.st_size != entry[2] or status.st_mtime_ns != entry[3]:
-                    return False
-        return True
+                    yield entry[0], True
+                    continue
+                if len(entry) != 4 or (status.st_size, status.st_mtime_ns) != (
+                    entry[2],
+                    entry[3],
+                ):
+                    yield entry[0], False
     finally:
         os.close(directory)
 

@@ -39,7 +39,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,6 +282,43 @@ class Journal:
         """The recorded files (JSON, as kept) of every downloaded unit, a page at a time."""
         for (files,) in self._paged("files", f"state = '{State.DOWNLOADED.value}'"):
             yield files
+
+    def downloaded_units(self) -> Iterator[tuple[str, str | None, str, str | None]]:
+        """(unit id, job id, files as kept, results line) of every downloaded unit."""
+        yield from self._paged("id, job_id, files, result", f"state = '{State.DOWNLOADED.value}'")
+
+    def departed(self, current: Iterable[str]) -> Iterator[tuple[str, str | None]]:
+        """(unit id, files as kept) of every unit not among ``current`` (the ids of a
+        manifest's units, read once into a temporary table: memory does not grow with
+        them), for :meth:`forget_departed`."""
+        with self._lock:
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS current (id TEXT PRIMARY KEY)")
+            self._db.execute("DELETE FROM current")
+            batch: list[tuple[str]] = []
+            for unit_id in current:
+                batch.append((unit_id,))
+                if len(batch) >= READ_PAGE:
+                    self._db.executemany("INSERT OR IGNORE INTO current VALUES (?)", batch)
+                    batch.clear()
+            self._db.executemany("INSERT OR IGNORE INTO current VALUES (?)", batch)
+        yield from self._paged("id, files", "id NOT IN (SELECT id FROM temp.current)")
+
+    def forget_departed(self) -> int:
+        """Forget the units :meth:`departed` found: their rows go; the jobs they had stay
+        theirs (a lost answer can never adopt one).  The views are rewritten next."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = self._db.execute(
+                    "DELETE FROM units WHERE id NOT IN (SELECT id FROM temp.current)"
+                ).rowcount
+                self._db.execute("DELETE FROM meta WHERE key LIKE 'views:%'")
+            except BaseException:
+                self._rollback("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            self._db.execute("DROP TABLE temp.current")
+        return int(gone)
 
     # ---------------------------------------------------------------- views
 

@@ -1,0 +1,217 @@
+"""Looking after an output directory between runs: ``prune`` forgets the units that
+left the manifest, ``verify`` hashes every image against the journal and, asked to,
+fetches the missing and altered ones again from their jobs.  Neither ever buys a job.
+
+::
+
+    import batchgen
+    batchgen.prune("output/jobs", "jobs.yaml", delete_files=True)
+    found = batchgen.verify("output/jobs", fix=True)
+    found.missing, found.altered, found.fixed
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .app import MANIFEST_KEY, RunOptions, _options, _run_sync, load, open_backend
+from .engine.download import _fresh_each_time
+from .engine.policy import Request, with_retries
+from .errors import ApiError, ConfigError, DownloadError
+from .manifest import iter_units
+from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
+from .store.faults import storage_faults
+from .store.files import IMAGES_DIR, sha256_of, stamp_of
+from .store.journal import JOURNAL_NAME, Journal
+from .store.lock import OutputLock
+from .store.views import update_views
+
+log = logging.getLogger(__name__)
+
+
+def places(out: Path) -> list[tuple[Path, Shard | None]]:
+    """The output directories under ``out`` that have a journal, each with its shard."""
+    if (out / JOURNAL_NAME).is_file():
+        match = SHARD_DIRECTORY.match(out.name)
+        return [(out, Shard(int(match[1]), int(match[2])) if match else None)]
+    found: list[tuple[Path, Shard | None]] = [
+        (place, Shard.parse(f"{m[1]}/{m[2]}"))
+        for place in shard_directories(out)
+        if (place / JOURNAL_NAME).is_file() and (m := SHARD_DIRECTORY.match(place.name))
+    ]
+    if not found:
+        raise ConfigError(f"{out}: no batchgen journal here (is it a run's output directory?)")
+    return found
+
+
+# ---------------------------------------------------------------------- prune
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    units: int
+    files_deleted: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"units": self.units, "files_deleted": self.files_deleted}
+
+
+def prune(
+    out: str | Path, manifest: str | Path | None = None, *, delete_files: bool = False
+) -> Pruned:
+    """Forget every unit the manifest (by default the one the last run used) no longer
+    has: its journal row and its lines in the views go; with ``delete_files`` its
+    images too.  The jobs it had stay recorded as its own, so no lost answer can ever
+    adopt one."""
+    units = files = 0
+    for place, shard in places(Path(out)):
+        with OutputLock(place), storage_faults(place):
+            journal = Journal(place)
+            try:
+                loaded = load(manifest or _last_manifest(journal, place))
+                ids = (u.id for u in iter_units(loaded) if shard is None or shard.holds(u.id))
+                for _, recorded in journal.departed(ids):
+                    if delete_files:
+                        files += _delete(place, recorded)
+                units += journal.forget_departed()
+                update_views(journal, place, metadata=shard is None)
+            finally:
+                journal.close()
+    return Pruned(units, files)
+
+
+def _last_manifest(journal: Journal, place: Path) -> Path:
+    recorded = journal.recall(MANIFEST_KEY).get("")
+    if not recorded:
+        raise ConfigError(f"{place}: no run has recorded its manifest here; name the manifest")
+    return Path(recorded)
+
+
+def _delete(place: Path, recorded: str | None) -> int:
+    deleted = 0
+    for entry in json.loads(recorded or "[]"):
+        path = place / entry[0]
+        # Only ever an image below images/, as the journal recorded it.
+        if path.parent.resolve().is_relative_to((place / IMAGES_DIR).resolve()):
+            try:
+                path.unlink()
+                deleted += 1
+            except FileNotFoundError:
+                pass
+    return deleted
+
+
+# ---------------------------------------------------------------------- verify
+
+
+@dataclass(slots=True)
+class Verification:
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    altered: list[str] = field(default_factory=list)
+    fixed: int = 0
+    not_fixed: list[str] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        broken = len(self.missing) + len(self.altered)
+        return broken == self.fixed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "missing": self.missing,
+            "altered": self.altered,
+            "fixed": self.fixed,
+            "not_fixed": self.not_fixed,
+        }
+
+
+def verify(out: str | Path, *, fix: bool = False, **options: Any) -> Verification:
+    """Hash every image the journal records against its sha256.  With ``fix``, fetch
+    each missing or altered one again from its job (fresh signed URLs): never a new
+    job.  ``options`` are ``run``'s connection options (``api_url``, ``simulate``, …)."""
+    return _run_sync(lambda: averify(out, fix=fix, **options))
+
+
+async def averify(out: str | Path, *, fix: bool = False, **options: Any) -> Verification:
+    found = Verification()
+    opts = _options(options)
+    for place, _ in places(Path(out)):
+        with OutputLock(place), storage_faults(place):
+            journal = Journal(place)
+            try:
+                broken = _check(journal, place, found)
+                if fix and broken:
+                    await _fix(journal, place, broken, opts, found)
+            finally:
+                journal.close()
+    return found
+
+
+# (unit id, job id, files as recorded, results line, how many of the files are bad)
+Broken = list[tuple[str, str, list[list[Any]], dict[str, Any], int]]
+
+
+def _check(journal: Journal, place: Path, found: Verification) -> Broken:
+    """The downloaded units with a file missing or altered (hashing every file)."""
+    broken: Broken = []
+    for unit_id, job_id, recorded, result in journal.downloaded_units():
+        files = json.loads(recorded or "[]")
+        bad = 0
+        for entry in files:
+            found.checked += 1
+            path = place / entry[0]
+            shown = path.relative_to(place.parent).as_posix()
+            if not path.is_file():
+                found.missing.append(shown)
+                bad += 1
+            elif sha256_of(path) != entry[1]:
+                found.altered.append(shown)
+                bad += 1
+        if bad and job_id and result:
+            broken.append((unit_id, job_id, files, json.loads(result), bad))
+    return broken
+
+
+async def _fix(
+    journal: Journal, place: Path, broken: Broken, options: RunOptions, found: Verification
+) -> None:
+    async with open_backend(options) as backend:
+        retry = backend.settings.retry
+        for unit_id, job_id, files, result, bad in broken:
+            try:
+                job = await with_retries(
+                    Request.OTHER_READ, functools.partial(backend.client.get_job, job_id), retry
+                )
+                assets = await with_retries(
+                    Request.OTHER_READ,
+                    functools.partial(backend.client.get_assets, job.asset_ids),
+                    retry,
+                )
+                if len(assets) != len(files):
+                    raise DownloadError("the job lists other images now", transient=False)
+                fetched: list[tuple[str, str]] = []
+                for asset, entry in zip(assets, files, strict=True):
+                    destination = place / entry[0]
+                    got = await with_retries(
+                        Request.DOWNLOAD,
+                        _fresh_each_time(
+                            backend.client, backend.downloader, asset, destination, None, True
+                        ),
+                        retry,
+                    )
+                    if got.sha256 != entry[1]:
+                        raise DownloadError("the job's image is not the one recorded")
+                    fetched.append((entry[0], got.sha256))
+            except (DownloadError, ApiError) as exc:  # reported per unit; the rest go on
+                found.not_fixed.append(f"{unit_id}: {exc}")
+                continue
+            stamps = [stamp_of(place / path) for path, _ in fetched]
+            journal.downloaded(unit_id, fetched, result, stamps)
+            found.fixed += bad
