@@ -455,3 +455,36 @@ def test_units_are_numbered_in_manifest_order(write: Write) -> None:
     )
     assert [u.index for u in units] == list(range(6))
     assert [u.prompt for u in units[4:]] == ["one", "two"]
+
+
+def test_a_prompts_file_names_its_caption_column_and_the_columns_kept(write: Write) -> None:
+    write("p.csv", "caption,sku,colour,junk\nred mug,A1,red,x\n")
+    write("p.jsonl", '{"text": "blue mug", "sku": "B2", "junk": 1}\n')
+    (csv_unit, jsonl_unit) = units_of(
+        write,
+        BASE + "columns: [sku]\njobs:\n"
+        "  - {prompts_file: p.csv, prompt_column: caption}\n"
+        "  - {prompts_file: p.jsonl, prompt_column: text}\n",
+    )
+    assert (csv_unit.prompt, dict(csv_unit.metadata)) == ("red mug", {"sku": "A1"})
+    assert (jsonl_unit.prompt, dict(jsonl_unit.metadata)) == ("blue mug", {"sku": "B2"})
+
+
+@pytest.mark.parametrize(
+    ("entry", "line", "field", "message"),
+    [
+        ("{prompts_file: p.csv, prompt_column: text}", 1, "text", "no 'text' column"),
+        ("{prompts_file: p.csv, columns: [sku, size]}", 1, "size", "not in the header"),
+        ("{prompt: a, prompt_column: caption}", 5, "jobs[0].prompt_column", "prompts_file"),
+        ("{prompts_file: p.csv, columns: [prompt]}", 5, "jobs[0].columns", "is the prompt"),
+        ("{prompts_file: p.csv, columns: sku}", 5, "jobs[0].columns", "list of column names"),
+    ],
+)
+def test_bad_column_choices_name_their_place(
+    write: Write, entry: str, line: int, field: str, message: str
+) -> None:
+    write("p.csv", "prompt,sku\nred mug,A1\n")
+    with pytest.raises(ManifestError) as caught:
+        count_units(load_manifest(write("m.yaml", BASE + f"jobs:\n  - {entry}\n")))
+    assert (caught.value.line, caught.value.field) == (line, field)
+    assert message in caught.value.message

@@ -33,6 +33,8 @@ TOP_LEVEL_KEYS = (
     "output",
     "filename",
     "concurrency",
+    "prompt_column",
+    "columns",
     "jobs",
 )
 ENTRY_KEYS = (
@@ -47,6 +49,8 @@ ENTRY_KEYS = (
     "sizes",
     "params",
     "count",
+    "prompt_column",
+    "columns",
 )
 # Set by their own fields; a second way to set them would make the digest ambiguous.
 RESERVED_PARAMS = ("prompt", "width", "height", "aspectRatio")
@@ -267,6 +271,9 @@ def load_manifest(path: str | Path) -> Manifest:
             filename = parse_template(template)
         except ConfigError as exc:
             raise reader.fail(top["filename"], "filename", str(exc)) from exc
+    for key in ("prompt_column", "columns"):
+        if key in top:
+            defaults[key] = (top[key], key)
     concurrency = None
     if "concurrency" in top:
         concurrency = reader.integer(
@@ -359,6 +366,8 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
         if not prompts_file.is_file():
             raise reader.fail(file_node, f"{name}.prompts_file", f"file not found: {relative}")
 
+    prompt_column, columns = _column_choices(reader, name, items, defaults, prompts_file)
+
     variables: list[tuple[str, tuple[Any, ...]]] = []
     if "vars" in items:
         vars_node = items["vars"]
@@ -401,7 +410,46 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
         param_places=param_places,
         model_line=model_line,
         model_field=model_field,
+        prompt_column=prompt_column,
+        columns=columns,
     )
+
+
+def _column_choices(
+    reader: _Reader,
+    name: str,
+    items: dict[str, yaml.Node],
+    defaults: dict[str, Any],
+    prompts_file: Path | None,
+) -> tuple[str, tuple[str, ...] | None]:
+    """``prompt_column`` and ``columns`` of a prompts file's entry (its own, else the
+    top's)."""
+    found: dict[str, tuple[yaml.Node, str]] = {}
+    for key in ("prompt_column", "columns"):
+        if key in items:
+            found[key] = (items[key], f"{name}.{key}")
+        elif key in defaults:
+            found[key] = defaults[key]
+    if prompts_file is None:
+        for key in ("prompt_column", "columns"):
+            if key in items:
+                raise reader.fail(items[key], f"{name}.{key}", "goes with prompts_file")
+        return "prompt", None
+    prompt_column = "prompt"
+    if "prompt_column" in found:
+        prompt_column = reader.string(*found["prompt_column"])
+    columns: tuple[str, ...] | None = None
+    if "columns" in found:
+        node, where = found["columns"]
+        listed = reader.value(node, where)
+        if not isinstance(listed, list) or not all(isinstance(c, str) and c for c in listed):
+            raise reader.fail(node, where, "must be a list of column names")
+        if len(set(listed)) != len(listed):
+            raise reader.fail(node, where, "names a column twice")
+        if prompt_column in listed:
+            raise reader.fail(node, where, f"{prompt_column!r} is the prompt, not an extra column")
+        columns = tuple(listed)
+    return prompt_column, columns
 
 
 def _entry_sizes(

@@ -66,9 +66,9 @@ def _iter_prompts(manifest: Manifest, entry: Entry) -> Iterator[tuple[str, Mappi
     if suffix == ".txt":
         yield from _read_txt(entry.prompts_file)
     elif suffix == ".csv":
-        yield from _read_csv(entry.prompts_file)
+        yield from _read_csv(entry.prompts_file, entry.prompt_column, entry.columns)
     else:
-        yield from _read_jsonl(entry.prompts_file)
+        yield from _read_jsonl(entry.prompts_file, entry.prompt_column, entry.columns)
 
 
 # A record's columns go into the results and the dataset's metadata as they are.
@@ -99,7 +99,9 @@ def _read_txt(path: Path) -> Iterator[tuple[str, Mapping[str, Any], str]]:
                 yield prompt, empty, f"{path}:{number}"
 
 
-def _read_csv(path: Path) -> Iterator[tuple[str, Mapping[str, Any], str]]:
+def _read_csv(
+    path: Path, prompt_column: str = "prompt", columns: tuple[str, ...] | None = None
+) -> Iterator[tuple[str, Mapping[str, Any], str]]:
     display = str(path)
     with _open_text(path) as handle:
         reader = csv.DictReader(handle)
@@ -107,8 +109,15 @@ def _read_csv(path: Path) -> Iterator[tuple[str, Mapping[str, Any], str]]:
             header = reader.fieldnames
         except (csv.Error, UnicodeDecodeError) as exc:
             raise ManifestError(display, 1, "header", str(exc)) from exc
-        if not header or "prompt" not in header:
-            raise ManifestError(display, 1, "prompt", "the header has no prompt column")
+        if not header or prompt_column not in header:
+            raise ManifestError(
+                display, 1, prompt_column, f"the header has no {prompt_column!r} column"
+            )
+        absent = [column for column in columns or () if column not in header]
+        if absent:
+            raise ManifestError(
+                display, 1, absent[0], "is listed in columns: but is not in the header"
+            )
         rows = _decode_guard(path, iter(reader))
         while True:
             try:
@@ -126,13 +135,19 @@ def _read_csv(path: Path) -> Iterator[tuple[str, Mapping[str, Any], str]]:
                 raise ManifestError(
                     display, line, "row", f"fewer values than the {len(header)} columns"
                 )
-            prompt = row.pop("prompt").strip()
+            prompt = row.pop(prompt_column).strip()
             if not prompt:
-                raise ManifestError(display, line, "prompt", "must not be empty")
-            yield prompt, row, f"{display}:{line}"
+                raise ManifestError(display, line, prompt_column, "must not be empty")
+            yield prompt, _kept(row, columns), f"{display}:{line}"
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, Mapping[str, Any], str]]:
+def _kept(row: dict[str, Any], columns: tuple[str, ...] | None) -> dict[str, Any]:
+    return row if columns is None else {name: row[name] for name in columns if name in row}
+
+
+def _read_jsonl(
+    path: Path, prompt_column: str = "prompt", columns: tuple[str, ...] | None = None
+) -> Iterator[tuple[str, Mapping[str, Any], str]]:
     display = str(path)
     with _open_text(path) as handle:
         for number, raw in enumerate(_decode_guard(path, iter(handle)), start=1):
@@ -152,15 +167,15 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Mapping[str, Any], str]]:
                 )
             if not isinstance(record, dict):
                 raise ManifestError(display, number, "json", "each line must be a JSON object")
-            prompt = record.pop("prompt", None)
+            prompt = record.pop(prompt_column, None)
             if not isinstance(prompt, str):
                 problem = (
                     "missing" if prompt is None else f"must be a string, got {type_name(prompt)}"
                 )
-                raise ManifestError(display, number, "prompt", problem)
+                raise ManifestError(display, number, prompt_column, problem)
             if not prompt.strip():
-                raise ManifestError(display, number, "prompt", "must not be empty")
-            yield prompt.strip(), record, f"{display}:{number}"
+                raise ManifestError(display, number, prompt_column, "must not be empty")
+            yield prompt.strip(), _kept(record, columns), f"{display}:{number}"
 
 
 def _deeper_than(value: Any, limit: int) -> bool:

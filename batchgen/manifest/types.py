@@ -76,6 +76,9 @@ class Entry:
     param_places: Mapping[str, tuple[int, str]] = field(default_factory=dict)
     model_line: int = 0
     model_field: str = "model"
+    # A prompts file's caption column, and the extra columns kept (None: all of them).
+    prompt_column: str = "prompt"
+    columns: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
