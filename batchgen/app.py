@@ -255,10 +255,12 @@ def connection(options: RunOptions) -> tuple[str, Credentials, str | None]:
 
 
 @contextlib.asynccontextmanager
-async def open_backend(options: RunOptions) -> AsyncIterator[Backend]:
+async def open_backend(options: RunOptions, out_dir: Path | None = None) -> AsyncIterator[Backend]:
     """The one place a run's API is opened: the embedded simulator with ``simulate``,
     else the URL and credentials the options and environment give (or whatever
-    ``options.backend`` opens: an API of the caller's own, such as the tests')."""
+    ``options.backend`` opens: an API of the caller's own, such as the tests').  The
+    embedded simulator keeps its jobs in ``out_dir``, so that a killed ``--simulate``
+    run resumes as a real one does: the jobs it made are still there."""
     if options.backend is not None:
         async with options.backend() as given:
             yield given
@@ -273,6 +275,7 @@ async def open_backend(options: RunOptions) -> AsyncIterator[Backend]:
                 api_key=credentials.key,
                 api_secret=credentials.secret,
                 job_seconds=options.sim_job_seconds,
+                state_file=out_dir / SIM_STATE if out_dir is not None else None,
             )
             simulator = await stack.enter_async_context(serve(sim_config))
             base_url = simulator.api_url
@@ -581,7 +584,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
         filename=loaded.filename,
         reconcile_grace=opts.reconcile_grace,
     )
-    async with open_backend(opts) as backend:
+    async with open_backend(opts, out_dir) as backend:
         # Before the output directory is touched: credentials, models and every unit.
         saved = await backend.offload(_saved_specs, out_dir)
         total, specs, _ = await checked_manifest(loaded, backend, saved, opts.max_units)
@@ -651,6 +654,8 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
 # and the journal's latest change then.  A rerun that finds both unchanged and every
 # file as written has nothing to do, and knows it without expanding a unit.
 COMPLETE_KEY = "complete"
+# Where the embedded simulator of --simulate keeps the jobs it made.
+SIM_STATE = Path(".simulator") / "jobs.jsonl"
 # The manifest the last run used, for the commands that look after the directory.
 MANIFEST_KEY = "manifest"
 

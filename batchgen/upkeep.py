@@ -182,7 +182,7 @@ def _check(journal: Journal, place: Path, found: Verification) -> Broken:
 async def _fix(
     journal: Journal, place: Path, broken: Broken, options: RunOptions, found: Verification
 ) -> None:
-    async with open_backend(options) as backend:
+    async with open_backend(options, place) as backend:
         retry = backend.settings.retry
         for unit_id, job_id, files, result, bad in broken:
             try:

@@ -147,3 +147,22 @@ def test_a_cron_like_run_with_only_the_credentials_file(
     secrets_file.write_text(f"SCENARIO_API_KEY={SIM_KEY}\nSCENARIO_API_SECRET=wrong\n")
     assert run(sim, manifest, tmp_path / "never", "-q") == 2
     assert not (tmp_path / "never").exists()
+
+
+def test_a_simulated_run_cut_short_resumes_as_a_real_one(
+    write: Write, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The embedded simulator keeps its jobs in the output directory: the second
+    --simulate run finds the first one's jobs (no "Job not found"), as it would at
+    Scenario."""
+    manifest = manifest_of(write, [f"p{n}" for n in range(4)])
+    out = tmp_path / "out"
+    common = ["run", str(manifest), "--out", str(out), "--simulate", "--poll-interval", "0.1"]
+    assert main([*common, "--sim-job-seconds", "1.5", "--max-runtime", "0.5", "--json"]) == 4
+    first = json.loads(capsys.readouterr().out)
+    assert first["submitted"] == 4 and first["succeeded"] == 0
+    assert main([*common, "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["succeeded"] == 4 and second["submitted"] == 0  # not one job more
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert not [r for r in results if r["error"]]

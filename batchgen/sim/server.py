@@ -185,3 +185,4 @@ async def serve(
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+        simulator.close()

@@ -35,7 +35,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
 from .models import DEFAULT_MODELS, SimModel, model_named, refusal
@@ -142,6 +143,10 @@ class SimConfig:
     # A prompt holding this word is refused (400), as content moderation does: a
     # refusal no check of the model's inputs can foresee.
     moderated_word: str = "forbidden"
+    # Where the jobs it creates are kept, a line each, so that a simulator started
+    # again (the embedded one of a `--simulate` run killed and run again) knows them:
+    # None keeps them in memory only.
+    state_file: Path | None = None
 
 
 @dataclass(slots=True)
@@ -300,6 +305,59 @@ class Simulator:
         # creation, each kept sorted.
         self._changes: list[tuple[float, str]] = []
         self._created: list[tuple[float, str]] = []
+        self._kept: IO[str] | None = None
+        if self.config.state_file is not None:
+            self._reload(self.config.state_file)
+
+    def close(self) -> None:
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
+
+    def _reload(self, path: Path) -> None:
+        """The jobs an earlier simulator kept: each goes on from where it would be now
+        (its times are the server's wall clock), as a real job outlives its client."""
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            try:
+                kept = json.loads(line)
+            except ValueError:
+                continue  # a line a kill cut short: its answer was never sent either
+            job = SimJob(**{**kept["job"], "start": 0.0})
+            job.start = self.clock() - (self.server_wall() - job.created_wall)
+            for asset in kept["assets"]:
+                self.assets[asset["asset_id"]] = SimAsset(**asset)
+            self.jobs[job.job_id] = job
+            self._running.add(job.job_id)
+            self.spent += job.cost
+            self._index(job)
+        # Ids unlike the earlier simulator's, which drew them from the same seed.
+        self._ids = random.Random(f"{self.config.seed}:{len(self.jobs)}:{self.wall()}")
+
+    def _keep(self, job: SimJob) -> None:
+        path = self.config.state_file
+        if path is None:
+            return
+        if self._kept is None:  # opened with the first job: after a --fresh has moved on
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._kept = path.open("a", encoding="utf-8")
+        record = {
+            "job": {name: getattr(job, name) for name in SimJob.__slots__ if name != "start"},
+            "assets": [
+                {
+                    name: getattr(self.assets[asset_id], name)
+                    for name in SimAsset.__slots__
+                    if name != "_bytes"
+                }
+                for asset_id in job.asset_ids
+            ],
+        }
+        # Flushed at once: a process killed right after keeps the job it answered for.
+        self._kept.write(json.dumps(record) + "\n")
+        self._kept.flush()
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -568,6 +626,7 @@ class Simulator:
         self._running.add(job.job_id)
         self.jobs_created_per_body[json.dumps([model.id, body], sort_keys=True)] += 1
         self._index(job)
+        self._keep(job)
         return job
 
     def _index(self, job: SimJob) -> None:
