@@ -319,7 +319,7 @@ class Simulator:
         (its times are the server's wall clock), as a real job outlives its client."""
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
+        except OSError:  # none yet (or no directory there: the run will say so)
             return
         for line in lines:
             try:
