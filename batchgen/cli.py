@@ -31,6 +31,7 @@ from . import config as defaults
 from .errors import EXIT_FAILED_UNITS, EXIT_INTERRUPTED, EXIT_OK, BatchgenError, ConfigError
 from .manifest.naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
 from .manifest.shard import Shard
+from .store.export import DEFAULT_SHARD_SIZE, FORMATS
 from .ui.display import Display, LineDisplay
 
 STATUS_FAILURES_SHOWN = 20
@@ -366,6 +367,32 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(verify)
 
+    export = commands.add_parser(
+        "export",
+        help="write an output directory's images as WebDataset tar shards, Parquet (with the "
+        "image bytes) or a clean imagefolder with a dataset card",
+        epilog="example: batchgen export output/jobs exports/jobs --format webdataset",
+    )
+    export.add_argument("out", type=Path, metavar="OUT")
+    export.add_argument("dest", type=Path, metavar="DEST", help="a new, empty directory")
+    export.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="imagefolder",
+        help="webdataset: KEY.png + KEY.json per sample in tar shards; parquet: an image "
+        "column of bytes, loadable by datasets (needs pyarrow); imagefolder (default): "
+        "images, metadata.jsonl and README.md, no journal",
+    )
+    export.add_argument(
+        "--shard-size",
+        type=_positive_int("--shard-size", 10**7),
+        default=DEFAULT_SHARD_SIZE,
+        metavar="N",
+        help=f"images per tar or Parquet file (default {DEFAULT_SHARD_SIZE})",
+    )
+    export.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_verbosity(export)
+
     sim = commands.add_parser("sim", help="serve the Scenario simulator until stopped")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=0, help="API port (default: any free port)")
@@ -521,6 +548,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return _prune(args)
         if args.command == "verify":
             return _verify(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "models":
             return _models(args)
         return _run(args)
@@ -713,6 +742,15 @@ def _verify(args: argparse.Namespace) -> int:
         for problem in found.not_fixed:
             print(f"  not fixed {problem}")
     return EXIT_OK if found.intact else EXIT_FAILED_UNITS
+
+
+def _export(args: argparse.Namespace) -> int:
+    done = upkeep.export(args.out, args.dest, args.format, shard_size=args.shard_size)
+    if args.json:
+        print(json.dumps(done.to_json()))
+    elif not args.quiet:
+        print(f"{args.dest}: {done.images} images as {done.format}, {len(done.files)} files")
+    return EXIT_OK
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """Looking after an output directory between runs: ``prune`` forgets the units that
 left the manifest, ``verify`` hashes every image against the journal and, asked to,
-fetches the missing and altered ones again from their jobs.  Neither ever buys a job.
+fetches the missing and altered ones again from their jobs, and ``export`` writes the
+images as WebDataset shards, Parquet or a clean imagefolder.  None ever buys a job.
 
 ::
 
@@ -8,10 +9,12 @@ fetches the missing and altered ones again from their jobs.  Neither ever buys a
     batchgen.prune("output/jobs", "jobs.yaml", delete_files=True)
     found = batchgen.verify("output/jobs", fix=True)
     found.missing, found.altered, found.fixed
+    batchgen.export("output/jobs", "exports/jobs-wds", "webdataset", shard_size=1000)
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -25,6 +28,8 @@ from .engine.policy import Request, with_retries
 from .errors import ApiError, ConfigError, DownloadError
 from .manifest import iter_units
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
+from .store.export import DEFAULT_SHARD_SIZE, Exported, Source
+from .store.export import export as write_export
 from .store.faults import storage_faults
 from .store.files import IMAGES_DIR, sha256_of, stamp_of
 from .store.journal import JOURNAL_NAME, Journal
@@ -215,3 +220,36 @@ async def _fix(
             stamps = [stamp_of(place / path) for path, _ in fetched]
             journal.downloaded(unit_id, fetched, result, stamps)
             found.fixed += bad
+
+
+# ---------------------------------------------------------------------- export
+
+
+def export(
+    out: str | Path,
+    dest: str | Path,
+    format: str = "imagefolder",
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> Exported:
+    """Write the images of an output directory (every shard's, from an output root) to
+    ``dest``, a new directory, as ``webdataset``, ``parquet`` or ``imagefolder`` (see
+    :mod:`batchgen.store.export`).  Runs on the directory wait: the lock is held."""
+    root = Path(out)
+    found = places(root)
+    with contextlib.ExitStack() as stack:
+        journals: list[tuple[Path, str, Journal]] = []
+        for place, _ in found:
+            stack.enter_context(OutputLock(place))
+            journal = Journal(place)
+            stack.callback(journal.close)
+            prefix = "" if place == root else f"{place.relative_to(root).as_posix()}/"
+            journals.append((place, prefix, journal))
+        with storage_faults(Path(dest)):
+            return write_export(
+                lambda: [Source(place, prefix, j.results()) for place, prefix, j in journals],
+                Path(dest),
+                format,
+                name=root.resolve().name,
+                shard_size=shard_size,
+            )

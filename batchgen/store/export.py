@@ -1,0 +1,255 @@
+"""A finished output directory as the formats dataset builders load: WebDataset tar
+shards, Parquet with the image bytes, or a clean ``imagefolder`` with a dataset card.
+
+Each reads the journal's downloaded units (every shard's, from an output root) and the
+files on disk, one unit at a time; nothing is held but the current shard.  The rows are
+``metadata.jsonl``'s (:mod:`.dataset`), with the same column rules, so a column cannot
+break the loader in any format.  A file not as recorded (missing, or another sha256)
+stops the export: ``batchgen verify --fix`` first.
+
+- **webdataset**: ``DEST/<name>-000000.tar``, ... of ``--shard-size`` samples each, a
+  sample being ``KEY.<ext>`` (the image) and ``KEY.json`` (its row), ``KEY`` the unit id
+  and image index: the format the ``webdataset`` reader and ``datasets`` load.
+- **parquet**: ``DEST/<name>-000000.parquet``, ... with an ``image`` column of
+  ``{bytes, path}`` and the schema's Hugging Face features, so ``datasets`` reads it as
+  images (needs ``pyarrow``: ``pip install 'batchgen[export]'``).
+- **imagefolder**: ``DEST/images/...`` hard-linked (copied across file systems),
+  ``DEST/metadata.jsonl`` and ``DEST/README.md``, a dataset card whose YAML header says
+  the features, the size, the models and where the prompts came from; no journal, no
+  lock.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .dataset import METADATA_NAME, Kinds, extra_kinds, image_rows, mixed
+from .files import sha256_of
+
+FORMATS = ("webdataset", "parquet", "imagefolder")
+DEFAULT_SHARD_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One output directory's results lines, and where its files are (``prefix``: the
+    path from the root exported to it)."""
+
+    place: Path
+    prefix: str
+    lines: Iterable[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    format: str
+    images: int
+    files: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": self.format, "images": self.images, "files": self.files}
+
+
+class ExportError(ConfigError):
+    """The output cannot be exported as it is (a file missing or altered, a format's
+    library not installed, a destination that is not empty)."""
+
+
+def export(
+    sources: Callable[[], list[Source]],
+    dest: Path,
+    kind: str,
+    *,
+    name: str,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> Exported:
+    """Write the images of ``sources`` (called once a pass: the lines are read twice,
+    first for the columns' kinds) to ``dest`` as ``kind``."""
+    if kind not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {kind!r}")
+    if dest.exists() and any(dest.iterdir()):
+        raise ExportError(f"{dest}: not empty; export into a new directory")
+    kinds = extra_kinds(json.loads(line) for source in sources() for line in source.lines)
+    dest.mkdir(parents=True, exist_ok=True)
+    samples = _samples(sources(), mixed(kinds))
+    if kind == "webdataset":
+        files, images = _webdataset(samples, dest, name, shard_size)
+    elif kind == "parquet":
+        files, images = _parquet(samples, dest, name, shard_size, kinds)
+    else:
+        files, images = _imagefolder(samples, dest, name, kinds)
+    return Exported(kind, images, [str(path) for path in files])
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    key: str
+    path: Path  # the image on disk
+    row: dict[str, Any]  # metadata.jsonl's row, file_name relative to the root exported
+
+
+def _samples(sources: list[Source], as_text: set[str]) -> Iterator[Sample]:
+    for source in sources:
+        for line in source.lines:
+            result = json.loads(line)
+            digests = result.get("sha256") or []
+            for index, row in enumerate(image_rows(result, source.prefix, as_text)):
+                path = source.place / result["files"][index]
+                if not path.is_file() or (
+                    index < len(digests) and sha256_of(path) != digests[index]
+                ):
+                    raise ExportError(
+                        f"{path}: missing or not the image recorded; run batchgen verify "
+                        "--fix first"
+                    )
+                yield Sample(f"{result['id']}_{index}", path, row)
+
+
+def _webdataset(
+    samples: Iterator[Sample], dest: Path, name: str, size: int
+) -> tuple[list[Path], int]:
+    files: list[Path] = []
+    archive: tarfile.TarFile | None = None
+    number = 0
+    for number, sample in enumerate(samples, start=1):
+        if (number - 1) % size == 0:
+            if archive is not None:
+                archive.close()
+            files.append(dest / f"{name}-{len(files):06d}.tar")
+            archive = tarfile.open(files[-1], "w", format=tarfile.USTAR_FORMAT)
+        assert archive is not None
+        suffix = sample.path.suffix.lstrip(".").lower() or "png"
+        archive.add(sample.path, arcname=f"{sample.key}.{suffix}")
+        text = json.dumps(sample.row, ensure_ascii=False).encode()
+        info = tarfile.TarInfo(f"{sample.key}.json")
+        info.size = len(text)
+        info.mtime = int(sample.path.stat().st_mtime)
+        archive.addfile(info, io.BytesIO(text))
+    if archive is not None:
+        archive.close()
+    return files, number
+
+
+def _parquet(
+    samples: Iterator[Sample], dest: Path, name: str, size: int, kinds: Kinds
+) -> tuple[list[Path], int]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ExportError(
+            "--format parquet needs pyarrow: pip install 'batchgen[export]'"
+        ) from None
+    files: list[Path] = []
+    batch: list[Sample] = []
+    images = 0
+    # One schema for every file, whatever columns each file's rows happen to have.
+    columns = _dtypes(kinds)
+    arrow = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64()}
+    arrow["bool"] = pa.bool_()
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    features: dict[str, Any] = {"image": {"_type": "Image"}}
+    features.update({c: {"dtype": t, "_type": "Value"} for c, t in columns.items()})
+    schema = pa.schema(
+        [("image", image), *((column, arrow[kind]) for column, kind in columns.items())],
+        metadata={"huggingface": json.dumps({"info": {"features": features}})},
+    )
+
+    def flush() -> None:
+        rows = [
+            {"image": {"bytes": s.path.read_bytes(), "path": s.path.name}, **s.row} for s in batch
+        ]
+        files.append(dest / f"{name}-{len(files):06d}.parquet")
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), files[-1])
+        batch.clear()
+
+    for sample in samples:
+        images += 1
+        batch.append(sample)
+        if len(batch) >= size:
+            flush()
+    if batch:
+        flush()
+    return files, images
+
+
+OWN_DTYPES = {
+    "file_name": "string",
+    "unit_id": "string",
+    "image_index": "int64",
+    "prompt": "string",
+    "model": "string",
+    "width": "int64",
+    "height": "int64",
+    "params": "string",
+    "seed": "int64",
+    "entry": "string",
+    "repeat": "int64",
+    "job_id": "string",
+    "cost": "float64",
+    "source": "string",
+}
+_EXTRA_DTYPES = {"number": "float64", "bool": "bool"}
+
+
+def _dtypes(kinds: Kinds) -> dict[str, str]:
+    """Every column's one type: batchgen's own, then the extra columns' (numbers as
+    float64, a column of more than one kind as strings)."""
+    extras = {column: _EXTRA_DTYPES.get(kind, "string") for column, kind in sorted(kinds.items())}
+    return {**OWN_DTYPES, **extras}
+
+
+def _imagefolder(
+    samples: Iterator[Sample], dest: Path, name: str, kinds: Kinds
+) -> tuple[list[Path], int]:
+    rows = []
+    models: Counter[str] = Counter()
+    origins: Counter[str] = Counter()
+    for sample in samples:
+        relative = Path(sample.row["file_name"])
+        target = dest / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(sample.path, target)
+        except OSError:
+            shutil.copy2(sample.path, target)
+        rows.append(json.dumps(sample.row, ensure_ascii=False))
+        models[str(sample.row.get("model"))] += 1
+        origins[str(sample.row.get("source") or "").rsplit(":", 1)[0]] += 1
+    metadata = dest / METADATA_NAME
+    metadata.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+    card = dest / "README.md"
+    card.write_text(_card(name, len(rows), models, origins, kinds), encoding="utf-8")
+    return [metadata, card], len(rows)
+
+
+def _card(name: str, images: int, models: Counter[str], origins: Counter[str], kinds: Kinds) -> str:
+    features = [("image", "image"), *_dtypes(kinds).items()]
+    lines = ["---", f"pretty_name: {json.dumps(name)}", "tags:", "- batchgen", "- synthetic"]
+    lines += ["task_categories:", "- text-to-image", "size_categories:", f"- {_size(images)}"]
+    lines += ["dataset_info:", "  features:"]
+    for column, kind in features:
+        lines += [f"  - name: {json.dumps(column)}", f"    dtype: {kind}"]
+    lines += ["  splits:", "  - name: train", f"    num_examples: {images}", "---", ""]
+    lines += [f"# {name}", "", f"{images} images generated with Scenario's API by batchgen.", ""]
+    lines += ["Models:", ""] + [f"- `{m}`: {n} images" for m, n in models.most_common()]
+    lines += ["", "Prompts from:", ""]
+    lines += [f"- `{o or 'the manifest'}`: {n} images" for o, n in origins.most_common()]
+    return "\n".join(lines) + "\n"
+
+
+def _size(images: int) -> str:
+    for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if images < bound:
+            return label
+    return "100K<n<1M" if images < 1_000_000 else "1M<n<10M"
