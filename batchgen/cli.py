@@ -1,13 +1,11 @@
-"""Command line: ``batchgen run | validate | models | status | sim``.
+"""Turn a YAML manifest of image prompts into a folder of images through Scenario's
+generation API, and look after the folder: run, validate, models, status, prune,
+verify, export, sim.
 
-The commands only parse, call :mod:`batchgen.app` and render what it returns.  Known
-errors print as one line on stderr (a line per problem when there are several) with a
-non-zero exit code; set ``BATCHGEN_TRACEBACK=1`` to see the traceback as well.
-
-Exit codes: 0 every unit succeeded, 1 some units failed, 2 invalid input or
-configuration, 3 another run holds the output directory, 4 stopped at --max-runtime
-with work left for the next run, 130 interrupted.
-"""
+The commands only parse, call :mod:`batchgen.app` (and :mod:`batchgen.upkeep`) and
+render what they return.  Known errors print as one line on stderr (a line per problem
+when there are several) with their own exit code (the table is in ``--help`` and the
+README); set ``BATCHGEN_TRACEBACK=1`` to see the traceback as well."""
 
 from __future__ import annotations
 
@@ -18,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -394,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbosity(export)
 
     sim = commands.add_parser("sim", help="serve the Scenario simulator until stopped")
-    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sim.add_argument("--port", type=int, default=0, help="API port (default: any free port)")
     sim.add_argument(
         "--cdn-port", type=int, default=0, help="asset host port (default: any free port)"
@@ -403,7 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--secret", default="sim-secret", help="API secret to accept (default sim-secret)"
     )
-    sim.add_argument("--job-seconds", type=_positive_float("--job-seconds"), default=1.0)
+    sim.add_argument(
+        "--job-seconds",
+        type=_positive_float("--job-seconds"),
+        default=1.0,
+        metavar="SECONDS",
+        help="how long a job takes (default 1)",
+    )
     sim.add_argument("--jitter", type=float, default=0.3, help="job time spread, as a fraction")
     sim.add_argument("--failure-rate", type=float, default=0.0, help="fraction of jobs that fail")
     sim.add_argument(
@@ -447,9 +452,66 @@ def build_parser() -> argparse.ArgumentParser:
         help="how answers travel: 'internet' writes them in 1,400-byte pieces, gzipped and "
         "chunked, 50-150 ms late, and drops connections idle for 2 s (default loopback)",
     )
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seeds the injected faults (default 0)"
+    )
     _add_verbosity(sim)
+    _finish(parser)
     return parser
+
+
+# Every option's value named the same way in every command.
+METAVARS = {
+    "api_url": "URL",
+    "project_id": "ID",
+    "concurrency": "N",
+    "downloads": "N",
+    "out": "DIR",
+    "host": "HOST",
+    "port": "PORT",
+    "cdn_port": "PORT",
+    "key": "KEY",
+    "secret": "SECRET",
+    "in_flight_limit": "N",
+    "credits": "CU",
+}
+POSITIONAL_HELP = {
+    "manifest": "the YAML manifest",
+    "out": "an output directory, or an output root holding --shard directories",
+}
+EXAMPLES = {
+    "run": "examples:\n  batchgen run jobs.yaml\n  batchgen run jobs.yaml --simulate\n"
+    "  batchgen run jobs.yaml -q --run-budget 500 --max-runtime 18000 --log-file run.log",
+    "validate": "example: batchgen validate jobs.yaml",
+    "models": "examples:\n  batchgen models\n  batchgen models model_imagen4-ultra",
+    "status": "examples:\n  batchgen status output/jobs\n"
+    "  batchgen status output/jobs jobs.yaml --json",
+    "sim": "example: batchgen sim --port 8800 --lose-answer-rate 0.1 --network internet",
+}
+CREDENTIALS = (
+    "credentials: SCENARIO_API_KEY and SCENARIO_API_SECRET (or the SDK's SCENARIO_SDK_API_KEY "
+    "and SCENARIO_SDK_API_SECRET), or a file named by SCENARIO_CREDENTIALS_FILE (mode 600); "
+    "SCENARIO_API_URL and SCENARIO_PROJECT_ID as --api-url and --project-id.\n"
+    "exit codes: 0 done, 1 units failed or left, 2 invalid input, 3 directory in use, "
+    "4 --max-runtime, 5 local fault, 6 budget or credits, 130 interrupted."
+)
+
+
+def _finish(parser: argparse.ArgumentParser) -> None:
+    """The same metavars everywhere, a help for every argument, an example a command."""
+    parser.epilog = "\n".join(textwrap.fill(part, 79) for part in CREDENTIALS.split("\n"))
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        if name in EXAMPLES:
+            command.epilog = EXAMPLES[name]
+        for action in command._actions:
+            if action.option_strings and action.nargs != 0 and action.metavar is None:
+                if action.choices is None:
+                    action.metavar = METAVARS.get(action.dest, action.dest.upper())
+            if not action.option_strings and action.help is None:
+                action.help = POSITIONAL_HELP.get(action.dest)
 
 
 def _add_verbosity(parser: argparse.ArgumentParser) -> None:

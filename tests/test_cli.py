@@ -483,3 +483,25 @@ def test_a_live_panel_on_a_terminal(
     assert f"succeeded {UNITS}   failed 0" in shown
     assert "INFO progress:" not in captured.err
     assert captured.out.startswith(f"batchgen: {UNITS} succeeded")
+
+
+def test_every_command_explains_every_argument_and_shows_an_example(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import argparse
+
+    from batchgen.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        assert command.epilog and "batchgen " + name in command.epilog, name
+        for action in command._actions:
+            assert action.help, (name, action.dest)
+            if action.option_strings and action.nargs != 0 and action.choices is None:
+                assert action.metavar and action.metavar.isupper(), (name, action.dest)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = capsys.readouterr().out
+    assert "SCENARIO_CREDENTIALS_FILE" in shown and "exit codes" in shown
+    assert "``" not in shown and "[bold" not in shown
