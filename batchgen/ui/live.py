@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -41,7 +42,9 @@ class LiveDisplay:
     @contextmanager
     def open(cls, console: Console | None = None) -> Iterator[LiveDisplay]:
         console = console or Console(stderr=True)
-        handler = RichHandler(console=console, show_path=False, markup=False)
+        handler = RichHandler(
+            console=console, show_path=False, markup=False, log_time_format=_iso_time
+        )
         handler.setFormatter(logging.Formatter("%(message)s"))
         saved = log.handlers[:]
         # auto_refresh off: redrawing happens in the run's own task, not in a thread.
@@ -93,3 +96,8 @@ def _row(*counts: tuple[str, int, str]) -> Text:
             text.append("   ")
         text.append(f"{label} {count}", style=style)
     return text
+
+
+def _iso_time(moment: datetime) -> Text:
+    """ISO 8601 with the zone, not the locale's date order."""
+    return Text(moment.astimezone().isoformat(timespec="seconds"))
