@@ -36,7 +36,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -443,8 +443,9 @@ async def aestimate(manifest: str | Path, **options: Any) -> Estimate:
     out_dir = output_directory(loaded, opts, shard)
     async with open_backend(opts) as backend:
         saved = await backend.offload(_saved_specs, out_dir)
-        _, _, prompts = await checked_manifest(loaded, backend, saved, opts.max_units)
-        shapes = await backend.offload(_shapes_to_do, loaded, shard, out_dir, opts, prompts)
+        _, specs, prompts = await checked_manifest(loaded, backend, saved, opts.max_units)
+        lists = {model: spec.image_lists for model, spec in specs.items()}
+        shapes = await backend.offload(_shapes_to_do, loaded, shard, out_dir, opts, prompts, lists)
         total = 0.0
         rows: list[Shape] = []
         for model, body, count in shapes.values():
@@ -467,6 +468,7 @@ def _shapes_to_do(
     out_dir: Path,
     options: RunOptions,
     prompts: list[Prompts],
+    lists: Mapping[str, frozenset[str]] | None = None,
 ) -> Shapes:
     """(model, first body, units) per cost shape, of the units still to do.  With no
     journal yet every unit is to do, and the shapes are counted entry by entry from
@@ -476,16 +478,20 @@ def _shapes_to_do(
     try:
         if journal is None or journal.is_empty():
             if shard is None:
-                return _shapes_of_entries(manifest, prompts)
+                return _shapes_of_entries(manifest, prompts, lists)
         elif _still_complete(journal, out_dir, _fingerprint(manifest, shard)):
             return {}
-        return _shapes_of_units(manifest, shard, journal, options)
+        return _shapes_of_units(manifest, shard, journal, options, lists)
     finally:
         if journal is not None:
             journal.close()
 
 
-def _shapes_of_entries(manifest: Manifest, prompts: list[Prompts]) -> Shapes:
+def _shapes_of_entries(
+    manifest: Manifest,
+    prompts: list[Prompts],
+    lists: Mapping[str, frozenset[str]] | None = None,
+) -> Shapes:
     """Every unit's shape without making the units: all of an entry's units of one
     size share a shape (the prompt and seed are taken not to change the cost), so one
     unit of each size stands for the entry's prompts times its count."""
@@ -494,18 +500,26 @@ def _shapes_of_entries(manifest: Manifest, prompts: list[Prompts]) -> Shapes:
         one_entry = dataclasses.replace(manifest, entries=(entry,))
         counted: set[str] = set()
         for unit in itertools.islice(iter_units(one_entry), len(entry.sizes) * entry.count):
-            body = unit.request_body()
+            body = request_for(unit, None, lists=(lists or {}).get(unit.model, ()))
             key = cost_shape(unit.model, body)
             if key in counted:
                 continue
             counted.add(key)
             model, first_body, count = shapes.get(key, (unit.model, body, 0))
-            shapes[key] = (model, first_body, count + seen.count * entry.count)
+            shapes[key] = (
+                model,
+                first_body,
+                count + seen.count * entry.count * max(1, len(entry.images)),
+            )
     return shapes
 
 
 def _shapes_of_units(
-    manifest: Manifest, shard: Shard | None, journal: Journal | None, options: RunOptions
+    manifest: Manifest,
+    shard: Shard | None,
+    journal: Journal | None,
+    options: RunOptions,
+    lists: Mapping[str, frozenset[str]] | None = None,
 ) -> Shapes:
     shapes: Shapes = {}
     units = _units(manifest, shard)
@@ -519,7 +533,7 @@ def _shapes_of_units(
             )
             if action not in (Resume.SUBMIT, Resume.RECONCILE):
                 continue  # done, or its job is already paid for
-            body = unit.request_body()
+            body = request_for(unit, None, lists=(lists or {}).get(unit.model, ()))
             key = cost_shape(unit.model, body)
             model, first_body, count = shapes.get(key, (unit.model, body, 0))
             shapes[key] = (model, first_body, count + 1)
@@ -589,7 +603,12 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
         saved = await backend.offload(_saved_specs, out_dir)
         total, specs, _ = await checked_manifest(loaded, backend, saved, opts.max_units)
         settings = dataclasses.replace(
-            settings, seeds={model: spec.seed_range for model, spec in specs.items()}
+            settings,
+            seeds={model: spec.seed_range for model, spec in specs.items()},
+            image_lists={
+                model: frozenset(i.name for i in spec.inputs.values() if i.type == "file_array")
+                for model, spec in specs.items()
+            },
         )
         if shard is not None:
             total = await backend.offload(lambda: sum(1 for _ in _units(loaded, shard)))

@@ -247,7 +247,7 @@ def export(
             journals.append((place, prefix, journal))
         with storage_faults(Path(dest)):
             return write_export(
-                lambda: [Source(place, prefix, j.results()) for place, prefix, j in journals],
+                lambda: [Source(place, prefix, j.results(), root) for place, prefix, j in journals],
                 Path(dest),
                 format,
                 name=root.resolve().name,

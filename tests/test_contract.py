@@ -90,6 +90,31 @@ def test_the_official_sdk_reads_every_answer_batchgen_relies_on(
     assert client.jobs.retrieve(job_id).job.job_id == job_id
 
 
+def test_uploads_as_the_sdk_types_them(start_simulator: Callable[..., Simulator]) -> None:
+    import base64
+
+    from batchgen.sim.png import make_png
+
+    sim = start_simulator(job_seconds=0.0, jitter=0.0)
+    client = sdk.Scenario(
+        api_key=SIM_KEY, api_secret=SIM_SECRET, base_url=f"{sim.api_url}/v1", max_retries=0
+    )
+    image = base64.b64encode(make_png(8, 8, "upload")).decode()
+    uploaded = client.assets.with_raw_response.upload(name="batchgen-abc.png", image=image)
+    asset = strictly(types.AssetUploadResponse, uploaded.http_response.json()).asset
+    assert asset.id in sim.uploads and asset.metadata.name == "batchgen-abc.png"
+    listed = client.assets.with_raw_response.list(
+        type="uploaded", created_after="2000-01-01T00:00:00.000Z"
+    ).http_response.json()
+    items = [strictly(types.AssetListResponse, item) for item in listed["assets"]]
+    assert [item.id for item in items] == [asset.id]
+    body = {"prompt": "ink", "image": asset.id, "width": 64, "height": 64}
+    made = client.generate.with_raw_response.run_model("model_sim-img2img", body=body)
+    assert strictly(types.GenerateRunModelResponse, made.http_response.json()).job.job_id
+    with pytest.raises(sdk.BadRequestError, match="asset_unknown not found"):
+        client.generate.run_model("model_sim-img2img", body={**body, "image": "asset_unknown"})
+
+
 def test_the_simulator_refuses_what_a_model_does_not_take_as_the_api_does(
     start_simulator: Callable[..., Simulator],
 ) -> None:

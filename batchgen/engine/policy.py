@@ -38,11 +38,16 @@ RATE_LIMITED_SUBMIT_ATTEMPTS = 40
 
 class Request(enum.Enum):
     SUBMIT = "submit"
+    UPLOAD = "upload"  # an input image: like a submission, it makes something
     JOB_STATUS = "job status"
     JOB_LIST = "job list"
     ASSET_LOOKUP = "asset lookup"
     DOWNLOAD = "download"
     OTHER_READ = "read"
+
+
+# The requests that make something at the server (and whose lost answers are found).
+MAKES = (Request.SUBMIT, Request.UPLOAD)
 
 
 class Action(enum.Enum):
@@ -67,7 +72,7 @@ def decide(request: Request, error: BaseException) -> Action:
         case RateLimitedError() | TransientApiError():
             return Action.RETRY
         case MalformedResponseError():
-            return Action.FAIL_UNIT if request is Request.SUBMIT else Action.RETRY
+            return Action.FAIL_UNIT if request in MAKES else Action.RETRY
         case OutOfCreditsError():
             return Action.STOP_SUBMITTING
         case ModelRestrictedError():
@@ -75,7 +80,7 @@ def decide(request: Request, error: BaseException) -> Action:
         case PermanentApiError():
             # A request refused for what it is fails the same way again; a job or asset
             # the API no longer knows makes the unit start over on the next run.
-            return Action.FAIL_FOR_GOOD if request is Request.SUBMIT else Action.FAIL_UNIT
+            return Action.FAIL_FOR_GOOD if request in MAKES else Action.FAIL_UNIT
         case DownloadError():
             return Action.RETRY if error.transient else Action.FAIL_UNIT
         case ApiError():

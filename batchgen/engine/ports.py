@@ -37,6 +37,10 @@ class Api(Protocol):
 
     async def jobs_updated_after(self, since: datetime) -> list[JobRecord]: ...
 
+    async def upload_image(self, name: str, content: bytes) -> str: ...
+
+    async def uploads_created_after(self, since: datetime) -> dict[str, str]: ...
+
 
 async def inline(call: Callable[..., T], *args: Any) -> T:
     """Run blocking work right here: the offload for tests on virtual time."""

@@ -45,7 +45,7 @@ from ..manifest.naming import DEFAULT_FILENAME, FileNameTemplate
 from ..scenario.records import JobRecord
 from ..store.commits import GroupCommit
 from ..store.faults import storage_faults
-from ..store.files import IMAGES_DIR, files_intact, stamp_of
+from ..store.files import IMAGES_DIR, INPUTS_DIR, files_intact, keep_copy, stamp_of
 from ..store.journal import Journal, Resume, Row, resume_action
 from ..store.results import UnitResult
 from .download import AssetResolver, download_job
@@ -62,6 +62,7 @@ from .submit import (
     server_time,
 )
 from .summary import FAILURES_KEPT, Summary
+from .uploads import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class EngineSettings:
     # Each model's seed range, for the models that take a seed: a unit the manifest
     # gives no seed gets one drawn from its id (see submit.request_for).
     seeds: Mapping[str, SeedRange | None] = field(default_factory=dict)
+    # Each model's image inputs that take several (type file_array): they get a list.
+    image_lists: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 class Plan(NamedTuple):
@@ -159,6 +162,15 @@ class Engine:
             self._rng,
             grace=settings.reconcile_grace,
         )
+        self.uploader = Uploader(
+            api,
+            journal,
+            self._commits,
+            retry,
+            self._rng,
+            self._offload,
+            grace=settings.reconcile_grace,
+        )
         self._submitter = Submitter(
             api,
             journal,
@@ -171,6 +183,8 @@ class Engine:
             budget=budget,
             claimed=self._claimed,
             seeds=settings.seeds,
+            uploads=self.uploader,
+            image_lists=settings.image_lists,
         )
 
     @property
@@ -443,9 +457,38 @@ class Engine:
             self.summary.downloading -= 1
         asked = unit.params.get("seed")
         seed = asked if isinstance(asked, int) and not isinstance(asked, bool) else got.seed
+        inputs = await self._offload(self._keep_inputs, unit) if unit.inputs else None
         return UnitResult.success(
-            unit, job_id=job.job_id, files=got.files, cost=cost, seed=seed, sizes=got.sizes
+            unit,
+            job_id=job.job_id,
+            files=got.files,
+            cost=cost,
+            seed=seed,
+            sizes=got.sizes,
+            inputs=inputs,
         )
+
+    def _keep_inputs(self, unit: Unit) -> dict[str, list[dict[str, Any]]]:
+        """A copy of each image the unit was made from, in ``inputs/``, so that the
+        dataset holds its pairs; and what each was."""
+        out = self._settings.output_dir
+        kept: dict[str, list[dict[str, Any]]] = {}
+        for name, images, _ in unit.inputs:
+            kept[name] = []
+            for image in images:
+                relative = f"{INPUTS_DIR}/{image.sha256}{image.path.suffix.lower()}"
+                with storage_faults(out / INPUTS_DIR):
+                    keep_copy(image.path, out / relative)
+                kept[name].append(
+                    {
+                        "path": str(image.path),
+                        "sha256": image.sha256,
+                        "asset_id": self.uploader.asset_of(image.sha256)
+                        or (self._journal.upload(image.sha256) or ("", None, None))[1],
+                        "file": relative,
+                    }
+                )
+        return kept
 
     # ---------------------------------------------------------------- recording
 

@@ -14,10 +14,10 @@ import functools
 import json
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -60,16 +60,51 @@ class UnitFailed(Exception):
 SeedRange = tuple[int, int]
 
 
-def request_for(unit: Unit, seeds: SeedRange | None) -> dict[str, Any]:
+class Uploads(Protocol):
+    """What the submitter needs of the uploader (:mod:`.uploads`)."""
+
+    async def assets_for(self, unit: Unit) -> dict[str, list[str]]: ...
+
+
+def request_for(
+    unit: Unit,
+    seeds: SeedRange | None,
+    assets: Mapping[str, list[str]] | None = None,
+    lists: Collection[str] = (),
+) -> dict[str, Any]:
     """The body a unit's POST sends.  Where the model takes a seed (``seeds`` is its
     range) and the manifest gives none, one is drawn from the unit's id: no two units
     ever send the same body, on this machine or any other, so a lost answer's job can
-    only be its own unit's.  ``seed: random`` leaves the seed to the API."""
+    only be its own unit's.  ``seed: random`` leaves the seed to the API.  Its images go
+    by their asset ids (``assets``, by input; a list to the inputs in ``lists``, which
+    take several); without them (a dry run, which uploads nothing) a one-pixel image
+    stands in."""
     body = unit.request_body()
     if seeds is not None and "seed" not in body and "seed" not in unit.params:
         low, high = seeds
         body["seed"] = low + int(unit.id[:12], 16) % (high - low + 1)
+    for name, images, _ in unit.inputs:
+        ids = assets[name] if assets is not None else [STAND_IN_IMAGE] * len(images)
+        body[name] = ids if name in lists else ids[0]
     return body
+
+
+# A one-pixel PNG as a data URL (which image inputs take as well as an asset id): what
+# a dry run sends for an image, since the cost does not depend on it.
+STAND_IN_IMAGE = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8"
+    "z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+def _image_count(value: Any) -> str:
+    return f"{len(value) if isinstance(value, list) else 1} image(s)"
+
+
+def _is_image(value: Any) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(_is_image(one) for one in value)
+    return isinstance(value, str) and value.startswith(("asset_", "data:image/"))
 
 
 def server_time(value: str) -> datetime:
@@ -86,8 +121,13 @@ def request_key(model: str, body: dict[str, Any]) -> str:
 
 
 def cost_shape(model: str, body: dict[str, Any]) -> str:
-    """What a job's cost depends on: everything in the request but prompt and seed."""
-    rest = {k: v for k, v in body.items() if k not in ("prompt", "seed")}
+    """What a job's cost depends on: everything in the request but prompt, seed and
+    which images it is given."""
+    rest = {
+        k: _image_count(v) if _is_image(v) else v
+        for k, v in body.items()
+        if k not in ("prompt", "seed")
+    }
     return json.dumps([model, rest], sort_keys=True)
 
 
@@ -112,7 +152,11 @@ class Submitter:
         budget: float | None,
         claimed: set[str],
         seeds: Mapping[str, SeedRange | None] | None = None,
+        uploads: Uploads | None = None,
+        image_lists: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
+        self._uploads = uploads
+        self._image_lists = image_lists or {}
         self._api = api
         # Each model's seed range, for a model that takes a seed (see request_for).
         self._seeds = seeds or {}
@@ -144,7 +188,11 @@ class Submitter:
         the manifest asks for)."""
         if unit.model in self._refused_models:
             raise UnitFailed(self._refused_models[unit.model], permanent=True)
-        body = request_for(unit, self._seeds.get(unit.model))
+        assets = None
+        if unit.inputs and self._uploads is not None:
+            assets = await self._uploads.assets_for(unit)  # each new image uploaded once
+        lists = self._image_lists.get(unit.model, frozenset())
+        body = request_for(unit, self._seeds.get(unit.model), assets, lists)
         key = request_key(unit.model, body)
         if lost_at is not None:
             # The lost POST's own request is what recognises its job.

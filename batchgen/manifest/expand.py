@@ -14,12 +14,13 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_MAX_UNITS
 from ..errors import ManifestError
 from .prompts import iter_entry_prompts
-from .types import Entry, Manifest, Size, Unit
+from .types import Entry, ImageInput, InputImage, Manifest, Size, Unit
 
 UNIT_ID_HEX_DIGITS = 20
 # params.seed: per-unit derives each unit's seed from its id (see seed_for), and is in
@@ -35,6 +36,11 @@ def iter_units(manifest: Manifest) -> Iterator[Unit]:
     occurrences: dict[bytes, int] = {}
     index = 0
     for entry in manifest.entries:
+        if entry.images or entry.inputs:
+            for unit in _units_with_images(manifest, entry, occurrences, index):
+                index += 1
+                yield unit
+            continue
         # Everything in the canonical request but the prompt is fixed per entry and size:
         # encode it once, not once per prompt (this loop runs millions of times).
         model_json = json.dumps(entry.model, ensure_ascii=False)
@@ -72,6 +78,91 @@ def iter_units(manifest: Manifest) -> Iterator[Unit]:
                     index += 1
 
 
+def _units_with_images(
+    manifest: Manifest, entry: Entry, occurrences: dict[bytes, int], index: int
+) -> Iterator[Unit]:
+    """An entry's units when it sends images: for each file of ``images:`` (or once,
+    without), each prompt, size and repeat.  The images are in the id by their sha256."""
+    fixed = [
+        (given.name, tuple(hashed(path) for path in given.files), given.many)
+        for given in entry.inputs
+        if given.column is None
+    ]
+    by_column = [given for given in entry.inputs if given.column is not None]
+    derive_seed = entry.params.get("seed") == PER_UNIT_SEED
+    for image in entry.images or (None,):
+        inputs = list(fixed)
+        if image is not None:
+            inputs.insert(0, (entry.image_input, (hashed(image),), False))
+        for prompt, metadata, source in iter_entry_prompts(manifest, entry):
+            unit_inputs = inputs + [
+                (given.name, (_column_image(manifest, given, metadata, source),), False)
+                for given in by_column
+            ]
+            shown = {
+                name: [i.sha256 for i in images] if many else images[0].sha256
+                for name, images, many in unit_inputs
+            }
+            for size in entry.sizes:
+                request = canonical_request(entry.model, prompt, size, entry.params, shown)
+                key = hashlib.sha256(request.encode()).digest()[:12]
+                first_repeat = occurrences.get(key, 0)
+                occurrences[key] = first_repeat + entry.count
+                for repeat in range(first_repeat, first_repeat + entry.count):
+                    identity = unit_id(request, repeat)
+                    params = entry.params
+                    if derive_seed:
+                        params = {**entry.params, "seed": seed_for(identity)}
+                    yield Unit(
+                        id=identity,
+                        entry=entry.label,
+                        model=entry.model,
+                        prompt=prompt,
+                        width=size.width,
+                        height=size.height,
+                        params=params,
+                        repeat=repeat,
+                        source=source,
+                        metadata=metadata,
+                        index=index,
+                        aspect_ratio=size.ratio,
+                        inputs=tuple(unit_inputs),
+                    )
+                    index += 1
+
+
+def _column_image(
+    manifest: Manifest, given: ImageInput, metadata: Mapping[str, Any], source: str
+) -> InputImage:
+    path, _, line = source.rpartition(":")
+    value = metadata.get(given.column or "")
+    if not isinstance(value, str) or not value.strip():
+        raise ManifestError(path, int(line), str(given.column), "no image file named here")
+    file = manifest.path.parent / value.strip()
+    if not file.is_file():
+        raise ManifestError(path, int(line), str(given.column), f"file not found: {value}")
+    return hashed(file)
+
+
+# What each image file hashed to, by (path, size, modification time): a file is read
+# once however many units send it.
+_HASHES: dict[tuple[str, int, int], InputImage] = {}
+
+
+def hashed(path: Path) -> InputImage:
+    """The file as a unit sends it: path, sha256 and size."""
+    status = path.stat()
+    key = (str(path), status.st_size, status.st_mtime_ns)
+    found = _HASHES.get(key)
+    if found is None:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        found = _HASHES[key] = InputImage(path, digest.hexdigest(), status.st_size)
+    return found
+
+
 def seed_for(identity: str) -> int:
     """A seed drawn from a unit id: stable, and spread over 0 .. 2**31 - 1."""
     return int(identity[:8], 16) & SEED_MASK
@@ -104,13 +195,13 @@ class UnitBound:
             if entry.prompt is None:
                 continue
             prompts = math.prod(len(values) for _, values in entry.variables)
-            planned += prompts * len(entry.sizes) * entry.count
+            planned += prompts * entry.units_per_prompt
             if planned > max_units:
                 raise self._too_many(entry)
 
     def add(self, entry: Entry) -> None:
         """Count one prompt of ``entry`` (its sizes times its count in units)."""
-        self.total += len(entry.sizes) * entry.count
+        self.total += entry.units_per_prompt
         if self.total > self.max_units:
             raise self._too_many(entry)
 
@@ -129,13 +220,23 @@ def unit_id(canonical_request: str, repeat: int) -> str:
     return digest[:UNIT_ID_HEX_DIGITS]
 
 
-def canonical_request(model: str, prompt: str, size: Size, params: Mapping[str, Any]) -> str:
+def canonical_request(
+    model: str,
+    prompt: str,
+    size: Size,
+    params: Mapping[str, Any],
+    images: Mapping[str, Any] | None = None,
+) -> str:
     """The definition of what a unit id digests: ``[model, prompt, width, height,
     params]``, where an aspect ratio stands in the width's place with a null height, and
-    no size is two nulls.  :func:`iter_units` builds the same string piecewise, and a
-    test holds the two equal."""
+    no size is two nulls; a unit that sends images adds ``{input: sha256 or [sha256,
+    ...]}``.  :func:`iter_units` builds the same string piecewise, and a test holds the
+    two equal."""
     first = size.ratio if size.ratio is not None else size.width
-    return _canonical_json([model, prompt, first, size.height, params])
+    request: list[Any] = [model, prompt, first, size.height, params]
+    if images:
+        request.append(images)
+    return _canonical_json(request)
 
 
 def _canonical_json(value: Any) -> str:

@@ -9,6 +9,7 @@ anything is sent or written.
 from __future__ import annotations
 
 import difflib
+import glob
 import math
 import re
 import string
@@ -22,7 +23,7 @@ from ..errors import ConfigError, ManifestError
 from .expand import PER_UNIT_SEED, RANDOM_SEED
 from .naming import DEFAULT_FILENAME, parse_template
 from .prompts import PROMPT_FILE_SUFFIXES, type_name
-from .types import NO_SIZE, Entry, Manifest, Size
+from .types import NO_SIZE, Entry, ImageInput, Manifest, Size
 
 TOP_LEVEL_KEYS = (
     "model",
@@ -51,6 +52,9 @@ ENTRY_KEYS = (
     "count",
     "prompt_column",
     "columns",
+    "images",
+    "image_input",
+    "inputs",
 )
 # Set by their own fields; a second way to set them would make the digest ambiguous.
 RESERVED_PARAMS = ("prompt", "width", "height", "aspectRatio")
@@ -367,6 +371,17 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
             raise reader.fail(file_node, f"{name}.prompts_file", f"file not found: {relative}")
 
     prompt_column, columns = _column_choices(reader, name, items, defaults, prompts_file)
+    images: tuple[Path, ...] = ()
+    if "images" in items:
+        images = _image_files(reader, items["images"], f"{name}.images")
+    image_input = "image"
+    if "image_input" in items:
+        image_input = reader.string(items["image_input"], f"{name}.image_input")
+    inputs = _image_inputs(reader, name, items, prompts_file is not None)
+    if images and any(given.name == image_input for given in inputs):
+        raise reader.fail(
+            items["images"], f"{name}.images", f"{image_input!r} is given in inputs too"
+        )
 
     variables: list[tuple[str, tuple[Any, ...]]] = []
     if "vars" in items:
@@ -412,7 +427,78 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
         model_field=model_field,
         prompt_column=prompt_column,
         columns=columns,
+        images=images,
+        image_input=image_input,
+        images_line=items["images"].start_mark.line + 1 if "images" in items else 0,
+        inputs=inputs,
     )
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+
+
+def _image_files(reader: _Reader, node: yaml.Node, where: str) -> tuple[Path, ...]:
+    """``images:``: a file, a directory (its images), or a glob (``sketches/*.png``,
+    ``**`` for every level), or a list of them, relative to the manifest; in order."""
+    given = reader.value(node, where)
+    patterns = given if isinstance(given, list) else [given]
+    if not patterns or not all(isinstance(p, str) and p.strip() for p in patterns):
+        raise reader.fail(node, where, "must be a path, a directory, a glob, or a list of them")
+    found: list[Path] = []
+    for pattern in patterns:
+        if pattern.startswith(("http://", "https://")):
+            raise reader.fail(node, where, "URLs are not taken yet: download the images first")
+        base = reader.path.parent / pattern
+        if base.is_dir():
+            matches = sorted(p for p in base.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif any(ch in pattern for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(str(base), recursive=True))
+        else:
+            matches = [base]
+        files = [p for p in matches if p.is_file()]
+        if not files:
+            raise reader.fail(node, where, f"{pattern!r} names no image file")
+        found.extend(files)
+    if len(set(found)) != len(found):
+        raise reader.fail(node, where, "names a file twice")
+    return tuple(found)
+
+
+def _image_inputs(
+    reader: _Reader, name: str, items: dict[str, yaml.Node], from_file: bool
+) -> tuple[ImageInput, ...]:
+    """``inputs:``: model input -> a file, a list of files (an input that takes
+    several), or ``{column: NAME}``, a prompts file's column naming each prompt's file."""
+    if "inputs" not in items:
+        return ()
+    found = []
+    for input_name, node in reader.mapping(items["inputs"], f"{name}.inputs", ()).items():
+        where = f"{name}.inputs.{input_name}"
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            choice = reader.mapping(node, where, ("column",))
+            if "column" not in choice:
+                raise reader.fail(node, where, "give {column: NAME}")
+            if not from_file:
+                raise reader.fail(node, where, "a column goes with prompts_file")
+            column = reader.string(choice["column"], f"{where}.column")
+            found.append(ImageInput(input_name, column=column, line=line, field=where))
+            continue
+        given = reader.value(node, where)
+        many = isinstance(given, list)
+        paths = given if many else [given]
+        if not paths or not all(isinstance(p, str) and p.strip() for p in paths):
+            raise reader.fail(node, where, "must be a file, a list of files, or {column: NAME}")
+        files = []
+        for path in paths:
+            if path.startswith(("http://", "https://")):
+                raise reader.fail(node, where, "URLs are not taken yet: download the file first")
+            file = reader.path.parent / path
+            if not file.is_file():
+                raise reader.fail(node, where, f"file not found: {path}")
+            files.append(file)
+        found.append(ImageInput(input_name, tuple(files), many, line=line, field=where))
+    return tuple(found)
 
 
 def _column_choices(

@@ -57,6 +57,30 @@ NO_SIZE = Size()
 
 
 @dataclass(frozen=True, slots=True)
+class ImageInput:
+    """Images a model input receives: the same files for every unit of an entry, or
+    for each prompt of a prompts file the file its ``column`` names (relative to the
+    manifest).  ``many``: given as a list (an input of ``type: file_array``)."""
+
+    name: str
+    files: tuple[Path, ...] = ()
+    many: bool = False
+    column: str | None = None
+    line: int = 0
+    field: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InputImage:
+    """One image a unit sends: where it is, and what it is (its sha256, which is what
+    the unit's id covers: moving the folder changes nothing, changing the file does)."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One item of ``jobs:`` with the manifest's defaults already applied."""
 
@@ -79,6 +103,17 @@ class Entry:
     # A prompts file's caption column, and the extra columns kept (None: all of them).
     prompt_column: str = "prompt"
     columns: tuple[str, ...] | None = None
+    # ``images:``: one unit per file (times the prompts, sizes and count), sent to the
+    # model input ``image_input``; and the images given to other inputs.
+    images: tuple[Path, ...] = ()
+    image_input: str = "image"
+    images_line: int = 0
+    inputs: tuple[ImageInput, ...] = ()
+
+    @property
+    def units_per_prompt(self) -> int:
+        """Units each of its prompts makes: its sizes, times its count, times its images."""
+        return len(self.sizes) * self.count * max(1, len(self.images))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +142,9 @@ class Unit:
     # Its place in the manifest's order (0, 1, ...), for file names.
     index: int = 0
     aspect_ratio: str | None = None
+    # The images it sends, by model input: (input, images, given as a list).  Their
+    # asset ids are known only once they are uploaded (see batchgen.engine.uploads).
+    inputs: tuple[tuple[str, tuple[InputImage, ...], bool], ...] = ()
 
     def request_body(self) -> dict[str, Any]:
         """What the manifest asks for (``seed: random`` leaves the seed to the API)."""

@@ -11,6 +11,7 @@ the Basic credentials to the API origin only and follows no redirects.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -46,6 +47,7 @@ from .transport import (
     open_session,
 )
 
+UPLOAD_PATH = "/v1/assets"
 BULK_ASSET_LIMIT = 200
 # A job list that never ends is a server bug; stop following it somewhere.
 MAX_LIST_PAGES = 2_000
@@ -132,7 +134,13 @@ class ScenarioClient:
         body: Any = None,
     ) -> tuple[int, Any]:
         """One request; returns (status, parsed JSON) for a success, raises ours otherwise."""
-        creates = method == "POST" and path.startswith("/v1/generate/") and not query
+        # A POST that makes something (a job, an uploaded asset) may have made it even
+        # when its answer is lost: that is for the caller to find out, not to retry.
+        creates = (
+            method == "POST"
+            and not query
+            and (path.startswith("/v1/generate/") or path == UPLOAD_PATH)
+        )
         what = f"{method} {path}"
         outgoing = Outgoing(method, self._url(path, query), self._headers, body)
         for stale in range(STALE_CONNECTION_RETRIES + 1):
@@ -203,6 +211,30 @@ class ScenarioClient:
             return parse_submission(payload)
         except MalformedResponseError as exc:
             raise AmbiguousSubmitError(f"POST /v1/generate/custom/{model}: {exc}") from exc
+
+    async def upload_image(self, name: str, content: bytes) -> str:
+        """Upload an image (``POST /v1/assets``, base64): the new asset's id.  Every call
+        makes an asset; one whose answer is lost may have (:meth:`uploads_created_after`
+        finds it by ``name``)."""
+        body = {"name": name, "image": base64.b64encode(content).decode("ascii")}
+        _, payload = await self.request("POST", UPLOAD_PATH, body=body)
+        asset = payload.get("asset") if isinstance(payload, dict) else None
+        asset_id = asset.get("id") if isinstance(asset, dict) else None
+        if not isinstance(asset_id, str) or not asset_id:
+            raise AmbiguousSubmitError(f"POST {UPLOAD_PATH}: the answer names no asset")
+        return asset_id
+
+    async def uploads_created_after(self, since: datetime) -> dict[str, str]:
+        """The images uploaded after ``since`` (the server's clock): asset id by the name
+        each was given."""
+        query = {"type": "uploaded", "createdAfter": _api_time(since), "pageSize": "100"}
+        found: dict[str, str] = {}
+        for item in await self._pages(UPLOAD_PATH, "assets", query):
+            metadata = item.get("metadata") if isinstance(item, dict) else None
+            name = metadata.get("name") if isinstance(metadata, dict) else None
+            if isinstance(name, str) and isinstance(item.get("id"), str):
+                found.setdefault(name, item["id"])
+        return found
 
     async def estimate(self, model: str, body: dict[str, Any]) -> float | None:
         """Ask the dry run (HTTP 269) for the cost of one job; creates nothing."""

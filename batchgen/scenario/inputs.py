@@ -41,6 +41,10 @@ ARRAY_ITEM_TYPES = {
 STEP_TOLERANCE = 1e-9
 
 
+# Inputs that take images: one asset id, or a list of them.
+FILE_TYPES = ("file", "file_array")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInput:
     name: str
@@ -92,6 +96,11 @@ class ModelSpec:
 
     def takes(self, name: str) -> bool:
         return name in self.inputs
+
+    @property
+    def image_lists(self) -> frozenset[str]:
+        """Its image inputs that take several (``file_array``)."""
+        return frozenset(i.name for i in self.inputs.values() if i.type == "file_array")
 
     @property
     def size_forms(self) -> tuple[str, ...]:

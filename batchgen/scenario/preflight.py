@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_MAX_UNITS
@@ -30,6 +31,7 @@ from ..manifest import (
     iter_entry_prompts,
 )
 from .inputs import (
+    FILE_TYPES,
     PROMPT_INPUT,
     RATIO_INPUT,
     SEED_INPUT,
@@ -125,7 +127,7 @@ def check_manifest(
     path = str(manifest.path)
     total = 0
     for entry, seen in zip(manifest.entries, prompts, strict=True):
-        total += seen.count * len(entry.sizes) * entry.count
+        total += seen.count * entry.units_per_prompt
         spec = specs.get(entry.model)
         if spec is None:
             continue
@@ -163,14 +165,71 @@ def _fixed_part(path: str, entry: Entry, spec: ModelSpec) -> list[Problem]:
         if message:
             line, where = entry.param_places.get(param, (entry.line, f"{name}.params.{param}"))
             problems.append(Problem(path, line, where, message))
+    problems += _image_problems(path, entry, spec)
+    given_images = {name: "asset" for name in _image_input_names(entry)}
     for size in entry.sizes:
         problems += _size_problems(path, entry, size, spec)
-        body: dict[str, Any] = {PROMPT_INPUT: "", **size.body(), **params}
+        body: dict[str, Any] = {PROMPT_INPUT: "", **size.body(), **params, **given_images}
         for input_name, message in missing(spec, body):
             if input_name in SIZE_INPUTS or input_name == RATIO_INPUT:
                 message += f"; give {_size_advice(spec)}"
             problems.append(Problem(path, size.line or entry.line, size.field or name, message))
     return problems
+
+
+def _image_input_names(entry: Entry) -> list[str]:
+    return ([entry.image_input] if entry.images else []) + [given.name for given in entry.inputs]
+
+
+# The first bytes of the image files the API takes.
+IMAGE_STARTS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
+
+
+def _image_problems(path: str, entry: Entry, spec: ModelSpec) -> list[Problem]:
+    """Images given to inputs that take them: the input must be one of the model's
+    image inputs, take as many as are given, and each file be an image small enough."""
+    problems: list[Problem] = []
+    name = f"jobs[{entry.index}]"
+    given = [(entry.image_input, entry.images, False, entry.images_line, f"{name}.images")]
+    given = [g for g in given if g[1]] + [
+        (g.name, g.files, g.many, g.line, g.field) for g in entry.inputs
+    ]
+    takes = [i.name for i in spec.inputs.values() if i.type in FILE_TYPES]
+    for input_name, files, many, line, where in given:
+        item = spec.inputs.get(input_name)
+        if item is None or item.type not in FILE_TYPES:
+            what = "no input" if item is None else "no image in the input"
+            offer = f"its image inputs: {', '.join(takes)}" if takes else "it takes no image"
+            problems.append(
+                Problem(path, line, where, f"{spec.id} takes {what} {input_name!r}; {offer}")
+            )
+            continue
+        if many and item.type == "file":
+            problems.append(Problem(path, line, where, f"{input_name} takes one image, not a list"))
+        if item.type == "file_array" and item.max_length and len(files) > item.max_length:
+            problems.append(
+                Problem(path, line, where, f"{input_name} takes at most {item.max_length} images")
+            )
+        for file in files:
+            message = _image_file_problem(file, item.max_size)
+            if message:
+                problems.append(Problem(path, line, where, f"{file.name}: {message}"))
+    return problems
+
+
+def _image_file_problem(file: Path, max_size: int | None) -> str | None:
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as handle:
+            head = handle.read(12)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    if not (head.startswith(IMAGE_STARTS) or webp):
+        return "not a PNG, JPEG, WebP or GIF image"
+    if max_size is not None and size > max_size:
+        return f"{size:,} bytes, more than the input's maxSize of {max_size:,}"
+    return None
 
 
 def _size_problems(path: str, entry: Entry, size: Size, spec: ModelSpec) -> list[Problem]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SEED_MAX = 2**31 - 1
+# The largest image the image-to-image model takes (its inputs' maxSize).
+IMAGE_MAX_BYTES = 5_000_000
 PROMPT: dict[str, Any] = {
     "name": "prompt",
     "type": "string",
@@ -141,6 +143,33 @@ CATALOG: dict[str, SimModel] = {
             ),
         ),
         SimModel(
+            id="model_sim-img2img",
+            name="Simulated image-to-image model",
+            privacy="private",
+            inputs=(
+                PROMPT,
+                {
+                    "name": "image",
+                    "type": "file",
+                    "kind": "image",
+                    "label": "Image",
+                    "maxSize": IMAGE_MAX_BYTES,
+                    "required": {"always": True},
+                },
+                {
+                    "name": "referenceImages",
+                    "type": "file_array",
+                    "kind": "image",
+                    "label": "Reference images",
+                    "maxLength": 4,
+                    "maxSize": IMAGE_MAX_BYTES,
+                },
+                _number("strength", 0, 1, 0.05, 0.75),
+                *_side(16, 4096, 1024),
+                SEED,
+            ),
+        ),
+        SimModel(
             id="model_sim-noseed",
             name="Simulated model without a seed input",
             privacy="private",
@@ -204,6 +233,16 @@ def _value_refusal(item: dict[str, Any], value: Any) -> str | None:
             return f"must be at most {item['maxLength']} characters"
     elif kind == "boolean" and not isinstance(value, bool):
         return "must be a boolean"
+    elif kind == "file":
+        if not isinstance(value, str) or not value.startswith(("asset_", "data:image/")):
+            return "must reference an existing AssetId or be a data URL"
+    elif kind == "file_array":
+        if not isinstance(value, list) or not all(
+            isinstance(one, str) and one.startswith(("asset_", "data:image/")) for one in value
+        ):
+            return "must be a list of existing AssetIds"
+        if "maxLength" in item and len(value) > item["maxLength"]:
+            return f"must hold at most {item['maxLength']} assets"
     allowed = item.get("allowedValues")
     if allowed and value not in allowed:
         return f"must be one of {', '.join(map(str, allowed))}"

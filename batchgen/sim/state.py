@@ -198,14 +198,25 @@ class SimAsset:
     prompt: str
     model: str
     index: int
+    # The asset ids of the images it was made from, by input (JSON): the picture
+    # depends on them, so a test can tell which input made which output.
+    inputs: str = ""
     _bytes: bytes | None = None
 
     def content(self) -> bytes:
         if self._bytes is None:
             self._bytes = make_png(
-                self.width, self.height, f"{self.asset_id}:{self.prompt}:{self.seed}"
+                self.width, self.height, f"{self.asset_id}:{self.prompt}:{self.seed}:{self.inputs}"
             )
         return self._bytes
+
+
+@dataclass(slots=True)
+class SimUpload:
+    asset_id: str
+    name: str
+    content: bytes
+    created_wall: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +274,7 @@ class Simulator:
     cdn_url: str = "http://cdn.sim"
     jobs: dict[str, SimJob] = field(default_factory=dict)
     assets: dict[str, SimAsset] = field(default_factory=dict)
+    uploads: dict[str, SimUpload] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)
     jobs_created_per_body: Counter[str] = field(default_factory=Counter)
     cdn_authorization_headers: int = 0
@@ -326,6 +338,11 @@ class Simulator:
                 kept = json.loads(line)
             except ValueError:
                 continue  # a line a kill cut short: its answer was never sent either
+            if "upload" in kept:
+                upload = kept["upload"]
+                upload["content"] = base64.b64decode(upload["content"])
+                self.uploads[upload["asset_id"]] = SimUpload(**upload)
+                continue
             job = SimJob(**{**kept["job"], "start": 0.0})
             job.start = self.clock() - (self.server_wall() - job.created_wall)
             for asset in kept["assets"]:
@@ -338,12 +355,8 @@ class Simulator:
         self._ids = random.Random(f"{self.config.seed}:{len(self.jobs)}:{self.wall()}")
 
     def _keep(self, job: SimJob) -> None:
-        path = self.config.state_file
-        if path is None:
+        if self.config.state_file is None:
             return
-        if self._kept is None:  # opened with the first job: after a --fresh has moved on
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._kept = path.open("a", encoding="utf-8")
         record = {
             "job": {name: getattr(job, name) for name in SimJob.__slots__ if name != "start"},
             "assets": [
@@ -355,7 +368,15 @@ class Simulator:
                 for asset_id in job.asset_ids
             ],
         }
-        # Flushed at once: a process killed right after keeps the job it answered for.
+        self._keep_record(record)
+
+    def _keep_record(self, record: dict[str, Any]) -> None:
+        path = self.config.state_file
+        assert path is not None
+        if self._kept is None:  # opened with the first record: after a --fresh moved on
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._kept = path.open("a", encoding="utf-8")
+        # Flushed at once: a process killed right after keeps what it answered for.
         self._kept.write(json.dumps(record) + "\n")
         self._kept.flush()
 
@@ -512,6 +533,10 @@ class Simulator:
             return self._job_action(params["job_id"], body)
         if route == "POST /v1/assets/get-bulk":
             return self._bulk_assets(body)
+        if route == "POST /v1/assets":
+            return self._upload(body)
+        if route == "GET /v1/assets":
+            return self._list_uploads(query)
         if route == "GET /v1/assets/{asset_id}":
             asset = self._finished_asset(params["asset_id"])
             if asset is None:
@@ -526,11 +551,98 @@ class Simulator:
             return SimAnswer(200, {"model": model.to_json()})
         return _error(404, "Not found")
 
+    # ------------------------------------------------------------------ uploads
+
+    def _upload(self, body: Any) -> SimAnswer:
+        """``POST /v1/assets``: an image given in base64 becomes an asset.  Every POST
+        makes a new one (nothing deduplicates by content), and a lost answer may have
+        made one, as with jobs."""
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            return _error(400, "name is required")
+        try:
+            content = base64.b64decode(str(body.get("image", "")), validate=True)
+        except (binascii.Error, ValueError):
+            return _error(400, "image must be a base64 string")
+        if not content.startswith((b"\x89PNG", b"\xff\xd8\xff", b"RIFF", b"GIF8")):
+            return _error(400, "image is not an image")
+        upload = SimUpload(self._new_id("asset"), body["name"], content, self.server_wall())
+        self.uploads[upload.asset_id] = upload
+        self._keep_upload(upload)
+        if self._rng.random() < self.config.lose_answer_rate:
+            self.answers_lost += 1
+            return SimAnswer(502, None, drop=True)
+        return SimAnswer(200, {"asset": self.upload_json(upload)})
+
+    def upload_json(self, upload: SimUpload) -> dict[str, Any]:
+        made = _iso(upload.created_wall)
+        return {
+            "id": upload.asset_id,
+            "url": self.signed_url(upload.asset_id),
+            "mimeType": "image/png",
+            "kind": "image",
+            "status": "success",
+            "source": "uploaded",
+            "privacy": "private",
+            "authorId": "sim-user",
+            "ownerId": "sim-team",
+            "collectionIds": [],
+            "editCapabilities": [],
+            "tags": [],
+            "createdAt": made,
+            "updatedAt": made,
+            "properties": {"size": len(upload.content)},
+            "metadata": {"kind": "image", "type": "uploaded", "name": upload.name},
+        }
+
+    def _list_uploads(self, query: Mapping[str, str]) -> SimAnswer:
+        """``GET /v1/assets?type=uploaded&createdAfter=...``, newest first, paged."""
+        if query.get("type") != "uploaded":
+            return _error(400, "this simulator lists uploaded assets only (type=uploaded)")
+        after = _parse_iso(query["createdAfter"]) if query.get("createdAfter") else -math.inf
+        found = sorted(
+            (u for u in self.uploads.values() if u.created_wall > after),
+            key=lambda u: u.created_wall,
+            reverse=True,
+        )
+        size = min(int(query.get("pageSize", 100)), 100)
+        start = int(query.get("paginationToken") or 0)
+        page = found[start : start + size]
+        answer: dict[str, Any] = {"assets": [self.upload_json(u) for u in page]}
+        if start + size < len(found):
+            answer["nextPaginationToken"] = str(start + size)
+        return SimAnswer(200, answer)
+
+    def _keep_upload(self, upload: SimUpload) -> None:
+        if self.config.state_file is None:
+            return
+        self._keep_record(
+            {
+                "upload": {
+                    "asset_id": upload.asset_id,
+                    "name": upload.name,
+                    "content": base64.b64encode(upload.content).decode(),
+                    "created_wall": upload.created_wall,
+                }
+            }
+        )
+
+    def _unknown_assets(self, model: SimModel, body: dict[str, Any]) -> str | None:
+        for item in model.inputs:
+            value = body.get(item["name"])
+            if item["type"] not in ("file", "file_array") or value is None:
+                continue
+            for asset_id in value if isinstance(value, list) else [value]:
+                if str(asset_id).startswith("data:"):
+                    continue
+                if asset_id not in self.uploads and asset_id not in self.assets:
+                    return f"{item['name']}: asset {asset_id} not found"
+        return None
+
     def _submit(self, model_id: str, body: Any, query: Mapping[str, str]) -> SimAnswer:
         model = self.model(model_id)
         if model is None:
             return _error(404, f"Model {model_id} not found")
-        problem = refusal(model, body)
+        problem = refusal(model, body) or self._unknown_assets(model, body)
         if self.config.moderated_word and not problem:
             if self.config.moderated_word in body["prompt"]:
                 problem = "The prompt was rejected by content moderation"
@@ -619,6 +731,14 @@ class Simulator:
                 prompt=str(body["prompt"]),
                 model=model.id,
                 index=index,
+                inputs=json.dumps(
+                    {
+                        item["name"]: body[item["name"]]
+                        for item in model.inputs
+                        if item["type"] in ("file", "file_array") and item["name"] in body
+                    },
+                    sort_keys=True,
+                ),
             )
         self.jobs[job.job_id] = job
         if self.first_job_at is None:
@@ -847,6 +967,8 @@ ROUTES = (
     ("GET", ("v1", "jobs", "{job_id}")),
     ("POST", ("v1", "jobs", "{job_id}", "action")),
     ("POST", ("v1", "assets", "get-bulk")),
+    ("POST", ("v1", "assets")),
+    ("GET", ("v1", "assets")),
     ("GET", ("v1", "assets", "{asset_id}")),
     ("GET", ("v1", "models")),
     ("GET", ("v1", "models", "{model}")),

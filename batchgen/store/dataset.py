@@ -56,8 +56,30 @@ MIXED = "mixed"
 
 
 def column_name(name: str) -> str:
-    """An extra column's name in the metadata: its own, unless that is taken."""
+    """An extra column's name in the metadata: its own, unless that is taken (or the
+    loader would take it for paths of images: ``*_file_name``)."""
+    if name.endswith(IMAGE_PATH_SUFFIXES):
+        return f"{name}_text"
     return f"extra_{name}" if name in OWN_COLUMNS or name in RESERVED_COLUMNS else name
+
+
+# What makes the imagefolder loader read a column as paths of images.
+IMAGE_PATH_SUFFIXES = ("file_name", "file_names")
+
+
+def input_columns(result: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The images a unit was made from, as columns the loader reads as images: the
+    ``image`` input as ``input_image``, any other by its name (a list where there are
+    several), each a path to its copy in ``inputs/``."""
+    columns: dict[str, Any] = {}
+    for name, items in (result.get("inputs") or {}).items():
+        base = "input_image" if name == "image" else column_name(name)
+        files = [f"{prefix}{item['file']}" for item in items if item.get("file")]
+        if len(files) == 1:
+            columns[f"{base}_file_name"] = files[0]
+        elif files:
+            columns[f"{base}_file_names"] = files
+    return columns
 
 
 def kind_of(value: Any) -> str | None:
@@ -89,6 +111,7 @@ def image_rows(
         elif column in text and value is not None and not isinstance(value, str):
             value = json.dumps(value, ensure_ascii=False)
         extras[column] = value
+    inputs = input_columns(result, prefix)
     sizes = result.get("sizes") or []
     for index, relative in enumerate(result.get("files") or []):
         # Each image's own size when the results line has it (older ones do not).
@@ -111,6 +134,7 @@ def image_rows(
             "source": result.get("source"),
         }
         row.update(extras)
+        row.update(inputs)
         yield row
 
 

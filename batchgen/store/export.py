@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .dataset import METADATA_NAME, Kinds, extra_kinds, image_rows, mixed
+from .dataset import IMAGE_PATH_SUFFIXES, METADATA_NAME, Kinds, extra_kinds, image_rows, mixed
 from .files import sha256_of
 
 FORMATS = ("webdataset", "parquet", "imagefolder")
@@ -48,6 +48,9 @@ class Source:
     place: Path
     prefix: str
     lines: Iterable[str]
+    # The directory exported, which the rows' paths are relative to (``place`` itself
+    # unless it is a shard's).
+    root: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,14 @@ class Sample:
     key: str
     path: Path  # the image on disk
     row: dict[str, Any]  # metadata.jsonl's row, file_name relative to the root exported
+    root: Path  # the root exported
+
+    def input_files(self) -> Iterator[str]:
+        """The paths (from the root) of the images it was made from."""
+        for column, value in self.row.items():
+            if column == "file_name" or not column.endswith(IMAGE_PATH_SUFFIXES):
+                continue
+            yield from value if isinstance(value, list) else [value]
 
 
 def _samples(sources: list[Source], as_text: set[str]) -> Iterator[Sample]:
@@ -112,7 +123,7 @@ def _samples(sources: list[Source], as_text: set[str]) -> Iterator[Sample]:
                         f"{path}: missing or not the image recorded; run batchgen verify "
                         "--fix first"
                     )
-                yield Sample(f"{result['id']}_{index}", path, row)
+                yield Sample(f"{result['id']}_{index}", path, row, source.root or source.place)
 
 
 def _webdataset(
@@ -219,10 +230,12 @@ def _imagefolder(
         relative = Path(sample.row["file_name"])
         target = dest / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(sample.path, target)
-        except OSError:
-            shutil.copy2(sample.path, target)
+        _link(sample.path, target)
+        for relative_input in sample.input_files():
+            target_input = dest / relative_input
+            if not target_input.exists():
+                target_input.parent.mkdir(parents=True, exist_ok=True)
+                _link(sample.root / relative_input, target_input)
         rows.append(json.dumps(sample.row, ensure_ascii=False))
         models[str(sample.row.get("model"))] += 1
         origins[str(sample.row.get("source") or "").rsplit(":", 1)[0]] += 1
@@ -231,6 +244,13 @@ def _imagefolder(
     card = dest / "README.md"
     card.write_text(_card(name, len(rows), models, origins, kinds), encoding="utf-8")
     return [metadata, card], len(rows)
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _card(name: str, images: int, models: Counter[str], origins: Counter[str], kinds: Kinds) -> str:

@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -17,8 +18,9 @@ HASH_CHUNK = 1024 * 1024
 
 Stamp = tuple[int, int]  # a file's (size, mtime_ns) when it was written
 
-# Where the images go, below the output directory.
+# Where the images go, below the output directory; and a copy of each input image.
 IMAGES_DIR = "images"
+INPUTS_DIR = "inputs"
 
 
 def sha256_of(path: Path) -> str:
@@ -105,6 +107,21 @@ def files_not_as_written(out_dir: Path, recorded: Iterable[str]) -> Iterator[tup
                     yield entry[0], False
     finally:
         os.close(directory)
+
+
+def keep_copy(source: Path, destination: Path) -> None:
+    """``destination`` holding ``source``'s bytes, unless it is there already (named by
+    its content's hash, it then holds the same).  Copied, not linked: an edit of the
+    source must not change what the dataset says the image was made from."""
+    if destination.exists():
+        return
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 _PART_NUMBERS = itertools.count()

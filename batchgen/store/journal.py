@@ -77,6 +77,12 @@ CREATE TABLE IF NOT EXISTS units (
 -- lost answer must never adopt a job that is already someone's.
 CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, unit_id TEXT NOT NULL, cost REAL);
 CREATE INDEX IF NOT EXISTS units_state ON units (state);
+-- Every input image uploaded, by its sha256: uploaded once, reused by every unit and run.
+-- name: what it was uploaded as (how a lost answer's asset is found); started: when its
+-- last upload was sent (the server's clock), while no asset id is known.
+CREATE TABLE IF NOT EXISTS uploads (
+    sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, asset_id TEXT, size INTEGER, started TEXT
+);
 """
 # What a journal written by an earlier version lacks, added when it is opened.
 MIGRATIONS = (
@@ -561,6 +567,41 @@ class Journal:
                 if job_id
                 else []
             ),
+        )
+
+    def upload(self, sha256: str) -> tuple[str, str | None, str | None] | None:
+        """(name, asset id, when its last upload was sent) of an input image, if it was
+        ever sent."""
+        with self._lock:
+            found = self._db.execute(
+                "SELECT name, asset_id, started FROM uploads WHERE sha256 = ?", (sha256,)
+            ).fetchone()
+        return None if found is None else (found[0], found[1], found[2])
+
+    def uploading(self, sha256: str, name: str, started: str, size: int) -> None:
+        """Before an image's upload is sent (fsynced, as ``submitting`` is)."""
+        with self._lock:
+            synced = not self._in_batch
+            if synced:
+                self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._write(
+                    (
+                        "INSERT INTO uploads (sha256, name, size, started) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (sha256) DO UPDATE SET started = excluded.started",
+                        (sha256, name, size, started),
+                    )
+                )
+            finally:
+                if synced:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def uploaded(self, sha256: str, asset_id: str) -> None:
+        self._write(
+            (
+                "UPDATE uploads SET asset_id = ?, started = NULL WHERE sha256 = ?",
+                (asset_id, sha256),
+            )
         )
 
     def may_have_cost(self, unit_id: str, cost: float) -> None:

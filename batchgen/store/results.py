@@ -8,8 +8,8 @@ no longer in the manifest.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ class UnitResult:
     # Each file's own (width, height), when known: a model given an aspect ratio picks
     # the pixels, and the size asked for is not always the size made.
     sizes: tuple[tuple[int, int] | None, ...] = ()
+    # The images it was made from, by model input: each one's path as given, sha256,
+    # asset id and copy in the output directory (``inputs/<sha256>.<ext>``).
+    inputs: Mapping[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
     def success(
@@ -46,6 +49,7 @@ class UnitResult:
         cost: float | None,
         seed: int | None = None,
         sizes: list[tuple[int, int] | None] | None = None,
+        inputs: Mapping[str, list[dict[str, Any]]] | None = None,
     ) -> UnitResult:
         return cls(
             unit=unit,
@@ -56,6 +60,7 @@ class UnitResult:
             job_status="success",
             seed=seed,
             sizes=tuple(sizes or ()),
+            inputs=inputs or {},
         )
 
     @classmethod
@@ -103,6 +108,7 @@ class UnitResult:
             "cost": self.cost,
             "error": self.error,
             "permanent": self.permanent,
+            **({"inputs": dict(self.inputs)} if self.inputs else {}),
             "metadata": dict(unit.metadata),
             "source": unit.source,
         }
