@@ -164,6 +164,7 @@ class Report:
     spent_total: float
     output: str
     exit_code: int
+    uploaded: int = 0  # input images this run uploaded
     line: str = field(repr=False, default="")
 
     def to_json(self) -> dict[str, Any]:
@@ -605,10 +606,12 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
         settings = dataclasses.replace(
             settings,
             seeds={model: spec.seed_range for model, spec in specs.items()},
-            image_lists={
-                model: frozenset(i.name for i in spec.inputs.values() if i.type == "file_array")
-                for model, spec in specs.items()
-            },
+            image_lists={model: spec.image_lists for model, spec in specs.items()},
+            sibling_journals=tuple(
+                place / JOURNAL_NAME
+                for place in (shard_directories(out_dir.parent) if shard is not None else [])
+                if place != out_dir
+            ),
         )
         if shard is not None:
             total = await backend.offload(lambda: sum(1 for _ in _units(loaded, shard)))

@@ -181,3 +181,13 @@ def test_the_pairs_load_with_the_real_loader(write: Write, tmp_path: Path) -> No
         cache_dir=str(tmp_path / "hf2"),
     )  # fmt: skip
     assert exported[0]["input_image"].size == (32, 32)
+
+
+def test_shards_of_one_output_upload_each_file_once(write: Write, tmp_path: Path) -> None:
+    sketches(tmp_path, count=4)
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path)
+    reports = [world.run(manifest, shard=shard) for shard in ("1/2", "2/2")]
+    assert sum(r.succeeded for r in reports) == 8
+    assert len(world.sim.uploads) == 4 + 2  # the second shard borrowed the first's assets
+    assert reports[0].uploaded > 0 and "input images uploaded" in reports[0].line

@@ -94,6 +94,8 @@ class EngineSettings:
     seeds: Mapping[str, SeedRange | None] = field(default_factory=dict)
     # Each model's image inputs that take several (type file_array): they get a list.
     image_lists: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # The journals of the other shards of the same output root (for their uploads).
+    sibling_journals: tuple[Path, ...] = ()
 
 
 class Plan(NamedTuple):
@@ -170,6 +172,8 @@ class Engine:
             self._rng,
             self._offload,
             grace=settings.reconcile_grace,
+            summary=self.summary,
+            siblings=settings.sibling_journals,
         )
         self._submitter = Submitter(
             api,

@@ -39,6 +39,7 @@ class Summary:
     abandoned_cost: float = 0.0
     in_flight: int = 0  # jobs at the server
     downloading: int = 0  # jobs ended, their images on the way
+    uploaded: int = 0  # input images this run uploaded
     cost: float = 0.0  # creative units this run
     spent_before: float = 0.0  # creative units of earlier runs in this output directory
     budget: float | None = None
@@ -147,6 +148,8 @@ class Summary:
             parts.append(f"submitting stopped: the next job would pass {self.budget_option}")
         if self.not_finished > 0:
             parts.append(f"{self.not_finished} not finished")
+        if self.uploaded:
+            parts.append(f"{self.uploaded} input images uploaded")
         return f"{', '.join(parts)}; cost {self.cost:g} CU; {self.elapsed:.1f}s"
 
     def to_json(self) -> dict[str, Any]:
@@ -159,6 +162,7 @@ class Summary:
             "abandoned": self.abandoned,
             "not_finished": self.not_finished,
             "submitted": self.submitted,
+            "uploaded": self.uploaded,
             "cost": self.cost,
             "elapsed_seconds": round(self.elapsed, 3),
             "stopped": self.stopped,

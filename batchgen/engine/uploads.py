@@ -15,11 +15,15 @@ need the same file wait for its one upload.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import random
+import sqlite3
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import anyio
 
@@ -31,6 +35,7 @@ from ..store.journal import Journal
 from .policy import Action, Request, decide, with_retries
 from .ports import Api, Offload
 from .submit import UnitFailed, server_time
+from .summary import Summary
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,13 @@ class Uploader:
         *,
         grace: float,
         at_once: int = UPLOADS_AT_ONCE,
+        summary: Summary | None = None,
+        siblings: Sequence[Path] = (),
     ) -> None:
+        self._summary = summary
+        # Other shards' journals beside this one: an image one of them uploaded is theirs
+        # to lend (shards of one output root on a shared volume upload each file once).
+        self._siblings = siblings
         self._api = api
         self._journal = journal
         self._record = record
@@ -105,6 +116,9 @@ class Uploader:
                 found = await self._find(name, server_time(kept_started))
                 if found is not None:
                     return await self._adopt(image, found)
+        lent = await self._offload(self._from_siblings, image.sha256)
+        if lent is not None:
+            return await self._adopt(image, lent)
         content = await self._offload(image.path.read_bytes)
         if hashlib.sha256(content).hexdigest() != image.sha256:
             raise UnitFailed(f"{image.path}: changed while the run went on", permanent=False)
@@ -135,10 +149,29 @@ class Uploader:
                     return await self._adopt(image, found)
                 continue
             self.uploaded += 1
+            if self._summary is not None:
+                self._summary.uploaded += 1
             await self._record(functools.partial(self._journal.uploaded, image.sha256, asset_id))
             log.info("uploaded %s as %s", image.path, asset_id)
             return asset_id
         raise UnitFailed(f"uploading {image.path.name}: its answers were lost", permanent=False)
+
+    def _from_siblings(self, sha256: str) -> str | None:
+        """The asset id another shard's journal has for this image (blocking)."""
+        for path in self._siblings:
+            try:
+                with contextlib.closing(
+                    sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+                ) as other:
+                    found = other.execute(
+                        "SELECT asset_id FROM uploads WHERE sha256 = ? AND asset_id IS NOT NULL",
+                        (sha256,),
+                    ).fetchone()
+            except sqlite3.Error:
+                continue  # an older journal, or one being written: this run uploads it
+            if found:
+                return str(found[0])
+        return None
 
     async def _adopt(self, image: InputImage, asset_id: str) -> str:
         log.info("%s: adopted asset %s (its upload's answer was lost)", image.path, asset_id)

@@ -50,6 +50,8 @@ def progress_line(summary: Summary, rate: float | None) -> str:
     ]
     if summary.downloading:
         parts.append(f"{summary.downloading} downloading")
+    if summary.uploaded:
+        parts.append(f"{summary.uploaded} images uploaded")
     parts.append(f"{format_rate(rate)}, ETA {format_duration(summary.eta(rate))}")
     parts.append(spend(summary))
     return "; ".join(parts)
