@@ -191,3 +191,20 @@ def test_shards_of_one_output_upload_each_file_once(write: Write, tmp_path: Path
     assert sum(r.succeeded for r in reports) == 8
     assert len(world.sim.uploads) == 4 + 2  # the second shard borrowed the first's assets
     assert reports[0].uploaded > 0 and "input images uploaded" in reports[0].line
+
+
+def test_a_prompts_file_names_each_prompts_image(write: Write, tmp_path: Path) -> None:
+    sketches(tmp_path, count=2)
+    write("p.csv", "prompt,sketch\nred,sketches/s0.png\nblue,sketches/s1.png\n")
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-img2img\nwidth: 64\nheight: 64\njobs:\n"
+        "  - {prompts_file: p.csv, inputs: {image: {column: sketch}}}\n",
+    )
+    world = World(tmp_path)
+    assert world.run(manifest).succeeded == 2
+    by_prompt = {r["prompt"]: r["inputs"]["image"][0]["path"] for r in world.results()}
+    assert {p: Path(f).name for p, f in by_prompt.items()} == {"red": "s0.png", "blue": "s1.png"}
+    write("p.csv", "prompt,sketch\ngreen,sketches/missing.png\n")
+    with pytest.raises(ConfigError, match=r"p.csv:2: sketch: file not found"):
+        World(tmp_path / "other").run(manifest)
