@@ -24,7 +24,7 @@ from .app import (  # noqa: E402 - the version is known before anything is impor
     validate,
 )
 from .errors import BatchgenError, ConfigError  # noqa: E402
-from .upkeep import Pruned, Verification, averify, export, prune, verify  # noqa: E402
+from .upkeep import Pruned, Verification, averify, export, gallery, prune, verify  # noqa: E402
 
 __all__ = [
     "BatchgenError",
@@ -41,6 +41,7 @@ __all__ = [
     "arun",
     "estimate",
     "export",
+    "gallery",
     "model",
     "models",
     "prune",

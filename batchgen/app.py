@@ -75,6 +75,7 @@ from .scenario.preflight import Problem, Prompts, check_manifest, read_prompts
 from .store.dataset import write_metadata
 from .store.faults import storage_faults
 from .store.files import files_not_as_written, stamps_hold
+from .store.gallery import write_gallery
 from .store.journal import JOURNAL_NAME, Journal, Resume, State, resume_action
 from .store.lock import OutputLock, run_in_progress
 from .store.rebuild import Rebuilt, earlier_work, rebuild
@@ -113,6 +114,8 @@ class RunOptions:
     max_units: int = defaults.DEFAULT_MAX_UNITS
     fresh: bool = False
     rebuild_journal: bool = False
+    # Refresh OUT/gallery/index.html at the end of the run.
+    gallery: bool = False
     budget: float | None = None
     run_budget: float | None = None
     warn_at: float | None = None
@@ -663,6 +666,9 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                     await backend.offload(_write_views_if_possible, journal, out_dir, shard)
                 spent = journal.spent()
                 journal.close()
+        if opts.gallery:
+            root = out_dir.parent if shard is not None else out_dir
+            await backend.offload(_write_gallery, root, shard is not None)
     return Report(
         **summary.to_json(),
         spent_total=spent,
@@ -855,6 +861,26 @@ def _write_views_if_possible(journal: Journal, out_dir: Path, shard: Shard | Non
             _write_views(journal, out_dir, shard)
     except StorageError as exc:
         log.warning("results.jsonl and metadata.jsonl not rewritten: %s", exc)
+
+
+def _write_gallery(root: Path, sharded: bool) -> None:
+    """The gallery of the output (of every shard, for a shard's run), or a warning: a
+    page that could not be made must not fail a run that did its work."""
+    places = shard_directories(root) if sharded else [root]
+    with contextlib.ExitStack() as stack:
+        sources = []
+        for place in places:
+            if (place / JOURNAL_NAME).is_file():
+                journal = Journal(place)
+                stack.callback(journal.close)
+                sources.append((place, journal.results()))
+        try:
+            with storage_faults(root):
+                made = write_gallery(root, sources)
+        except StorageError as exc:
+            log.warning("the gallery was not made: %s", exc)
+            return
+    log.info("gallery: %s", made.page)
 
 
 def _write_views(journal: Journal, out_dir: Path, shard: Shard | None) -> None:

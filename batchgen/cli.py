@@ -220,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(nothing is deleted) and begin a new one",
     )
     run.add_argument(
+        "--gallery",
+        action="store_true",
+        help="refresh OUT/gallery/index.html at the end of the run (see batchgen gallery)",
+    )
+    run.add_argument(
         "--rebuild-journal",
         action="store_true",
         help="the output's journal is lost: rebuild it from results.jsonl, the files and "
@@ -391,6 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(export)
+
+    gallery = commands.add_parser(
+        "gallery",
+        help="write OUT/gallery/index.html, a page to review the run (thumbnails, filters, a "
+        "compare view, failures and their reasons); it opens from file:// with no network",
+        epilog="example: batchgen gallery output/jobs --open",
+    )
+    gallery.add_argument("out", type=Path, metavar="OUT")
+    gallery.add_argument("--open", action="store_true", help="open it in the default browser")
+    gallery.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_verbosity(gallery)
 
     sim = commands.add_parser("sim", help="serve the Scenario simulator until stopped")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -612,6 +628,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return _verify(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "gallery":
+            return _gallery(args)
         if args.command == "models":
             return _models(args)
         return _run(args)
@@ -724,6 +742,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         "max_units": args.max_units,
         "fresh": args.fresh,
         "rebuild_journal": args.rebuild_journal,
+        "gallery": args.gallery,
         "budget": args.budget,
         "run_budget": args.run_budget,
         "warn_at": args.warn_at,
@@ -812,6 +831,19 @@ def _export(args: argparse.Namespace) -> int:
         print(json.dumps(done.to_json()))
     elif not args.quiet:
         print(f"{args.dest}: {done.images} images as {done.format}, {len(done.files)} files")
+    return EXIT_OK
+
+
+def _gallery(args: argparse.Namespace) -> int:
+    made = upkeep.gallery(args.out)
+    if args.json:
+        print(json.dumps(made.to_json()))
+    else:
+        print(made.page)
+    if args.open:
+        import webbrowser  # loaded only when used
+
+        webbrowser.open(made.page.resolve().as_uri())
     return EXIT_OK
 
 

@@ -32,6 +32,7 @@ from .store.export import DEFAULT_SHARD_SIZE, Exported, Source
 from .store.export import export as write_export
 from .store.faults import storage_faults
 from .store.files import IMAGES_DIR, sha256_of, stamp_of
+from .store.gallery import GALLERY_DIR, Gallery, write_gallery
 from .store.journal import JOURNAL_NAME, Journal
 from .store.lock import OutputLock
 from .store.views import update_views
@@ -253,3 +254,22 @@ def export(
                 name=root.resolve().name,
                 shard_size=shard_size,
             )
+
+
+# ---------------------------------------------------------------------- gallery
+
+
+def gallery(out: str | Path) -> Gallery:
+    """Write ``OUT/gallery/index.html``, a page to review the run (every shard's, from
+    an output root), with a thumbnail of each image (see :mod:`batchgen.store.gallery`).
+    Also while a run goes on: it reads the journal as it stands."""
+    root = Path(out)
+    found = places(root)
+    with contextlib.ExitStack() as stack:
+        sources = []
+        for place, _ in found:
+            journal = Journal(place)
+            stack.callback(journal.close)
+            sources.append((place, journal.results()))
+        with storage_faults(root / GALLERY_DIR):
+            return write_gallery(root, sources)

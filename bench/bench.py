@@ -58,6 +58,8 @@ TARGETS = {
     "rerun_over_validate": 1.5,
     "estimate_over_validate": 2.0,
     "cpu_over_best_case": 1.5,
+    "gallery_seconds": 60.0,
+    "gallery_again_seconds": 2.0,
     "memory_growth": 1.25,
     "memory_mb": 100.0,
 }
@@ -332,6 +334,43 @@ def validate(args: argparse.Namespace, place: Path) -> dict[str, float]:
     }
 
 
+def gallery(args: argparse.Namespace, place: Path) -> dict[str, float]:
+    """``batchgen gallery`` of a finished run of N images (real PNGs of 512 px, as a run
+    leaves them), then again with nothing new."""
+    from batchgen.sim.png import make_png
+
+    manifest, _ = write_workload(place, args.gallery_units, 8)
+    out = place / "out-gallery"
+    (out / "images").mkdir(parents=True)
+    journal = Journal(out)
+    units = iter_units(load_manifest(manifest))
+    while chunk := list(itertools.islice(units, 2000)):
+        with journal.batch():
+            for unit in chunk:
+                content = make_png(512, 512, unit.id)
+                relative = f"images/{unit.id}_0.png"
+                (out / relative).write_bytes(content)
+                files = [(relative, hashlib.sha256(content).hexdigest())]
+                journal.submitting(unit.id, "2026-11-24T00:00:00+00:00", SENT)
+                journal.submitted(unit.id, f"job-{unit.id}", 1.0)
+                result = UnitResult.success(
+                    unit, job_id=f"job-{unit.id}", files=files, cost=1.0, sizes=[(512, 512)]
+                )
+                journal.downloaded(unit.id, files, result.to_json(), [stamp_of(out / relative)])
+    journal.close()
+    first = run_child(batchgen("gallery", str(out)))
+    again = run_child(batchgen("gallery", str(out)))
+    if first.returncode != 0 or again.returncode != 0:
+        sys.exit(f"gallery failed:\n{first.output}\n{again.output}")
+    return {
+        "images": args.gallery_units,
+        "first_seconds": first.wall,
+        "again_seconds": again.wall,
+        "page_mb": (out / "gallery" / "index.html").stat().st_size / 1e6,
+        "peak_rss_mb": first.peak_rss_mb,
+    }
+
+
 def resume(args: argparse.Namespace, place: Path) -> dict[str, float]:
     """A journal of N finished units, as a run leaves it, then a run with a few units
     more: how long until the first new POST reaches the server."""
@@ -394,7 +433,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--only",
-        choices=["pipeline", "latency", "memory", "floor", "fast", "validate", "resume"],
+        choices=["pipeline", "latency", "memory", "floor", "fast", "validate", "resume", "gallery"],
     )
     parser.add_argument("--units", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=50)
@@ -414,6 +453,7 @@ def main() -> None:
     parser.add_argument("--fast-concurrency", type=int, default=500)
     parser.add_argument("--validate-lines", type=int, default=1_000_000)
     parser.add_argument("--resume-units", type=int, default=100_000)
+    parser.add_argument("--gallery-units", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="also print all figures as JSON")
     args = parser.parse_args()
@@ -525,6 +565,16 @@ def main() -> None:
             print(f"  a rerun with nothing to do: {figures_r['rerun_seconds']:.2f}s, validate "
                   f"{figures_r['validate_seconds']:.2f}s: {ratio:.2f}x: "
                   f"{verdict(ratio, TARGETS['rerun_over_validate'])}")  # fmt: skip
+        if (sub := scenario("gallery")) is not None:
+            figures_g = gallery(args, sub)
+            report["gallery"] = figures_g
+            print(f"gallery: {args.gallery_units} images of 512 px")
+            print(f"  first: {figures_g['first_seconds']:.1f}s: "
+                  f"{verdict(figures_g['first_seconds'], TARGETS['gallery_seconds'])}; "
+                  f"again: {figures_g['again_seconds']:.2f}s: "
+                  f"{verdict(figures_g['again_seconds'], TARGETS['gallery_again_seconds'])}; "
+                  f"page {figures_g['page_mb']:.1f} MB, "
+                  f"peak RSS {figures_g['peak_rss_mb']:.0f} MB")  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
 

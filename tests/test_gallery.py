@@ -1,0 +1,124 @@
+"""batchgen gallery: the page's data and thumbnails, and the page itself driven in a
+real headless Chromium (the slow suite; .ci/run installs Chromium and Playwright)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import batchgen
+from tests.helpers import World
+
+Write = Callable[[str, str], Path]
+
+MANIFEST = """\
+model: model_sim-fast
+jobs:
+  - prompt: "a {animal} reading"
+    vars: {animal: [cat, fox, owl]}
+    sizes: [[64, 64], [96, 48]]
+  - {prompt: a lighthouse, width: 64, height: 64, count: 2}
+  - {prompt: something forbidden, width: 64, height: 64}
+"""
+
+
+@pytest.fixture
+def run(write: Write, tmp_path: Path) -> World:
+    world = World(tmp_path)
+    assert world.run(write("jobs.yaml", MANIFEST)).exit_code == 1  # one refused
+    return world
+
+
+def page_data(page: Path) -> dict[str, object]:
+    found = re.search(
+        r'<script id="data" type="application/json">(.*?)</script>', page.read_text(), re.S
+    )
+    assert found is not None
+    return json.loads(found.group(1))  # type: ignore[no-any-return]
+
+
+def test_the_page_holds_every_unit_and_a_thumbnail_of_each_image(run: World) -> None:
+    made = batchgen.gallery(run.out)
+    try:
+        import PIL  # noqa: F401 - the thumbnails need it (the dataset extra)
+
+        thumbnails = 8
+    except ImportError:
+        thumbnails = 0  # the page shows the images themselves
+    assert (made.units, made.images, made.thumbnails_made) == (9, 8, thumbnails)
+    data = page_data(made.page)
+    units = data["units"]
+    assert isinstance(units, list)
+    refused = [u for u in units if u["status"] == "failure"]
+    assert len(refused) == 1 and "moderation" in refused[0]["error"] and refused[0]["permanent"]
+    for unit in units:
+        for image in unit["images"]:
+            assert (made.page.parent / image["thumb"]).is_file()
+            assert (made.page.parent / image["file"]).resolve().is_file()
+    # No server, no network: nothing is fetched from anywhere but beside the page.
+    assert not re.search(r"""(src|href)=["']?https?:""", made.page.read_text())
+    # Made again with nothing new: no thumbnail made twice.
+    assert batchgen.gallery(run.out).thumbnails_made == 0
+
+
+def browser() -> tuple[object, str]:
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium (apt-get install chromium)")
+    return playwright, chromium
+
+
+@pytest.mark.slow
+def test_the_page_in_a_real_browser_offline(run: World, tmp_path: Path) -> None:
+    playwright, chromium = browser()
+    page_path = batchgen.gallery(run.out).page
+    artifacts = Path(os.environ.get("BATCHGEN_TEST_ARTIFACTS", tmp_path))
+    with playwright.sync_playwright() as driver:  # type: ignore[attr-defined]
+        launched = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            context = launched.new_context(offline=True)  # the network is off
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(page_path.as_uri())
+            page.wait_for_function("() => [...document.images].every(i => i.complete)")
+            widths = page.evaluate(
+                "[...document.querySelectorAll('#grid img')].map(i => i.naturalWidth)"
+            )
+            assert len(widths) == 8 and min(widths) > 0  # every thumbnail renders
+            failed = page.locator(".card.failed")
+            assert failed.count() == 1 and "moderation" in failed.inner_text()
+            assert "(for good)" in failed.inner_text()
+            page.fill("#q", "fox")
+            assert page.locator("#grid .card").count() == 2  # two sizes of the fox
+            assert all("fox" in t for t in page.locator("#grid .card .prompt").all_inner_texts())
+            page.fill("#q", "")
+            page.click("#show-compare")
+            rows = page.locator("#compare tr")
+            assert rows.count() == 1 + 4  # a header, and a row for each prompt made
+            page.locator("#compare img").first.click()
+            assert page.locator("#modal.open").count() == 1
+            page.screenshot(path=str(artifacts / "gallery.png"), full_page=True)
+            assert errors == []
+        finally:
+            launched.close()
+
+
+def test_a_run_refreshes_its_gallery_and_a_sharded_output_has_one(
+    write: Write, tmp_path: Path
+) -> None:
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path)
+    for shard in ("1/2", "2/2"):
+        world.run(manifest, shard=shard, gallery=True)
+    page = world.out / "gallery" / "index.html"
+    assert not list(world.out.glob("shard-*/gallery"))
+    units = page_data(page)["units"]
+    assert isinstance(units, list) and len(units) == 9  # both shards' units, one page
