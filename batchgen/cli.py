@@ -394,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"images per tar or Parquet file (default {DEFAULT_SHARD_SIZE})",
     )
+    export.add_argument(
+        "--embed-metadata",
+        action="store_true",
+        help="write each image's prompt and settings into the copy: a PNG 'parameters' text "
+        "chunk (as AUTOMATIC1111 writes it) and XMP with the IPTC AI-made source type; the "
+        "pixels are not re-encoded",
+    )
     export.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(export)
 
@@ -826,7 +833,13 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    done = upkeep.export(args.out, args.dest, args.format, shard_size=args.shard_size)
+    done = upkeep.export(
+        args.out,
+        args.dest,
+        args.format,
+        shard_size=args.shard_size,
+        embed_metadata=args.embed_metadata,
+    )
     if args.json:
         print(json.dumps(done.to_json()))
     elif not args.quiet:

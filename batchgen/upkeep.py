@@ -232,6 +232,7 @@ def export(
     format: str = "imagefolder",
     *,
     shard_size: int = DEFAULT_SHARD_SIZE,
+    embed_metadata: bool = False,
 ) -> Exported:
     """Write the images of an output directory (every shard's, from an output root) to
     ``dest``, a new directory, as ``webdataset``, ``parquet`` or ``imagefolder`` (see
@@ -253,6 +254,7 @@ def export(
                 format,
                 name=root.resolve().name,
                 shard_size=shard_size,
+                embed_metadata=embed_metadata,
             )
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .dataset import IMAGE_PATH_SUFFIXES, METADATA_NAME, Kinds, extra_kinds, image_rows, mixed
+from .embed import embed
 from .files import sha256_of
 
 FORMATS = ("webdataset", "parquet", "imagefolder")
@@ -75,6 +76,7 @@ def export(
     *,
     name: str,
     shard_size: int = DEFAULT_SHARD_SIZE,
+    embed_metadata: bool = False,
 ) -> Exported:
     """Write the images of ``sources`` (called once a pass: the lines are read twice,
     first for the columns' kinds) to ``dest`` as ``kind``."""
@@ -84,7 +86,7 @@ def export(
         raise ExportError(f"{dest}: not empty; export into a new directory")
     kinds = extra_kinds(json.loads(line) for source in sources() for line in source.lines)
     dest.mkdir(parents=True, exist_ok=True)
-    samples = _samples(sources(), mixed(kinds))
+    samples = _samples(sources(), mixed(kinds), embed_metadata)
     if kind == "webdataset":
         files, images = _webdataset(samples, dest, name, shard_size)
     elif kind == "parquet":
@@ -100,6 +102,11 @@ class Sample:
     path: Path  # the image on disk
     row: dict[str, Any]  # metadata.jsonl's row, file_name relative to the root exported
     root: Path  # the root exported
+    embedded: bool = False  # its story written into the copy (see store.embed)
+
+    def content(self) -> bytes:
+        content = self.path.read_bytes()
+        return embed(content, self.row) if self.embedded else content
 
     def input_files(self) -> Iterator[str]:
         """The paths (from the root) of the images it was made from."""
@@ -109,7 +116,7 @@ class Sample:
             yield from value if isinstance(value, list) else [value]
 
 
-def _samples(sources: list[Source], as_text: set[str]) -> Iterator[Sample]:
+def _samples(sources: list[Source], as_text: set[str], embedded: bool) -> Iterator[Sample]:
     for source in sources:
         for line in source.lines:
             result = json.loads(line)
@@ -123,7 +130,8 @@ def _samples(sources: list[Source], as_text: set[str]) -> Iterator[Sample]:
                         f"{path}: missing or not the image recorded; run batchgen verify "
                         "--fix first"
                     )
-                yield Sample(f"{result['id']}_{index}", path, row, source.root or source.place)
+                root = source.root or source.place
+                yield Sample(f"{result['id']}_{index}", path, row, root, embedded)
 
 
 def _webdataset(
@@ -140,7 +148,11 @@ def _webdataset(
             archive = tarfile.open(files[-1], "w", format=tarfile.USTAR_FORMAT)
         assert archive is not None
         suffix = sample.path.suffix.lstrip(".").lower() or "png"
-        archive.add(sample.path, arcname=f"{sample.key}.{suffix}")
+        image = sample.content()
+        picture = tarfile.TarInfo(f"{sample.key}.{suffix}")
+        picture.size = len(image)
+        picture.mtime = int(sample.path.stat().st_mtime)
+        archive.addfile(picture, io.BytesIO(image))
         text = json.dumps(sample.row, ensure_ascii=False).encode()
         info = tarfile.TarInfo(f"{sample.key}.json")
         info.size = len(text)
@@ -177,9 +189,7 @@ def _parquet(
     )
 
     def flush() -> None:
-        rows = [
-            {"image": {"bytes": s.path.read_bytes(), "path": s.path.name}, **s.row} for s in batch
-        ]
+        rows = [{"image": {"bytes": s.content(), "path": s.path.name}, **s.row} for s in batch]
         files.append(dest / f"{name}-{len(files):06d}.parquet")
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), files[-1])
         batch.clear()
@@ -230,7 +240,10 @@ def _imagefolder(
         relative = Path(sample.row["file_name"])
         target = dest / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        _link(sample.path, target)
+        if sample.embedded:
+            target.write_bytes(sample.content())
+        else:
+            _link(sample.path, target)
         for relative_input in sample.input_files():
             target_input = dest / relative_input
             if not target_input.exists():
