@@ -121,6 +121,8 @@ class RunOptions:
     warn_at: float | None = None
     filename: str | FileNameTemplate | None = None
     shard: str | Shard | None = None
+    # With shard="auto" in a Kubernetes indexed Job: how many shards (its completions).
+    shards: int | None = None
     simulate: bool = False
     sim_job_seconds: float = 1.0
     # Shown every display.interval seconds while the run goes on (the CLI's panel).
@@ -309,10 +311,14 @@ def load(manifest: str | Path, filename: str | FileNameTemplate | None = None) -
     return loaded
 
 
-def _shard(value: str | Shard | None) -> Shard | None:
+def _shard(value: str | Shard | None, shards: int | None = None) -> Shard | None:
+    """The shard to run: ``I/N``, or ``auto`` (from a Kubernetes indexed Job's or a
+    SLURM array task's environment)."""
     if value is None or isinstance(value, Shard):
         return value
     try:
+        if value.strip() == "auto":
+            return Shard.from_environment(os.environ, shards)
         return Shard.parse(value)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -443,7 +449,7 @@ def estimate(manifest: str | Path, **options: Any) -> Estimate:
 async def aestimate(manifest: str | Path, **options: Any) -> Estimate:
     opts = _options(options)
     loaded = load(manifest, opts.filename)
-    shard = _shard(opts.shard)
+    shard = _shard(opts.shard, opts.shards)
     out_dir = output_directory(loaded, opts, shard)
     async with open_backend(opts) as backend:
         saved = await backend.offload(_saved_specs, out_dir)
@@ -587,7 +593,7 @@ def _first_known(error: BaseException) -> BatchgenError | None:
 async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
     opts = _options(options)
     loaded = load(manifest, opts.filename)
-    shard = _shard(opts.shard)
+    shard = _shard(opts.shard, opts.shards)
     out_dir = output_directory(loaded, opts, shard)
     concurrency = opts.concurrency or loaded.concurrency or defaults.DEFAULT_CONCURRENCY
     if not 1 <= concurrency <= defaults.MAX_CONCURRENCY:

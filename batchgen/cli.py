@@ -116,7 +116,9 @@ def _add_max_units(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _shard(text: str) -> Shard:
+def _shard(text: str) -> Shard | str:
+    if text.strip() == "auto":
+        return "auto"  # read from the environment when the run starts
     try:
         return Shard.parse(text)
     except ValueError as exc:
@@ -263,7 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_shard,
         metavar="I/N",
         help="run only shard I of N (1-based) of the units, in OUT/shard-I-of-N; "
-        "for one machine or array task per shard",
+        "for one machine or array task per shard; 'auto' reads it from a Kubernetes indexed "
+        "Job (JOB_COMPLETION_INDEX, with --shards) or a SLURM array (SLURM_ARRAY_TASK_*)",
+    )
+    run.add_argument(
+        "--shards",
+        type=_positive_int("--shards", 100_000),
+        metavar="N",
+        help="with --shard auto in a Kubernetes indexed Job: the number of shards (its "
+        "completions)",
     )
     run.add_argument(
         "--simulate",
@@ -755,6 +765,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         "warn_at": args.warn_at,
         "filename": args.filename,
         "shard": args.shard,
+        "shards": args.shards,
         "simulate": args.simulate,
         "sim_job_seconds": args.sim_job_seconds,
     }

@@ -31,3 +31,42 @@ def test_bad_shards_are_refused(text: str, capsys: pytest.CaptureFixture[str]) -
         Shard.parse(text)
     assert main(["run", "m.yaml", "--shard", text]) == 2
     assert "--shard" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("environ", "shards", "expected"),
+    [
+        ({"JOB_COMPLETION_INDEX": "0"}, 4, "1/4"),
+        ({"JOB_COMPLETION_INDEX": "3"}, 4, "4/4"),
+        ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "8"}, None, "2/8"),
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "5",
+                "SLURM_ARRAY_TASK_MIN": "1",
+                "SLURM_ARRAY_TASK_COUNT": "8",
+            },
+            None,
+            "5/8",
+        ),
+    ],
+)
+def test_shard_auto_reads_the_task_from_kubernetes_or_slurm(
+    environ: dict[str, str], shards: int | None, expected: str
+) -> None:
+    assert Shard.from_environment(environ, shards) == Shard.parse(expected)
+
+
+@pytest.mark.parametrize(
+    ("environ", "shards", "message"),
+    [
+        ({}, None, "neither JOB_COMPLETION_INDEX"),
+        ({"JOB_COMPLETION_INDEX": "2"}, None, "needs --shards N"),
+        ({"JOB_COMPLETION_INDEX": "4"}, 4, "1 <= I <= N"),
+        ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "2"}, None, "whole numbers"),
+    ],
+)
+def test_shard_auto_says_what_is_missing(
+    environ: dict[str, str], shards: int | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Shard.from_environment(environ, shards)
