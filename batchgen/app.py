@@ -72,6 +72,7 @@ from .scenario.client import ScenarioClient
 from .scenario.download import AssetDownloader
 from .scenario.inputs import ModelSpec, model_from_json
 from .scenario.preflight import Problem, Prompts, check_manifest, read_prompts
+from .scenario.remote import fetch_remote_images
 from .store.dataset import write_metadata
 from .store.faults import storage_faults
 from .store.files import files_not_as_written, stamps_hold
@@ -453,6 +454,7 @@ async def aestimate(manifest: str | Path, **options: Any) -> Estimate:
     out_dir = output_directory(loaded, opts, shard)
     async with open_backend(opts) as backend:
         saved = await backend.offload(_saved_specs, out_dir)
+        loaded = await fetch_remote_images(loaded, backend.downloader, backend.settings.retry)
         _, specs, prompts = await checked_manifest(loaded, backend, saved, opts.max_units)
         lists = {model: spec.image_lists for model, spec in specs.items()}
         shapes = await backend.offload(_shapes_to_do, loaded, shard, out_dir, opts, prompts, lists)
@@ -611,6 +613,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
     async with open_backend(opts, out_dir) as backend:
         # Before the output directory is touched: credentials, models and every unit.
         saved = await backend.offload(_saved_specs, out_dir)
+        loaded = await fetch_remote_images(loaded, backend.downloader, backend.settings.retry)
         total, specs, _ = await checked_manifest(loaded, backend, saved, opts.max_units)
         settings = dataclasses.replace(
             settings,

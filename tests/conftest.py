@@ -29,9 +29,10 @@ TEST_NETWORK = Network(
 
 
 @pytest.fixture(autouse=True)
-def _hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test reads the developer's credentials, API address or proxy: a test that
-    wants one sets it."""
+def _hermetic_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the developer's credentials, API address or proxy, nor writes to
+    their cache: a test that wants one sets it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     for name in (
         "SCENARIO_API_KEY",
         "SCENARIO_API_SECRET",

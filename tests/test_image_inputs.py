@@ -208,3 +208,45 @@ def test_a_prompts_file_names_each_prompts_image(write: Write, tmp_path: Path) -
     write("p.csv", "prompt,sketch\ngreen,sketches/missing.png\n")
     with pytest.raises(ConfigError, match=r"p.csv:2: sketch: file not found"):
         World(tmp_path / "other").run(manifest)
+
+
+def test_images_given_by_url_are_fetched_once_and_recorded_by_their_address(
+    write: Write, tmp_path: Path
+) -> None:
+    import base64
+
+    from batchgen.sim.state import SimRequest
+
+    world = World(tmp_path)
+    headers = {"Authorization": world.sim._expected_auth.decode()}
+    urls = []
+    for n in range(2):
+        body = {"name": f"hosted-{n}.png", "image": base64.b64encode(make_png(24, 24, f"h{n}"))}
+        body["image"] = body["image"].decode()  # type: ignore[union-attr]
+        request = SimRequest("POST", "/v1/assets", {}, headers, json.dumps(body).encode())
+        urls.append(world.sim.handle(request).payload["asset"]["url"])
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-img2img\nwidth: 64\nheight: 64\njobs:\n"
+        f"  - images: [{urls[0]!r}, {urls[1]!r}]\n    prompt: ink\n",
+    )
+    assert world.run(manifest).succeeded == 2
+    fetched = world.sim.requests["GET cdn"]
+    recorded = {r["inputs"]["image"][0]["path"] for r in world.results()}
+    assert recorded == set(urls)
+    # A second run, elsewhere: the copies in the cache are used, not fetched again.
+    World(tmp_path / "again").run(manifest)
+    assert world.sim.requests["GET cdn"] == fetched
+    bad = write("bad.yaml", MANIFEST_URL_BAD)
+    with pytest.raises(ConfigError, match=r"bad.yaml:5: jobs\[0\].images: .*403"):
+        world.run(bad)
+
+
+MANIFEST_URL_BAD = """\
+model: model_sim-img2img
+width: 64
+height: 64
+jobs:
+  - images: http://cdn.sim/asset_none.png?Expires=1&Signature=x
+    prompt: ink
+"""

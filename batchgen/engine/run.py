@@ -485,7 +485,7 @@ class Engine:
                     keep_copy(image.path, out / relative)
                 kept[name].append(
                     {
-                        "path": str(image.path),
+                        "path": image.source or str(image.path),
                         "sha256": image.sha256,
                         "asset_id": self.uploader.asset_of(image.sha256)
                         or (self._journal.upload(image.sha256) or ("", None, None))[1],

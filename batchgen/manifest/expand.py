@@ -10,6 +10,7 @@ count instead of colliding.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -84,7 +85,7 @@ def _units_with_images(
     """An entry's units when it sends images: for each file of ``images:`` (or once,
     without), each prompt, size and repeat.  The images are in the id by their sha256."""
     fixed = [
-        (given.name, tuple(hashed(path) for path in given.files), given.many)
+        (given.name, tuple(_local(manifest, ref) for ref in given.files), given.many)
         for given in entry.inputs
         if given.column is None
     ]
@@ -93,7 +94,7 @@ def _units_with_images(
     for image in entry.images or (None,):
         inputs = list(fixed)
         if image is not None:
-            inputs.insert(0, (entry.image_input, (hashed(image),), False))
+            inputs.insert(0, (entry.image_input, (_local(manifest, image),), False))
         for prompt, metadata, source in iter_entry_prompts(manifest, entry):
             unit_inputs = inputs + [
                 (given.name, (_column_image(manifest, given, metadata, source),), False)
@@ -129,6 +130,16 @@ def _units_with_images(
                         inputs=tuple(unit_inputs),
                     )
                     index += 1
+
+
+def _local(manifest: Manifest, ref: Path | str) -> InputImage:
+    """The image a reference names, once a URL has been fetched (see
+    :func:`batchgen.scenario.remote.fetch_remote_images`)."""
+    if isinstance(ref, str):
+        raise ManifestError(str(manifest.path), None, "images", f"{ref} was not fetched")
+    image = hashed(ref)
+    source = manifest.image_sources.get(str(ref))
+    return dataclasses.replace(image, source=source) if source else image
 
 
 def _column_image(

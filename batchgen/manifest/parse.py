@@ -371,7 +371,7 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
             raise reader.fail(file_node, f"{name}.prompts_file", f"file not found: {relative}")
 
     prompt_column, columns = _column_choices(reader, name, items, defaults, prompts_file)
-    images: tuple[Path, ...] = ()
+    images: tuple[Path | str, ...] = ()
     if "images" in items:
         images = _image_files(reader, items["images"], f"{name}.images")
     image_input = "image"
@@ -435,19 +435,22 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+# An image given by its address: fetched once, before anything is sent.
+URL_SCHEMES = ("https://", "http://")
 
 
-def _image_files(reader: _Reader, node: yaml.Node, where: str) -> tuple[Path, ...]:
+def _image_files(reader: _Reader, node: yaml.Node, where: str) -> tuple[Path | str, ...]:
     """``images:``: a file, a directory (its images), or a glob (``sketches/*.png``,
     ``**`` for every level), or a list of them, relative to the manifest; in order."""
     given = reader.value(node, where)
     patterns = given if isinstance(given, list) else [given]
     if not patterns or not all(isinstance(p, str) and p.strip() for p in patterns):
         raise reader.fail(node, where, "must be a path, a directory, a glob, or a list of them")
-    found: list[Path] = []
+    found: list[Path | str] = []
     for pattern in patterns:
-        if pattern.startswith(("http://", "https://")):
-            raise reader.fail(node, where, "URLs are not taken yet: download the images first")
+        if pattern.startswith(URL_SCHEMES):
+            found.append(pattern)  # fetched before anything is sent (see remote_images)
+            continue
         base = reader.path.parent / pattern
         if base.is_dir():
             matches = sorted(p for p in base.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -489,10 +492,11 @@ def _image_inputs(
         paths = given if many else [given]
         if not paths or not all(isinstance(p, str) and p.strip() for p in paths):
             raise reader.fail(node, where, "must be a file, a list of files, or {column: NAME}")
-        files = []
+        files: list[Path | str] = []
         for path in paths:
-            if path.startswith(("http://", "https://")):
-                raise reader.fail(node, where, "URLs are not taken yet: download the file first")
+            if path.startswith(URL_SCHEMES):
+                files.append(path)  # fetched before anything is sent (see remote_images)
+                continue
             file = reader.path.parent / path
             if not file.is_file():
                 raise reader.fail(node, where, f"file not found: {path}")

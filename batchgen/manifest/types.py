@@ -63,7 +63,7 @@ class ImageInput:
     manifest).  ``many``: given as a list (an input of ``type: file_array``)."""
 
     name: str
-    files: tuple[Path, ...] = ()
+    files: tuple[Path | str, ...] = ()  # a str is a URL, fetched before anything is sent
     many: bool = False
     column: str | None = None
     line: int = 0
@@ -78,6 +78,8 @@ class InputImage:
     path: Path
     sha256: str
     size: int
+    # The address it was fetched from, for an image given by URL.
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +107,7 @@ class Entry:
     columns: tuple[str, ...] | None = None
     # ``images:``: one unit per file (times the prompts, sizes and count), sent to the
     # model input ``image_input``; and the images given to other inputs.
-    images: tuple[Path, ...] = ()
+    images: tuple[Path | str, ...] = ()  # a str is a URL, fetched before anything is sent
     image_input: str = "image"
     images_line: int = 0
     inputs: tuple[ImageInput, ...] = ()
@@ -123,6 +125,8 @@ class Manifest:
     output: Path | None = None
     concurrency: int | None = None
     filename: FileNameTemplate = DEFAULT_FILENAME
+    # The URL each fetched image came from, by the path of its local copy.
+    image_sources: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,6 +211,8 @@ def _image_problems(path: str, entry: Entry, spec: ModelSpec) -> list[Problem]:
                 Problem(path, line, where, f"{input_name} takes at most {item.max_length} images")
             )
         for file in files:
+            if isinstance(file, str):
+                continue  # a URL: checked as it is fetched
             message = _image_file_problem(file, item.max_size)
             if message:
                 problems.append(Problem(path, line, where, f"{file.name}: {message}"))

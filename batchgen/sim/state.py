@@ -950,8 +950,13 @@ class Simulator:
             return CdnAnswer(403, b"AccessDenied")
         signature = query.get("Signature", "")
         valid = hmac.compare_digest(signature, self._sign(asset_id, expires))
-        if not valid or expires < self.wall() or asset_id not in self.assets:
+        known = asset_id in self.assets or asset_id in self.uploads
+        if not valid or expires < self.wall() or not known:
             return CdnAnswer(403, b"AccessDenied: Request has expired")
+        if asset_id in self.uploads:  # an image uploaded is served as it was given
+            return CdnAnswer(
+                200, self.uploads[asset_id].content, len(self.uploads[asset_id].content)
+            )
         content = self.assets[asset_id].content()
         if self.config.truncate_rate and self._rng.random() < self.config.truncate_rate:
             self.faults_injected += 1
