@@ -738,7 +738,12 @@ async def _journal_or_rebuild(
             )
 
         def sent_for(unit: Unit) -> str:
-            return request_key(unit.model, request_for(unit, settings.seeds.get(unit.model)))
+            body = request_for(unit, settings.seeds.get(unit.model))
+            for name, _, _ in unit.inputs:
+                # Its images' asset ids went with the journal: the job is recognised by
+                # the rest (the prompt, and the seed drawn from the unit's id).
+                body.pop(name, None)
+            return request_key(unit.model, body)
 
         def rebuild_all() -> Rebuilt:
             with storage_faults(out_dir), journal.batch(durable=True):

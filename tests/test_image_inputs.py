@@ -250,3 +250,19 @@ jobs:
   - images: http://cdn.sim/asset_none.png?Expires=1&Signature=x
     prompt: ink
 """
+
+
+def test_a_rebuilt_journal_finds_the_jobs_of_units_that_send_images(
+    write: Write, tmp_path: Path
+) -> None:
+    sketches(tmp_path, count=2)
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=20)
+    world.run(manifest, max_runtime=5)  # every job made, none finished
+    made = world.sim.jobs_created
+    assert made == 4
+    (world.out / "journal.sqlite3").unlink()
+    (world.out / "results.jsonl").unlink(missing_ok=True)
+    world.clock.jump(30)
+    rebuilt = world.run(manifest, rebuild_journal=True)
+    assert rebuilt.exit_code == 0 and world.sim.jobs_created == made  # found, not bought
