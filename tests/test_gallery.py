@@ -122,3 +122,56 @@ def test_a_run_refreshes_its_gallery_and_a_sharded_output_has_one(
     assert not list(world.out.glob("shard-*/gallery"))
     units = page_data(page)["units"]
     assert isinstance(units, list) and len(units) == 9  # both shards' units, one page
+
+
+@pytest.mark.slow
+def test_a_gallery_of_ten_thousand_images_stays_bounded_in_the_browser(tmp_path: Path) -> None:
+    """The page of a 10,000-image run: a bounded number of elements, the first page's
+    thumbnails rendered, a filter and a page turn answered."""
+    import hashlib
+
+    from batchgen.manifest import iter_units, load_manifest
+    from batchgen.sim.png import make_png
+    from batchgen.store.files import stamp_of
+    from batchgen.store.journal import Journal
+    from batchgen.store.results import UnitResult
+
+    playwright, chromium = browser()
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"item {n}\n" for n in range(10_000)))
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("model: m\nwidth: 32\nheight: 32\njobs:\n  - prompts_file: p.txt\n")
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    journal = Journal(out)
+    try:
+        with journal.batch():
+            for unit in iter_units(load_manifest(manifest)):
+                content = make_png(32, 32, unit.id)
+                relative = f"images/{unit.id}_0.png"
+                (out / relative).write_bytes(content)
+                files = [(relative, hashlib.sha256(content).hexdigest())]
+                journal.submitting(unit.id, "2027-01-15T08:00:00+00:00", '["m", {}]')
+                journal.submitted(unit.id, f"job-{unit.id}", 1.0)
+                result = UnitResult.success(unit, job_id=f"job-{unit.id}", files=files, cost=1.0)
+                journal.downloaded(unit.id, files, result.to_json(), [stamp_of(out / relative)])
+    finally:
+        journal.close()
+    page_path = batchgen.gallery(out).page
+    with playwright.sync_playwright() as driver:  # type: ignore[attr-defined]
+        launched = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = launched.new_context(offline=True).new_page()
+            page.goto(page_path.as_uri())
+            assert page.locator("#grid .card").count() == 200  # a page, not 10,000
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#grid img')].slice(0, 20)"
+                ".every(i => i.complete && i.naturalWidth > 0)"
+            )
+            assert "of 50" in page.inner_text("#where")
+            page.click("#next")
+            assert "page 2 of 50" in page.inner_text("#where")
+            page.fill("#q", "item 9999")
+            assert page.locator("#grid .card").count() == 1
+        finally:
+            launched.close()
