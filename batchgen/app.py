@@ -117,6 +117,8 @@ class RunOptions:
     rebuild_journal: bool = False
     # Refresh OUT/gallery/index.html at the end of the run.
     gallery: bool = False
+    # Write each image's prompt and settings into its file (see store.embed).
+    embed_metadata: bool = False
     budget: float | None = None
     run_budget: float | None = None
     warn_at: float | None = None
@@ -609,6 +611,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
         download_workers=opts.downloads or defaults.download_workers_for(concurrency),
         filename=loaded.filename,
         reconcile_grace=opts.reconcile_grace,
+        embed_metadata=opts.embed_metadata,
     )
     async with open_backend(opts, out_dir) as backend:
         # Before the output directory is touched: credentials, models and every unit.

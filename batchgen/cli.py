@@ -222,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(nothing is deleted) and begin a new one",
     )
     run.add_argument(
+        "--embed-metadata",
+        action="store_true",
+        help="write each image's prompt and settings into its file as it is downloaded (a "
+        "PNG 'parameters' chunk and XMP; the pixels are not re-encoded; results keep the "
+        "served sha256 beside the file's)",
+    )
+    run.add_argument(
         "--gallery",
         action="store_true",
         help="refresh OUT/gallery/index.html at the end of the run (see batchgen gallery)",
@@ -760,6 +767,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         "fresh": args.fresh,
         "rebuild_journal": args.rebuild_journal,
         "gallery": args.gallery,
+        "embed_metadata": args.embed_metadata,
         "budget": args.budget,
         "run_budget": args.run_budget,
         "warn_at": args.warn_at,

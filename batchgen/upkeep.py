@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from .app import MANIFEST_KEY, RunOptions, _options, _run_sync, load, open_backend
 from .engine.download import _fresh_each_time
@@ -28,6 +31,7 @@ from .engine.policy import Request, with_retries
 from .errors import ApiError, ConfigError, DownloadError
 from .manifest import iter_units
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
+from .store.embed import embed
 from .store.export import DEFAULT_SHARD_SIZE, Exported, Source
 from .store.export import export as write_export
 from .store.faults import storage_faults
@@ -203,7 +207,8 @@ async def _fix(
                 if len(assets) != len(files):
                     raise DownloadError("the job lists other images now", transient=False)
                 fetched: list[tuple[str, str]] = []
-                for asset, entry in zip(assets, files, strict=True):
+                served = result.get("served_sha256") or []
+                for index, (asset, entry) in enumerate(zip(assets, files, strict=True)):
                     destination = place / entry[0]
                     got = await with_retries(
                         Request.DOWNLOAD,
@@ -212,15 +217,30 @@ async def _fix(
                         ),
                         retry,
                     )
-                    if got.sha256 != entry[1]:
+                    if served:  # the file had its story written in: written in again
+                        if got.sha256 != served[index]:
+                            raise DownloadError("the job's image is not the one recorded")
+                        digest = await anyio.to_thread.run_sync(_embed_again, destination, result)
+                    else:
+                        digest = got.sha256
+                    if digest != entry[1]:
                         raise DownloadError("the job's image is not the one recorded")
-                    fetched.append((entry[0], got.sha256))
+                    fetched.append((entry[0], digest))
             except (DownloadError, ApiError) as exc:  # reported per unit; the rest go on
                 found.not_fixed.append(f"{unit_id}: {exc}")
                 continue
             stamps = [stamp_of(place / path) for path, _ in fetched]
             journal.downloaded(unit_id, fetched, result, stamps)
             found.fixed += bad
+
+
+def _embed_again(path: Path, result: dict[str, Any]) -> str:
+    """Write a fetched image's story in again, as the run did; its new sha256."""
+    size = next((s for s in result.get("sizes") or [] if s), None)
+    row = {**result, **({"width": size[0], "height": size[1]} if size else {})}
+    written = embed(path.read_bytes(), row)
+    path.write_bytes(written)
+    return hashlib.sha256(written).hexdigest()
 
 
 # ---------------------------------------------------------------------- export

@@ -81,3 +81,30 @@ def test_an_export_embeds_the_story_and_the_pixels_are_the_served_ones(
         assert embedded.tobytes() == original.tobytes()
     # The run's own file is left as it was served.
     assert (world.out / record["files"][0]).read_bytes() == served
+
+
+def test_a_run_can_write_the_story_into_its_own_files_and_verify_follows(
+    write: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    image_module = pytest.importorskip("PIL.Image", reason="pip install -e '.[dataset-test]'")
+    manifest = write(
+        "jobs.yaml", "model: model_sim-fast\nwidth: 64\nheight: 48\njobs:\n  - prompt: a kite\n"
+    )
+    world = World(tmp_path)
+    assert world.run(manifest, embed_metadata=True).exit_code == 0
+    (record,) = world.results()
+    path = world.out / record["files"][0]
+    asset_id = world.sim.jobs[record["job_id"]].asset_ids[0]
+    served = world.sim.assets[asset_id].content()
+    with image_module.open(path) as written, image_module.open(io.BytesIO(served)) as original:
+        assert written.text["parameters"].startswith("a kite\nSeed: ")
+        assert written.tobytes() == original.tobytes()
+    assert record["served_sha256"] == [
+        world.sim.served_sha256[world.sim.jobs[record["job_id"]].asset_ids[0]]
+    ]
+    assert batchgen.verify(world.out).intact  # the file as written is what was recorded
+    embedded = path.read_bytes()
+    path.unlink()
+    fixed = world.call(lambda: batchgen.averify(world.out, fix=True, backend=world.backend))
+    assert fixed.fixed == 1 and path.read_bytes() == embedded  # written in again
+    assert world.run(manifest, embed_metadata=True).already_done == 1

@@ -47,7 +47,7 @@ from ..store.commits import GroupCommit
 from ..store.faults import storage_faults
 from ..store.files import IMAGES_DIR, INPUTS_DIR, files_intact, keep_copy, stamp_of
 from ..store.journal import Journal, Resume, Row, resume_action
-from ..store.results import UnitResult
+from ..store.results import UnitResult, embed_into_files
 from .download import AssetResolver, download_job
 from .poll import JobVanished, Poller
 from .ports import Api, Fetcher, Offload
@@ -96,6 +96,8 @@ class EngineSettings:
     image_lists: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # The journals of the other shards of the same output root (for their uploads).
     sibling_journals: tuple[Path, ...] = ()
+    # Write each image's prompt and settings into its file (see store.embed).
+    embed_metadata: bool = False
 
 
 class Plan(NamedTuple):
@@ -462,7 +464,7 @@ class Engine:
         asked = unit.params.get("seed")
         seed = asked if isinstance(asked, int) and not isinstance(asked, bool) else got.seed
         inputs = await self._offload(self._keep_inputs, unit) if unit.inputs else None
-        return UnitResult.success(
+        result = UnitResult.success(
             unit,
             job_id=job.job_id,
             files=got.files,
@@ -471,6 +473,9 @@ class Engine:
             sizes=got.sizes,
             inputs=inputs,
         )
+        if self._settings.embed_metadata:
+            result = await self._offload(embed_into_files, result, self._settings.output_dir)
+        return result
 
     def _keep_inputs(self, unit: Unit) -> dict[str, list[dict[str, Any]]]:
         """A copy of each image the unit was made from, in ``inputs/``, so that the

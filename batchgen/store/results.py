@@ -8,12 +8,16 @@ no longer in the manifest.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..manifest import Unit
+from .embed import embed
 from .files import write_lines_atomically
 
 RESULTS_NAME = "results.jsonl"
@@ -38,6 +42,9 @@ class UnitResult:
     # The images it was made from, by model input: each one's path as given, sha256,
     # asset id and copy in the output directory (``inputs/<sha256>.<ext>``).
     inputs: Mapping[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # The sha256 of each image as served, when its file has had its story written in
+    # (``--embed-metadata``: the file's own sha256 is then in ``files``).
+    served_sha256: tuple[str, ...] = ()
 
     @classmethod
     def success(
@@ -109,9 +116,34 @@ class UnitResult:
             "error": self.error,
             "permanent": self.permanent,
             **({"inputs": dict(self.inputs)} if self.inputs else {}),
+            **({"served_sha256": list(self.served_sha256)} if self.served_sha256 else {}),
             "metadata": dict(unit.metadata),
             "source": unit.source,
         }
+
+
+def embed_into_files(result: UnitResult, out_dir: Path) -> UnitResult:
+    """The result, its files with their story written in (:mod:`.embed`; blocking):
+    each file replaced in one rename, its new sha256 recorded, the served one kept."""
+    row = result.to_json()
+    files = []
+    for relative, _ in result.files:
+        path = out_dir / relative
+        written = embed(path.read_bytes(), {**row, **_first_size(result)})
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.embed")
+        try:
+            temporary.write_bytes(written)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        files.append((relative, hashlib.sha256(written).hexdigest()))
+    as_served = tuple(digest for _, digest in result.files)
+    return dataclasses.replace(result, files=tuple(files), served_sha256=as_served)
+
+
+def _first_size(result: UnitResult) -> dict[str, Any]:
+    size = next((s for s in result.sizes if s), None)
+    return {"width": size[0], "height": size[1]} if size else {}
 
 
 def write_results(lines: Iterable[str], out_dir: Path) -> Path:
