@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,7 +58,16 @@ def test_each_format_keeps_its_pixels_and_gains_its_story(kind: str) -> None:
             assert b"a red mug on a table" in xmp
     # Only inserted: every byte of the original is still there, in order.
     if kind == "PNG":
-        assert original[:-12] == written[: len(original) - 12]
+        assert written[:33] == original[:33] and written.endswith(original[33:])
+    exiftool = shutil.which("exiftool")
+    if exiftool is not None:  # a second reader, where it is installed
+        read = subprocess.run([exiftool, "-j", "-"], input=written, capture_output=True, check=True)
+        (tags,) = json.loads(read.stdout)
+        assert tags["DigitalSourceType"] == DIGITAL_SOURCE_TYPE
+        assert tags["Description"] == "a red mug on a table"
+        assert "Warning" not in tags
+        if kind == "PNG":
+            assert tags["Parameters"] == parameters_text(ROW)
 
 
 def test_an_export_embeds_the_story_and_the_pixels_are_the_served_ones(

@@ -6,7 +6,7 @@ most viewers), and XMP, where the IPTC standard marks AI-made images with
 ``Iptc4xmpExt:DigitalSourceType`` = ``trainedAlgorithmicMedia``.  Here the chunks are
 inserted, never the image re-encoded: the pixels are the ones served, bit for bit.
 
-- PNG: ``iTXt`` chunks ``parameters`` and ``XML:com.adobe.xmp`` before ``IEND``.
+- PNG: ``iTXt`` chunks ``parameters`` and ``XML:com.adobe.xmp`` after ``IHDR``.
 - JPEG: an ``APP1`` XMP segment after ``SOI`` (and after a JFIF ``APP0``).
 - WebP: an ``XMP `` chunk, with the ``VP8X`` header that announces it (made from the
   bitstream's own size when the file is a simple one).
@@ -87,12 +87,14 @@ def embed(content: bytes, row: dict[str, Any]) -> bytes:
 
 
 def _png(content: bytes, row: dict[str, Any]) -> bytes:
-    end = content.rfind(b"IEND") - 4  # the IEND chunk starts with its length
-    if end < len(PNG_SIGNATURE):
+    # Right after IHDR, before the image data: some readers stop at the first IDAT.
+    if content[12:16] != b"IHDR":
         return content
+    (length,) = struct.unpack(">I", content[8:12])
+    at = 8 + 12 + length
     chunks = _itxt("parameters", parameters_text(row).encode("utf-8"))
     chunks += _itxt("XML:com.adobe.xmp", xmp_packet(row))
-    return content[:end] + chunks + content[end:]
+    return content[:at] + chunks + content[at:]
 
 
 def _itxt(keyword: str, text: bytes) -> bytes:
