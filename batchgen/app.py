@@ -493,7 +493,7 @@ def _shapes_to_do(
         if journal is None or journal.is_empty():
             if shard is None:
                 return _shapes_of_entries(manifest, prompts, lists)
-        elif _still_complete(journal, out_dir, _fingerprint(manifest, shard)):
+        elif _still_complete(journal, out_dir, _fingerprint(manifest, shard)) is not None:
             return {}
         return _shapes_of_units(manifest, shard, journal, options, lists)
     finally:
@@ -613,6 +613,10 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
         reconcile_grace=opts.reconcile_grace,
         embed_metadata=opts.embed_metadata,
     )
+    if not (opts.fresh or opts.rebuild_journal or opts.gallery):
+        finished = _finished_already(loaded, shard, out_dir)
+        if finished is not None:
+            return finished
     async with open_backend(opts, out_dir) as backend:
         # Before the output directory is touched: credentials, models and every unit.
         saved = await backend.offload(_saved_specs, out_dir)
@@ -653,14 +657,15 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                 for model_id, spec in specs.items():
                     journal.remember(MODEL_KEY + model_id, json.dumps(spec.to_json()))
                 fingerprint = await backend.offload(_fingerprint, loaded, shard)
-                if await backend.offload(_still_complete, journal, out_dir, fingerprint):
+                finished = await backend.offload(_still_complete, journal, out_dir, fingerprint)
+                if finished is not None:
                     summary = Summary(total=total, skipped=total)
                 else:
                     summary = await _run_engine(
                         loaded, shard, total, opts, settings, backend, journal
                     )
                 if summary.skipped + summary.succeeded == total and summary.not_finished == 0:
-                    journal.remember(COMPLETE_KEY, f"{fingerprint} {journal.result_seq()}")
+                    journal.remember(COMPLETE_KEY, f"{fingerprint} {journal.result_seq()} {total}")
                 if not (summary.interrupted or summary.out_of_time):
                     # Every unit of the manifest has a journal row now; any more are old.
                     departed = sum(journal.counts().values()) - total
@@ -712,14 +717,41 @@ def _fingerprint(manifest: Manifest, shard: Shard | None) -> str:
     return digest.hexdigest()
 
 
-def _still_complete(journal: Journal, out_dir: Path, fingerprint: str) -> bool:
-    """Whether the batch was finished by an earlier run and nothing changed since: the
+def _still_complete(journal: Journal, out_dir: Path, fingerprint: str) -> int | None:
+    """The batch's units, if an earlier run finished it and nothing changed since: the
     same manifest, no change in the journal, every file as it was written."""
-    recorded = journal.recall(COMPLETE_KEY).get("")
-    if recorded != f"{fingerprint} {journal.result_seq()}":
-        return False
+    recorded = journal.recall(COMPLETE_KEY).get("", "").split()
+    if len(recorded) != 3 or recorded[:2] != [fingerprint, str(journal.result_seq())]:
+        return None
     with storage_faults(out_dir):
-        return stamps_hold(out_dir, journal.downloaded_files())
+        return int(recorded[2]) if stamps_hold(out_dir, journal.downloaded_files()) else None
+
+
+def _finished_already(manifest: Manifest, shard: Shard | None, out_dir: Path) -> Report | None:
+    """The report of a run with nothing to do, known without reading a prompt or asking
+    the API anything: the batch is finished and unchanged (see :func:`_still_complete`).
+    Nothing is sent, so the manifest's check against the models, made by the run that
+    finished it, is not made again."""
+    if not (out_dir / JOURNAL_NAME).is_file():
+        return None
+    with OutputLock(out_dir):
+        journal = Journal(out_dir)
+        try:
+            total = _still_complete(journal, out_dir, _fingerprint(manifest, shard))
+            if total is None:
+                return None
+            spent = journal.spent()
+        finally:
+            journal.close()
+    log.info("%s: finished by an earlier run, and nothing has changed since", out_dir)
+    summary = Summary(total=total, skipped=total)
+    return Report(
+        **summary.to_json(),
+        spent_total=spent,
+        output=str(out_dir),
+        exit_code=EXIT_OK,
+        line=summary.line(),
+    )
 
 
 async def _journal_or_rebuild(
