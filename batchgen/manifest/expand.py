@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,30 +53,10 @@ def iter_units(manifest: Manifest) -> Iterator[Unit]:
         for prompt, metadata, source in iter_entry_prompts(manifest, entry):
             head = f"[{model_json},{json.dumps(prompt, ensure_ascii=False)}"
             for size, tail in tails:
-                request = head + tail
-                key = hashlib.sha256(request.encode()).digest()[:12]
-                first_repeat = occurrences.get(key, 0)
-                occurrences[key] = first_repeat + entry.count
-                for repeat in range(first_repeat, first_repeat + entry.count):
-                    identity = unit_id(request, repeat)
-                    params = entry.params
-                    if derive_seed:
-                        params = {**entry.params, "seed": seed_for(identity)}
-                    yield Unit(
-                        id=identity,
-                        entry=entry.label,
-                        model=entry.model,
-                        prompt=prompt,
-                        width=size.width,
-                        height=size.height,
-                        params=params,
-                        repeat=repeat,
-                        source=source,
-                        metadata=metadata,
-                        index=index,
-                        aspect_ratio=size.ratio,
-                    )
+                made = _repeats(entry, head + tail, occurrences, index, derive_seed)
+                for unit in made(prompt, size, metadata, source, ()):
                     index += 1
+                    yield unit
 
 
 def _units_with_images(
@@ -106,30 +86,50 @@ def _units_with_images(
             }
             for size in entry.sizes:
                 request = canonical_request(entry.model, prompt, size, entry.params, shown)
-                key = hashlib.sha256(request.encode()).digest()[:12]
-                first_repeat = occurrences.get(key, 0)
-                occurrences[key] = first_repeat + entry.count
-                for repeat in range(first_repeat, first_repeat + entry.count):
-                    identity = unit_id(request, repeat)
-                    params = entry.params
-                    if derive_seed:
-                        params = {**entry.params, "seed": seed_for(identity)}
-                    yield Unit(
-                        id=identity,
-                        entry=entry.label,
-                        model=entry.model,
-                        prompt=prompt,
-                        width=size.width,
-                        height=size.height,
-                        params=params,
-                        repeat=repeat,
-                        source=source,
-                        metadata=metadata,
-                        index=index,
-                        aspect_ratio=size.ratio,
-                        inputs=tuple(unit_inputs),
-                    )
+                made = _repeats(entry, request, occurrences, index, derive_seed)
+                for unit in made(prompt, size, metadata, source, tuple(unit_inputs)):
                     index += 1
+                    yield unit
+
+
+def _repeats(
+    entry: Entry, request: str, occurrences: dict[bytes, int], index: int, derive_seed: bool
+) -> Callable[..., Iterator[Unit]]:
+    """The units of one canonical request: its repeats, numbered on from any identical
+    request met earlier in the manifest (see the module docstring)."""
+    key = hashlib.sha256(request.encode()).digest()[:12]
+    first_repeat = occurrences.get(key, 0)
+    occurrences[key] = first_repeat + entry.count
+
+    def units(
+        prompt: str,
+        size: Size,
+        metadata: Mapping[str, Any],
+        source: str,
+        inputs: tuple[tuple[str, tuple[InputImage, ...], bool], ...],
+    ) -> Iterator[Unit]:
+        for offset, repeat in enumerate(range(first_repeat, first_repeat + entry.count)):
+            identity = unit_id(request, repeat)
+            params = entry.params
+            if derive_seed:
+                params = {**entry.params, "seed": seed_for(identity)}
+            yield Unit(
+                id=identity,
+                entry=entry.label,
+                model=entry.model,
+                prompt=prompt,
+                width=size.width,
+                height=size.height,
+                params=params,
+                repeat=repeat,
+                source=source,
+                metadata=metadata,
+                index=index + offset,
+                aspect_ratio=size.ratio,
+                inputs=inputs,
+            )
+
+    return units
 
 
 def _local(manifest: Manifest, ref: Path | str) -> InputImage:
