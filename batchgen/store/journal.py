@@ -230,30 +230,24 @@ class Journal:
 
     def get_many(self, unit_ids: list[str]) -> dict[str, Row]:
         """The rows of these units that the journal has, by id: one query for many."""
-        found: dict[str, Row] = {}
-        for start in range(0, len(unit_ids), LOOKUP_CHUNK):
-            chunk = unit_ids[start : start + LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            with self._lock:
-                rows = self._db.execute(
-                    f"SELECT {ROW_COLUMNS} FROM units WHERE id IN ({marks})", chunk
-                ).fetchall()
-            for row in rows:
-                found[row[0]] = _row(row)
-        return found
+        rows = self._where_in(f"SELECT {ROW_COLUMNS} FROM units WHERE id IN", unit_ids)
+        return {row[0]: _row(row) for row in rows}
 
     def job_owners(self, job_ids: list[str]) -> dict[str, str]:
         """The unit each of these jobs belongs to, for those that are some unit's."""
-        owners: dict[str, str] = {}
-        for start in range(0, len(job_ids), LOOKUP_CHUNK):
-            chunk = job_ids[start : start + LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
+        return dict(self._where_in("SELECT job_id, unit_id FROM jobs WHERE job_id IN", job_ids))
+
+    def _where_in(self, query: str, values: list[str]) -> list[tuple[Any, ...]]:
+        """``query (?, ?, ...)`` for every chunk of ``values``: one query for many, within
+        SQLite's limit on bound parameters."""
+        found: list[tuple[Any, ...]] = []
+        for start in range(0, len(values), LOOKUP_CHUNK):
+            chunk = values[start : start + LOOKUP_CHUNK]
             with self._lock:
-                rows = self._db.execute(
-                    f"SELECT job_id, unit_id FROM jobs WHERE job_id IN ({marks})", chunk
+                found += self._db.execute(
+                    f"{query} ({','.join('?' * len(chunk))})", chunk
                 ).fetchall()
-            owners.update(rows)
-        return owners
+        return found
 
     def owns_job(self, job_id: str) -> bool:
         with self._lock:
