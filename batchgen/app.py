@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -36,10 +37,10 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 from anyio import CancelScope
@@ -49,8 +50,9 @@ from . import __version__
 from . import config as defaults
 from .config import ApiSettings, Credentials, RetrySettings
 from .engine import Engine, EngineSettings, Summary, cost_shape
+from .engine.bucket import CHECKPOINT_SECONDS, BucketImages, checkpoint, trusted
 from .engine.policy import Request, with_retries
-from .engine.ports import Fetcher, Offload
+from .engine.ports import Fetcher, Offload, inline
 from .engine.submit import request_for, request_key
 from .errors import (
     EXIT_FAILED_UNITS,
@@ -68,16 +70,27 @@ from .errors import (
 from .manifest import Manifest, Unit, count_units, iter_units, load_manifest
 from .manifest.naming import FileNameTemplate, parse_template
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
+from .outputs import (
+    BucketOutput,
+    default_state_root,
+    finish,
+    keep,
+    leased,
+    refuse_local_only,
+    start,
+)
 from .scenario.client import ScenarioClient
-from .scenario.download import AssetDownloader
+from .scenario.download import AssetDownloader, MemoryFetcher
 from .scenario.inputs import ModelSpec, model_from_json
 from .scenario.preflight import Problem, Prompts, check_manifest, read_prompts
 from .scenario.remote import fetch_remote_images
+from .store.bucket import BucketUrl, is_bucket_url, state_key
 from .store.dataset import write_metadata
 from .store.faults import storage_faults
 from .store.files import files_not_as_written, stamps_hold
 from .store.gallery import write_gallery
 from .store.journal import JOURNAL_NAME, Journal, Resume, State, resume_action
+from .store.lease import LEASE_SECONDS
 from .store.lock import OutputLock, run_in_progress
 from .store.rebuild import Rebuilt, earlier_work, rebuild
 from .store.views import update_views
@@ -100,6 +113,13 @@ class RunOptions:
     """What ``batchgen run`` takes, as keyword options; None means the default."""
 
     out: Path | str | None = None
+    # For an output in a bucket (out="s3://bucket/prefix"): the store's options
+    # (["endpoint_url=…"] or a dict, the names fsspec and datasets use), and where the
+    # journal lives locally (default: under the user's cache directory).
+    storage_options: list[str] | dict[str, str] | None = None
+    state_dir: Path | str | None = None
+    checkpoint_interval: float = CHECKPOINT_SECONDS
+    lease_seconds: float = LEASE_SECONDS
     api_url: str | None = None
     project_id: str | None = None
     concurrency: int | None = None
@@ -328,9 +348,22 @@ def _shard(value: str | Shard | None, shards: int | None = None) -> Shard | None
 
 
 def output_directory(manifest: Manifest, options: RunOptions, shard: Shard | None) -> Path:
+    """The local output directory; for an output in a bucket, its state directory."""
+    target = output_url(manifest, options)
+    if target is not None:
+        state = Path(options.state_dir) if options.state_dir else default_state_root()
+        state = state if options.state_dir else state / state_key(target)
+        return state / shard.directory if shard is not None else state
     given = Path(options.out) if options.out is not None else None
-    out = given or manifest.output or defaults.DEFAULT_OUTPUT_ROOT / manifest.path.stem
+    manifest_output = manifest.output if isinstance(manifest.output, Path) else None
+    out = given or manifest_output or defaults.DEFAULT_OUTPUT_ROOT / manifest.path.stem
     return out / shard.directory if shard is not None else out
+
+
+def output_url(manifest: Manifest, options: RunOptions) -> BucketUrl | None:
+    """The bucket the output goes to, if it goes to one (``--out`` or ``output:``)."""
+    given = options.out if options.out is not None else manifest.output
+    return BucketUrl.parse(given) if isinstance(given, str) and is_bucket_url(given) else None
 
 
 def _units(manifest: Manifest, shard: Shard | None) -> Iterator[Unit]:
@@ -598,7 +631,21 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
     opts = _options(options)
     loaded = load(manifest, opts.filename)
     shard = _shard(opts.shard, opts.shards)
-    out_dir = output_directory(loaded, opts, shard)
+    target = output_url(loaded, opts)
+    bucket_output: BucketOutput | None = None
+    if target is not None:
+        refuse_local_only(dataclasses.asdict(opts))
+        bucket_output = BucketOutput.open(
+            target,
+            opts.storage_options,
+            opts.state_dir,
+            shard,
+            blocking=False,
+            lease_seconds=opts.lease_seconds,
+        )
+        out_dir = bucket_output.state_dir
+    else:
+        out_dir = output_directory(loaded, opts, shard)
     concurrency = opts.concurrency or loaded.concurrency or defaults.DEFAULT_CONCURRENCY
     if not 1 <= concurrency <= defaults.MAX_CONCURRENCY:
         raise ConfigError(f"concurrency must be between 1 and {defaults.MAX_CONCURRENCY}")
@@ -613,7 +660,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
         reconcile_grace=opts.reconcile_grace,
         embed_metadata=opts.embed_metadata,
     )
-    if not (opts.fresh or opts.rebuild_journal or opts.gallery):
+    if bucket_output is None and not (opts.fresh or opts.rebuild_journal or opts.gallery):
         finished = _finished_already(loaded, shard, out_dir)
         if finished is not None:
             return finished
@@ -628,7 +675,11 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
             image_lists={model: spec.image_lists for model, spec in specs.items()},
             sibling_journals=tuple(
                 place / JOURNAL_NAME
-                for place in (shard_directories(out_dir.parent) if shard is not None else [])
+                for place in (
+                    shard_directories(out_dir.parent)
+                    if shard is not None and bucket_output is None
+                    else []
+                )
                 if place != out_dir
             ),
         )
@@ -638,17 +689,57 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
             "%s: %d units, output in %s, %d in flight at most",
             loaded.path,
             total,
-            out_dir,
+            bucket_output.bucket.url if bucket_output is not None else out_dir,
             concurrency,
         )
         if opts.fresh:
             _move_aside(out_dir)
-        with OutputLock(out_dir):
-            journal = Journal(out_dir, failed_job_limit=opts.job_attempts)
+        fetcher: Fetcher = backend.downloader
+        async with contextlib.AsyncExitStack() as held:
+            if bucket_output is not None:
+                # The store's first request: refused credentials end the run here.
+                bucket_output.bucket.blocking = backend.offload is inline
+                await held.enter_async_context(leased(bucket_output))
+            held.enter_context(OutputLock(out_dir))
+            if bucket_output is not None:
+                journal, present = await start(
+                    bucket_output,
+                    lambda: Journal(out_dir, failed_job_limit=opts.job_attempts),
+                    lambda: _units(loaded, shard),
+                    _sent_for(settings),
+                    backend.offload,
+                    COMPLETE_KEY,
+                )
+                images = BucketImages(
+                    _in_memory(backend.downloader),
+                    bucket_output.bucket,
+                    out_dir,
+                    backend.settings.retry,
+                    backend.offload,
+                )
+                fetcher = images
+                settings = dataclasses.replace(
+                    settings,
+                    files_intact=present.intact if present is not None else trusted,
+                    stamp=images.stamp,
+                )
+            else:
+                journal = Journal(out_dir, failed_job_limit=opts.job_attempts)
             try:
                 # Before the views are touched: over a lost journal they would be
                 # rewritten from nothing.
-                await _journal_or_rebuild(journal, loaded, shard, opts, settings, backend)
+                if bucket_output is None:
+                    await _journal_or_rebuild(journal, loaded, shard, opts, settings, backend)
+                else:  # where a new machine starts from if this one is lost from now on
+                    save = functools.partial(
+                        checkpoint,
+                        bucket_output.bucket,
+                        journal,
+                        backend.client.server_now,
+                        backend.settings.retry,
+                        backend.offload,
+                    )
+                    await save()
             except BaseException:
                 journal.close()
                 raise
@@ -661,8 +752,13 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                 if finished is not None:
                     summary = Summary(total=total, skipped=total)
                 else:
+                    alongside = None
+                    if bucket_output is not None:
+                        alongside = functools.partial(
+                            keep, bucket_output, save, opts.checkpoint_interval
+                        )
                     summary = await _run_engine(
-                        loaded, shard, total, opts, settings, backend, journal
+                        loaded, shard, total, opts, settings, backend, journal, fetcher, alongside
                     )
                 if summary.skipped + summary.succeeded == total and summary.not_finished == 0:
                     journal.remember(COMPLETE_KEY, f"{fingerprint} {journal.result_seq()} {total}")
@@ -680,7 +776,14 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
             finally:
                 # Also after an error or an interruption: the views must match the journal.
                 with CancelScope(shield=True):
-                    await backend.offload(_write_views_if_possible, journal, out_dir, shard)
+                    await backend.offload(
+                        _write_views_if_possible,
+                        journal,
+                        out_dir,
+                        shard if bucket_output is None else None,
+                    )
+                    if bucket_output is not None:
+                        await finish(bucket_output, save, backend.settings.retry, backend.offload)
                 spent = journal.spent()
                 journal.close()
         if opts.gallery:
@@ -689,10 +792,30 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
     return Report(
         **summary.to_json(),
         spent_total=spent,
-        output=str(out_dir),
+        output=str(bucket_output.bucket.url) if bucket_output is not None else str(out_dir),
         exit_code=exit_code(summary, total),
         line=summary.line(),
     )
+
+
+def _in_memory(fetcher: Fetcher) -> MemoryFetcher:
+    if not hasattr(fetcher, "fetch_bytes"):
+        raise ConfigError("this backend's downloader cannot write to a bucket (no fetch_bytes)")
+    return cast(MemoryFetcher, fetcher)
+
+
+def _sent_for(settings: EngineSettings) -> Callable[[Unit], str]:
+    """The request a unit would send, as the journal keeps it, less what only the run
+    that sent it knew (its images' asset ids): what finds its job in the account's list
+    when the journal that had it is lost."""
+
+    def sent_for(unit: Unit) -> str:
+        body = request_for(unit, settings.seeds.get(unit.model))
+        for name, _, _ in unit.inputs:
+            body.pop(name, None)
+        return request_key(unit.model, body)
+
+    return sent_for
 
 
 # A finished batch, as the journal remembers it: the manifest it was (its fingerprint)
@@ -772,17 +895,9 @@ async def _journal_or_rebuild(
                 "whose journal is lost (move the damaged one aside first)"
             )
 
-        def sent_for(unit: Unit) -> str:
-            body = request_for(unit, settings.seeds.get(unit.model))
-            for name, _, _ in unit.inputs:
-                # Its images' asset ids went with the journal: the job is recognised by
-                # the rest (the prompt, and the seed drawn from the unit's id).
-                body.pop(name, None)
-            return request_key(unit.model, body)
-
         def rebuild_all() -> Rebuilt:
             with storage_faults(out_dir), journal.batch(durable=True):
-                return rebuild(journal, out_dir, _units(manifest, shard), sent_for)
+                return rebuild(journal, out_dir, _units(manifest, shard), _sent_for(settings))
 
         rebuilt = await backend.offload(rebuild_all)
         log.warning(
@@ -825,6 +940,8 @@ async def _run_engine(
     settings: EngineSettings,
     backend: Backend,
     journal: Journal,
+    fetcher: Fetcher,
+    alongside: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> Summary:
     # The directory's budget, or this run's if it is the nearer of the two.
     spent_before = journal.spent()
@@ -835,7 +952,7 @@ async def _run_engine(
         budget, budget_option = spent_before + options.run_budget, "--run-budget"
     engine = Engine(
         backend.client,
-        backend.downloader,
+        fetcher,
         journal,
         settings,
         backend.settings.retry,
@@ -854,6 +971,8 @@ async def _run_engine(
             tg.start_soon(_stop_on_signal, tg.cancel_scope, engine.summary)
         if display is not None:
             tg.start_soon(_show_progress, engine, display, meter)
+        if alongside is not None:  # a bucket's lease renewal and checkpoints
+            tg.start_soon(alongside)
         with anyio.move_on_after(options.max_runtime) as deadline:
             await engine.run(_units(manifest, shard), total)
         if deadline.cancelled_caught:

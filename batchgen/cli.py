@@ -30,6 +30,7 @@ from . import config as defaults
 from .errors import EXIT_FAILED_UNITS, EXIT_INTERRUPTED, EXIT_OK, BatchgenError, ConfigError
 from .manifest.naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
 from .manifest.shard import Shard
+from .store.bucket import is_bucket_url
 from .store.export import DEFAULT_SHARD_SIZE, FORMATS
 from .ui.display import Display, LineDisplay
 
@@ -134,8 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("manifest", type=Path)
     run.add_argument(
         "--out",
+        type=_output,
+        help="output directory, or a bucket: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX (default: "
+        "the manifest's output, else output/<manifest name>)",
+    )
+    run.add_argument(
+        "--storage-option",
+        action="append",
+        dest="storage_options",
+        metavar="KEY=VALUE",
+        help="an option of the bucket's store, as fsspec and datasets name them (e.g. "
+        "endpoint_url=http://minio:9000, region_name=eu-west-1); repeatable. Credentials "
+        "come from the store's standard chain (AWS_* variables, profile, role; GCS "
+        "application default credentials)",
+    )
+    run.add_argument(
+        "--state-dir",
         type=Path,
-        help="output directory (default: the manifest's output, else output/<manifest name>)",
+        help="with an output in a bucket: where the journal lives locally (default: under "
+        "~/.cache/batchgen/state); a run with none starts from the bucket's checkpoint",
     )
     run.add_argument(
         "--concurrency",
@@ -506,7 +524,7 @@ METAVARS = {
     "project_id": "ID",
     "concurrency": "N",
     "downloads": "N",
-    "out": "DIR",
+    "out": "DIR|URL",
     "host": "HOST",
     "port": "PORT",
     "cdn_port": "PORT",
@@ -748,9 +766,16 @@ def _models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _output(text: str) -> str | Path:
+    """A bucket URL as written, or a path."""
+    return text if is_bucket_url(text) else Path(text)
+
+
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "out": args.out,
+        "storage_options": args.storage_options,
+        "state_dir": args.state_dir,
         "api_url": args.api_url,
         "project_id": args.project_id,
         "concurrency": args.concurrency,

@@ -9,8 +9,11 @@
     │   └── JournalMissingError        earlier work is there but its journal is not
     ├── OutputLockedError              exit 3: another run holds the output directory
     ├── StorageError                   exit 5: the output directory cannot be written or
-    │                                  read (full or read-only disk, a file in the way,
-    │                                  a damaged journal); what was recorded stays
+    │   │                              read (full or read-only disk, a file in the way,
+    │   │                              a damaged journal); what was recorded stays
+    │   └── ObjectStoreError           an object store (s3://, gs://) refused or failed a
+    │                                  request; ``transient`` ones (503 SlowDown, 429,
+    │                                  5xx, a dropped connection) are retried
     ├── ApiError                       the Scenario API answered with an error, or not at all
     │   ├── PermanentApiError          400, 403, 404: the same request fails the same way
     │   │   └── ModelRestrictedError   403 ModelAccessRestrictedError: the plan lacks the model
@@ -86,6 +89,14 @@ class StorageError(BatchgenError):
     once the fault is mended."""
 
     exit_code = 5
+
+
+class ObjectStoreError(StorageError):
+    """An object store answered a request with an error, or not at all."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class ApiError(BatchgenError):

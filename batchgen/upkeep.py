@@ -213,7 +213,13 @@ async def _fix(
                     got = await with_retries(
                         Request.DOWNLOAD,
                         _fresh_each_time(
-                            backend.client, backend.downloader, asset, destination, None, True
+                            backend.client,
+                            backend.downloader,
+                            asset,
+                            destination,
+                            None,
+                            True,
+                            unit_id,
                         ),
                         retry,
                     )

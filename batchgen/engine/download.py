@@ -143,7 +143,9 @@ async def download_job(
             )
         downloaded = await with_retries(
             Request.DOWNLOAD,
-            _fresh_each_time(api, fetcher, asset, destination, fallback, bool(job.asset_ids)),
+            _fresh_each_time(
+                api, fetcher, asset, destination, fallback, bool(job.asset_ids), unit.id
+            ),
             retry,
             rng,
         )
@@ -166,6 +168,7 @@ def _fresh_each_time(
     destination: Path,
     fallback: Path | None,
     refresh: bool,
+    unit_id: str,
 ) -> Callable[[], Awaitable[Downloaded]]:
     """An attempt function: the first try uses the URL in hand; later tries fetch a new
     signed URL first, since the likeliest cause of a failed download is its expiry."""
@@ -177,6 +180,8 @@ def _fresh_each_time(
         current = asset
         if refresh and tries > 1:
             current = (await api.get_assets([asset.id]))[0]
-        return await fetcher.fetch(current.url, destination, current.size, fallback=fallback)
+        return await fetcher.fetch(
+            current.url, destination, current.size, fallback=fallback, unit_id=unit_id
+        )
 
     return attempt

@@ -23,6 +23,7 @@ from ..errors import (
     DownloadError,
     MalformedResponseError,
     ModelRestrictedError,
+    ObjectStoreError,
     OutOfCreditsError,
     PermanentApiError,
     RateLimitedError,
@@ -43,6 +44,7 @@ class Request(enum.Enum):
     JOB_LIST = "job list"
     ASSET_LOOKUP = "asset lookup"
     DOWNLOAD = "download"
+    STORE_WRITE = "object store write"
     OTHER_READ = "read"
 
 
@@ -83,6 +85,10 @@ def decide(request: Request, error: BaseException) -> Action:
             return Action.FAIL_FOR_GOOD if request in MAKES else Action.FAIL_UNIT
         case DownloadError():
             return Action.RETRY if error.transient else Action.FAIL_UNIT
+        case ObjectStoreError():
+            # Throttled or down for a moment: retried (an image whose writes keep
+            # failing waits in the spill directory); refused credentials stop the run.
+            return Action.RETRY if error.transient else Action.STOP_RUN
         case ApiError():
             return Action.FAIL_UNIT
     return Action.STOP_RUN

@@ -28,7 +28,7 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,7 +45,7 @@ from ..manifest.naming import DEFAULT_FILENAME, FileNameTemplate
 from ..scenario.records import JobRecord
 from ..store.commits import GroupCommit
 from ..store.faults import storage_faults
-from ..store.files import IMAGES_DIR, INPUTS_DIR, files_intact, keep_copy, stamp_of
+from ..store.files import IMAGES_DIR, INPUTS_DIR, Stamp, files_intact, keep_copy, stamp_of
 from ..store.journal import Journal, Resume, Row, resume_action
 from ..store.results import UnitResult, embed_into_files
 from .download import AssetResolver, download_job
@@ -98,6 +98,10 @@ class EngineSettings:
     sibling_journals: tuple[Path, ...] = ()
     # Write each image's prompt and settings into its file (see store.embed).
     embed_metadata: bool = False
+    # For an output in a bucket (see engine.bucket): whether a done unit's files are
+    # still there, and what the journal records of a file written.  None: local files.
+    files_intact: Callable[[Iterable[tuple[str, str]], Iterable[Stamp | None]], bool] | None = None
+    stamp: Callable[[Path, str], Stamp | None] | None = None
 
 
 class Plan(NamedTuple):
@@ -257,11 +261,11 @@ class Engine:
             for unit_id, row in rows.items()
         }
         out = self._settings.output_dir
+        check = self._settings.files_intact or functools.partial(files_intact, out)
         intact = {
             unit_id
             for unit_id, action in actions.items()
-            if action is Resume.VERIFY
-            and files_intact(out, rows[unit_id].files, rows[unit_id].stamps)
+            if action is Resume.VERIFY and check(rows[unit_id].files, rows[unit_id].stamps)
         }
         return Plan(chunk, rows, actions, intact)
 
@@ -529,12 +533,15 @@ class Engine:
         if result.status == "success":
             out = self._settings.output_dir
             # Runs where the journal's commits run: the stat calls stay off the loop.
-            try:
-                stamps: list[tuple[int, int]] | None = [
-                    stamp_of(out / path) for path, _ in result.files
-                ]
-            except OSError:
-                stamps = None  # gone already: the next run finds out and fetches it again
+            stamps: list[tuple[int, int]] | None
+            if self._settings.stamp is not None:
+                found = [self._settings.stamp(out, path) for path, _ in result.files]
+                stamps = None if None in found else [s for s in found if s is not None]
+            else:
+                try:
+                    stamps = [stamp_of(out / path) for path, _ in result.files]
+                except OSError:
+                    stamps = None  # gone already: the next run finds out and fetches it again
             self._journal.downloaded(result.unit.id, list(result.files), result.to_json(), stamps)
         else:
             self._journal.failed(

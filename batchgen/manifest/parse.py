@@ -267,7 +267,9 @@ def load_manifest(path: str | Path) -> Manifest:
     defaults["param_places"] = places
     output = None
     if "output" in top:
-        output = path.parent / reader.string(top["output"], "output")
+        written = reader.string(top["output"], "output")
+        # A bucket URL is kept as written; a directory is relative to the manifest.
+        output = written if re.match(r"[a-z0-9]+://", written) else path.parent / written
     filename = DEFAULT_FILENAME
     if "filename" in top:
         template = reader.string(top["filename"], "filename")

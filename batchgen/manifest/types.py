@@ -122,7 +122,8 @@ class Entry:
 class Manifest:
     path: Path
     entries: tuple[Entry, ...]
-    output: Path | None = None
+    # A directory, or an object storage URL (s3://, gs://) as written.
+    output: Path | str | None = None
     concurrency: int | None = None
     filename: FileNameTemplate = DEFAULT_FILENAME
     # The URL each fetched image came from, by the path of its local copy.

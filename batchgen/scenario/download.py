@@ -59,6 +59,15 @@ class Downloaded:
     dimensions: tuple[int, int] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """An image fetched into memory, verified (for an output in object storage)."""
+
+    data: bytes
+    sha256: str
+    dimensions: tuple[int, int] | None = None
+
+
 class Fetcher(Protocol):
     """What the engine needs of a downloader (the tests' fake is one too)."""
 
@@ -69,7 +78,14 @@ class Fetcher(Protocol):
         expected_size: int | None = None,
         *,
         fallback: Path | None = None,
+        unit_id: str | None = None,
     ) -> Downloaded: ...
+
+
+class MemoryFetcher(Protocol):
+    """A downloader that can also hand an image over in memory, checked."""
+
+    async def fetch_bytes(self, url: str, expected_size: int | None = None) -> Fetched: ...
 
 
 def looks_like_an_image(head: bytes) -> bool:
@@ -167,6 +183,7 @@ class AssetDownloader:
         expected_size: int | None = None,
         *,
         fallback: Path | None = None,
+        unit_id: str | None = None,
     ) -> Downloaded:
         """Download ``url`` to ``destination`` (see :meth:`PartFile.finish` for
         ``fallback``)."""
@@ -209,6 +226,32 @@ class AssetDownloader:
         finally:
             part.discard()  # quick, and done even when cancelled
         return Downloaded(placed, check.received, sha256, check.dimensions())
+
+    async def fetch_bytes(self, url: str, expected_size: int | None = None) -> Fetched:
+        """Download ``url`` into memory, judged as :meth:`fetch` judges a file."""
+        where = URL(url)
+        pieces: list[bytes] = []
+        try:
+            async with self._session.get(
+                where, timeout=self._timeout, **proxy_options(self._proxies.for_url(where))
+            ) as response:
+                if response.status != 200:
+                    transient = response.status in (403, 408, 429) or response.status >= 500
+                    raise DownloadError(
+                        f"asset host {where.host} answered HTTP {response.status}",
+                        transient=transient,
+                    )
+                encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+                announced = None if encoded else response.content_length
+                limit = min(x for x in (announced, expected_size, MAX_ASSET_BYTES) if x is not None)
+                check = ImageCheck(where.host, limit)
+                async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+                    check.feed(chunk)
+                    pieces.append(chunk)
+            sha256 = check.finish(announced, expected_size)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DownloadError(f"download from {where.host} failed: {type(exc).__name__}") from exc
+        return Fetched(b"".join(pieces), sha256, check.dimensions())
 
 
 def image_dimensions(head: bytes) -> tuple[int, int] | None:

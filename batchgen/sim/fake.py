@@ -19,7 +19,7 @@ from yarl import URL
 from ..config import MAX_ASSET_BYTES, ApiSettings, Credentials
 from ..errors import DownloadError
 from ..scenario.client import ScenarioClient
-from ..scenario.download import Downloaded, ImageCheck
+from ..scenario.download import Downloaded, Fetched, ImageCheck
 from ..scenario.transport import Answer, ConnectionDropped, MockTransport, Outgoing
 from ..store.faults import storage_error
 from ..store.files import PartFile
@@ -81,7 +81,20 @@ class FakeFetcher:
         expected_size: int | None = None,
         *,
         fallback: Path | None = None,
+        unit_id: str | None = None,
     ) -> Downloaded:
+        fetched = await self.fetch_bytes(url, expected_size)
+        sha256 = fetched.sha256
+        part = PartFile(destination)
+        try:
+            placed = part.finish(fetched.data, destination, fallback, sha256)
+        except OSError as exc:
+            raise storage_error(exc, destination) from exc
+        finally:
+            part.discard()
+        return Downloaded(placed, len(fetched.data), sha256, fetched.dimensions)
+
+    async def fetch_bytes(self, url: str, expected_size: int | None = None) -> Fetched:
         await anyio.lowlevel.checkpoint()
         host = URL(url).host
         answer = self.sim.cdn_get(url, {})
@@ -96,11 +109,4 @@ class FakeFetcher:
         if len(answer.content) < answer.announced:
             raise DownloadError(f"download from {host} failed: ClientPayloadError")
         sha256 = check.finish(answer.announced, expected_size)
-        part = PartFile(destination)
-        try:
-            placed = part.finish(answer.content, destination, fallback, sha256)
-        except OSError as exc:
-            raise storage_error(exc, destination) from exc
-        finally:
-            part.discard()
-        return Downloaded(placed, check.received, sha256, check.dimensions())
+        return Fetched(bytes(answer.content), sha256, check.dimensions())

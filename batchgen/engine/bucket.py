@@ -1,0 +1,366 @@
+"""A batch whose output is a bucket: images written straight to it, the journal kept
+in a local state directory and checkpointed to the bucket, and what could not be
+written kept in a spill directory until it can.
+
+::
+
+    CDN ──fetch_bytes──▶ memory (verified) ──create, with sha256 + unit──▶ bucket
+                                   │ the store keeps failing (after the retry table)
+                                   ▼
+                    STATE/images/…  (spill) ──next run, or the end of this one──▶ bucket
+
+    STATE/journal.sqlite3 ──online backup, every interval and at exit──▶ _batchgen/journal.sqlite3
+
+An image is recorded done only once the store confirmed its write (or it is in the
+spill directory, from which it is written before the run ends or by the next run).
+Each is written once: with ``If-None-Match: *``, so a name already holding other bytes
+(another unit's image, a file of the user's) is never overwritten; an object already
+holding these very bytes (written by a run killed before it recorded them) is taken as
+written.  What a run needs of the journal's rows and files is in
+:mod:`batchgen.store.journal`; this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import random
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..config import RetrySettings
+from ..errors import ObjectStoreError
+from ..scenario.download import Downloaded, Fetched, MemoryFetcher
+from ..store.bucket import MAX_WRITES, SHA256_ATTRIBUTE, STATE_PREFIX, Bucket, image_attributes
+from ..store.faults import storage_error
+from ..store.files import IMAGES_DIR, INPUTS_DIR, PartFile, Stamp
+from ..store.journal import JOURNAL_NAME, Journal
+from .policy import Request, with_retries
+from .pressure import InFlightCap
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = f"{STATE_PREFIX}/{JOURNAL_NAME}"
+# When the journal was copied, by the API's clock (kept in the copy).
+CHECKPOINT_KEY = "checkpoint"
+# How often the journal is copied to the bucket while a run goes on (and at its end):
+# what a run on another machine starts from if this one's disk is lost.
+CHECKPOINT_SECONDS = 60.0
+# The stamp of a file written to the bucket: its size, and no local time.
+OBJECT_MTIME = 0
+
+Offload = Callable[..., Awaitable[Any]]
+
+
+class WriteSlots:
+    """How many writes go to the store at once: an :class:`InFlightCap` (halved when
+    the store throttles, back up by one after as many successes) over a limiter."""
+
+    def __init__(self, ceiling: int = MAX_WRITES) -> None:
+        self.cap = InFlightCap(ceiling)
+        self.limiter = anyio.CapacityLimiter(ceiling)
+
+    def throttled(self) -> None:
+        self.limiter.total_tokens = self.cap.rate_limited(None)
+
+    def succeeded(self) -> None:
+        self.limiter.total_tokens = self.cap.submitted()
+
+
+@dataclass(slots=True)
+class BucketImages:
+    """The engine's :class:`~batchgen.scenario.download.Fetcher` for a bucket: fetches
+    into memory, writes to the bucket, and names what it wrote relative to ``root``
+    (the local state directory, which stands in for the output in the journal)."""
+
+    source: MemoryFetcher
+    bucket: Bucket
+    root: Path
+    retry: RetrySettings
+    offload: Offload
+    rng: random.Random = field(default_factory=random.Random)
+    written: dict[str, int] = field(default_factory=dict)
+    spilled: int = 0
+
+    async def fetch(
+        self,
+        url: str,
+        destination: Path,
+        expected_size: int | None = None,
+        *,
+        fallback: Path | None = None,
+        unit_id: str | None = None,
+    ) -> Downloaded:
+        fetched = await self.source.fetch_bytes(url, expected_size)
+        relative = destination.relative_to(self.root).as_posix()
+        other = fallback.relative_to(self.root).as_posix() if fallback is not None else None
+        attributes = image_attributes(relative, fetched.sha256, unit_id)
+        try:
+            placed = await with_retries(
+                Request.STORE_WRITE,
+                lambda: self._place(relative, other, fetched, attributes),
+                self.retry,
+                self.rng,
+            )
+        except ObjectStoreError as exc:
+            if not exc.transient:
+                raise
+            placed = await self._spill(relative, fetched, attributes, exc)
+        else:
+            self.written[placed] = len(fetched.data)
+        return Downloaded(self.root / placed, len(fetched.data), fetched.sha256, fetched.dimensions)
+
+    async def _place(
+        self, relative: str, fallback: str | None, fetched: Fetched, attributes: dict[str, str]
+    ) -> str:
+        if fallback is None:  # the unit's own file: a download again replaces it
+            await self.bucket.put(relative, fetched.data, attributes)
+            return relative
+        if await self.bucket.create(relative, fetched.data, attributes) is not None:
+            return relative
+        there = await self.bucket.head(relative)
+        if there is not None and there.attributes.get(SHA256_ATTRIBUTE) == fetched.sha256:
+            return relative  # these very bytes, written by a run killed before it noted them
+        log.warning(
+            "%s holds another image; this one is %s",
+            self.bucket.location(relative),
+            self.bucket.location(fallback),
+        )
+        await self.bucket.put(fallback, fetched.data, attributes)
+        return fallback
+
+    async def _spill(
+        self, relative: str, fetched: Fetched, attributes: dict[str, str], exc: ObjectStoreError
+    ) -> str:
+        destination = self.root / relative
+        await self.offload(_write_file, destination, fetched.data, fetched.sha256, attributes)
+        self.spilled += 1
+        log.warning("%s; kept in %s until it can be written", exc, destination)
+        return relative
+
+    def stamp(self, out_dir: Path, relative: str) -> Stamp | None:
+        """What the journal records of a file: an object's size (no local time), or a
+        spilled file's local stamp."""
+        size = self.written.pop(relative, None)
+        if size is not None:
+            return size, OBJECT_MTIME
+        try:
+            status = (out_dir / relative).stat()
+        except OSError:
+            return None
+        return status.st_size, status.st_mtime_ns
+
+
+def _sidecar(path: Path) -> Path:
+    """Where a spilled file's object metadata waits with it (hidden: not a file to write)."""
+    return path.with_name(f".{path.name}.attributes.json")
+
+
+def _write_file(destination: Path, data: bytes, sha256: str, attributes: dict[str, str]) -> None:
+    part = PartFile(destination)
+    try:
+        part.finish(data, destination, None, sha256)
+        _sidecar(destination).write_text(json.dumps(attributes), encoding="utf-8")
+    except OSError as exc:
+        raise storage_error(exc, destination) from exc
+    finally:
+        part.discard()
+
+
+@dataclass(frozen=True, slots=True)
+class Flushed:
+    written: int
+    kept: int
+
+
+async def flush_spilled(
+    bucket: Bucket, root: Path, retry: RetrySettings, offload: Offload
+) -> Flushed:
+    """Write every file waiting in the state directory's ``images/`` and ``inputs/`` to
+    the bucket, each removed locally once the store confirmed it.  One the store still
+    refuses stays for the next run."""
+    written = kept = 0
+    for relative in await offload(_waiting, root):
+        path = root / relative
+        data, attributes = await offload(_read_spilled, path)
+        sha256 = hashlib.sha256(data).hexdigest()
+        attributes = {**attributes, **image_attributes(relative, sha256, None)}
+        try:
+            done = await with_retries(
+                Request.STORE_WRITE,
+                functools.partial(_write_once, bucket, relative, data, attributes),
+                retry,
+            )
+        except ObjectStoreError as exc:
+            if not exc.transient:
+                raise
+            log.warning("%s; kept in %s for the next run", exc, path)
+            kept += 1
+            continue
+        if not done:
+            log.warning(
+                "%s holds other bytes than %s; the local file is kept",
+                bucket.location(relative),
+                path,
+            )
+            kept += 1
+            continue
+        await offload(_remove_spilled, path)
+        written += 1
+    if written:
+        log.info("%s: %d files written from %s", bucket.url, written, root)
+    return Flushed(written, kept)
+
+
+def _read_spilled(path: Path) -> tuple[bytes, dict[str, str]]:
+    try:
+        attributes = json.loads(_sidecar(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        attributes = {}  # a file put there by hand: written with what can be known
+    return path.read_bytes(), {str(k): str(v) for k, v in dict(attributes).items()}
+
+
+def _remove_spilled(path: Path) -> None:
+    path.unlink()
+    _sidecar(path).unlink(missing_ok=True)
+
+
+async def _write_once(
+    bucket: Bucket, relative: str, data: bytes, attributes: dict[str, str]
+) -> bool:
+    """Whether the bucket holds these bytes under ``relative`` now (written by this
+    call, or already there); False if it holds other bytes."""
+    if await bucket.create(relative, data, attributes) is not None:
+        return True
+    there = await bucket.head(relative)
+    return there is not None and (
+        there.attributes.get(SHA256_ATTRIBUTE) == attributes[SHA256_ATTRIBUTE]
+    )
+
+
+def _waiting(root: Path) -> list[str]:
+    found: list[str] = []
+    for folder in (IMAGES_DIR, INPUTS_DIR):
+        for directory, _, names in os.walk(root / folder):
+            for name in names:
+                if not name.startswith("."):
+                    found.append((Path(directory) / name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+async def put_files(
+    bucket: Bucket, root: Path, names: Iterable[str], retry: RetrySettings, offload: Offload
+) -> None:
+    """Write these files of ``root`` (the views) to the bucket, each replacing the last."""
+    for name in names:
+        path = root / name
+        if not await offload(path.is_file):
+            continue
+        data = await offload(path.read_bytes)
+        await with_retries(Request.STORE_WRITE, functools.partial(bucket.put, name, data), retry)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def snapshot(journal_path: Path, destination: Path) -> None:
+    """A consistent copy of the journal (SQLite's online backup, on a connection of its
+    own: the run's writes go on meanwhile)."""
+    destination.unlink(missing_ok=True)
+    source = sqlite3.connect(journal_path)
+    try:
+        target = sqlite3.connect(destination)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+async def checkpoint(
+    bucket: Bucket,
+    journal: Journal,
+    server_now: Callable[[], datetime],
+    retry: RetrySettings,
+    offload: Offload,
+) -> None:
+    """Copy the journal to ``_batchgen/journal.sqlite3`` in the bucket, with the API's
+    time now in it: a run that starts from it looks for jobs made since then (on the
+    API's clock, which the store's may not agree with)."""
+    await offload(journal.remember, CHECKPOINT_KEY, server_now().isoformat())
+    copy = journal.path.with_name(f".{journal.path.name}.checkpoint")
+    try:
+        await offload(snapshot, journal.path, copy)
+        data = await offload(copy.read_bytes)
+    finally:
+        await offload(lambda: copy.unlink(missing_ok=True))
+    await with_retries(
+        Request.STORE_WRITE, functools.partial(bucket.put, CHECKPOINT_NAME, data), retry
+    )
+
+
+async def restore_checkpoint(bucket: Bucket, state_dir: Path, offload: Offload) -> datetime | None:
+    """Put the bucket's checkpoint in place as the state directory's journal; when it
+    was written (the store's clock), or None if there is none."""
+    found = await bucket.read(CHECKPOINT_NAME)
+    if found is None:
+        return None
+    data, described = found
+    journal = state_dir / JOURNAL_NAME
+
+    def place() -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        for suffix in ("-wal", "-shm"):
+            journal.with_name(journal.name + suffix).unlink(missing_ok=True)
+        temporary = journal.with_name(f".{journal.name}.restored")
+        temporary.write_bytes(data)
+        os.replace(temporary, journal)
+
+    await offload(place)
+    return described.last_modified
+
+
+class Present:
+    """The bucket's images as listed once (a run that starts from a checkpoint trusts
+    only what it can see): each file recorded done must be there, with its size."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[str, int] = {}
+
+    @classmethod
+    async def listed(cls, bucket: Bucket) -> Present:
+        present = cls()
+        async for page in bucket.listing(IMAGES_DIR + "/"):
+            for found in page:
+                present.sizes[bucket.relative(found.key)] = found.size
+        return present
+
+    def intact(self, files: Iterable[tuple[str, str]], stamps: Iterable[Stamp | None] = ()) -> bool:
+        listed = list(files)
+        known = list(stamps)
+        if not listed:
+            return False
+        for index, (relative, _) in enumerate(listed):
+            size = self.sizes.get(relative)
+            if size is None:
+                return False
+            stamp = known[index] if index < len(known) else None
+            if stamp is not None and stamp[1] == OBJECT_MTIME and stamp[0] != size:
+                return False
+        return True
+
+
+def trusted(files: Iterable[tuple[str, str]], stamps: Iterable[Stamp | None] = ()) -> bool:
+    """A run on the machine that wrote the journal trusts it: a file is recorded only
+    once the store confirmed it (``batchgen verify`` checks the bucket)."""
+    return any(True for _ in files)

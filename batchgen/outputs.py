@@ -1,0 +1,218 @@
+"""A run's output in a bucket: where its local state lives, how it takes the output
+(the lease), starts on a machine with no state (the checkpoint), and keeps both while
+it runs.  The bytes themselves move in :mod:`batchgen.engine.bucket`.
+
+A run to ``s3://bucket/prefix``:
+
+1. opens the store and takes the lease (the first request to the store: refused
+   credentials or a missing bucket end the run here, before anything is submitted);
+2. finds its journal in the state directory or, when there is none (a new machine, a
+   rescheduled pod), restores the bucket's checkpoint, then trusts only what it can
+   prove: a unit recorded done whose images are not all listed is downloaded again
+   from its job; a unit the checkpoint does not know may have been submitted after it
+   was written, and is looked for in the account's jobs before anything is sent;
+3. while the engine runs, renews the lease and checkpoints the journal;
+4. at its end (also when stopped), writes what waits in the spill directory, the
+   views (``results.jsonl``, ``metadata.jsonl``), a last checkpoint, and gives the
+   lease back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import anyio
+
+from .config import RetrySettings
+from .engine.bucket import (
+    CHECKPOINT_KEY,
+    CHECKPOINT_SECONDS,
+    Present,
+    WriteSlots,
+    flush_spilled,
+    put_files,
+    restore_checkpoint,
+)
+from .engine.ports import Offload
+from .errors import ConfigError, JournalMissingError
+from .manifest import Unit
+from .manifest.shard import Shard
+from .store.bucket import Bucket, BucketUrl, parse_storage_options, state_key
+from .store.dataset import METADATA_NAME
+from .store.files import IMAGES_DIR
+from .store.journal import Journal, State
+from .store.lease import LEASE_SECONDS, RENEWALS_PER_LEASE, Lease
+from .store.results import RESULTS_NAME
+
+log = logging.getLogger(__name__)
+
+# How long before a checkpoint a unit it does not know may have been submitted (the
+# store's clock and the API's may disagree; a POST's job may be listed late).
+CHECKPOINT_LOOKBACK = timedelta(hours=1)
+# Options a run to a bucket does not take (yet), with why.
+LOCAL_ONLY = {
+    "embed_metadata": "--embed-metadata writes into local files",
+    "gallery": "--gallery makes a page of local files",
+    "fresh": "--fresh moves a local directory aside (use a new prefix)",
+    "rebuild_journal": "--rebuild-journal reads a local directory (the bucket's "
+    "checkpoint is restored by itself)",
+}
+
+
+def default_state_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "batchgen" / "state"
+
+
+@dataclass(slots=True)
+class BucketOutput:
+    bucket: Bucket
+    state_dir: Path
+    lease: Lease
+
+    @classmethod
+    def open(
+        cls,
+        url: BucketUrl,
+        storage_options: list[str] | dict[str, str] | None,
+        state_dir: Path | str | None,
+        shard: Shard | None,
+        *,
+        blocking: bool,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> BucketOutput:
+        state = Path(state_dir) if state_dir is not None else default_state_root() / state_key(url)
+        bucket = Bucket.open(url, parse_storage_options(storage_options), blocking=blocking)
+        bucket.slots = WriteSlots()
+        if shard is not None:
+            bucket, state = bucket.child(shard.directory), state / shard.directory
+        return cls(bucket, state, Lease(bucket, lease_seconds))
+
+
+def refuse_local_only(chosen: dict[str, bool]) -> None:
+    for name, why in LOCAL_ONLY.items():
+        if chosen.get(name):
+            raise ConfigError(f"{why}; it is not available with an output in a bucket")
+
+
+async def start(
+    output: BucketOutput,
+    journal_opener: Callable[[], Journal],
+    units: Callable[[], Iterable[Unit]],
+    sent_for: Callable[[Unit], str],
+    offload: Offload,
+    complete_key: str,
+) -> tuple[Journal, Present | None]:
+    """The run's journal: the state directory's, or the bucket's checkpoint restored
+    (with what it cannot prove marked so).  With a restored one, what the bucket lists."""
+    journal = journal_opener()
+    if not await offload(journal.is_empty):
+        return journal, None
+    journal.close()
+    written = await restore_checkpoint(output.bucket, output.state_dir, offload)
+    journal = journal_opener()
+    if written is None:
+        if await _has_images(output.bucket):
+            journal.close()
+            raise JournalMissingError(
+                f"{output.bucket.url}: images are there but no journal (not in "
+                f"{output.state_dir}, no checkpoint in the bucket): a run now would pay "
+                "for every unit again; use a new prefix"
+            )
+        return journal, None
+    try:
+        # The API's time when the checkpoint was taken, else the store's.
+        recorded = (await offload(journal.recall, CHECKPOINT_KEY)).get(CHECKPOINT_KEY)
+        taken = datetime.fromisoformat(recorded) if recorded else written
+        since = (taken - CHECKPOINT_LOOKBACK).isoformat()
+
+        def mark() -> int:
+            from .app import COMPLETE_KEY
+
+            marked = 0
+            with journal.batch(durable=True):
+                # The finished batch it may record is proved again, object by object.
+                journal.remember(COMPLETE_KEY, "")
+                for unit in units():
+                    if journal.get(unit.id) is None:
+                        journal.restore(
+                            unit.id, State.SUBMITTING, started=since, sent=sent_for(unit)
+                        )
+                        marked += 1
+            return marked
+
+        marked = await offload(mark)
+        present = await Present.listed(output.bucket)
+    except BaseException:
+        journal.close()
+        raise
+    log.warning(
+        "%s: no local state in %s; started from the bucket's checkpoint of %s: %d images "
+        "listed, %d units it does not know are looked for in the account's jobs first",
+        output.bucket.url,
+        output.state_dir,
+        written.isoformat(timespec="seconds"),
+        len(present.sizes),
+        marked,
+    )
+    return journal, present
+
+
+async def _has_images(bucket: Bucket) -> bool:
+    async for page in bucket.listing(IMAGES_DIR + "/"):
+        if page:
+            return True
+    return False
+
+
+Save = Callable[[], Awaitable[None]]
+
+
+async def keep(output: BucketOutput, save: Save, interval: float = CHECKPOINT_SECONDS) -> None:
+    """Renew the lease and checkpoint the journal, until cancelled.  A lease lost
+    raises (the run must stop writing)."""
+    renew_every = max(output.lease.seconds / RENEWALS_PER_LEASE, 1.0)
+    last_checkpoint = anyio.current_time()
+    while True:
+        await anyio.sleep(min(renew_every, interval))
+        await output.lease.renew()
+        if anyio.current_time() - last_checkpoint >= interval:
+            await save()
+            last_checkpoint = anyio.current_time()
+
+
+async def finish(output: BucketOutput, save: Save, retry: RetrySettings, offload: Offload) -> None:
+    """What every run to a bucket does at its end: spilled files, views, checkpoint,
+    lease (each attempted even if one before it failed; the first failure raised)."""
+    failures: list[BaseException] = []
+    for step in (
+        lambda: flush_spilled(output.bucket, output.state_dir, retry, offload),
+        lambda: put_files(
+            output.bucket, output.state_dir, (RESULTS_NAME, METADATA_NAME), retry, offload
+        ),
+        save,
+        output.lease.release,
+    ):
+        try:
+            await step()
+        except Exception as exc:  # noqa: PERF203  each step is tried
+            failures.append(exc)
+            log.warning("%s: %s", output.bucket.url, exc)
+    if failures:
+        raise failures[0]
+
+
+@contextlib.asynccontextmanager
+async def leased(output: BucketOutput) -> AsyncIterator[None]:
+    await output.lease.acquire()
+    try:
+        yield
+    finally:
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await output.lease.release()

@@ -1,0 +1,346 @@
+"""Outputs in a bucket, on virtual time: the simulator in memory, and obstore's own
+in-memory store behind ``memory://`` (the same conditional writes S3 answers; the
+slow tests in test_bucket_s3.py run the same against a real S3 server)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import obstore
+import pytest
+
+from batchgen import outputs
+from batchgen.errors import ConfigError, ObjectStoreError, OutputLockedError
+from batchgen.store import bucket as bucket_module
+from batchgen.store.bucket import (
+    Bucket,
+    BucketUrl,
+    object_store_error,
+    parse_storage_options,
+    store_config,
+)
+from batchgen.store.lease import LEASE_NAME, Lease, has_expired
+from tests.helpers import World
+
+Write = Callable[[str, str], Path]
+MANIFEST = (
+    "model: model_sim-fast\nwidth: 32\nheight: 32\njobs:\n"
+    "  - prompt: 'unit {n}'\n    vars: {n: [" + ", ".join(map(str, range(24))) + "]}\n"
+)
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    """A bucket of its own for the test (memory stores live as long as the process)."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield f"memory://{name}/datasets/run"
+    bucket_module._memory_stores.pop(name, None)
+
+
+def objects(url: str) -> dict[str, bytes]:
+    parsed = BucketUrl.parse(url)
+    assert parsed is not None
+    store = bucket_module._memory_stores[parsed.bucket]
+    found: dict[str, bytes] = {}
+    for page in obstore.list(store, parsed.prefix):
+        for meta in page:
+            key = meta["path"][len(parsed.prefix) + 1 :]
+            found[key] = bytes(obstore.get(store, meta["path"]).bytes())
+    return found
+
+
+def attributes(url: str, relative: str) -> dict[str, Any]:
+    parsed = BucketUrl.parse(url)
+    assert parsed is not None
+    store = bucket_module._memory_stores[parsed.bucket]
+    return dict(obstore.get(store, parsed.key(relative), options={"head": True}).attributes)
+
+
+def results_in(url: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in objects(url)["results.jsonl"].decode().splitlines()]
+
+
+def assert_bucket_holds_what_was_served(world: World, url: str) -> list[dict[str, Any]]:
+    """Every unit succeeded, each image in the bucket once, byte for byte the CDN's,
+    with its sha256 and unit as metadata; no image that no unit owns."""
+    found = objects(url)
+    results = results_in(url)
+    assert {r["status"] for r in results} == {"success"}
+    owned = set()
+    for record in results:
+        job = world.sim.jobs[record["job_id"]]
+        for relative, digest, asset_id in zip(
+            record["files"], record["sha256"], job.asset_ids, strict=True
+        ):
+            assert found[relative] == world.sim.assets[asset_id].content()
+            assert hashlib.sha256(found[relative]).hexdigest() == digest
+            meta = attributes(url, relative)
+            assert meta["sha256"] == digest and meta["unit"] == record["id"]
+            owned.add(relative)
+    assert {k for k in found if k.startswith("images/")} == owned
+    return results
+
+
+def ours(world: World) -> int:
+    return sum(1 for job in world.sim.jobs.values() if not job.by_other_client)
+
+
+def test_a_run_writes_each_image_to_the_bucket_once_and_keeps_none_locally(
+    write: Write, tmp_path: Path, url: str
+) -> None:
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    state = tmp_path / "state"
+    report = world.run(manifest, out=url, state_dir=state, concurrency=8)
+    assert report.exit_code == 0 and report.succeeded == 24
+    assert report.output == url
+    results = assert_bucket_holds_what_was_served(world, url)
+    assert len(results) == 24 and ours(world) == 24
+    found = objects(url)
+    assert "_batchgen/journal.sqlite3" in found and LEASE_NAME not in found  # given back
+    metadata = [json.loads(line) for line in found["metadata.jsonl"].decode().splitlines()]
+    assert sorted(m["file_name"] for m in metadata) == sorted(r["files"][0] for r in results)
+    assert not [p for p in (state / "images").rglob("*") if p.is_file()]  # nothing kept
+    # A rerun has nothing to do, and buys nothing.
+    again = world.run(manifest, out=url, state_dir=state)
+    assert again.exit_code == 0 and again.already_done == 24 and ours(world) == 24
+
+
+def test_killed_after_posting_and_resumed_with_no_local_state_pays_for_nothing_twice(
+    write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod killed mid-run (no last checkpoint, no lease given back, answers lost)
+    and rescheduled on a new machine: it starts from the bucket's checkpoint, written
+    before its first POST, and proves the rest."""
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=8, jitter=0.5, seed=5, lose_answer_rate=0.15)
+    state = tmp_path / "state"
+
+    async def killed(*args: Any) -> None:
+        """What a run killed with SIGKILL does at its end: nothing."""
+
+    with monkeypatch.context() as patch:
+        patch.setattr("batchgen.app.finish", killed)
+        patch.setattr(Lease, "release", killed)
+        report = world.run(
+            manifest,
+            out=url,
+            state_dir=state,
+            concurrency=8,
+            max_runtime=15,
+            lease_seconds=0.001,  # expired when the next run looks (the store's clock is real)
+            checkpoint_interval=10_000,
+        )
+    assert 0 < report.succeeded < 24
+    assert LEASE_NAME in objects(url)  # a killed run's lease stays
+    made = ours(world)
+    shutil.rmtree(state)  # the new machine's disk
+    world.clock.jump(60)
+    world.configure(lose_answer_rate=0.0)
+    final = world.run(manifest, out=url, state_dir=state, concurrency=8)
+    assert final.exit_code == 0, final
+    assert ours(world) == 24 >= made  # jobs created equal units
+    assert_bucket_holds_what_was_served(world, url)
+
+
+def test_an_object_deleted_from_the_bucket_is_fetched_again_from_its_job(
+    write: Write, tmp_path: Path, url: str
+) -> None:
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    world.run(manifest, out=url, state_dir=tmp_path / "a")
+    gone = results_in(url)[3]["files"][0]
+    parsed = BucketUrl.parse(url)
+    assert parsed is not None
+    obstore.delete(bucket_module._memory_stores[parsed.bucket], parsed.key(gone))
+    # Another machine (no local state) proves what it finds: the object is missing.
+    report = world.run(manifest, out=url, state_dir=tmp_path / "b")
+    assert report.exit_code == 0 and report.already_done == 23
+    assert gone in objects(url) and ours(world) == 24
+    assert_bucket_holds_what_was_served(world, url)
+
+
+def test_a_second_run_on_the_same_prefix_is_refused_naming_the_holder(
+    write: Write, tmp_path: Path, url: str
+) -> None:
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    parsed = BucketUrl.parse(url)
+    assert parsed is not None
+    other = Lease(Bucket.open(parsed, blocking=True), seconds=600)
+    world.call(other.acquire)
+    with pytest.raises(OutputLockedError) as refused:
+        world.run(manifest, out=url, state_dir=tmp_path / "state")
+    message = str(refused.value)
+    assert str(other.holder) in message and "expires at" in message
+    assert refused.value.exit_code == 3
+    assert ours(world) == 0  # refused before anything was sent
+    world.call(other.release)
+    assert world.run(manifest, out=url, state_dir=tmp_path / "state").exit_code == 0
+
+
+def test_a_lease_whose_holder_stopped_renewing_is_taken_over_once_expired(
+    write: Write, tmp_path: Path, url: str
+) -> None:
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    parsed = BucketUrl.parse(url)
+    assert parsed is not None
+    dead = Lease(Bucket.open(parsed, blocking=True), seconds=0.001)
+    world.call(dead.acquire)
+    report = world.run(manifest, out=url, state_dir=tmp_path / "state")
+    assert report.exit_code == 0
+    # The dead holder, back, finds its lease gone at its next renewal.
+    with pytest.raises(OutputLockedError, match="taken over"):
+        world.call(dead.renew)
+
+
+@pytest.mark.parametrize(
+    ("age_seconds", "length", "expired"),
+    [(0, 120, False), (119, 120, False), (120, 120, True), (500, 120, True), (-30, 10, False)],
+)
+def test_a_lease_expires_by_the_stores_clock(
+    age_seconds: int, length: float, expired: bool
+) -> None:
+    written = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
+    assert has_expired(written, written + timedelta(seconds=age_seconds), length) is expired
+
+
+class FlakyWrites:
+    """Fails a share of the bucket's writes as S3 does when it throttles (503 SlowDown)."""
+
+    def __init__(self, rate: float, seed: int, only_images: bool = False) -> None:
+        self.rate = rate
+        self.rng = random.Random(seed)
+        self.only_images = only_images
+        self.failed = 0
+        self.original = Bucket._put
+
+    def method(self) -> Callable[..., Any]:
+        async def put(bucket: Bucket, relative: str, data: Any, **options: Any) -> Any:
+            if (not self.only_images or relative.startswith("images/")) and (
+                self.rng.random() < self.rate
+            ):
+                self.failed += 1
+                raise ObjectStoreError(
+                    f"{bucket.location(relative)}: write failed (503 SlowDown)", transient=True
+                )
+            return await self.original(bucket, relative, data, **options)
+
+        return put
+
+
+def test_a_store_failing_a_fifth_of_its_writes_loses_nothing_and_pays_nothing_twice(
+    write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    flaky = FlakyWrites(0.2, seed=3)
+    monkeypatch.setattr(Bucket, "_put", flaky.method())
+    report = world.run(manifest, out=url, state_dir=tmp_path / "state", concurrency=8)
+    assert report.exit_code == 0 and flaky.failed >= 3
+    assert ours(world) == 24
+    assert_bucket_holds_what_was_served(world, url)
+
+
+def test_an_image_the_store_keeps_refusing_waits_in_the_spill_directory_for_the_next_run(
+    write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    state = tmp_path / "state"
+    with monkeypatch.context() as patch:
+        patch.setattr(Bucket, "_put", FlakyWrites(1.0, seed=1, only_images=True).method())
+        report = world.run(manifest, out=url, state_dir=state)
+    assert report.exit_code == 0 and report.succeeded == 24  # paid for, so kept
+    spilled = sorted(p.name for p in (state / "images").rglob("*.png"))
+    assert len(spilled) == 24
+    assert not [k for k in objects(url) if k.startswith("images/")]
+    again = world.run(manifest, out=url, state_dir=state)
+    assert again.exit_code == 0 and ours(world) == 24
+    assert not list((state / "images").rglob("*.png"))
+    assert_bucket_holds_what_was_served(world, url)
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("s3://bucket/a/b/", BucketUrl("s3", "bucket", "a/b")),
+        ("gcs://bucket", BucketUrl("gs", "bucket", "")),
+        ("output/jobs", None),
+        ("/abs/path", None),
+    ],
+)
+def test_an_output_url_is_told_from_a_path(text: str, parsed: BucketUrl | None) -> None:
+    assert BucketUrl.parse(text) == parsed
+
+
+def test_an_unknown_scheme_or_storage_option_is_refused_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match="ftp://x/y: batchgen writes to s3://"):
+        BucketUrl.parse("ftp://x/y")
+    with pytest.raises(ConfigError, match="did you mean endpoint_url"):
+        store_config(BucketUrl("s3", "b", ""), parse_storage_options(["endpoint_ur=http://x"]))
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_storage_options(["endpoint_url"])
+    config = store_config(
+        BucketUrl("s3", "b", ""),
+        {"endpoint_url": "http://x", "key": "AK", "secret": "SK", "region_name": "r"},
+    )
+    assert config == {
+        "endpoint": "http://x",
+        "access_key_id": "AK",
+        "secret_access_key": "SK",
+        "region": "r",
+    }
+
+
+class _Kinds:
+    class PermissionDeniedError(Exception):
+        pass
+
+    class UnauthenticatedError(Exception):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("text", "transient", "says"),
+    [
+        (
+            "Server returned non-2xx status code: 503 Service Unavailable: <Code>SlowDown</Code>",
+            True,
+            "503 SlowDown",
+        ),
+        ("Server returned non-2xx status code: 429 Too Many Requests", True, "429"),
+        ("Server returned non-2xx status code: 500 Internal", True, "500"),
+        ("error sending request for url: connection refused", True, "connection"),
+        (
+            "Server returned non-2xx status code: 403 Forbidden: <Code>InvalidAccessKeyId</Code>",
+            False,
+            "refused the credentials (InvalidAccessKeyId)",
+        ),
+        (
+            "Server returned non-2xx status code: 404 Not Found: <Code>NoSuchBucket</Code>",
+            False,
+            "NoSuchBucket",
+        ),
+    ],
+)
+def test_a_store_error_is_one_line_saying_whether_trying_again_may_help(
+    text: str, transient: bool, says: str
+) -> None:
+    error = object_store_error(RuntimeError(text), "s3://b/p/x.png", "write", _Kinds)
+    assert error.transient is transient
+    assert says in str(error) and "\n" not in str(error)
+
+
+def test_bucket_only_options_are_refused_with_a_reason() -> None:
+    with pytest.raises(ConfigError, match="--embed-metadata writes into local files"):
+        outputs.refuse_local_only({"embed_metadata": True})
