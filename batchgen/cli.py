@@ -27,11 +27,13 @@ import anyio
 
 from . import __version__, app, upkeep
 from . import config as defaults
+from .engine.bucket import CHECKPOINT_SECONDS
 from .errors import EXIT_FAILED_UNITS, EXIT_INTERRUPTED, EXIT_OK, BatchgenError, ConfigError
 from .manifest.naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
 from .manifest.shard import Shard
 from .store.bucket import is_bucket_url
 from .store.export import DEFAULT_SHARD_SIZE, FORMATS
+from .store.lease import LEASE_SECONDS
 from .ui.display import Display, LineDisplay
 
 STATUS_FAILURES_SHOWN = 20
@@ -148,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
         "endpoint_url=http://minio:9000, region_name=eu-west-1); repeatable. Credentials "
         "come from the store's standard chain (AWS_* variables, profile, role; GCS "
         "application default credentials)",
+    )
+    run.add_argument(
+        "--lease-seconds",
+        type=_positive_float("--lease-seconds"),
+        default=LEASE_SECONDS,
+        metavar="SECONDS",
+        help="with an output in a bucket: how long the run's lease on it lasts unless renewed "
+        f"(it is renewed 4 times in that; default {LEASE_SECONDS:g}): a run killed holds the "
+        "output that long",
+    )
+    run.add_argument(
+        "--checkpoint-interval",
+        type=_positive_float("--checkpoint-interval"),
+        default=CHECKPOINT_SECONDS,
+        metavar="SECONDS",
+        help="with an output in a bucket: seconds between copies of the journal to it "
+        f"(default {CHECKPOINT_SECONDS:g}; also at the start and the end of every run)",
     )
     run.add_argument(
         "--state-dir",
@@ -776,6 +795,8 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         "out": args.out,
         "storage_options": args.storage_options,
         "state_dir": args.state_dir,
+        "lease_seconds": args.lease_seconds,
+        "checkpoint_interval": args.checkpoint_interval,
         "api_url": args.api_url,
         "project_id": args.project_id,
         "concurrency": args.concurrency,

@@ -416,12 +416,9 @@ def object_store_error(exc: Exception, where: str, what: str, kinds: Any) -> Obj
         return ObjectStoreError(f"{where}: {code or 'not found'}", transient=False)
     detail = " ".join(part for part in (str(status) if status else "", code or "") if part)
     if status is None and code is None:
-        detail = type(exc).__name__
-        lowered = text.lower()
-        for hint in ("timed out", "connection", "error sending request", "dns", "reset"):
-            if hint in lowered:
-                detail = f"{type(exc).__name__}: {hint}"
-                break
+        # The store's own first line (a URL and what went wrong; requests are signed in
+        # headers, which it does not repeat).
+        detail = f"{type(exc).__name__}: {_first_line(exc)[:200]}"
     transient = status is None or status in (408, 409, 429) or status >= 500
     return ObjectStoreError(f"{where}: {what} failed ({detail})", transient=transient)
 
