@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,7 +32,9 @@ import anyio
 
 from .config import RetrySettings
 from .engine.bucket import (
+    CHECKPOINT_ETAG_KEY,
     CHECKPOINT_KEY,
+    CHECKPOINT_NAME,
     CHECKPOINT_SECONDS,
     Present,
     WriteSlots,
@@ -113,8 +116,19 @@ async def start(
     (with what it cannot prove marked so).  With a restored one, what the bucket lists."""
     journal = journal_opener()
     if not await offload(journal.is_empty):
-        return journal, None
-    journal.close()
+        if await _still_latest(output.bucket, journal, offload):
+            return journal, None
+        journal.close()
+        aside = await offload(_set_aside, journal.path)
+        log.warning(
+            "%s: another machine has run on it since this one's journal was last "
+            "checkpointed; that journal is kept as %s, and the run starts from the "
+            "bucket's checkpoint",
+            output.bucket.url,
+            aside,
+        )
+    else:
+        journal.close()
     written = await restore_checkpoint(output.bucket, output.state_dir, offload)
     journal = journal_opener()
     if written is None:
@@ -128,17 +142,15 @@ async def start(
         return journal, None
     try:
         # The API's time when the checkpoint was taken, else the store's.
-        recorded = (await offload(journal.recall, CHECKPOINT_KEY)).get(CHECKPOINT_KEY)
+        recorded = (await offload(journal.recall, CHECKPOINT_KEY)).get("")
         taken = datetime.fromisoformat(recorded) if recorded else written
         since = (taken - CHECKPOINT_LOOKBACK).isoformat()
 
         def mark() -> int:
-            from .app import COMPLETE_KEY
-
             marked = 0
             with journal.batch(durable=True):
                 # The finished batch it may record is proved again, object by object.
-                journal.remember(COMPLETE_KEY, "")
+                journal.remember(complete_key, "")
                 for unit in units():
                     if journal.get(unit.id) is None:
                         journal.restore(
@@ -162,6 +174,26 @@ async def start(
         marked,
     )
     return journal, present
+
+
+async def _still_latest(bucket: Bucket, journal: Journal, offload: Offload) -> bool:
+    """Whether the local journal is the newest state of the output: the bucket's
+    checkpoint is the one it last wrote (or there is none).  Another machine that took
+    the output over since wrote its own, which knows what this journal does not."""
+    there = await bucket.head(CHECKPOINT_NAME)
+    if there is None:
+        return True
+    recalled: dict[str, str] = await offload(journal.recall, CHECKPOINT_ETAG_KEY)
+    return recalled.get("") == there.e_tag
+
+
+def _set_aside(path: Path) -> Path:
+    aside = path.with_name(f"{path.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.rename(aside.with_name(aside.name + suffix))
+    return aside
 
 
 async def _has_images(bucket: Bucket) -> bool:

@@ -151,6 +151,39 @@ def test_killed_after_posting_and_resumed_with_no_local_state_pays_for_nothing_t
     assert_bucket_holds_what_was_served(world, url)
 
 
+def test_a_machine_whose_state_is_older_than_the_buckets_starts_from_the_bucket(
+    write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Machine A is killed; B takes the output over and finishes it; A comes back with
+    its old journal, which does not know what B did: it must not be trusted."""
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=8, jitter=0.5, seed=9)
+
+    async def killed(*args: Any) -> None:
+        """A run killed with SIGKILL does nothing at its end."""
+
+    with monkeypatch.context() as patch:
+        patch.setattr("batchgen.app.finish", killed)
+        patch.setattr(Lease, "release", killed)
+        first = world.run(
+            manifest,
+            out=url,
+            state_dir=tmp_path / "a",
+            concurrency=6,
+            max_runtime=10,
+            lease_seconds=0.001,
+            checkpoint_interval=10_000,
+        )
+    assert 0 < first.succeeded < 24
+    assert world.run(manifest, out=url, state_dir=tmp_path / "b").exit_code == 0
+    assert ours(world) == 24
+    back = world.run(manifest, out=url, state_dir=tmp_path / "a")
+    assert back.exit_code == 0 and back.already_done == 24
+    assert ours(world) == 24  # nothing bought again
+    assert list((tmp_path / "a").glob("journal.sqlite3.stale-*"))  # kept, not deleted
+    assert_bucket_holds_what_was_served(world, url)
+
+
 def test_an_object_deleted_from_the_bucket_is_fetched_again_from_its_job(
     write: Write, tmp_path: Path, url: str
 ) -> None:

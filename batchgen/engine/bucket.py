@@ -51,7 +51,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = f"{STATE_PREFIX}/{JOURNAL_NAME}"
 # When the journal was copied, by the API's clock (kept in the copy).
-CHECKPOINT_KEY = "checkpoint"
+CHECKPOINT_KEY = "checkpoint_at"
+# The ETag of the last copy this journal wrote (kept in the local journal): a bucket
+# whose checkpoint has another was written by another machine since.
+CHECKPOINT_ETAG_KEY = "checkpoint_etag"
 # How often the journal is copied to the bucket while a run goes on (and at its end):
 # what a run on another machine starts from if this one's disk is lost.
 CHECKPOINT_SECONDS = 60.0
@@ -304,9 +307,10 @@ async def checkpoint(
         data = await offload(copy.read_bytes)
     finally:
         await offload(lambda: copy.unlink(missing_ok=True))
-    await with_retries(
+    e_tag = await with_retries(
         Request.STORE_WRITE, functools.partial(bucket.put, CHECKPOINT_NAME, data), retry
     )
+    await offload(journal.remember, CHECKPOINT_ETAG_KEY, e_tag or "")
 
 
 async def restore_checkpoint(bucket: Bucket, state_dir: Path, offload: Offload) -> datetime | None:
