@@ -34,10 +34,19 @@ import logging
 import os
 import secrets
 import signal
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -72,6 +81,7 @@ from .manifest.naming import FileNameTemplate, parse_template
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
 from .outputs import (
     BucketOutput,
+    checkpointed,
     default_state_root,
     finish,
     keep,
@@ -1081,20 +1091,69 @@ def write_dataset_metadata(journal: Journal, out_dir: Path, *, sharded: bool) ->
 # ---------------------------------------------------------------------- status
 
 
-def status(out: str | Path, manifest: str | Path | None = None) -> Status:
+def status(
+    out: str | Path,
+    manifest: str | Path | None = None,
+    *,
+    storage_options: list[str] | dict[str, str] | None = None,
+) -> Status:
     """What the runs in an output directory (or every shard under it) have done so far;
-    also while a run goes on.  Given the manifest, also how much of it is left."""
+    also while a run goes on.  Given the manifest, also how much of it is left.  ``out``
+    may be a bucket URL (``s3://…``): its checkpoints are read, its images listed."""
+    loaded = load(manifest) if manifest is not None else None
+    if isinstance(out, str) and is_bucket_url(out):
+        url = BucketUrl.parse(out)
+        assert url is not None
+        with tempfile.TemporaryDirectory() as temporary:
+            found = _run_sync(lambda: checkpointed(url, storage_options, Path(temporary)))
+            return _tally(
+                str(url),
+                [(c.place, c.shard, c.present.problems) for c in found],
+                loaded,
+                running=any(c.lease_held for c in found),
+                sharded=found[0].shard is not None,
+            )
     root = Path(out)
     places = [root] if (root / JOURNAL_NAME).is_file() else shard_directories(root)
     places = [p for p in places if (p / JOURNAL_NAME).is_file()]
     if not places:
         raise ConfigError(f"{root}: no batchgen journal here (is it a run's output directory?)")
-    loaded = load(manifest) if manifest is not None else None
+
+    def shard_of(place: Path) -> Shard | None:
+        match = SHARD_DIRECTORY.match(place.name) if place != root else None
+        return Shard(int(match[1]), int(match[2])) if match else None
+
+    return _tally(
+        str(root),
+        [
+            (place, shard_of(place), functools.partial(files_not_as_written, place))
+            for place in places
+        ],
+        loaded,
+        running=any(run_in_progress(place) for place in places),
+        sharded=places != [root],
+    )
+
+
+# How a place's recorded files are checked: (path, whether missing) of each one not as
+# written (files_not_as_written for a directory, Present.problems for a bucket).
+FileCheck = Callable[[Iterable[str]], Iterator[tuple[str, bool]]]
+
+
+def _tally(
+    out: str,
+    places: list[tuple[Path, Shard | None, FileCheck]],
+    loaded: Manifest | None,
+    *,
+    running: bool,
+    sharded: bool,
+) -> Status:
+    """The journals of ``places``, each with how its files are checked, summed up."""
     counts: Counter[str] = Counter()
     spent = 0.0
     failures: list[dict[str, Any]] = []
     missing = changed = manifest_units = left = 0
-    for place in places:
+    for place, shard, not_as_written in places:
         journal = Journal(place)
         try:
             with storage_faults(journal.path):
@@ -1104,12 +1163,10 @@ def status(out: str | Path, manifest: str | Path | None = None) -> Status:
                     {"id": unit_id, "error": error, "permanent": permanent, "job_id": job_id}
                     for unit_id, error, permanent, job_id in journal.failures()
                 )
-                for _, gone in files_not_as_written(place, journal.downloaded_files()):
+                for _, gone in not_as_written(journal.downloaded_files()):
                     missing += gone
                     changed += not gone
                 if loaded is not None:
-                    match = SHARD_DIRECTORY.match(place.name) if place != root else None
-                    shard = Shard(int(match[1]), int(match[2])) if match else None
                     units = _units(loaded, shard)
                     while chunk := list(itertools.islice(units, ESTIMATE_CHUNK)):
                         rows = journal.get_many([unit.id for unit in chunk])
@@ -1122,9 +1179,9 @@ def status(out: str | Path, manifest: str | Path | None = None) -> Status:
         finally:
             journal.close()
     return Status(
-        out=str(root),
-        shards=[p.name for p in places] if places != [root] else [],
-        running=any(run_in_progress(place) for place in places),
+        out=out,
+        shards=[shard.directory for _, shard, _ in places if shard is not None] if sharded else [],
+        running=running,
         units=sum(counts.values()),
         states=dict(counts),
         cost=spent,

@@ -141,16 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output directory, or a bucket: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX (default: "
         "the manifest's output, else output/<manifest name>)",
     )
-    run.add_argument(
-        "--storage-option",
-        action="append",
-        dest="storage_options",
-        metavar="KEY=VALUE",
-        help="an option of the bucket's store, as fsspec and datasets name them (e.g. "
-        "endpoint_url=http://minio:9000, region_name=eu-west-1); repeatable. Credentials "
-        "come from the store's standard chain (AWS_* variables, profile, role; GCS "
-        "application default credentials)",
-    )
+    _add_storage_option(run)
     run.add_argument(
         "--lease-seconds",
         type=_positive_float("--lease-seconds"),
@@ -379,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="what a run has done so far in an output directory (also while it runs)"
     )
-    status.add_argument("out", type=Path, metavar="OUT")
+    status.add_argument("out", type=_output, metavar="OUT")
     status.add_argument(
         "manifest",
         type=Path,
@@ -387,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MANIFEST",
         help="also say how many of this manifest's units are left to do",
     )
+    _add_storage_option(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(status)
 
@@ -396,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--delete-files their images); their jobs stay recorded as theirs",
         epilog="example: batchgen prune output/jobs jobs.yaml --delete-files",
     )
-    prune.add_argument("out", type=Path, metavar="OUT")
+    prune.add_argument("out", type=_output, metavar="OUT")
     prune.add_argument(
         "manifest",
         type=Path,
@@ -416,12 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
         "ones again from their jobs (never a new job)",
         epilog="example: batchgen verify output/jobs --fix",
     )
-    verify.add_argument("out", type=Path, metavar="OUT")
+    verify.add_argument("out", type=_output, metavar="OUT")
     verify.add_argument(
         "--fix", action="store_true", help="download the missing and altered images again"
     )
     verify.add_argument("--api-url", help="API base URL (as for run)")
     verify.add_argument("--project-id", help="Scenario project id (as for run)")
+    _add_storage_option(verify)
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(verify)
 
@@ -431,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         "image bytes) or a clean imagefolder with a dataset card",
         epilog="example: batchgen export output/jobs exports/jobs --format webdataset",
     )
-    export.add_argument("out", type=Path, metavar="OUT")
+    export.add_argument("out", type=_output, metavar="OUT")
     export.add_argument("dest", type=Path, metavar="DEST", help="a new, empty directory")
     export.add_argument(
         "--format",
@@ -464,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare view, failures and their reasons); it opens from file:// with no network",
         epilog="example: batchgen gallery output/jobs --open",
     )
-    gallery.add_argument("out", type=Path, metavar="OUT")
+    gallery.add_argument("out", type=_output, metavar="OUT")
     gallery.add_argument("--open", action="store_true", help="open it in the default browser")
     gallery.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(gallery)
@@ -554,7 +547,8 @@ METAVARS = {
 }
 POSITIONAL_HELP = {
     "manifest": "the YAML manifest",
-    "out": "an output directory, or an output root holding --shard directories",
+    "out": "an output directory, or an output root holding --shard directories; for status "
+    "and verify also a bucket URL (s3://BUCKET/PREFIX)",
 }
 EXAMPLES = {
     "run": "examples:\n  batchgen run jobs.yaml\n  batchgen run jobs.yaml --simulate\n"
@@ -785,6 +779,19 @@ def _models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_storage_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--storage-option",
+        action="append",
+        dest="storage_options",
+        metavar="KEY=VALUE",
+        help="an option of the bucket's store, as fsspec and datasets name them (e.g. "
+        "endpoint_url=http://minio:9000, region_name=eu-west-1); repeatable. Credentials "
+        "come from the store's standard chain (AWS_* variables, web identity, instance "
+        "role; GCS application default credentials)",
+    )
+
+
 def _output(text: str) -> str | Path:
     """A bucket URL as written, or a path."""
     return text if is_bucket_url(text) else Path(text)
@@ -877,7 +884,13 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    found = upkeep.verify(args.out, fix=args.fix, api_url=args.api_url, project_id=args.project_id)
+    found = upkeep.verify(
+        args.out,
+        fix=args.fix,
+        api_url=args.api_url,
+        project_id=args.project_id,
+        storage_options=args.storage_options,
+    )
     if args.json:
         print(json.dumps(found.to_json()))
     else:
@@ -926,7 +939,7 @@ def _gallery(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    found = app.status(args.out, args.manifest)
+    found = app.status(args.out, args.manifest, storage_options=args.storage_options)
     if args.json:
         print(json.dumps(found.to_json(), ensure_ascii=False))
         return EXIT_OK

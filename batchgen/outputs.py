@@ -42,15 +42,15 @@ from .engine.bucket import (
     put_files,
     restore_checkpoint,
 )
-from .engine.ports import Offload
+from .engine.ports import Offload, inline
 from .errors import ConfigError, JournalMissingError
 from .manifest import Unit
-from .manifest.shard import Shard
+from .manifest.shard import SHARD_DIRECTORY, Shard
 from .store.bucket import Bucket, BucketUrl, parse_storage_options, state_key
 from .store.dataset import METADATA_NAME
 from .store.files import IMAGES_DIR
 from .store.journal import Journal, State
-from .store.lease import LEASE_SECONDS, RENEWALS_PER_LEASE, Lease
+from .store.lease import LEASE_NAME, LEASE_SECONDS, RENEWALS_PER_LEASE, Lease
 from .store.results import RESULTS_NAME
 
 log = logging.getLogger(__name__)
@@ -248,3 +248,45 @@ async def leased(output: BucketOutput) -> AsyncIterator[None]:
     finally:
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             await output.lease.release()
+
+
+@dataclass(slots=True)
+class Checkpointed:
+    """One output under a bucket URL (itself, or one of its shards), its checkpoint
+    restored into a local directory of its own, and what the bucket lists of it."""
+
+    bucket: Bucket
+    place: Path
+    shard: Shard | None
+    present: Present
+    lease_held: bool
+
+
+async def checkpointed(
+    url: BucketUrl,
+    storage_options: list[str] | dict[str, str] | None,
+    into: Path,
+    *,
+    blocking: bool = True,
+) -> list[Checkpointed]:
+    """Every output at ``url`` with a checkpoint: itself, or each shard under it (for
+    ``status`` and ``verify``, which read and never write)."""
+    root = Bucket.open(url, parse_storage_options(storage_options), blocking=blocking)
+    candidates: list[tuple[Bucket, Shard | None]] = [(root, None)]
+    if await root.head(CHECKPOINT_NAME) is None:
+        candidates = []
+        for name in await root.folders():
+            match = SHARD_DIRECTORY.match(name)
+            if match:
+                candidates.append((root.child(name), Shard(int(match[1]), int(match[2]))))
+    found: list[Checkpointed] = []
+    for bucket, shard in candidates:
+        place = into / (shard.directory if shard is not None else "output")
+        if await restore_checkpoint(bucket, place, inline) is None:
+            continue
+        present = await Present.listed(bucket)
+        held = await bucket.head(LEASE_NAME) is not None
+        found.append(Checkpointed(bucket, place, shard, present, held))
+    if not found:
+        raise ConfigError(f"{url}: no batchgen checkpoint here (is it a run's output?)")
+    return found

@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ from .engine.policy import Request, with_retries
 from .errors import ApiError, ConfigError, DownloadError
 from .manifest import iter_units
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
+from .outputs import checkpointed
+from .store.bucket import SHA256_ATTRIBUTE, Bucket, BucketUrl, is_bucket_url
 from .store.embed import embed
 from .store.export import DEFAULT_SHARD_SIZE, Exported, Source
 from .store.export import export as write_export
@@ -42,6 +46,14 @@ from .store.lock import OutputLock
 from .store.views import update_views
 
 log = logging.getLogger(__name__)
+
+
+def _local_only(out: str | Path, command: str) -> None:
+    if isinstance(out, str) and is_bucket_url(out):
+        raise ConfigError(
+            f"{out}: batchgen {command} works on a local directory (status and verify "
+            "also read a bucket)"
+        )
 
 
 def places(out: Path) -> list[tuple[Path, Shard | None]]:
@@ -78,6 +90,7 @@ def prune(
     has: its journal row and its lines in the views go; with ``delete_files`` its
     images too.  The jobs it had stay recorded as its own, so no lost answer can ever
     adopt one."""
+    _local_only(out, "prune")
     units = files = 0
     for place, shard in places(Path(out)):
         with OutputLock(place), storage_faults(place):
@@ -150,6 +163,14 @@ def verify(out: str | Path, *, fix: bool = False, **options: Any) -> Verificatio
 
 
 async def averify(out: str | Path, *, fix: bool = False, **options: Any) -> Verification:
+    if isinstance(out, str) and is_bucket_url(out):
+        if fix:
+            raise ConfigError(
+                f"{out}: --fix works on a local directory; for a bucket, run batchgen run "
+                "with an empty --state-dir: it fetches again from their jobs the images "
+                "the bucket does not list"
+            )
+        return await _verify_bucket(out, options.get("storage_options"))
     found = Verification()
     opts = _options(options)
     for place, _ in places(Path(out)):
@@ -159,6 +180,51 @@ async def averify(out: str | Path, *, fix: bool = False, **options: Any) -> Veri
                 broken = _check(journal, place, found)
                 if fix and broken:
                     await _fix(journal, place, broken, opts, found)
+            finally:
+                journal.close()
+    return found
+
+
+# Objects checked at once by ``verify`` of a bucket.
+HEADS_AT_ONCE = 64
+
+
+async def _verify_bucket(
+    out: str, storage_options: list[str] | dict[str, str] | None
+) -> Verification:
+    """Each image the checkpoints record, against its object's sha256 metadata (written
+    with it; an object replaced by another hand has other metadata, or none)."""
+    url = BucketUrl.parse(out)
+    assert url is not None
+    found = Verification()
+    limiter = anyio.CapacityLimiter(HEADS_AT_ONCE)
+
+    async def check(bucket: Bucket, shown: str, relative: str, digest: str) -> None:
+        async with limiter:
+            there = await bucket.head(relative)
+        if there is None:
+            found.missing.append(shown)
+        elif there.attributes.get(SHA256_ATTRIBUTE) != digest:
+            found.altered.append(shown)
+
+    with tempfile.TemporaryDirectory() as temporary:
+        for output in await checkpointed(url, storage_options, Path(temporary), blocking=False):
+            journal = Journal(output.place)
+            try:
+                prefix = f"{output.shard.directory}/" if output.shard is not None else ""
+                files = (
+                    entry
+                    for _, _, recorded, _ in journal.downloaded_units()
+                    for entry in json.loads(recorded or "[]")
+                )
+                # A chunk at a time: tasks for a million files at once would hold them all.
+                while chunk := list(itertools.islice(files, 1000)):
+                    found.checked += len(chunk)
+                    async with anyio.create_task_group() as checks:
+                        for entry in chunk:
+                            checks.start_soon(
+                                check, output.bucket, prefix + entry[0], entry[0], entry[1]
+                            )
             finally:
                 journal.close()
     return found
@@ -263,6 +329,7 @@ def export(
     """Write the images of an output directory (every shard's, from an output root) to
     ``dest``, a new directory, as ``webdataset``, ``parquet`` or ``imagefolder`` (see
     :mod:`batchgen.store.export`).  Runs on the directory wait: the lock is held."""
+    _local_only(out, "export")
     root = Path(out)
     found = places(root)
     with contextlib.ExitStack() as stack:
@@ -291,6 +358,7 @@ def gallery(out: str | Path) -> Gallery:
     """Write ``OUT/gallery/index.html``, a page to review the run (every shard's, from
     an output root), with a thumbnail of each image (see :mod:`batchgen.store.gallery`).
     Also while a run goes on: it reads the journal as it stands."""
+    _local_only(out, "gallery")
     root = Path(out)
     found = places(root)
     with contextlib.ExitStack() as stack:

@@ -17,6 +17,7 @@ from typing import Any
 import obstore
 import pytest
 
+import batchgen
 from batchgen import outputs
 from batchgen.errors import ConfigError, ObjectStoreError, OutputLockedError
 from batchgen.store import bucket as bucket_module
@@ -377,3 +378,44 @@ def test_a_store_error_is_one_line_saying_whether_trying_again_may_help(
 def test_bucket_only_options_are_refused_with_a_reason() -> None:
     with pytest.raises(ConfigError, match="--embed-metadata writes into local files"):
         outputs.refuse_local_only({"embed_metadata": True})
+
+
+def test_status_and_verify_read_a_bucket_and_every_shard_under_it(
+    write: Write, tmp_path: Path, url: str
+) -> None:
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    for index in range(2):
+        report = world.run(manifest, out=url, shard=f"{index + 1}/2", state_dir=tmp_path / "s")
+        assert report.exit_code == 0
+    assert ours(world) == 24
+    parsed = BucketUrl.parse(url)
+    assert parsed is not None
+    store = bucket_module._memory_stores[parsed.bucket]
+    shard_results = [
+        json.loads(line)
+        for index in range(2)
+        for line in objects(url)[f"shard-{index + 1}-of-2/results.jsonl"].decode().splitlines()
+    ]
+    gone, replaced = (
+        f"{s}/{r['files'][0]}"
+        for s, r in zip(
+            ("shard-1-of-2", "shard-2-of-2"), (shard_results[0], shard_results[-1]), strict=True
+        )
+    )
+    obstore.delete(store, parsed.key(gone))
+    obstore.put(store, parsed.key(replaced), b"\x89PNG\r\n\x1a\nnot the image written")
+
+    found = batchgen.status(url, manifest)
+    assert found.units == 24 and found.states == {"downloaded": 24}
+    assert found.shards == ["shard-1-of-2", "shard-2-of-2"]
+    assert (found.missing_files, found.changed_files) == (1, 1)
+    assert found.left == 0 and found.running is False and found.cost == 24
+
+    checked = batchgen.verify(url)
+    assert checked.checked == 24
+    assert checked.missing == [gone] and checked.altered == [replaced]
+    with pytest.raises(ConfigError, match="--fix works on a local directory"):
+        batchgen.verify(url, fix=True)
+    with pytest.raises(ConfigError, match="batchgen prune works on a local directory"):
+        batchgen.prune(url)

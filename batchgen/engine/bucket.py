@@ -29,7 +29,7 @@ import logging
 import os
 import random
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -362,6 +362,17 @@ class Present:
             if stamp is not None and stamp[1] == OBJECT_MTIME and stamp[0] != size:
                 return False
         return True
+
+    def problems(self, recorded: Iterable[str]) -> Iterator[tuple[str, bool]]:
+        """(path, whether it is missing) of each recorded file not listed, or listed with
+        another size than written; lazily (as :func:`files_not_as_written`)."""
+        for files in recorded:
+            for entry in json.loads(files or "[]"):
+                size = self.sizes.get(entry[0])
+                if size is None:
+                    yield entry[0], True
+                elif len(entry) == 4 and entry[3] == OBJECT_MTIME and entry[2] != size:
+                    yield entry[0], False
 
 
 def trusted(files: Iterable[tuple[str, str]], stamps: Iterable[Stamp | None] = ()) -> bool:

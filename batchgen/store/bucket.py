@@ -386,6 +386,18 @@ class Bucket:
         except Exception as exc:
             raise self._converted(exc, relative, "list") from exc
 
+    async def folders(self) -> list[str]:
+        """The names of the folders right under the prefix (``shard-0-of-4``, …)."""
+        prefix = self.url.prefix or None
+        try:
+            if self.blocking:
+                found = self._obstore.list_with_delimiter(self._store, prefix)
+            else:
+                found = await self._obstore.list_with_delimiter_async(self._store, prefix)
+        except Exception as exc:
+            raise self._converted(exc, "", "list") from exc
+        return [self.relative(str(name)).strip("/") for name in found["common_prefixes"]]
+
     def relative(self, key: str) -> str:
         return key[len(self.url.prefix) + 1 :] if self.url.prefix else key
 
