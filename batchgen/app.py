@@ -652,6 +652,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
             shard,
             blocking=False,
             lease_seconds=opts.lease_seconds,
+            retry=RetrySettings(max_attempts=opts.retries),
         )
         out_dir = bucket_output.state_dir
     else:

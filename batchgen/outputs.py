@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -42,6 +43,7 @@ from .engine.bucket import (
     put_files,
     restore_checkpoint,
 )
+from .engine.policy import Request, with_retries
 from .engine.ports import Offload, inline
 from .errors import ConfigError, JournalMissingError
 from .manifest import Unit
@@ -89,13 +91,19 @@ class BucketOutput:
         *,
         blocking: bool,
         lease_seconds: float = LEASE_SECONDS,
+        retry: RetrySettings | None = None,
     ) -> BucketOutput:
         state = Path(state_dir) if state_dir is not None else default_state_root() / state_key(url)
         bucket = Bucket.open(url, parse_storage_options(storage_options), blocking=blocking)
         bucket.slots = WriteSlots()
         if shard is not None:
             bucket, state = bucket.child(shard.directory), state / shard.directory
-        return cls(bucket, state, Lease(bucket, lease_seconds))
+        settings = retry or RetrySettings()
+
+        def retrying(call: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
+            return with_retries(Request.STORE_WRITE, call, settings)
+
+        return cls(bucket, state, Lease(bucket, lease_seconds, retrying))
 
 
 def refuse_local_only(chosen: dict[str, bool]) -> None:

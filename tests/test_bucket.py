@@ -249,12 +249,16 @@ def test_a_lease_expires_by_the_stores_clock(
 
 
 class FlakyWrites:
-    """Fails a share of the bucket's writes as S3 does when it throttles (503 SlowDown)."""
+    """Fails a share of the bucket's writes as S3 does when it throttles (503 SlowDown)
+    or, with ``after``, once the write is done (its answer lost on the way back)."""
 
-    def __init__(self, rate: float, seed: int, only_images: bool = False) -> None:
+    def __init__(
+        self, rate: float, seed: int, only_images: bool = False, after: bool = False
+    ) -> None:
         self.rate = rate
         self.rng = random.Random(seed)
         self.only_images = only_images
+        self.after = after
         self.failed = 0
         self.original = Bucket._put
 
@@ -264,6 +268,8 @@ class FlakyWrites:
                 self.rng.random() < self.rate
             ):
                 self.failed += 1
+                if self.after:
+                    await self.original(bucket, relative, data, **options)
                 raise ObjectStoreError(
                     f"{bucket.location(relative)}: write failed (503 SlowDown)", transient=True
                 )
@@ -272,14 +278,24 @@ class FlakyWrites:
         return put
 
 
+@pytest.mark.parametrize(("seed", "after"), [(3, False), (4, False), (5, True), (6, True)])
 def test_a_store_failing_a_fifth_of_its_writes_loses_nothing_and_pays_nothing_twice(
-    write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+    write: Write,
+    tmp_path: Path,
+    url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    seed: int,
+    after: bool,
 ) -> None:
+    """Every kind of write fails now and then: images, views, checkpoints and the
+    lease's create, renewals and release; before the write or after it."""
     manifest = write("jobs.yaml", MANIFEST)
     world = World(tmp_path, job_seconds=5)
-    flaky = FlakyWrites(0.2, seed=3)
+    flaky = FlakyWrites(0.2, seed=seed, after=after)
     monkeypatch.setattr(Bucket, "_put", flaky.method())
-    report = world.run(manifest, out=url, state_dir=tmp_path / "state", concurrency=8)
+    report = world.run(
+        manifest, out=url, state_dir=tmp_path / "state", concurrency=8, lease_seconds=4
+    )
     assert report.exit_code == 0 and flaky.failed >= 3
     assert ours(world) == 24
     assert_bucket_holds_what_was_served(world, url)

@@ -266,10 +266,10 @@ async def put_files(
     """Write these files of ``root`` (the views) to the bucket, each replacing the last."""
     for name in names:
         path = root / name
-        if not await offload(path.is_file):
-            continue
-        data = await offload(path.read_bytes)
-        await with_retries(Request.STORE_WRITE, functools.partial(bucket.put, name, data), retry)
+        if await offload(path.is_file):
+            await with_retries(
+                Request.STORE_WRITE, functools.partial(bucket.put_file, name, path), retry
+            )
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -304,34 +304,27 @@ async def checkpoint(
     copy = journal.path.with_name(f".{journal.path.name}.checkpoint")
     try:
         await offload(snapshot, journal.path, copy)
-        data = await offload(copy.read_bytes)
+        e_tag = await with_retries(
+            Request.STORE_WRITE, functools.partial(bucket.put_file, CHECKPOINT_NAME, copy), retry
+        )
     finally:
         await offload(lambda: copy.unlink(missing_ok=True))
-    e_tag = await with_retries(
-        Request.STORE_WRITE, functools.partial(bucket.put, CHECKPOINT_NAME, data), retry
-    )
     await offload(journal.remember, CHECKPOINT_ETAG_KEY, e_tag or "")
 
 
 async def restore_checkpoint(bucket: Bucket, state_dir: Path, offload: Offload) -> datetime | None:
     """Put the bucket's checkpoint in place as the state directory's journal; when it
     was written (the store's clock), or None if there is none."""
-    found = await bucket.read(CHECKPOINT_NAME)
-    if found is None:
-        return None
-    data, described = found
     journal = state_dir / JOURNAL_NAME
 
-    def place() -> None:
+    def clear() -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         for suffix in ("-wal", "-shm"):
             journal.with_name(journal.name + suffix).unlink(missing_ok=True)
-        temporary = journal.with_name(f".{journal.name}.restored")
-        temporary.write_bytes(data)
-        os.replace(temporary, journal)
 
-    await offload(place)
-    return described.last_modified
+    await offload(clear)
+    described = await bucket.download(CHECKPOINT_NAME, journal)
+    return described.last_modified if described is not None else None
 
 
 class Present:

@@ -29,6 +29,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
@@ -45,6 +46,8 @@ UNIT_ATTRIBUTE = "unit"
 # At most this many writes to the store at once (the engine's WriteSlots lowers it
 # while the store throttles).
 MAX_WRITES = 64
+# Files (views, the journal's checkpoint) move in parts of this size.
+FILE_CHUNK = 5 * 1024 * 1024
 
 # The names ``datasets`` and fsspec (s3fs, gcsfs) use for storage options, as obstore
 # knows them; obstore's own names are taken as they are.
@@ -294,16 +297,24 @@ class Bucket:
         """Write (or overwrite) an object: its ETag."""
         return await self._put(relative, data, mode="overwrite", attributes=attributes)
 
+    async def put_file(self, relative: str, path: Path) -> str | None:
+        """Write (or overwrite) an object from a local file, streamed: a view or a
+        journal of a million units is never held in memory whole."""
+        return await self._put(relative, path, mode="overwrite")
+
     async def _put(
         self,
         relative: str,
-        data: bytes | memoryview,
+        data: bytes | memoryview | Path,
         *,
         mode: Any,
         attributes: Mapping[str, str] | None = None,
     ) -> str | None:
         key = self.url.key(relative)
         options: dict[str, Any] = {"mode": mode}
+        if isinstance(data, Path):
+            # In parts of 5 MB, two at a time: what a file costs in memory, at most.
+            options |= {"chunk_size": FILE_CHUNK, "max_concurrency": 2}
         if attributes:
             options["attributes"] = dict(attributes)
         async with self.slots.limiter:
@@ -371,6 +382,32 @@ class Bucket:
         except Exception as exc:
             raise self._converted(exc, relative, "read") from exc
         return data, _found(result.meta, result.attributes)
+
+    async def download(self, relative: str, destination: Path) -> Found | None:
+        """The object, streamed into ``destination`` (replaced once whole); None if
+        there is none."""
+        key = self.url.key(relative)
+        partial = destination.with_name(f".{destination.name}.download")
+        try:
+            with partial.open("wb") as handle:
+                if self.blocking:
+                    result = self._obstore.get(self._store, key)
+                    for chunk in result.stream(min_chunk_size=FILE_CHUNK):
+                        handle.write(chunk)
+                else:
+                    result = await self._obstore.get_async(self._store, key)
+                    async for chunk in result.stream(min_chunk_size=FILE_CHUNK):
+                        handle.write(chunk)  # rare (a restore), and each chunk is large
+            partial.replace(destination)
+        except (FileNotFoundError, self._obstore.exceptions.NotFoundError):
+            return None
+        except OSError:
+            raise
+        except Exception as exc:
+            raise self._converted(exc, relative, "read") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+        return _found(result.meta, result.attributes)
 
     async def listing(self, relative: str = "") -> AsyncIterator[list[Found]]:
         """Every object under ``relative``, a page at a time."""

@@ -16,13 +16,16 @@ still agree on whether a lease has expired.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from ..errors import OutputLockedError
 from .bucket import STATE_PREFIX, Bucket, Found
@@ -77,12 +80,16 @@ class Holder:
 
 class Lease:
     """Taken with :meth:`acquire`, kept with :meth:`renew`, given back with
-    :meth:`release`."""
+    :meth:`release`.  ``retrying`` runs each request to the store (the run's retry
+    table: a lease is never lost to one 503)."""
 
-    def __init__(self, bucket: Bucket, seconds: float = LEASE_SECONDS) -> None:
+    def __init__(
+        self, bucket: Bucket, seconds: float = LEASE_SECONDS, retrying: Retrying | None = None
+    ) -> None:
         self.bucket = bucket
         self.seconds = seconds
         self.holder = Holder.this_process()
+        self._retrying: Retrying = retrying or _once
         self._e_tag: str | None = None
 
     @property
@@ -92,14 +99,17 @@ class Lease:
     async def acquire(self) -> None:
         body = self.holder.to_bytes(self.seconds)
         for _ in range(3):  # the lease may go (released) between the two calls
-            self._e_tag = await self.bucket.create(LEASE_NAME, body)
+            self._e_tag = await self._retrying(lambda: self.bucket.create(LEASE_NAME, body))
             if self._e_tag is not None:
                 return
-            found = await self.bucket.read(LEASE_NAME)
+            found = await self._retrying(lambda: self.bucket.read(LEASE_NAME))
             if found is None:
                 continue
             data, lease = found
             holder, declared = Holder.from_bytes(data)
+            if holder == self.holder:  # written by an attempt whose answer was lost
+                self._e_tag = _e_tag(lease)
+                return
             # The holder's own length: it renews on that rhythm, whatever ours is.
             length = declared if declared is not None else self.seconds
             store_now = await self.store_now()
@@ -109,7 +119,10 @@ class Lease:
                     f"{self.bucket.url}: another run holds it ({holder}); its lease "
                     f"expires at {until.isoformat(timespec='seconds')} unless renewed"
                 )
-            self._e_tag = await self.bucket.replace(LEASE_NAME, body, _e_tag(lease))
+            expired = _e_tag(lease)
+            self._e_tag = await self._retrying(
+                functools.partial(self.bucket.replace, LEASE_NAME, body, expired)
+            )
             if self._e_tag is not None:
                 log.warning(
                     "%s: took over the lease of %s, which expired at %s",
@@ -124,9 +137,14 @@ class Lease:
         """Write the lease again, if it is still ours; else the run must stop."""
         if self._e_tag is None:
             raise OutputLockedError(f"{self.bucket.url}: the lease is not held")
-        renewed = await self.bucket.replace(
-            LEASE_NAME, self.holder.to_bytes(self.seconds), self._e_tag
-        )
+        held = self._e_tag
+        body = self.holder.to_bytes(self.seconds)
+        renewed = await self._retrying(lambda: self.bucket.replace(LEASE_NAME, body, held))
+        if renewed is None:
+            # Ours still if an attempt wrote it and its answer was lost.
+            found = await self._retrying(lambda: self.bucket.read(LEASE_NAME))
+            if found is not None and Holder.from_bytes(found[0])[0] == self.holder:
+                renewed = _e_tag(found[1])
         if renewed is None:
             self._e_tag = None
             raise OutputLockedError(
@@ -138,20 +156,29 @@ class Lease:
     async def release(self) -> None:
         if self._e_tag is None:
             return
-        found = await self.bucket.head(LEASE_NAME)
+        found = await self._retrying(lambda: self.bucket.head(LEASE_NAME))
         if found is not None and found.e_tag == self._e_tag:
-            await self.bucket.delete(LEASE_NAME)
+            await self._retrying(lambda: self.bucket.delete(LEASE_NAME))
         self._e_tag = None
 
     async def store_now(self) -> datetime:
         """The store's clock now: the modification time of an object written now."""
         probe = f"{STATE_PREFIX}/clock-{self.holder.run}"
-        await self.bucket.put(probe, b"")
-        found = await self.bucket.head(probe)
-        await self.bucket.delete(probe)
+        await self._retrying(lambda: self.bucket.put(probe, b""))
+        found: Found | None = await self._retrying(lambda: self.bucket.head(probe))
+        await self._retrying(lambda: self.bucket.delete(probe))
         if found is None:
             raise OutputLockedError(f"{self.bucket.url}: cannot read the store's clock")
         return found.last_modified
+
+
+T = TypeVar("T")
+# Runs one request to the store, retrying it as the caller's policy says.
+Retrying = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+async def _once(call: Callable[[], Awaitable[T]]) -> T:
+    return await call()
 
 
 def _e_tag(found: Found) -> str:
