@@ -93,6 +93,18 @@ def test_run_against_the_simulator_with_api_url(
         (["run", "{bad}"], "bad.yaml:5: jobs[0].width"),
         (["validate", "{bad}"], "bad.yaml:5: jobs[0].width"),
         (["run", "{manifest}"], "no API credentials"),
+        (["run", "{manifest}", "--out", "ftp://host/x"], "ftp://host/x: batchgen writes to"),
+        (
+            ["run", "{manifest}", "--out", "s3://b/p", "--storage-option", "endpont_url=x"],
+            "endpont_url: not an option of s3:// stores (did you mean endpoint_url?)",
+        ),
+        (
+            ["run", "{manifest}", "--out", "s3://b/p", "--storage-option", "region"],
+            "--storage-option: 'region': expected KEY=VALUE",
+        ),
+        (["run", "{manifest}", "--out", "s3://b/p", "--fresh"], "--fresh moves a local"),
+        (["run", "{manifest}", "--lease-seconds", "0"], "--lease-seconds"),
+        (["prune", "s3://b/p"], "batchgen prune works on a local directory"),
     ],
 )
 def test_invalid_input_exits_2_with_one_line_and_writes_nothing(
