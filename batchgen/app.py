@@ -81,6 +81,7 @@ from .manifest.naming import FileNameTemplate, parse_template
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
 from .outputs import (
     BucketOutput,
+    Taken,
     checkpointed,
     default_state_root,
     finish,
@@ -706,6 +707,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
         if opts.fresh:
             _move_aside(out_dir)
         fetcher: Fetcher = backend.downloader
+        fingerprint = await backend.offload(_fingerprint, loaded, shard)
         async with contextlib.AsyncExitStack() as held:
             if bucket_output is not None:
                 # The store's first request: refused credentials end the run here.
@@ -713,6 +715,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                 await held.enter_async_context(leased(bucket_output))
             held.enter_context(OutputLock(out_dir))
             if bucket_output is not None:
+                taken = Taken(bucket_output.bucket, fingerprint, bucket_output.retrying)
                 journal, present = await start(
                     bucket_output,
                     lambda: Journal(out_dir, failed_job_limit=opts.job_attempts),
@@ -720,6 +723,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                     _sent_for(settings),
                     backend.offload,
                     COMPLETE_KEY,
+                    taken,
                 )
                 images = BucketImages(
                     _in_memory(backend.downloader),
@@ -733,6 +737,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                     settings,
                     files_intact=present.intact if present is not None else trusted,
                     stamp=images.stamp,
+                    reserve=taken.reserve,
                 )
             else:
                 journal = Journal(out_dir, failed_job_limit=opts.job_attempts)
@@ -758,7 +763,6 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                 journal.remember(MANIFEST_KEY, str(loaded.path.resolve()))
                 for model_id, spec in specs.items():
                     journal.remember(MODEL_KEY + model_id, json.dumps(spec.to_json()))
-                fingerprint = await backend.offload(_fingerprint, loaded, shard)
                 finished = await backend.offload(_still_complete, journal, out_dir, fingerprint)
                 if finished is not None:
                     summary = Summary(total=total, skipped=total)

@@ -20,6 +20,7 @@ A run to ``s3://bucket/prefix``:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -48,11 +49,11 @@ from .engine.ports import Offload, inline
 from .errors import ConfigError, JournalMissingError
 from .manifest import Unit
 from .manifest.shard import SHARD_DIRECTORY, Shard
-from .store.bucket import Bucket, BucketUrl, parse_storage_options, state_key
+from .store.bucket import STATE_PREFIX, Bucket, BucketUrl, parse_storage_options, state_key
 from .store.dataset import METADATA_NAME
 from .store.files import IMAGES_DIR
 from .store.journal import Journal, State
-from .store.lease import LEASE_NAME, LEASE_SECONDS, RENEWALS_PER_LEASE, Lease
+from .store.lease import LEASE_NAME, LEASE_SECONDS, RENEWALS_PER_LEASE, Lease, Retrying
 from .store.results import RESULTS_NAME
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,46 @@ LOCAL_ONLY = {
 }
 
 
+TAKEN_NAME = f"{STATE_PREFIX}/taken.json"
+# How far past the units about to be taken a reservation reaches: one write per this
+# many units, and at most this many more looked for after a restore.
+RESERVE_AHEAD = 5000
+
+
+class Taken:
+    """How many of the manifest's units (in its order) runs may have submitted,
+    recorded in the bucket *before* they are taken: a run that starts from a checkpoint
+    need only look for the jobs of the units before it (not of a million).  Kept per
+    manifest fingerprint: another manifest orders its units otherwise."""
+
+    def __init__(self, bucket: Bucket, fingerprint: str, retrying: Retrying) -> None:
+        self.bucket = bucket
+        self.fingerprint = fingerprint
+        self._retrying = retrying
+        self.upto = 0
+
+    async def recorded(self) -> int | None:
+        """The reservation in the bucket for this manifest; None if there is none for it."""
+        found = await self._retrying(lambda: self.bucket.read(TAKEN_NAME))
+        if found is None:
+            return None
+        try:
+            fields = json.loads(found[0])
+            if fields["fingerprint"] != self.fingerprint:
+                return None
+            return int(fields["upto"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    async def reserve(self, position: int) -> None:
+        if position <= self.upto:
+            return
+        upto = position + RESERVE_AHEAD
+        body = json.dumps({"fingerprint": self.fingerprint, "upto": upto}).encode()
+        await self._retrying(lambda: self.bucket.put(TAKEN_NAME, body))
+        self.upto = upto
+
+
 def default_state_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "batchgen" / "state"
@@ -80,6 +121,7 @@ class BucketOutput:
     bucket: Bucket
     state_dir: Path
     lease: Lease
+    retrying: Retrying
 
     @classmethod
     def open(
@@ -103,7 +145,7 @@ class BucketOutput:
         def retrying(call: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
             return with_retries(Request.STORE_WRITE, call, settings)
 
-        return cls(bucket, state, Lease(bucket, lease_seconds, retrying))
+        return cls(bucket, state, Lease(bucket, lease_seconds, retrying), retrying)
 
 
 def refuse_local_only(chosen: dict[str, bool]) -> None:
@@ -119,12 +161,14 @@ async def start(
     sent_for: Callable[[Unit], str],
     offload: Offload,
     complete_key: str,
+    taken: Taken,
 ) -> tuple[Journal, Present | None]:
     """The run's journal: the state directory's, or the bucket's checkpoint restored
     (with what it cannot prove marked so).  With a restored one, what the bucket lists."""
     journal = journal_opener()
     if not await offload(journal.is_empty):
         if await _still_latest(output.bucket, journal, offload):
+            taken.upto = await taken.recorded() or 0
             return journal, None
         journal.close()
         aside = await offload(_set_aside, journal.path)
@@ -147,19 +191,26 @@ async def start(
                 f"{output.state_dir}, no checkpoint in the bucket): a run now would pay "
                 "for every unit again; use a new prefix"
             )
+        taken.upto = await taken.recorded() or 0
         return journal, None
     try:
         # The API's time when the checkpoint was taken, else the store's.
         recorded = (await offload(journal.recall, CHECKPOINT_KEY)).get("")
-        taken = datetime.fromisoformat(recorded) if recorded else written
-        since = (taken - CHECKPOINT_LOOKBACK).isoformat()
+        when = datetime.fromisoformat(recorded) if recorded else written
+        since = (when - CHECKPOINT_LOOKBACK).isoformat()
+
+        # Units past the reservation were never taken, so never submitted.
+        upto = await taken.recorded()
+        taken.upto = upto or 0
 
         def mark() -> int:
             marked = 0
             with journal.batch(durable=True):
                 # The finished batch it may record is proved again, object by object.
                 journal.remember(complete_key, "")
-                for unit in units():
+                for position, unit in enumerate(units()):
+                    if upto is not None and position >= upto:
+                        break
                     if journal.get(unit.id) is None:
                         journal.restore(
                             unit.id, State.SUBMITTING, started=since, sent=sent_for(unit)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -149,6 +150,46 @@ def test_killed_after_posting_and_resumed_with_no_local_state_pays_for_nothing_t
     final = world.run(manifest, out=url, state_dir=state, concurrency=8)
     assert final.exit_code == 0, final
     assert ours(world) == 24 >= made  # jobs created equal units
+    assert_bucket_holds_what_was_served(world, url)
+
+
+def test_a_restore_looks_only_for_the_jobs_of_units_a_run_may_have_taken(
+    write: Write,
+    tmp_path: Path,
+    url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Runs record in the bucket how far into the manifest they may go before they go
+    there: a restore reconciles the units before that mark, not every unit."""
+    monkeypatch.setattr("batchgen.engine.run.PLAN_CHUNK", 4)
+    monkeypatch.setattr("batchgen.outputs.RESERVE_AHEAD", 2)
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=8, jitter=0.2, seed=2, lose_answer_rate=0.3)
+
+    async def killed(*args: Any) -> None:
+        """A run killed with SIGKILL does nothing at its end."""
+
+    with monkeypatch.context() as patch:
+        patch.setattr("batchgen.app.finish", killed)
+        patch.setattr(Lease, "release", killed)
+        world.run(
+            manifest,
+            out=url,
+            state_dir=tmp_path / "a",
+            concurrency=3,
+            downloads=1,
+            max_runtime=12,
+            lease_seconds=0.001,
+            checkpoint_interval=10_000,
+        )
+    taken = json.loads(objects(url)["_batchgen/taken.json"])
+    assert 0 < ours(world) and taken["upto"] < 24
+    caplog.set_level("WARNING", logger="batchgen")
+    assert world.run(manifest, out=url, state_dir=tmp_path / "b").exit_code == 0
+    looked_for = re.search(r"(\d+) units it does not know", caplog.text)
+    assert looked_for is not None and int(looked_for[1]) <= taken["upto"]
+    assert ours(world) == 24
     assert_bucket_holds_what_was_served(world, url)
 
 

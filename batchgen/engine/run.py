@@ -28,7 +28,7 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -102,6 +102,10 @@ class EngineSettings:
     # still there, and what the journal records of a file written.  None: local files.
     files_intact: Callable[[Iterable[tuple[str, str]], Iterable[Stamp | None]], bool] | None = None
     stamp: Callable[[Path, str], Stamp | None] | None = None
+    # Called with how many units (in the manifest's order) will have been taken once
+    # the next chunk is: an output in a bucket records it there first, so that a run
+    # that starts from its checkpoint knows no unit past it was ever submitted.
+    reserve: Callable[[int], Awaitable[None]] | None = None
 
 
 class Plan(NamedTuple):
@@ -225,8 +229,12 @@ class Engine:
                         plans, receive = anyio.create_memory_object_stream[Plan](1)
                         async with anyio.create_task_group() as work:
                             work.start_soon(self._plan_ahead, iter(units), plans)
+                            taken = 0
                             async with receive:
                                 async for plan in receive:
+                                    taken += len(plan.units)
+                                    if self._settings.reserve is not None:
+                                        await self._settings.reserve(taken)
                                     for unit in plan.units:
                                         await self._take(unit, plan, work)
                         services.cancel_scope.cancel()
