@@ -91,6 +91,28 @@ def assert_bucket_holds_what_was_served(world: World, url: str) -> list[dict[str
     return results
 
 
+def killed_run(
+    world: World, monkeypatch: pytest.MonkeyPatch, manifest: Path, url: str, **options: Any
+) -> Any:
+    """A run stopped as SIGKILL stops one: nothing written at its end (no last
+    checkpoint, no views), its lease not given back (and expired by the time the next
+    run looks: the memory store's clock is real), no checkpoint after its first."""
+
+    async def nothing(*args: Any) -> None:
+        pass
+
+    with monkeypatch.context() as patch:
+        patch.setattr("batchgen.app.finish", nothing)
+        patch.setattr(Lease, "release", nothing)
+        return world.run(
+            manifest,
+            out=url,
+            lease_seconds=0.001,
+            checkpoint_interval=10_000,
+            **options,
+        )
+
+
 def ours(world: World) -> int:
     return sum(1 for job in world.sim.jobs.values() if not job.by_other_client)
 
@@ -126,21 +148,15 @@ def test_killed_after_posting_and_resumed_with_no_local_state_pays_for_nothing_t
     world = World(tmp_path, job_seconds=8, jitter=0.5, seed=5, lose_answer_rate=0.15)
     state = tmp_path / "state"
 
-    async def killed(*args: Any) -> None:
-        """What a run killed with SIGKILL does at its end: nothing."""
-
-    with monkeypatch.context() as patch:
-        patch.setattr("batchgen.app.finish", killed)
-        patch.setattr(Lease, "release", killed)
-        report = world.run(
-            manifest,
-            out=url,
-            state_dir=state,
-            concurrency=8,
-            max_runtime=15,
-            lease_seconds=0.001,  # expired when the next run looks (the store's clock is real)
-            checkpoint_interval=10_000,
-        )
+    report = killed_run(
+        world,
+        monkeypatch,
+        manifest,
+        url,
+        state_dir=state,
+        concurrency=8,
+        max_runtime=15,
+    )
     assert 0 < report.succeeded < 24
     assert LEASE_NAME in objects(url)  # a killed run's lease stays
     made = ours(world)
@@ -167,22 +183,16 @@ def test_a_restore_looks_only_for_the_jobs_of_units_a_run_may_have_taken(
     manifest = write("jobs.yaml", MANIFEST)
     world = World(tmp_path, job_seconds=8, jitter=0.2, seed=2, lose_answer_rate=0.3)
 
-    async def killed(*args: Any) -> None:
-        """A run killed with SIGKILL does nothing at its end."""
-
-    with monkeypatch.context() as patch:
-        patch.setattr("batchgen.app.finish", killed)
-        patch.setattr(Lease, "release", killed)
-        world.run(
-            manifest,
-            out=url,
-            state_dir=tmp_path / "a",
-            concurrency=3,
-            downloads=1,
-            max_runtime=12,
-            lease_seconds=0.001,
-            checkpoint_interval=10_000,
-        )
+    killed_run(
+        world,
+        monkeypatch,
+        manifest,
+        url,
+        state_dir=tmp_path / "a",
+        concurrency=3,
+        downloads=1,
+        max_runtime=12,
+    )
     taken = json.loads(objects(url)["_batchgen/taken.json"])
     assert 0 < ours(world) and taken["upto"] < 24
     caplog.set_level("WARNING", logger="batchgen")
@@ -201,21 +211,15 @@ def test_a_machine_whose_state_is_older_than_the_buckets_starts_from_the_bucket(
     manifest = write("jobs.yaml", MANIFEST)
     world = World(tmp_path, job_seconds=8, jitter=0.5, seed=9)
 
-    async def killed(*args: Any) -> None:
-        """A run killed with SIGKILL does nothing at its end."""
-
-    with monkeypatch.context() as patch:
-        patch.setattr("batchgen.app.finish", killed)
-        patch.setattr(Lease, "release", killed)
-        first = world.run(
-            manifest,
-            out=url,
-            state_dir=tmp_path / "a",
-            concurrency=6,
-            max_runtime=10,
-            lease_seconds=0.001,
-            checkpoint_interval=10_000,
-        )
+    first = killed_run(
+        world,
+        monkeypatch,
+        manifest,
+        url,
+        state_dir=tmp_path / "a",
+        concurrency=6,
+        max_runtime=10,
+    )
     assert 0 < first.succeeded < 24
     assert world.run(manifest, out=url, state_dir=tmp_path / "b").exit_code == 0
     assert ours(world) == 24

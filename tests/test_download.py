@@ -197,6 +197,31 @@ async def test_a_png_cut_short_with_a_short_content_length_is_a_failed_download(
     assert not list(tmp_path.iterdir())  # noqa: ASYNC240 - the test's own look
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("content", "announced", "error"),
+    [
+        (PNG, None, None),
+        (PNG[: len(PNG) // 2], None, "not a whole image"),
+        (PNG, len(PNG) + 5, "cut short"),
+        (b"<html>the CDN's error page</html>", None, "is not an image"),
+    ],
+)
+async def test_an_image_fetched_into_memory_is_judged_as_a_file_is(
+    cdn: Callable[..., Any], content: bytes, announced: int | None, error: str | None
+) -> None:
+    """The bucket's path: nothing on disk, the same verdicts."""
+    url = await cdn(content)
+    async with AssetDownloader.open(10) as fetcher:
+        if error is not None:
+            with pytest.raises(DownloadError, match=error):
+                await fetcher.fetch_bytes(url, announced)
+            return
+        fetched = await fetcher.fetch_bytes(url, announced)
+    assert fetched.data == PNG and fetched.dimensions == (40, 24)
+    assert fetched.sha256 == hashlib.sha256(PNG).hexdigest()
+
+
 def test_a_crc_is_not_needed_to_find_the_end() -> None:
     # IEND with any CRC would be a different chunk: the check uses the exact bytes.
     wrong = PNG[:-4] + struct.pack(">I", zlib.crc32(b"x"))

@@ -191,21 +191,7 @@ class AssetDownloader:
         pending = bytearray()
         where = URL(url)
         try:
-            async with self._session.get(
-                where, timeout=self._timeout, **proxy_options(self._proxies.for_url(where))
-            ) as response:
-                if response.status != 200:
-                    # 403 from a CDN usually means the signature expired: a fresh URL helps.
-                    transient = response.status in (403, 408, 429) or response.status >= 500
-                    raise DownloadError(
-                        f"asset host {where.host} answered HTTP {response.status}",
-                        transient=transient,
-                    )
-                # An encoded body's length is not the image's (aiohttp decodes it).
-                encoded = response.headers.get("Content-Encoding", "identity") != "identity"
-                announced = None if encoded else response.content_length
-                limit = min(x for x in (announced, expected_size, MAX_ASSET_BYTES) if x is not None)
-                check = ImageCheck(where.host, limit)
+            async with self._answer(where, expected_size) as (response, check, announced):
                 async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
                     check.feed(chunk)
                     pending += chunk
@@ -232,19 +218,7 @@ class AssetDownloader:
         where = URL(url)
         pieces: list[bytes] = []
         try:
-            async with self._session.get(
-                where, timeout=self._timeout, **proxy_options(self._proxies.for_url(where))
-            ) as response:
-                if response.status != 200:
-                    transient = response.status in (403, 408, 429) or response.status >= 500
-                    raise DownloadError(
-                        f"asset host {where.host} answered HTTP {response.status}",
-                        transient=transient,
-                    )
-                encoded = response.headers.get("Content-Encoding", "identity") != "identity"
-                announced = None if encoded else response.content_length
-                limit = min(x for x in (announced, expected_size, MAX_ASSET_BYTES) if x is not None)
-                check = ImageCheck(where.host, limit)
+            async with self._answer(where, expected_size) as (response, check, announced):
                 async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
                     check.feed(chunk)
                     pieces.append(chunk)
@@ -252,6 +226,28 @@ class AssetDownloader:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DownloadError(f"download from {where.host} failed: {type(exc).__name__}") from exc
         return Fetched(b"".join(pieces), sha256, check.dimensions())
+
+    @asynccontextmanager
+    async def _answer(
+        self, where: URL, expected_size: int | None
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, ImageCheck, int | None]]:
+        """The CDN's answer, once it said 200, with the check its body must pass and the
+        length it announced (None when it is encoded)."""
+        async with self._session.get(
+            where, timeout=self._timeout, **proxy_options(self._proxies.for_url(where))
+        ) as response:
+            if response.status != 200:
+                # 403 from a CDN usually means the signature expired: a fresh URL helps.
+                transient = response.status in (403, 408, 429) or response.status >= 500
+                raise DownloadError(
+                    f"asset host {where.host} answered HTTP {response.status}",
+                    transient=transient,
+                )
+            # An encoded body's length is not the image's (aiohttp decodes it).
+            encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+            announced = None if encoded else response.content_length
+            limit = min(x for x in (announced, expected_size, MAX_ASSET_BYTES) if x is not None)
+            yield response, ImageCheck(where.host, limit), announced
 
 
 def image_dimensions(head: bytes) -> tuple[int, int] | None:
