@@ -399,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--delete-files", action="store_true", help="also delete the forgotten units' images"
     )
+    _add_storage_option(prune)
     prune.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(prune)
 
@@ -547,8 +548,8 @@ METAVARS = {
 }
 POSITIONAL_HELP = {
     "manifest": "the YAML manifest",
-    "out": "an output directory, or an output root holding --shard directories; for status "
-    "and verify also a bucket URL (s3://BUCKET/PREFIX)",
+    "out": "an output directory, or an output root holding --shard directories; for status, "
+    "verify and prune also a bucket URL (s3://BUCKET/PREFIX)",
 }
 EXAMPLES = {
     "run": "examples:\n  batchgen run jobs.yaml\n  batchgen run jobs.yaml --simulate\n"
@@ -874,7 +875,12 @@ def _open_display(args: argparse.Namespace, stack: contextlib.ExitStack) -> Disp
 
 
 def _prune(args: argparse.Namespace) -> int:
-    pruned = upkeep.prune(args.out, args.manifest, delete_files=args.delete_files)
+    pruned = upkeep.prune(
+        args.out,
+        args.manifest,
+        delete_files=args.delete_files,
+        storage_options=args.storage_options,
+    )
     if args.json:
         print(json.dumps(pruned.to_json()))
     elif not args.quiet or pruned.units:

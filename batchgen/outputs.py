@@ -111,6 +111,15 @@ class Taken:
         self.upto = upto
 
 
+def retrying_with(settings: RetrySettings) -> Retrying:
+    """Each request to the store under the run's retry table."""
+
+    def retrying(call: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
+        return with_retries(Request.STORE_WRITE, call, settings)
+
+    return retrying
+
+
 def default_state_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "batchgen" / "state"
@@ -140,11 +149,7 @@ class BucketOutput:
         bucket.slots = WriteSlots()
         if shard is not None:
             bucket, state = bucket.child(shard.directory), state / shard.directory
-        settings = retry or RetrySettings()
-
-        def retrying(call: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
-            return with_retries(Request.STORE_WRITE, call, settings)
-
+        retrying = retrying_with(retry or RetrySettings())
         return cls(bucket, state, Lease(bucket, lease_seconds, retrying), retrying)
 
 

@@ -28,13 +28,17 @@ from typing import Any
 import anyio
 
 from .app import MANIFEST_KEY, RunOptions, _options, _run_sync, load, open_backend
+from .config import RetrySettings
+from .engine.bucket import checkpoint, put_files, restore_checkpoint
 from .engine.download import _fresh_each_time
 from .engine.policy import Request, with_retries
+from .engine.ports import inline
 from .errors import ApiError, ConfigError, DownloadError
 from .manifest import iter_units
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
-from .outputs import checkpointed
+from .outputs import BucketOutput, checkpointed, leased, retrying_with
 from .store.bucket import SHA256_ATTRIBUTE, Bucket, BucketUrl, is_bucket_url
+from .store.dataset import METADATA_NAME
 from .store.embed import embed
 from .store.export import DEFAULT_SHARD_SIZE, Exported, Source
 from .store.export import export as write_export
@@ -42,7 +46,9 @@ from .store.faults import storage_faults
 from .store.files import IMAGES_DIR, sha256_of, stamp_of
 from .store.gallery import GALLERY_DIR, Gallery, write_gallery
 from .store.journal import JOURNAL_NAME, Journal
+from .store.lease import Lease
 from .store.lock import OutputLock
+from .store.results import RESULTS_NAME
 from .store.views import update_views
 
 log = logging.getLogger(__name__)
@@ -51,8 +57,8 @@ log = logging.getLogger(__name__)
 def _local_only(out: str | Path, command: str) -> None:
     if isinstance(out, str) and is_bucket_url(out):
         raise ConfigError(
-            f"{out}: batchgen {command} works on a local directory (status and verify "
-            "also read a bucket)"
+            f"{out}: batchgen {command} works on a local directory (status, verify and "
+            "prune also work on a bucket)"
         )
 
 
@@ -84,13 +90,20 @@ class Pruned:
 
 
 def prune(
-    out: str | Path, manifest: str | Path | None = None, *, delete_files: bool = False
+    out: str | Path,
+    manifest: str | Path | None = None,
+    *,
+    delete_files: bool = False,
+    storage_options: list[str] | dict[str, str] | None = None,
 ) -> Pruned:
     """Forget every unit the manifest (by default the one the last run used) no longer
     has: its journal row and its lines in the views go; with ``delete_files`` its
     images too.  The jobs it had stay recorded as its own, so no lost answer can ever
     adopt one."""
-    _local_only(out, "prune")
+    if isinstance(out, str) and is_bucket_url(out):
+        url = BucketUrl.parse(out)
+        assert url is not None
+        return _run_sync(lambda: _prune_bucket(url, manifest, delete_files, storage_options))
     units = files = 0
     for place, shard in places(Path(out)):
         with OutputLock(place), storage_faults(place):
@@ -105,6 +118,52 @@ def prune(
                 update_views(journal, place, metadata=shard is None)
             finally:
                 journal.close()
+    return Pruned(units, files)
+
+
+async def _prune_bucket(
+    url: BucketUrl,
+    manifest: str | Path | None,
+    delete_files: bool,
+    storage_options: list[str] | dict[str, str] | None,
+) -> Pruned:
+    """``prune`` of a bucket, shard by shard: under the shard's lease (no run writes
+    meanwhile), on its checkpoint, which is written back with the views.  A machine
+    whose local journal predates it sets that journal aside (see outputs.start)."""
+    units = files = 0
+    retry = RetrySettings()
+    with tempfile.TemporaryDirectory() as temporary:
+        found = await checkpointed(url, storage_options, Path(temporary), blocking=False)
+        for output in found:
+            bucket = output.bucket
+            retrying = retrying_with(retry)
+            lease = Lease(bucket, retrying=retrying)
+            async with leased(BucketOutput(bucket, output.place, lease, retrying)):
+                # Read again under the lease: a run may have ended since.
+                await restore_checkpoint(bucket, output.place, inline)
+                journal = Journal(output.place)
+                try:
+                    loaded = load(manifest or _last_manifest(journal, output.place))
+                    ids = (
+                        u.id
+                        for u in iter_units(loaded)
+                        if output.shard is None or output.shard.holds(u.id)
+                    )
+                    departed = [recorded for _, recorded in journal.departed(ids)]
+                    if delete_files:
+                        for recorded in departed:
+                            for entry in json.loads(recorded or "[]"):
+                                if entry[0].startswith(f"{IMAGES_DIR}/"):
+                                    await bucket.delete(entry[0])
+                                    files += 1
+                    units += journal.forget_departed()
+                    update_views(journal, output.place, metadata=True)
+                    await put_files(
+                        bucket, output.place, (RESULTS_NAME, METADATA_NAME), retry, inline
+                    )
+                    await checkpoint(bucket, journal, None, retry, inline)
+                finally:
+                    journal.close()
     return Pruned(units, files)
 
 

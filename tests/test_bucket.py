@@ -478,5 +478,29 @@ def test_status_and_verify_read_a_bucket_and_every_shard_under_it(
     assert checked.missing == [gone] and checked.altered == [replaced]
     with pytest.raises(ConfigError, match="--fix works on a local directory"):
         batchgen.verify(url, fix=True)
-    with pytest.raises(ConfigError, match="batchgen prune works on a local directory"):
-        batchgen.prune(url)
+    with pytest.raises(ConfigError, match="batchgen export works on a local directory"):
+        batchgen.export(url, tmp_path / "exported")
+
+
+def test_prune_of_a_bucket_forgets_departed_units_and_deletes_their_objects(
+    write: Write, tmp_path: Path, url: str
+) -> None:
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    assert world.run(manifest, out=url, state_dir=tmp_path / "a").exit_code == 0
+    before = {r["prompt"]: r["files"][0] for r in results_in(url)}
+    fewer = write("jobs.yaml", MANIFEST.replace(", 20, 21, 22, 23]", "]"))  # the same path
+    pruned = batchgen.prune(url, fewer, delete_files=True)
+    assert (pruned.units, pruned.files_deleted) == (4, 4)
+    found = objects(url)
+    left = {r["prompt"] for r in results_in(url)}
+    assert left == {f"unit {n}" for n in range(20)}
+    for prompt, relative in before.items():
+        assert (relative in found) is (prompt in left)
+    assert batchgen.status(url).units == 20
+    # The machine that ran it, back: its journal predates the prune, so it is set
+    # aside and the bucket's taken; nothing is bought, nothing comes back.
+    again = world.run(fewer, out=url, state_dir=tmp_path / "a")
+    assert again.exit_code == 0 and again.already_done == 20 and ours(world) == 24
+    assert list((tmp_path / "a").glob("journal.sqlite3.stale-*"))
+    assert len(results_in(url)) == 20

@@ -293,14 +293,16 @@ def snapshot(journal_path: Path, destination: Path) -> None:
 async def checkpoint(
     bucket: Bucket,
     journal: Journal,
-    server_now: Callable[[], datetime],
+    server_now: Callable[[], datetime] | None,
     retry: RetrySettings,
     offload: Offload,
 ) -> None:
     """Copy the journal to ``_batchgen/journal.sqlite3`` in the bucket, with the API's
     time now in it: a run that starts from it looks for jobs made since then (on the
-    API's clock, which the store's may not agree with)."""
-    await offload(journal.remember, CHECKPOINT_KEY, server_now().isoformat())
+    API's clock, which the store's may not agree with).  Without ``server_now`` (no
+    API asked: ``prune``) the time it has is kept: no job made before it was known."""
+    if server_now is not None:
+        await offload(journal.remember, CHECKPOINT_KEY, server_now().isoformat())
     copy = journal.path.with_name(f".{journal.path.name}.checkpoint")
     try:
         await offload(snapshot, journal.path, copy)
