@@ -449,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         "chunk (as AUTOMATIC1111 writes it) and XMP with the IPTC AI-made source type; the "
         "pixels are not re-encoded",
     )
+    _add_storage_option(export)
     export.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(export)
 
@@ -549,7 +550,7 @@ METAVARS = {
 POSITIONAL_HELP = {
     "manifest": "the YAML manifest",
     "out": "an output directory, or an output root holding --shard directories; for status, "
-    "verify and prune also a bucket URL (s3://BUCKET/PREFIX)",
+    "verify, prune and export also a bucket URL (s3://BUCKET/PREFIX)",
 }
 EXAMPLES = {
     "run": "examples:\n  batchgen run jobs.yaml\n  batchgen run jobs.yaml --simulate\n"
@@ -923,6 +924,7 @@ def _export(args: argparse.Namespace) -> int:
         args.format,
         shard_size=args.shard_size,
         embed_metadata=args.embed_metadata,
+        storage_options=args.storage_options,
     )
     if args.json:
         print(json.dumps(done.to_json()))

@@ -37,7 +37,13 @@ from .errors import ApiError, ConfigError, DownloadError
 from .manifest import iter_units
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
 from .outputs import BucketOutput, checkpointed, leased, retrying_with
-from .store.bucket import SHA256_ATTRIBUTE, Bucket, BucketUrl, is_bucket_url
+from .store.bucket import (
+    SHA256_ATTRIBUTE,
+    Bucket,
+    BucketUrl,
+    is_bucket_url,
+    parse_storage_options,
+)
 from .store.dataset import METADATA_NAME
 from .store.embed import embed
 from .store.export import DEFAULT_SHARD_SIZE, Exported, Source
@@ -57,8 +63,8 @@ log = logging.getLogger(__name__)
 def _local_only(out: str | Path, command: str) -> None:
     if isinstance(out, str) and is_bucket_url(out):
         raise ConfigError(
-            f"{out}: batchgen {command} works on a local directory (status, verify and "
-            "prune also work on a bucket)"
+            f"{out}: batchgen {command} works on a local directory (status, verify, "
+            "prune and export also work on a bucket)"
         )
 
 
@@ -384,11 +390,17 @@ def export(
     *,
     shard_size: int = DEFAULT_SHARD_SIZE,
     embed_metadata: bool = False,
+    storage_options: list[str] | dict[str, str] | None = None,
 ) -> Exported:
     """Write the images of an output directory (every shard's, from an output root) to
     ``dest``, a new directory, as ``webdataset``, ``parquet`` or ``imagefolder`` (see
-    :mod:`batchgen.store.export`).  Runs on the directory wait: the lock is held."""
-    _local_only(out, "export")
+    :mod:`batchgen.store.export`).  Runs on the directory wait: the lock is held.
+    ``out`` may be a bucket URL: its checkpoints say what to export, and each image is
+    read from the bucket as it is written out (checked against its sha256)."""
+    if isinstance(out, str) and is_bucket_url(out):
+        url = BucketUrl.parse(out)
+        assert url is not None
+        return _export_bucket(url, Path(dest), format, shard_size, embed_metadata, storage_options)
     root = Path(out)
     found = places(root)
     with contextlib.ExitStack() as stack:
@@ -405,6 +417,38 @@ def export(
                 Path(dest),
                 format,
                 name=root.resolve().name,
+                shard_size=shard_size,
+                embed_metadata=embed_metadata,
+            )
+
+
+def _export_bucket(
+    url: BucketUrl,
+    dest: Path,
+    format: str,
+    shard_size: int,
+    embed_metadata: bool,
+    storage_options: list[str] | dict[str, str] | None,
+) -> Exported:
+    with tempfile.TemporaryDirectory() as temporary, contextlib.ExitStack() as stack:
+        root = Path(temporary)
+        found = _run_sync(lambda: checkpointed(url, storage_options, root))
+        bucket = Bucket.open(url, parse_storage_options(storage_options), blocking=True)
+        sources: list[tuple[Path, str, Journal]] = []
+        for output in found:
+            journal = Journal(output.place)
+            stack.callback(journal.close)
+            prefix = f"{output.shard.directory}/" if output.shard is not None else ""
+            sources.append((output.place, prefix, journal))
+        with storage_faults(dest):
+            return write_export(
+                lambda: [
+                    Source(place, prefix, j.results(), root, bucket.read_now)
+                    for place, prefix, j in sources
+                ],
+                dest,
+                format,
+                name=url.prefix.rsplit("/", 1)[-1] or url.bucket,
                 shard_size=shard_size,
                 embed_metadata=embed_metadata,
             )

@@ -478,8 +478,53 @@ def test_status_and_verify_read_a_bucket_and_every_shard_under_it(
     assert checked.missing == [gone] and checked.altered == [replaced]
     with pytest.raises(ConfigError, match="--fix works on a local directory"):
         batchgen.verify(url, fix=True)
-    with pytest.raises(ConfigError, match="batchgen export works on a local directory"):
-        batchgen.export(url, tmp_path / "exported")
+    with pytest.raises(ConfigError, match="batchgen gallery works on a local directory"):
+        batchgen.gallery(url)
+
+
+@pytest.mark.parametrize("kind", ["webdataset", "imagefolder"])
+def test_export_of_a_bucket_reads_each_image_from_it_checked(
+    write: Write, tmp_path: Path, url: str, kind: str
+) -> None:
+    import tarfile
+
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    for index in range(2):
+        assert world.run(manifest, out=url, shard=f"{index + 1}/2").exit_code == 0
+    served = {
+        f"{shard}/{r['files'][0]}": objects(url)[f"{shard}/{r['files'][0]}"]
+        for shard in ("shard-1-of-2", "shard-2-of-2")
+        for r in (
+            json.loads(line)
+            for line in objects(url)[f"{shard}/results.jsonl"].decode().splitlines()
+        )
+    }
+    done = batchgen.export(url, tmp_path / kind, kind, shard_size=10)
+    assert done.images == 24
+    if kind == "imagefolder":
+        rows = [
+            json.loads(line)
+            for line in (tmp_path / kind / "metadata.jsonl").read_text().splitlines()
+        ]
+        got = {row["file_name"]: (tmp_path / kind / row["file_name"]).read_bytes() for row in rows}
+    else:
+        got = {}
+        for shard in sorted((tmp_path / kind).glob("*.tar")):
+            with tarfile.open(shard) as archive:
+                members = {m.name: archive.extractfile(m).read() for m in archive.getmembers()}  # type: ignore[union-attr]
+            for name, content in members.items():
+                if name.endswith(".json"):
+                    row = json.loads(content)
+                    got[row["file_name"]] = members[name[: -len(".json")] + ".png"]
+    assert got == served
+    # An object replaced behind the journal's back stops the export.
+    parsed = BucketUrl.parse(url)
+    assert parsed is not None
+    first = sorted(served)[0]
+    obstore.put(bucket_module._memory_stores[parsed.bucket], parsed.key(first), b"other bytes")
+    with pytest.raises(ConfigError, match="not the image recorded"):
+        batchgen.export(url, tmp_path / f"{kind}-again", kind)
 
 
 def test_prune_of_a_bucket_forgets_departed_units_and_deletes_their_objects(

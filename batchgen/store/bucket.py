@@ -409,6 +409,16 @@ class Bucket:
             partial.unlink(missing_ok=True)
         return _found(result.meta, result.attributes)
 
+    def read_now(self, relative: str) -> bytes | None:
+        """The object's bytes, read with the calling thread (for blocking code such as
+        an export); None if there is none."""
+        try:
+            return bytes(self._obstore.get(self._store, self.url.key(relative)).bytes())
+        except (FileNotFoundError, self._obstore.exceptions.NotFoundError):
+            return None
+        except Exception as exc:
+            raise self._converted(exc, relative, "read") from exc
+
     async def listing(self, relative: str = "") -> AsyncIterator[list[Found]]:
         """Every object under ``relative``, a page at a time."""
         key = self.url.key(relative) if relative else self.url.prefix

@@ -21,11 +21,14 @@ stops the export: ``batchgen verify --fix`` first.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
 import os
 import shutil
 import tarfile
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -52,6 +55,9 @@ class Source:
     # The directory exported, which the rows' paths are relative to (``place`` itself
     # unless it is a shard's).
     root: Path | None = None
+    # For an output in a bucket: reads a file by its path from the root exported (the
+    # files are objects there, not under ``place``).
+    read: Callable[[str], bytes | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +105,17 @@ def export(
 @dataclass(frozen=True, slots=True)
 class Sample:
     key: str
-    path: Path  # the image on disk
+    name: str  # the image's file name
     row: dict[str, Any]  # metadata.jsonl's row, file_name relative to the root exported
     root: Path  # the root exported
+    read: Callable[[], bytes]  # the image's bytes, checked against its sha256
+    read_input: Callable[[str], bytes]  # an input image's, by its path from the root
+    mtime: int
+    local: Path | None = None  # the image on disk, when it is a file (it is linked)
     embedded: bool = False  # its story written into the copy (see store.embed)
 
     def content(self) -> bytes:
-        content = self.path.read_bytes()
+        content = self.read()
         return embed(content, self.row) if self.embedded else content
 
     def input_files(self) -> Iterator[str]:
@@ -117,21 +127,56 @@ class Sample:
 
 
 def _samples(sources: list[Source], as_text: set[str], embedded: bool) -> Iterator[Sample]:
+    now = int(time.time())
     for source in sources:
+        root = source.root or source.place
         for line in source.lines:
             result = json.loads(line)
             digests = result.get("sha256") or []
             for index, row in enumerate(image_rows(result, source.prefix, as_text)):
-                path = source.place / result["files"][index]
-                if not path.is_file() or (
-                    index < len(digests) and sha256_of(path) != digests[index]
-                ):
+                relative = result["files"][index]
+                digest = digests[index] if index < len(digests) else None
+                key = f"{result['id']}_{index}"
+                name = Path(relative).name
+                if source.read is not None:
+                    read = functools.partial(
+                        _verified, source.read, source.prefix + relative, digest
+                    )
+                    yield Sample(
+                        key, name, row, root, read, _input_reader(source.read), now, None, embedded
+                    )
+                    continue
+                path = source.place / relative
+                if not path.is_file() or (digest is not None and sha256_of(path) != digest):
                     raise ExportError(
                         f"{path}: missing or not the image recorded; run batchgen verify "
                         "--fix first"
                     )
-                root = source.root or source.place
-                yield Sample(f"{result['id']}_{index}", path, row, root, embedded)
+                mtime = int(path.stat().st_mtime)
+                yield Sample(
+                    key, name, row, root, path.read_bytes, _file_reader(root), mtime, path, embedded
+                )
+
+
+def _verified(read: Callable[[str], bytes | None], relative: str, digest: str | None) -> bytes:
+    content = read(relative)
+    if content is None or (digest is not None and hashlib.sha256(content).hexdigest() != digest):
+        raise ExportError(f"{relative}: missing or not the image recorded; run batchgen verify")
+    return content
+
+
+def _input_reader(read: Callable[[str], bytes | None]) -> Callable[[str], bytes]:
+    def read_input(relative: str) -> bytes:
+        content = read(relative)
+        if content is None:
+            raise ExportError(f"{relative}: an input image recorded is missing")
+        return content
+
+    return read_input
+
+
+def _file_reader(root: Path) -> Callable[[str], bytes]:
+    return lambda relative: (root / relative).read_bytes()
 
 
 def _webdataset(
@@ -140,26 +185,28 @@ def _webdataset(
     files: list[Path] = []
     archive: tarfile.TarFile | None = None
     number = 0
-    for number, sample in enumerate(samples, start=1):
-        if (number - 1) % size == 0:
-            if archive is not None:
-                archive.close()
-            files.append(dest / f"{name}-{len(files):06d}.tar")
-            archive = tarfile.open(files[-1], "w", format=tarfile.USTAR_FORMAT)
-        assert archive is not None
-        suffix = sample.path.suffix.lstrip(".").lower() or "png"
-        image = sample.content()
-        picture = tarfile.TarInfo(f"{sample.key}.{suffix}")
-        picture.size = len(image)
-        picture.mtime = int(sample.path.stat().st_mtime)
-        archive.addfile(picture, io.BytesIO(image))
-        text = json.dumps(sample.row, ensure_ascii=False).encode()
-        info = tarfile.TarInfo(f"{sample.key}.json")
-        info.size = len(text)
-        info.mtime = int(sample.path.stat().st_mtime)
-        archive.addfile(info, io.BytesIO(text))
-    if archive is not None:
-        archive.close()
+    try:
+        for number, sample in enumerate(samples, start=1):
+            if (number - 1) % size == 0:
+                if archive is not None:
+                    archive.close()
+                files.append(dest / f"{name}-{len(files):06d}.tar")
+                archive = tarfile.open(files[-1], "w", format=tarfile.USTAR_FORMAT)
+            assert archive is not None
+            suffix = Path(sample.name).suffix.lstrip(".").lower() or "png"
+            image = sample.content()
+            picture = tarfile.TarInfo(f"{sample.key}.{suffix}")
+            picture.size = len(image)
+            picture.mtime = sample.mtime
+            archive.addfile(picture, io.BytesIO(image))
+            text = json.dumps(sample.row, ensure_ascii=False).encode()
+            info = tarfile.TarInfo(f"{sample.key}.json")
+            info.size = len(text)
+            info.mtime = sample.mtime
+            archive.addfile(info, io.BytesIO(text))
+    finally:  # also when an image fails its check half way through a shard
+        if archive is not None:
+            archive.close()
     return files, number
 
 
@@ -189,7 +236,7 @@ def _parquet(
     )
 
     def flush() -> None:
-        rows = [{"image": {"bytes": s.content(), "path": s.path.name}, **s.row} for s in batch]
+        rows = [{"image": {"bytes": s.content(), "path": s.name}, **s.row} for s in batch]
         files.append(dest / f"{name}-{len(files):06d}.parquet")
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), files[-1])
         batch.clear()
@@ -240,15 +287,18 @@ def _imagefolder(
         relative = Path(sample.row["file_name"])
         target = dest / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        if sample.embedded:
+        if sample.embedded or sample.local is None:
             target.write_bytes(sample.content())
         else:
-            _link(sample.path, target)
+            _link(sample.local, target)
         for relative_input in sample.input_files():
             target_input = dest / relative_input
             if not target_input.exists():
                 target_input.parent.mkdir(parents=True, exist_ok=True)
-                _link(sample.root / relative_input, target_input)
+                if sample.local is None:
+                    target_input.write_bytes(sample.read_input(relative_input))
+                else:
+                    _link(sample.root / relative_input, target_input)
         rows.append(json.dumps(sample.row, ensure_ascii=False))
         models[str(sample.row.get("model"))] += 1
         origins[str(sample.row.get("source") or "").rsplit(":", 1)[0]] += 1
