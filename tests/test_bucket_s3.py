@@ -162,13 +162,14 @@ def run_command(
     *extra: str,
     secret: str = SECRET_KEY,
     access_key: str = ACCESS_KEY,
+    aws: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCENARIO_", "AWS_"))} | {
-        "SCENARIO_API_KEY": SIM_KEY,
-        "SCENARIO_API_SECRET": SIM_SECRET,
-        "AWS_ACCESS_KEY_ID": access_key,
-        "AWS_SECRET_ACCESS_KEY": secret,
-    }
+    """The command, with the bucket's keys in the environment (or, given ``aws``,
+    those variables instead)."""
+    keys = {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCENARIO_", "AWS_"))}
+    env |= {"SCENARIO_API_KEY": SIM_KEY, "SCENARIO_API_SECRET": SIM_SECRET}
+    env |= aws if aws is not None else keys
     return subprocess.Popen(
         [
             sys.executable,
@@ -326,3 +327,34 @@ def test_wrong_bucket_credentials_stop_the_run_in_one_line_before_anything_is_se
     assert "refused the credentials (InvalidAccessKeyId)" in last
     assert "wrong-secret-NEVER-LOGGED" not in stderr
     assert sim.jobs_created == 0
+
+
+def test_an_aws_profile_gives_the_bucket_credentials(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    s3: S3,
+) -> None:
+    """AWS_PROFILE and a shared credentials file, no keys in the environment (as on a
+    workstation or a SLURM login node)."""
+    manifest = write("jobs.yaml", MANIFEST)
+    sim = start_simulator(job_seconds=0.2)
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(
+        f"[batchgen-test]\naws_access_key_id = {ACCESS_KEY}\n"
+        f"aws_secret_access_key = {SECRET_KEY}\n",
+        encoding="utf-8",
+    )
+    profile = {
+        "AWS_PROFILE": "batchgen-test",
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+    }
+    out = f"s3://{BUCKET}/profiled"
+    code, stderr = finish(run_command(manifest, out, tmp_path / "s", sim, s3, aws=profile))
+    assert code == 0, stderr
+    assert_every_image_once_as_served(s3, "profiled", sim)
+    missing = profile | {"AWS_PROFILE": "no-such-profile"}
+    code, stderr = finish(run_command(manifest, out, tmp_path / "t", sim, s3, aws=missing))
+    assert code == 2
+    assert "AWS profile 'no-such-profile'" in stderr.strip().splitlines()[-1]

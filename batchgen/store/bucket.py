@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import mimetypes
+import os
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ _S3_ALIASES = {
     "token": "session_token",
     "region_name": "region",
     "anon": "skip_signature",
+    "profile_name": "profile",
 }
 _S3_NAMES = {
     "endpoint",
@@ -74,6 +76,7 @@ _S3_NAMES = {
     "conditional_put",
     "imdsv1_fallback",
     "metadata_endpoint",
+    "profile",
 }
 _GCS_ALIASES = {"token": "service_account_path", "project": "project_id"}
 _GCS_NAMES = {"service_account_path", "service_account_key", "application_credentials"}
@@ -185,11 +188,13 @@ def open_store(url: BucketUrl, options: Mapping[str, str]) -> Any:
             from obstore.store import S3Store
 
             config.setdefault("checksum_algorithm", "sha256")
+            provider = _profile_credentials(config)
             return S3Store(
                 url.bucket,
                 config=config,  # type: ignore[arg-type]  # checked by store_config
                 client_options=client,  # type: ignore[arg-type]
                 retry_config=no_retries,  # type: ignore[arg-type]
+                credential_provider=provider,
             )
         from obstore.store import GCSStore
 
@@ -201,6 +206,33 @@ def open_store(url: BucketUrl, options: Mapping[str, str]) -> Any:
         )
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         raise ConfigError(f"{url}: {_first_line(exc)}") from exc
+
+
+def _profile_credentials(config: dict[str, Any]) -> Any:
+    """For a named AWS profile (``--storage-option profile=…``, or ``AWS_PROFILE`` with
+    no keys in the environment), boto3's own chain for it: obstore reads the environment,
+    web identity and instance roles, not ``~/.aws`` profiles.  None otherwise."""
+    profile = config.pop("profile", None)
+    if profile is None and "access_key_id" not in config:
+        if "AWS_ACCESS_KEY_ID" not in os.environ:
+            profile = os.environ.get("AWS_PROFILE")
+    if not profile:
+        return None
+    try:
+        import boto3
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError:
+        raise ConfigError(
+            f"the AWS profile {profile!r} is read with boto3: pip install boto3 "
+            "(or give the keys in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        ) from None
+    try:
+        session = boto3.Session(profile_name=profile)
+    except Exception as exc:  # botocore's ProfileNotFound and kin
+        raise ConfigError(f"AWS profile {profile!r}: {_first_line(exc)}") from exc
+    if "region" not in config and session.region_name:
+        config["region"] = session.region_name
+    return Boto3CredentialProvider(session)
 
 
 @dataclass(frozen=True, slots=True)
