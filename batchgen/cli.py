@@ -426,7 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: batchgen export output/jobs exports/jobs --format webdataset",
     )
     export.add_argument("out", type=_output, metavar="OUT")
-    export.add_argument("dest", type=Path, metavar="DEST", help="a new, empty directory")
+    export.add_argument(
+        "dest",
+        type=_output,
+        metavar="DEST",
+        help="a new, empty directory, or an empty bucket prefix (s3://BUCKET/PREFIX)",
+    )
     export.add_argument(
         "--format",
         choices=FORMATS,

@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -396,12 +397,58 @@ def export(
     ``dest``, a new directory, as ``webdataset``, ``parquet`` or ``imagefolder`` (see
     :mod:`batchgen.store.export`).  Runs on the directory wait: the lock is held.
     ``out`` may be a bucket URL: its checkpoints say what to export, and each image is
-    read from the bucket as it is written out (checked against its sha256)."""
-    if isinstance(out, str) and is_bucket_url(out):
-        url = BucketUrl.parse(out)
-        assert url is not None
-        return _export_bucket(url, Path(dest), format, shard_size, embed_metadata, storage_options)
-    root = Path(out)
+    read from the bucket as it is written out (checked against its sha256).  ``dest``
+    may be one too (an empty prefix): each file goes there once complete, so that only
+    a shard at a time is ever on local disk."""
+    with _destination(dest, storage_options) as (local, written, shown):
+        if isinstance(out, str) and is_bucket_url(out):
+            url = BucketUrl.parse(out)
+            assert url is not None
+            done = _export_bucket(
+                url, local, format, shard_size, embed_metadata, storage_options, written
+            )
+        else:
+            done = _export_directory(Path(out), local, format, shard_size, embed_metadata, written)
+        return Exported(done.format, done.images, [shown(path) for path in done.files])
+
+
+@contextlib.contextmanager
+def _destination(
+    dest: str | Path, storage_options: list[str] | dict[str, str] | None
+) -> Iterator[tuple[Path, Callable[[Path], None], Callable[[str], str]]]:
+    """Where an export writes (DEST, or a staging directory for a bucket), what to do
+    with each file once complete, and how to name it in the result."""
+    if not (isinstance(dest, str) and is_bucket_url(dest)):
+        yield Path(dest), lambda path: None, str
+        return
+    url = BucketUrl.parse(dest)
+    assert url is not None
+    bucket = Bucket.open(
+        url, parse_storage_options(storage_options), blocking=True, store_retries=10
+    )
+    if not bucket.is_empty_now():
+        raise ConfigError(f"{url}: not empty; export into a new prefix")
+    with tempfile.TemporaryDirectory() as temporary:
+        staging = Path(temporary) / "export"
+
+        def send(path: Path) -> None:
+            bucket.put_file_now(path.relative_to(staging).as_posix(), path)
+            path.unlink()
+
+        def shown(path: str) -> str:
+            return bucket.location(Path(path).relative_to(staging).as_posix())
+
+        yield staging, send, shown
+
+
+def _export_directory(
+    root: Path,
+    dest: Path,
+    format: str,
+    shard_size: int,
+    embed_metadata: bool,
+    written: Callable[[Path], None],
+) -> Exported:
     found = places(root)
     with contextlib.ExitStack() as stack:
         journals: list[tuple[Path, str, Journal]] = []
@@ -411,14 +458,15 @@ def export(
             stack.callback(journal.close)
             prefix = "" if place == root else f"{place.relative_to(root).as_posix()}/"
             journals.append((place, prefix, journal))
-        with storage_faults(Path(dest)):
+        with storage_faults(dest):
             return write_export(
                 lambda: [Source(place, prefix, j.results(), root) for place, prefix, j in journals],
-                Path(dest),
+                dest,
                 format,
                 name=root.resolve().name,
                 shard_size=shard_size,
                 embed_metadata=embed_metadata,
+                written=written,
             )
 
 
@@ -429,6 +477,7 @@ def _export_bucket(
     shard_size: int,
     embed_metadata: bool,
     storage_options: list[str] | dict[str, str] | None,
+    written: Callable[[Path], None],
 ) -> Exported:
     with tempfile.TemporaryDirectory() as temporary, contextlib.ExitStack() as stack:
         root = Path(temporary)
@@ -451,6 +500,7 @@ def _export_bucket(
                 name=url.prefix.rsplit("/", 1)[-1] or url.bucket,
                 shard_size=shard_size,
                 embed_metadata=embed_metadata,
+                written=written,
             )
 
 

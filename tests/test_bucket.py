@@ -549,3 +549,38 @@ def test_prune_of_a_bucket_forgets_departed_units_and_deletes_their_objects(
     assert again.exit_code == 0 and again.already_done == 20 and ours(world) == 24
     assert list((tmp_path / "a").glob("journal.sqlite3.stale-*"))
     assert len(results_in(url)) == 20
+
+
+def test_an_export_to_a_bucket_sends_each_shard_on_once_complete(
+    write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import tarfile
+
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    assert world.run(manifest, out=url, state_dir=tmp_path / "s").exit_code == 0
+    served = {r["files"][0]: objects(url)[r["files"][0]] for r in results_in(url)}
+    dest = url.replace("/run", "/exported")
+    on_disk: list[int] = []
+    send = Bucket.put_file_now
+
+    def watched(bucket: Bucket, relative: str, path: Path) -> None:
+        on_disk.append(sum(1 for p in path.parent.iterdir() if p.is_file()))
+        send(bucket, relative, path)
+
+    monkeypatch.setattr(Bucket, "put_file_now", watched)
+    done = batchgen.export(url, dest, "webdataset", shard_size=10)
+    assert done.images == 24 and len(done.files) == 3
+    assert all(name.startswith(dest + "/") for name in done.files)
+    assert max(on_disk) == 1  # a shard at a time on local disk
+    got = {}
+    for name, content in sorted(objects(dest).items()):
+        with tarfile.open(fileobj=io.BytesIO(content)) as archive:
+            members = {m.name: archive.extractfile(m).read() for m in archive.getmembers()}  # type: ignore[union-attr]
+        for member, data in members.items():
+            if member.endswith(".json"):
+                got[json.loads(data)["file_name"]] = members[member[: -len(".json")] + ".png"]
+    assert got == served
+    with pytest.raises(ConfigError, match="not empty; export into a new prefix"):
+        batchgen.export(url, dest, "webdataset")

@@ -169,16 +169,20 @@ def _obstore() -> Any:
     return obstore
 
 
-def open_store(url: BucketUrl, options: Mapping[str, str]) -> Any:
+def open_store(url: BucketUrl, options: Mapping[str, str], *, store_retries: int = 0) -> Any:
     """The obstore store of ``url``'s bucket (its prefix is applied by :class:`Bucket`).
-    Credentials not given as options come from the store's standard chain."""
+    Credentials not given as options come from the store's standard chain.  A run
+    retries by its own table (``store_retries`` 0); blocking code (an export) lets the
+    store retry by itself."""
     config = store_config(url, options)
     _obstore()
     if url.scheme == "memory":
         from obstore.store import MemoryStore
 
         return _memory_stores.setdefault(url.bucket, MemoryStore())
-    no_retries = {"max_retries": 0, "retry_timeout": timedelta(seconds=0)}
+    no_retries: dict[str, Any] = {"max_retries": store_retries}
+    if store_retries == 0:
+        no_retries["retry_timeout"] = timedelta(seconds=0)
     client: dict[str, Any] = {"timeout": timedelta(seconds=120)}
     endpoint = str(config.get("endpoint", ""))
     if endpoint.startswith("http://"):
@@ -282,9 +286,15 @@ class Bucket:
 
     @classmethod
     def open(
-        cls, url: BucketUrl, options: Mapping[str, str] | None = None, *, blocking: bool = False
+        cls,
+        url: BucketUrl,
+        options: Mapping[str, str] | None = None,
+        *,
+        blocking: bool = False,
+        store_retries: int = 0,
     ) -> Bucket:
-        return cls(url, open_store(url, options or {}), blocking=blocking)
+        store = open_store(url, options or {}, store_retries=store_retries)
+        return cls(url, store, blocking=blocking)
 
     def child(self, name: str) -> Bucket:
         bucket = Bucket(self.url.child(name), self._store, blocking=self.blocking)
@@ -440,6 +450,24 @@ class Bucket:
         finally:
             partial.unlink(missing_ok=True)
         return _found(result.meta, result.attributes)
+
+    def put_file_now(self, relative: str, path: Path) -> None:
+        """Write an object from a local file, with the calling thread (an export)."""
+        options = {"chunk_size": FILE_CHUNK, "max_concurrency": 2}
+        try:
+            self._obstore.put(self._store, self.url.key(relative), path, **options)
+        except Exception as exc:
+            raise self._converted(exc, relative, "write") from exc
+
+    def is_empty_now(self) -> bool:
+        """Whether nothing is under the prefix (with the calling thread)."""
+        try:
+            for page in self._obstore.list(self._store, self.url.prefix or None, chunk_size=1):
+                if page:
+                    return False
+        except Exception as exc:
+            raise self._converted(exc, "", "list") from exc
+        return True
 
     def read_now(self, relative: str) -> bytes | None:
         """The object's bytes, read with the calling thread (for blocking code such as

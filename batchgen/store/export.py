@@ -83,9 +83,12 @@ def export(
     name: str,
     shard_size: int = DEFAULT_SHARD_SIZE,
     embed_metadata: bool = False,
+    written: Callable[[Path], None] = lambda path: None,
 ) -> Exported:
     """Write the images of ``sources`` (called once a pass: the lines are read twice,
-    first for the columns' kinds) to ``dest`` as ``kind``."""
+    first for the columns' kinds) to ``dest`` as ``kind``.  ``written`` is told of each
+    file of ``dest`` once it is complete (an export to a bucket sends it on, and
+    removes it: only a shard at a time is ever on disk)."""
     if kind not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {kind!r}")
     if dest.exists() and any(dest.iterdir()):
@@ -94,11 +97,11 @@ def export(
     dest.mkdir(parents=True, exist_ok=True)
     samples = _samples(sources(), mixed(kinds), embed_metadata)
     if kind == "webdataset":
-        files, images = _webdataset(samples, dest, name, shard_size)
+        files, images = _webdataset(samples, dest, name, shard_size, written)
     elif kind == "parquet":
-        files, images = _parquet(samples, dest, name, shard_size, kinds)
+        files, images = _parquet(samples, dest, name, shard_size, kinds, written)
     else:
-        files, images = _imagefolder(samples, dest, name, kinds)
+        files, images = _imagefolder(samples, dest, name, kinds, written)
     return Exported(kind, images, [str(path) for path in files])
 
 
@@ -180,7 +183,7 @@ def _file_reader(root: Path) -> Callable[[str], bytes]:
 
 
 def _webdataset(
-    samples: Iterator[Sample], dest: Path, name: str, size: int
+    samples: Iterator[Sample], dest: Path, name: str, size: int, written: Callable[[Path], None]
 ) -> tuple[list[Path], int]:
     files: list[Path] = []
     archive: tarfile.TarFile | None = None
@@ -190,6 +193,7 @@ def _webdataset(
             if (number - 1) % size == 0:
                 if archive is not None:
                     archive.close()
+                    written(files[-1])
                 files.append(dest / f"{name}-{len(files):06d}.tar")
                 archive = tarfile.open(files[-1], "w", format=tarfile.USTAR_FORMAT)
             assert archive is not None
@@ -207,11 +211,18 @@ def _webdataset(
     finally:  # also when an image fails its check half way through a shard
         if archive is not None:
             archive.close()
+    if archive is not None:
+        written(files[-1])
     return files, number
 
 
 def _parquet(
-    samples: Iterator[Sample], dest: Path, name: str, size: int, kinds: Kinds
+    samples: Iterator[Sample],
+    dest: Path,
+    name: str,
+    size: int,
+    kinds: Kinds,
+    written: Callable[[Path], None],
 ) -> tuple[list[Path], int]:
     try:
         import pyarrow as pa
@@ -239,6 +250,7 @@ def _parquet(
         rows = [{"image": {"bytes": s.content(), "path": s.name}, **s.row} for s in batch]
         files.append(dest / f"{name}-{len(files):06d}.parquet")
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), files[-1])
+        written(files[-1])
         batch.clear()
 
     for sample in samples:
@@ -278,11 +290,14 @@ def _dtypes(kinds: Kinds) -> dict[str, str]:
 
 
 def _imagefolder(
-    samples: Iterator[Sample], dest: Path, name: str, kinds: Kinds
+    samples: Iterator[Sample], dest: Path, name: str, kinds: Kinds, written: Callable[[Path], None]
 ) -> tuple[list[Path], int]:
     rows = []
     models: Counter[str] = Counter()
     origins: Counter[str] = Counter()
+    # Input images shared by many samples go once (not by looking at DEST: a file sent
+    # on to a bucket is no longer there).
+    inputs_done: set[str] = set()
     for sample in samples:
         relative = Path(sample.row["file_name"])
         target = dest / relative
@@ -291,21 +306,26 @@ def _imagefolder(
             target.write_bytes(sample.content())
         else:
             _link(sample.local, target)
+        written(target)
         for relative_input in sample.input_files():
             target_input = dest / relative_input
-            if not target_input.exists():
+            if relative_input not in inputs_done:
+                inputs_done.add(relative_input)
                 target_input.parent.mkdir(parents=True, exist_ok=True)
                 if sample.local is None:
                     target_input.write_bytes(sample.read_input(relative_input))
                 else:
                     _link(sample.root / relative_input, target_input)
+                written(target_input)
         rows.append(json.dumps(sample.row, ensure_ascii=False))
         models[str(sample.row.get("model"))] += 1
         origins[str(sample.row.get("source") or "").rsplit(":", 1)[0]] += 1
     metadata = dest / METADATA_NAME
     metadata.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+    written(metadata)
     card = dest / "README.md"
     card.write_text(_card(name, len(rows), models, origins, kinds), encoding="utf-8")
+    written(card)
     return [metadata, card], len(rows)
 
 
