@@ -575,7 +575,7 @@ def test_an_export_to_a_bucket_sends_each_shard_on_once_complete(
     assert all(name.startswith(dest + "/") for name in done.files)
     assert max(on_disk) == 1  # a shard at a time on local disk
     got = {}
-    for name, content in sorted(objects(dest).items()):
+    for _, content in sorted(objects(dest).items()):
         with tarfile.open(fileobj=io.BytesIO(content)) as archive:
             members = {m.name: archive.extractfile(m).read() for m in archive.getmembers()}  # type: ignore[union-attr]
         for member, data in members.items():
