@@ -138,6 +138,14 @@ def test_a_run_writes_each_image_to_the_bucket_once_and_keeps_none_locally(
     assert again.exit_code == 0 and again.already_done == 24 and ours(world) == 24
 
 
+def test_the_manifests_output_may_be_a_bucket(write: Write, tmp_path: Path, url: str) -> None:
+    manifest = write("jobs.yaml", f"output: {url}\n" + MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    report = world.run(manifest, out=None, state_dir=tmp_path / "state")
+    assert report.exit_code == 0 and report.output == url
+    assert len(results_in(url)) == 24
+
+
 def test_killed_after_posting_and_resumed_with_no_local_state_pays_for_nothing_twice(
     write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
