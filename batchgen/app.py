@@ -537,8 +537,14 @@ def _shapes_to_do(
         if journal is None or journal.is_empty():
             if shard is None:
                 return _shapes_of_entries(manifest, prompts, lists)
-        elif _still_complete(journal, out_dir, _fingerprint(manifest, shard)) is not None:
+            return _shapes_of_units(manifest, shard, journal, options, lists)
+        fingerprint = _fingerprint(manifest, shard)
+        if _still_complete(journal, out_dir, fingerprint) is not None:
             return {}
+        if shard is None and journal.recall(ROWS_OF_KEY).get("") == fingerprint:
+            left = _shapes_left(_shapes_of_entries(manifest, prompts, lists), journal, options)
+            if left is not None:
+                return left
         return _shapes_of_units(manifest, shard, journal, options, lists)
     finally:
         if journal is not None:
@@ -570,6 +576,24 @@ def _shapes_of_entries(
                 count + seen.count * entry.count * max(1, len(entry.images)),
             )
     return shapes
+
+
+def _shapes_left(shapes: Shapes, journal: Journal, options: RunOptions) -> Shapes | None:
+    """Every unit's shapes less those of the units a run would not submit, counted by
+    shape in the journal (whose units are all the manifest's); None if a unit done has
+    no shape recorded (an earlier version's), or one the manifest does not make."""
+    left = dict(shapes)
+    for shape, row, count in journal.shapes():
+        action = resume_action(
+            row, retry_failed=options.retry_failed, resubmit_abandoned=options.resubmit_abandoned
+        )
+        if action in (Resume.SUBMIT, Resume.RECONCILE):
+            continue  # to do: counted among the manifest's
+        if shape is None or shape not in left or left[shape][2] < count:
+            return None
+        model, body, units = left[shape]
+        left[shape] = (model, body, units - count)
+    return {key: value for key, value in left.items() if value[2] > 0}
 
 
 def _shapes_of_units(
@@ -760,6 +784,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                 journal.close()
                 raise
             try:
+                await backend.offload(_note_rows_of, journal, fingerprint)
                 journal.remember(MANIFEST_KEY, str(loaded.path.resolve()))
                 for model_id, spec in specs.items():
                     journal.remember(MODEL_KEY + model_id, json.dumps(spec.to_json()))
@@ -780,6 +805,8 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                 if not (summary.interrupted or summary.out_of_time):
                     # Every unit of the manifest has a journal row now; any more are old.
                     departed = sum(journal.counts().values()) - total
+                    if departed >= 0:
+                        journal.remember(ROWS_OF_KEY, fingerprint if departed == 0 else "")
                     if departed > 0:
                         log.warning(
                             "%d units recorded in %s are no longer in the manifest; "
@@ -841,6 +868,18 @@ COMPLETE_KEY = "complete"
 SIM_STATE = Path(".simulator") / "jobs.jsonl"
 # The manifest the last run used, for the commands that look after the directory.
 MANIFEST_KEY = "manifest"
+# The fingerprint of the manifest every unit in the journal is known to be from (none
+# left it): --estimate then counts the units left by shape, from the entries and the
+# journal, without making every unit.
+ROWS_OF_KEY = "rows_of"
+
+
+def _note_rows_of(journal: Journal, fingerprint: str) -> None:
+    """Known when the journal is new, or was known by an earlier run of the same
+    manifest; unknown after the manifest changed, until a run of it ends with every
+    unit recorded and none departed."""
+    known = journal.is_empty() or journal.recall(ROWS_OF_KEY).get("") == fingerprint
+    journal.remember(ROWS_OF_KEY, fingerprint if known else "")
 
 
 def _fingerprint(manifest: Manifest, shard: Shard | None) -> str:

@@ -345,6 +345,53 @@ def test_an_estimate_with_no_journal_counts_entries_as_expanding_every_unit_woul
     assert sum(n for *_, n in by_entries.values()) == 3 * 2 * 3 + 3 * 3 + 1 + 1
 
 
+def test_an_estimate_of_a_run_cut_short_counts_by_shape_as_expanding_every_unit_would(
+    write: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partial journal whose units are all the manifest's: the units left are the
+    entries' less the journal's done, by shape; a manifest edited since is counted
+    unit by unit (a departed unit must not be taken off)."""
+    from batchgen import app
+    from batchgen.app import RunOptions, _shapes_of_units
+    from batchgen.manifest import load_manifest
+    from batchgen.store.journal import Journal
+
+    text = (
+        "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n"
+        "  - {prompt: 'x {n}', vars: {n: [1, 2, 3, 4, 5, 6]}, count: 2,"
+        " sizes: [[64, 64], [128, 128]]}\n"
+        "  - {prompt: other model, model: model_sim-noseed, count: 5}\n"
+    )
+    manifest = write("jobs.yaml", text)
+    world = World(tmp_path, job_seconds=10, jitter=0.5, seed=4)
+    report = world.run(manifest, concurrency=6, max_runtime=25)
+    assert 0 < report.succeeded < 29
+    counted_by_units: list[int] = []
+    original = app._shapes_of_units
+
+    def spy(*args: object, **kwargs: object) -> object:
+        counted_by_units.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app, "_shapes_of_units", spy)
+    fast = world.estimate(manifest)
+    assert counted_by_units == []  # by shape, no unit made
+    journal = Journal(world.out)
+    try:
+        slow = _shapes_of_units(load_manifest(manifest), None, journal, RunOptions())
+    finally:
+        journal.close()
+    assert {(s.model, s.size, s.units) for s in fast.shapes} == {
+        (m, app._size_label(b), n) for m, b, n in slow.values()
+    }
+    assert fast.units == sum(n for *_, n in slow.values()) > 0
+    # Edited: two units leave; until a run of it ends with none departed, unit by unit.
+    edited = write("jobs.yaml", text.replace("count: 5", "count: 3"))
+    again = world.estimate(edited)
+    assert counted_by_units == [1]
+    assert again.units <= fast.units
+
+
 def test_a_budget_stops_submitting_before_it_is_passed(write: Write, tmp_path: Path) -> None:
     # 256x256 costs 1 CU, 1024x1024 costs 4 CU in the simulator.
     manifest = write(

@@ -194,6 +194,9 @@ class Submitter:
         lists = self._image_lists.get(unit.model, frozenset())
         body = request_for(unit, self._seeds.get(unit.model), assets, lists)
         key = request_key(unit.model, body)
+        # What its job costs depends on, kept with it: --estimate counts the units done
+        # by shape from the journal, without making every unit again.
+        shape = cost_shape(unit.model, body)
         if lost_at is not None:
             # The lost POST's own request is what recognises its job.
             lost_key = lost_sent or request_key(unit.model, unit.request_body())
@@ -223,7 +226,12 @@ class Submitter:
             started = self._api.server_now()
             await self._record(
                 functools.partial(
-                    self._journal.submitting, unit.id, started.isoformat(), key, cost or None
+                    self._journal.submitting,
+                    unit.id,
+                    started.isoformat(),
+                    key,
+                    cost or None,
+                    shape,
                 ),
                 durable=True,
             )

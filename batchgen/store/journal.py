@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS units (
     updated REAL NOT NULL,
     sent TEXT,
     result_seq INTEGER,
-    shown INTEGER NOT NULL DEFAULT 0
+    shown INTEGER NOT NULL DEFAULT 0,
+    shape TEXT
 );
 -- Every job ever assigned to a unit, also after the unit moved on to a new one: a
 -- lost answer must never adopt a job that is already someone's.
@@ -89,6 +90,7 @@ MIGRATIONS = (
     ("units", "sent", "ALTER TABLE units ADD COLUMN sent TEXT"),
     ("units", "result_seq", "ALTER TABLE units ADD COLUMN result_seq INTEGER"),
     ("units", "shown", "ALTER TABLE units ADD COLUMN shown INTEGER NOT NULL DEFAULT 0"),
+    ("units", "shape", "ALTER TABLE units ADD COLUMN shape TEXT"),
 )
 # After the migrations: an index on a column an older journal gains with them.
 INDEXES = "CREATE INDEX IF NOT EXISTS units_result_seq ON units (result_seq);"
@@ -376,6 +378,30 @@ class Journal:
             ).fetchall()
         return {key[len(prefix) :]: value for key, value in rows}
 
+    def shapes(self) -> list[tuple[str | None, Row, int]]:
+        """(cost shape, a row standing for them, how many) of the units, grouped by what
+        decides what a run does with them (see :func:`resume_action`); a shape of None:
+        units recorded by an earlier version, or restored, whose shape is not known."""
+        with self._lock:
+            found = self._db.execute(
+                "SELECT shape, state, job_id IS NOT NULL, job_status, permanent, COUNT(*)"
+                " FROM units GROUP BY shape, state, job_id IS NOT NULL, job_status, permanent"
+            ).fetchall()
+        return [
+            (
+                shape,
+                Row(
+                    "",
+                    State(state),
+                    job_id="" if has_job else None,
+                    job_status=job_status,
+                    permanent=bool(permanent),
+                ),
+                count,
+            )
+            for shape, state, has_job, job_status, permanent, count in found
+        ]
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM units GROUP BY state").fetchall()
@@ -472,10 +498,18 @@ class Journal:
                 raise
             self._db.execute("COMMIT")
 
-    def submitting(self, unit_id: str, started: str, sent: str, cost: float | None = None) -> None:
+    def submitting(
+        self,
+        unit_id: str,
+        started: str,
+        sent: str,
+        cost: float | None = None,
+        shape: str | None = None,
+    ) -> None:
         """Committed and fsynced before the POST is sent (see the module docstring), with
-        the request as sent (``sent``: JSON of [model, body]) and what its job is expected
-        to cost; inside a batch, the batch must be ``durable``."""
+        the request as sent (``sent``: JSON of [model, body]), what its job is expected
+        to cost, and its cost shape (what that cost depends on, for ``--estimate``);
+        inside a batch, the batch must be ``durable``."""
         with self._lock:
             synced = not self._in_batch
             if synced:
@@ -483,15 +517,15 @@ class Journal:
             try:
                 self._write(
                     (
-                        "INSERT INTO units (id, state, submit_started, sent, cost, updated)"
-                        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                        "INSERT INTO units (id, state, submit_started, sent, cost, updated, shape)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
                         " state = excluded.state, job_id = NULL, job_status = NULL,"
                         " submit_started = excluded.submit_started, sent = excluded.sent,"
                         " cost = excluded.cost, error = NULL, result = NULL,"
                         f" result_seq = CASE WHEN result IS NULL THEN result_seq ELSE {_NEXT_SEQ}"
                         " END,"
-                        " updated = excluded.updated",
-                        (unit_id, State.SUBMITTING, started, sent, cost, time.time()),
+                        " updated = excluded.updated, shape = excluded.shape",
+                        (unit_id, State.SUBMITTING, started, sent, cost, time.time(), shape),
                     )
                 )
             finally:
