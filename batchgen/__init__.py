@@ -5,26 +5,74 @@ generation API.  The command line is ``batchgen``; from Python::
     report = batchgen.run("jobs.yaml", simulate=True)          # or: await batchgen.arun(...)
     batchgen.estimate("jobs.yaml"), batchgen.validate("jobs.yaml"), batchgen.status("output/jobs")
     batchgen.prune("output/jobs"), batchgen.verify("output/jobs", fix=True)
+
+Each name is loaded when first used (PEP 562): the command line's rerun of a finished
+batch never loads the HTTP stack it does not need.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .app import (  # noqa: E402 - the version is known before anything is imported
-    Estimate,
-    Report,
-    Status,
-    Validation,
-    aestimate,
-    arun,
-    estimate,
-    model,
-    models,
-    run,
-    status,
-    validate,
-)
-from .errors import BatchgenError, ConfigError  # noqa: E402
-from .upkeep import Pruned, Verification, averify, export, gallery, prune, verify  # noqa: E402
+# Where each public name lives.
+_HOMES = {
+    "BatchgenError": "errors",
+    "ConfigError": "errors",
+    "Estimate": "app",
+    "Pruned": "upkeep",
+    "Report": "report",
+    "Status": "app",
+    "Validation": "app",
+    "Verification": "upkeep",
+    "aestimate": "app",
+    "averify": "upkeep",
+    "arun": "app",
+    "estimate": "app",
+    "export": "upkeep",
+    "gallery": "upkeep",
+    "model": "app",
+    "models": "app",
+    "prune": "upkeep",
+    "run": "app",
+    "status": "app",
+    "validate": "app",
+    "verify": "upkeep",
+}
+
+if TYPE_CHECKING:
+    from .app import (
+        Estimate,
+        Status,
+        Validation,
+        aestimate,
+        arun,
+        estimate,
+        model,
+        models,
+        run,
+        status,
+        validate,
+    )
+    from .errors import BatchgenError, ConfigError
+    from .report import Report
+    from .upkeep import Pruned, Verification, averify, export, gallery, prune, verify
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'batchgen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
+
 
 __all__ = [
     "BatchgenError",

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import itertools
 import json
 import logging
@@ -47,7 +46,7 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -55,11 +54,10 @@ import anyio
 from anyio import CancelScope
 from yarl import URL
 
-from . import __version__
 from . import config as defaults
-from .config import ApiSettings, Credentials, RetrySettings
+from .config import CHECKPOINT_SECONDS, ApiSettings, Credentials, RetrySettings
 from .engine import Engine, EngineSettings, Summary, cost_shape
-from .engine.bucket import CHECKPOINT_SECONDS, BucketImages, checkpoint, trusted
+from .engine.bucket import BucketImages, checkpoint, trusted
 from .engine.policy import Request, with_retries
 from .engine.ports import Fetcher, Offload, inline
 from .engine.submit import request_for, request_key
@@ -76,8 +74,8 @@ from .errors import (
     PermanentApiError,
     StorageError,
 )
-from .manifest import Manifest, Unit, count_units, iter_units, load_manifest
-from .manifest.naming import FileNameTemplate, parse_template
+from .manifest import Manifest, Unit, count_units, iter_units
+from .manifest.naming import FileNameTemplate
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
 from .outputs import (
     BucketOutput,
@@ -90,6 +88,12 @@ from .outputs import (
     refuse_local_only,
     start,
 )
+from .report import Report
+from .rerun import COMPLETE_KEY, load, local_output
+from .rerun import fingerprint as _fingerprint
+from .rerun import finished_already as _finished_already
+from .rerun import shard_of as _shard
+from .rerun import still_complete as _still_complete
 from .scenario.client import ScenarioClient
 from .scenario.download import AssetDownloader, MemoryFetcher
 from .scenario.inputs import ModelSpec, model_from_json
@@ -98,7 +102,7 @@ from .scenario.remote import fetch_remote_images
 from .store.bucket import BucketUrl, is_bucket_url, state_key
 from .store.dataset import write_metadata
 from .store.faults import storage_faults
-from .store.files import files_not_as_written, stamps_hold
+from .store.files import files_not_as_written
 from .store.gallery import write_gallery
 from .store.journal import JOURNAL_NAME, Journal, Resume, State, resume_action
 from .store.lease import LEASE_SECONDS
@@ -177,39 +181,6 @@ def _options(given: dict[str, Any]) -> RunOptions:
 
 
 # ---------------------------------------------------------------------- reports
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """How a run went: its summary, with the output directory's total spend and the
-    exit code the command line gives for it."""
-
-    total: int
-    succeeded: int
-    failed: int
-    already_done: int
-    failed_earlier: int
-    # Jobs still running at the server past --job-timeout: paid, picked up next run.
-    abandoned: int
-    not_finished: int
-    submitted: int
-    cost: float
-    elapsed_seconds: float
-    stopped: str | None
-    # The first few failed units ({"id", "error", "permanent"}), and every failure
-    # counted by reason ({"reason", "units"}).
-    failures: list[dict[str, Any]]
-    failure_reasons: list[dict[str, Any]]
-    spent_total: float
-    output: str
-    exit_code: int
-    uploaded: int = 0  # input images this run uploaded
-    line: str = field(repr=False, default="")
-
-    def to_json(self) -> dict[str, Any]:
-        report = dataclasses.asdict(self)
-        del report["line"]
-        return report
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,28 +307,6 @@ async def open_backend(options: RunOptions, out_dir: Path | None = None) -> Asyn
 # ---------------------------------------------------------------------- manifests
 
 
-def load(manifest: str | Path, filename: str | FileNameTemplate | None = None) -> Manifest:
-    """The manifest, with another file name template when one is given."""
-    loaded = load_manifest(manifest)
-    if filename is not None:
-        template = parse_template(filename) if isinstance(filename, str) else filename
-        loaded = dataclasses.replace(loaded, filename=template)
-    return loaded
-
-
-def _shard(value: str | Shard | None, shards: int | None = None) -> Shard | None:
-    """The shard to run: ``I/N``, or ``auto`` (from a Kubernetes indexed Job's or a
-    SLURM array task's environment)."""
-    if value is None or isinstance(value, Shard):
-        return value
-    try:
-        if value.strip() == "auto":
-            return Shard.from_environment(os.environ, shards)
-        return Shard.parse(value)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 def output_directory(manifest: Manifest, options: RunOptions, shard: Shard | None) -> Path:
     """The local output directory; for an output in a bucket, its state directory."""
     target = output_url(manifest, options)
@@ -365,10 +314,7 @@ def output_directory(manifest: Manifest, options: RunOptions, shard: Shard | Non
         state = Path(options.state_dir) if options.state_dir else default_state_root()
         state = state if options.state_dir else state / state_key(target)
         return state / shard.directory if shard is not None else state
-    given = Path(options.out) if options.out is not None else None
-    manifest_output = manifest.output if isinstance(manifest.output, Path) else None
-    out = given or manifest_output or defaults.DEFAULT_OUTPUT_ROOT / manifest.path.stem
-    return out / shard.directory if shard is not None else out
+    return local_output(manifest, options.out, shard)
 
 
 def output_url(manifest: Manifest, options: RunOptions) -> BucketUrl | None:
@@ -860,10 +806,6 @@ def _sent_for(settings: EngineSettings) -> Callable[[Unit], str]:
     return sent_for
 
 
-# A finished batch, as the journal remembers it: the manifest it was (its fingerprint)
-# and the journal's latest change then.  A rerun that finds both unchanged and every
-# file as written has nothing to do, and knows it without expanding a unit.
-COMPLETE_KEY = "complete"
 # Where the embedded simulator of --simulate keeps the jobs it made.
 SIM_STATE = Path(".simulator") / "jobs.jsonl"
 # The manifest the last run used, for the commands that look after the directory.
@@ -880,55 +822,6 @@ def _note_rows_of(journal: Journal, fingerprint: str) -> None:
     unit recorded and none departed."""
     known = journal.is_empty() or journal.recall(ROWS_OF_KEY).get("") == fingerprint
     journal.remember(ROWS_OF_KEY, fingerprint if known else "")
-
-
-def _fingerprint(manifest: Manifest, shard: Shard | None) -> str:
-    """What a run's units are made from: the manifest's bytes, each prompts file's path,
-    size and modification time, the shard and the file name template."""
-    digest = hashlib.sha256(manifest.path.read_bytes())
-    for entry in manifest.entries:
-        if entry.prompts_file is not None:
-            status = entry.prompts_file.stat()
-            digest.update(f"\0{entry.prompts_file}:{status.st_size}:{status.st_mtime_ns}".encode())
-    digest.update(f"\0{shard}\0{manifest.filename.text}\0{__version__}".encode())
-    return digest.hexdigest()
-
-
-def _still_complete(journal: Journal, out_dir: Path, fingerprint: str) -> int | None:
-    """The batch's units, if an earlier run finished it and nothing changed since: the
-    same manifest, no change in the journal, every file as it was written."""
-    recorded = journal.recall(COMPLETE_KEY).get("", "").split()
-    if len(recorded) != 3 or recorded[:2] != [fingerprint, str(journal.result_seq())]:
-        return None
-    with storage_faults(out_dir):
-        return int(recorded[2]) if stamps_hold(out_dir, journal.downloaded_files()) else None
-
-
-def _finished_already(manifest: Manifest, shard: Shard | None, out_dir: Path) -> Report | None:
-    """The report of a run with nothing to do, known without reading a prompt or asking
-    the API anything: the batch is finished and unchanged (see :func:`_still_complete`).
-    Nothing is sent, so the manifest's check against the models, made by the run that
-    finished it, is not made again."""
-    if not (out_dir / JOURNAL_NAME).is_file():
-        return None
-    with OutputLock(out_dir):
-        journal = Journal(out_dir)
-        try:
-            total = _still_complete(journal, out_dir, _fingerprint(manifest, shard))
-            if total is None:
-                return None
-            spent = journal.spent()
-        finally:
-            journal.close()
-    log.info("%s: finished by an earlier run, and nothing has changed since", out_dir)
-    summary = Summary(total=total, skipped=total)
-    return Report(
-        **summary.to_json(),
-        spent_total=spent,
-        output=str(out_dir),
-        exit_code=EXIT_OK,
-        line=summary.line(),
-    )
 
 
 async def _journal_or_rebuild(

@@ -25,12 +25,13 @@ from typing import Any
 
 import anyio
 
-from . import __version__, app, upkeep
+from . import __version__
 from . import config as defaults
-from .engine.bucket import CHECKPOINT_SECONDS
+from .config import CHECKPOINT_SECONDS
 from .errors import EXIT_FAILED_UNITS, EXIT_INTERRUPTED, EXIT_OK, BatchgenError, ConfigError
 from .manifest.naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
 from .manifest.shard import Shard
+from .report import Report
 from .store.bucket import is_bucket_url
 from .store.export import DEFAULT_SHARD_SIZE, FORMATS
 from .store.lease import LEASE_SECONDS
@@ -726,6 +727,8 @@ def _known_error(exc: BaseException) -> BatchgenError | None:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from . import app  # loaded when used: a rerun of a finished batch needs none
+
     checked = app.validate(
         args.manifest,
         api_url=args.api_url,
@@ -754,6 +757,8 @@ def _connection_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _models(args: argparse.Namespace) -> int:
+    from . import app  # loaded when used: a rerun of a finished batch needs none
+
     if args.model_id:
         spec = app.model(args.model_id, **_connection_options(args))
         if args.json:
@@ -840,6 +845,11 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    report = _finished(args)
+    if report is not None:
+        return _render(args, report)
+    from . import app  # loaded when used: a rerun of a finished batch needs none
+
     if args.estimate:
         found = app.estimate(args.manifest, **_run_options(args))
         if args.json:
@@ -854,6 +864,22 @@ def _run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         display = _open_display(args, stack)
         report = app.run(args.manifest, **_run_options(args), display=display, handle_signals=True)
+    return _render(args, report)
+
+
+def _finished(args: argparse.Namespace) -> Report | None:
+    """The report of a rerun with nothing to do, known before the HTTP stack and the
+    engine are even loaded (see :mod:`batchgen.rerun`); None when there may be work."""
+    if args.estimate or args.fresh or args.rebuild_journal or args.gallery:
+        return None
+    from .rerun import finished_report
+
+    return finished_report(
+        args.manifest, out=args.out, filename=args.filename, shard=args.shard, shards=args.shards
+    )
+
+
+def _render(args: argparse.Namespace, report: Report) -> int:
     if args.json:
         print(json.dumps(report.to_json()))
     elif not (args.quiet and report.exit_code == EXIT_OK):
@@ -881,6 +907,8 @@ def _open_display(args: argparse.Namespace, stack: contextlib.ExitStack) -> Disp
 
 
 def _prune(args: argparse.Namespace) -> int:
+    from . import upkeep  # loaded when used: a rerun of a finished batch needs none
+
     pruned = upkeep.prune(
         args.out,
         args.manifest,
@@ -896,6 +924,8 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from . import upkeep  # loaded when used: a rerun of a finished batch needs none
+
     found = upkeep.verify(
         args.out,
         fix=args.fix,
@@ -923,6 +953,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from . import upkeep  # loaded when used: a rerun of a finished batch needs none
+
     done = upkeep.export(
         args.out,
         args.dest,
@@ -939,6 +971,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _gallery(args: argparse.Namespace) -> int:
+    from . import upkeep  # loaded when used: a rerun of a finished batch needs none
+
     made = upkeep.gallery(args.out)
     if args.json:
         print(json.dumps(made.to_json()))
@@ -952,6 +986,8 @@ def _gallery(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from . import app  # loaded when used: a rerun of a finished batch needs none
+
     found = app.status(args.out, args.manifest, storage_options=args.storage_options)
     if args.json:
         print(json.dumps(found.to_json(), ensure_ascii=False))

@@ -146,3 +146,8 @@ class ApiSettings:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
     retry: RetrySettings = RetrySettings()
+
+
+# How often a run to a bucket copies its journal there (and at its start and end):
+# what a run on another machine starts from if this one's disk is lost.
+CHECKPOINT_SECONDS = 60.0

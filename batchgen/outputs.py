@@ -32,12 +32,11 @@ from typing import Any
 
 import anyio
 
-from .config import RetrySettings
+from .config import CHECKPOINT_SECONDS, RetrySettings
 from .engine.bucket import (
     CHECKPOINT_ETAG_KEY,
     CHECKPOINT_KEY,
     CHECKPOINT_NAME,
-    CHECKPOINT_SECONDS,
     Present,
     WriteSlots,
     flush_spilled,

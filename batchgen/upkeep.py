@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from .app import MANIFEST_KEY, RunOptions, _options, _run_sync, load, open_backend
+from .app import MANIFEST_KEY, RunOptions, _options, _run_sync, open_backend
 from .config import RetrySettings
 from .engine.bucket import checkpoint, put_files, restore_checkpoint
 from .engine.download import _fresh_each_time
@@ -38,6 +38,7 @@ from .errors import ApiError, ConfigError, DownloadError
 from .manifest import iter_units
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
 from .outputs import BucketOutput, checkpointed, leased, retrying_with
+from .rerun import load
 from .store.bucket import (
     SHA256_ATTRIBUTE,
     Bucket,

@@ -351,8 +351,9 @@ def validate(args: argparse.Namespace, place: Path) -> dict[str, float]:
 def partial_journal(manifest: Path, out: Path, done: int) -> None:
     """A journal with the first ``done`` units downloaded, each with its cost shape,
     and every unit known to be the manifest's: what a run of it cut short leaves."""
-    from batchgen.app import ROWS_OF_KEY, _fingerprint
+    from batchgen.app import ROWS_OF_KEY
     from batchgen.engine.submit import cost_shape, request_for
+    from batchgen.rerun import fingerprint
 
     loaded = load_manifest(manifest)
     journal = Journal(out)
@@ -368,7 +369,7 @@ def partial_journal(manifest: Path, out: Path, done: int) -> None:
                 result = UnitResult.success(unit, job_id=f"job-{unit.id}", files=files, cost=1.0)
                 journal.downloaded(unit.id, files, result.to_json(), [(1, 1)])
         written += len(chunk)
-    journal.remember(ROWS_OF_KEY, _fingerprint(loaded, None))
+    journal.remember(ROWS_OF_KEY, fingerprint(loaded, None))
     journal.close()
 
 

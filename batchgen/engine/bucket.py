@@ -42,7 +42,7 @@ from ..errors import ObjectStoreError
 from ..scenario.download import Downloaded, Fetched, MemoryFetcher
 from ..store.bucket import MAX_WRITES, SHA256_ATTRIBUTE, STATE_PREFIX, Bucket, image_attributes
 from ..store.faults import storage_error
-from ..store.files import IMAGES_DIR, INPUTS_DIR, PartFile, Stamp
+from ..store.files import IMAGES_DIR, INPUTS_DIR, PartFile, Stamp, parsed
 from ..store.journal import JOURNAL_NAME, Journal
 from .policy import Request, with_retries
 from .pressure import InFlightCap
@@ -55,9 +55,6 @@ CHECKPOINT_KEY = "checkpoint_at"
 # The ETag of the last copy this journal wrote (kept in the local journal): a bucket
 # whose checkpoint has another was written by another machine since.
 CHECKPOINT_ETAG_KEY = "checkpoint_etag"
-# How often the journal is copied to the bucket while a run goes on (and at its end):
-# what a run on another machine starts from if this one's disk is lost.
-CHECKPOINT_SECONDS = 60.0
 # The stamp of a file written to the bucket: its size, and no local time.
 OBJECT_MTIME = 0
 
@@ -361,8 +358,8 @@ class Present:
     def problems(self, recorded: Iterable[str]) -> Iterator[tuple[str, bool]]:
         """(path, whether it is missing) of each recorded file not listed, or listed with
         another size than written; lazily (as :func:`files_not_as_written`)."""
-        for files in recorded:
-            for entry in json.loads(files or "[]"):
+        for files in parsed(recorded):
+            for entry in files:
                 size = self.sizes.get(entry[0])
                 if size is None:
                     yield entry[0], True

@@ -12,7 +12,7 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 HASH_CHUNK = 1024 * 1024
 
@@ -93,8 +93,8 @@ def files_not_as_written(out_dir: Path, recorded: Iterable[str]) -> Iterator[tup
     # path, for each of (maybe) millions of files.
     directory = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for files in recorded:
-            for entry in json.loads(files or "[]"):
+        for files in parsed(recorded):
+            for entry in files:
                 try:
                     status = os.stat(entry[0], dir_fd=directory)
                 except OSError:
@@ -107,6 +107,14 @@ def files_not_as_written(out_dir: Path, recorded: Iterable[str]) -> Iterator[tup
                     yield entry[0], False
     finally:
         os.close(directory)
+
+
+def parsed(recorded: Iterable[str | None]) -> Iterator[list[list[Any]]]:
+    """Each unit's files as the journal keeps them (JSON), parsed a thousand at a time:
+    one parse of a thousand is a fifth of the cost of a thousand parses."""
+    rows = iter(recorded)
+    while chunk := list(itertools.islice(rows, 1000)):
+        yield from json.loads("[" + ",".join(files or "[]" for files in chunk) + "]")
 
 
 def keep_copy(source: Path, destination: Path) -> None:
