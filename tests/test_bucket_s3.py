@@ -274,12 +274,14 @@ def test_a_second_run_on_the_same_prefix_is_refused_while_the_first_runs(
     manifest = write("jobs.yaml", MANIFEST)
     sim = start_simulator(job_seconds=0.5, jitter=0.2)
     out = f"s3://{BUCKET}/shared"
-    first = run_command(manifest, out, tmp_path / "a", sim, s3)
+    # A lease far longer than the test: the first holds it however slowly it runs.
+    first = run_command(manifest, out, tmp_path / "a", sim, s3, "--lease-seconds", "300")
     assert first.stderr is not None
     for line in first.stderr:
         if "submitted unit" in line:
             break
-    code, stderr = finish(run_command(manifest, out, tmp_path / "b", sim, s3))
+    second = run_command(manifest, out, tmp_path / "b", sim, s3, "--lease-seconds", "300")
+    code, stderr = finish(second)
     assert code == 3
     last = stderr.strip().splitlines()[-1]
     assert re.search(r"another run holds it \(pid \d+ on .+\); its lease expires at", last)
