@@ -284,7 +284,11 @@ class Submitter:
                         self._spent -= reserved
                         raise UnitFailed(describe(exc), permanent=False) from exc
             finally:
+                # Gone once none is posting it: a key a unit left behind would be kept
+                # for the whole run, a million of them in a million-unit run.
                 self._reconciler.posting[key] -= 1
+                if self._reconciler.posting[key] <= 0:
+                    del self._reconciler.posting[key]
             self._claimed.add(submission.job.job_id)
             if submission.cost is not None:
                 self._spent += submission.cost - reserved
