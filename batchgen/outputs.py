@@ -284,7 +284,18 @@ async def keep(output: BucketOutput, save: Save, interval: float = CHECKPOINT_SE
 
 async def finish(output: BucketOutput, save: Save, retry: RetrySettings, offload: Offload) -> None:
     """What every run to a bucket does at its end: spilled files, views, checkpoint,
-    lease (each attempted even if one before it failed; the first failure raised)."""
+    lease (each attempted even if one before it failed; the first failure raised).
+    Nothing at all once the lease is lost: the run that took it over owns the views and
+    the checkpoint now (and finds what this one did: its jobs in the account's list,
+    its images in the bucket)."""
+    if not output.lease.held:
+        log.warning(
+            "%s: the lease was lost; this run writes nothing more there (its journal "
+            "in %s is set aside by its next run)",
+            output.bucket.url,
+            output.state_dir,
+        )
+        return
     failures: list[BaseException] = []
     for step in (
         lambda: flush_spilled(output.bucket, output.state_dir, retry, offload),

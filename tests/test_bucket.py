@@ -20,6 +20,7 @@ import pytest
 
 import batchgen
 from batchgen import outputs
+from batchgen.engine.bucket import CHECKPOINT_NAME
 from batchgen.errors import ConfigError, ObjectStoreError, OutputLockedError
 from batchgen.store import bucket as bucket_module
 from batchgen.store.bucket import (
@@ -288,6 +289,39 @@ def test_a_lease_whose_holder_stopped_renewing_is_taken_over_once_expired(
     # The dead holder, back, finds its lease gone at its next renewal.
     with pytest.raises(OutputLockedError, match="taken over"):
         world.call(dead.renew)
+
+
+def test_a_run_whose_lease_is_taken_over_stops_and_writes_nothing_more(
+    write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As when a run stalled past its lease (a frozen VM) and another took the prefix
+    over: at its next renewal it finds out, stops, and leaves the new holder's
+    checkpoint and views alone."""
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=8, jitter=0.5)
+    parsed = BucketUrl.parse(url)
+    assert parsed is not None
+    taken: dict[str, Any] = {}
+    original = Bucket.replace
+
+    async def taken_over(bucket: Bucket, relative: str, data: bytes, e_tag: str) -> str | None:
+        if relative == LEASE_NAME and not taken:
+            # Another machine's take-over lands just before this renewal.
+            thief = Lease(Bucket.open(parsed, blocking=True))
+            taken["holder"] = thief.holder
+            await original(bucket, relative, thief.holder.to_bytes(120), e_tag)
+            found = await bucket.head(CHECKPOINT_NAME)
+            taken["checkpoint"] = found.e_tag if found else None
+        return await original(bucket, relative, data, e_tag)
+
+    monkeypatch.setattr(Bucket, "replace", taken_over)
+    with pytest.raises(OutputLockedError, match="taken over by another run"):
+        world.run(manifest, out=url, state_dir=tmp_path / "a", lease_seconds=4)
+    store = bucket_module._memory_stores[parsed.bucket]
+    lease = json.loads(bytes(obstore.get(store, parsed.key(LEASE_NAME)).bytes()))
+    assert lease["run"] == taken["holder"].run  # the new holder's, not given back
+    after = obstore.head(store, parsed.key(CHECKPOINT_NAME))
+    assert after["e_tag"] == taken["checkpoint"]  # not overwritten after the loss
 
 
 @pytest.mark.parametrize(
