@@ -708,6 +708,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                     files_intact=present.intact if present is not None else trusted,
                     stamp=images.stamp,
                     reserve=taken.reserve,
+                    keep_input=images.keep_input,
                 )
             else:
                 journal = Journal(out_dir, failed_job_limit=opts.job_attempts)

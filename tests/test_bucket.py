@@ -626,3 +626,41 @@ def test_an_export_to_a_bucket_sends_each_shard_on_once_complete(
     assert got == served
     with pytest.raises(ConfigError, match="not empty; export into a new prefix"):
         batchgen.export(url, dest, "webdataset")
+
+
+def test_the_images_a_batch_starts_from_go_to_the_bucket_as_the_run_goes(
+    write: Write, tmp_path: Path, url: str
+) -> None:
+    """An image-to-image batch: each input image written to the bucket's inputs/ once,
+    as its first unit finishes, never gathered on local disk until the run ends."""
+    from batchgen.sim.png import make_png
+
+    (tmp_path / "sketches").mkdir()
+    for n in range(3):
+        (tmp_path / "sketches" / f"s{n}.png").write_bytes(make_png(32, 32, f"sketch {n}"))
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-img2img\nwidth: 64\nheight: 64\njobs:\n"
+        "  - images: sketches/*.png\n    prompt: '{style} version'\n"
+        "    vars: {style: [ink, paint]}\n",
+    )
+    world = World(tmp_path, job_seconds=5)
+    state = tmp_path / "state"
+    seen_locally: list[str] = []
+    original = Bucket.create
+
+    async def watched(bucket: Bucket, relative: str, data: Any, attributes: Any = None) -> Any:
+        seen_locally.extend(p.name for p in (state / "inputs").rglob("*.png"))
+        return await original(bucket, relative, data, attributes)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Bucket, "create", watched)
+        report = world.run(manifest, out=url, state_dir=state)
+    assert report.exit_code == 0 and report.succeeded == 6
+    found = objects(url)
+    for record in results_in(url):
+        (image,) = record["inputs"]["image"]
+        assert found[image["file"]] == Path(image["path"]).read_bytes()
+        assert attributes(url, image["file"])["sha256"] == image["sha256"]
+    assert len([k for k in found if k.startswith("inputs/")]) == 3
+    assert seen_locally == []  # straight to the bucket

@@ -90,6 +90,8 @@ class BucketImages:
     rng: random.Random = field(default_factory=random.Random)
     written: dict[str, int] = field(default_factory=dict)
     spilled: int = 0
+    # Input images written (or found) in the bucket: each once a run.
+    inputs_kept: set[str] = field(default_factory=set)
 
     async def fetch(
         self,
@@ -146,6 +148,29 @@ class BucketImages:
         self.spilled += 1
         log.warning("%s; kept in %s until it can be written", exc, destination)
         return relative
+
+    async def keep_input(self, source: Path, relative: str) -> None:
+        """An input image in the bucket's ``inputs/``, once (named by its content's
+        hash, a name taken holds the same bytes); kept in the spill directory if the
+        store keeps refusing it."""
+        if relative in self.inputs_kept:
+            return
+        data = await self.offload(source.read_bytes)
+        sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            await with_retries(
+                Request.STORE_WRITE,
+                functools.partial(
+                    self.bucket.create, relative, data, image_attributes(relative, sha256, None)
+                ),
+                self.retry,
+                self.rng,
+            )
+        except ObjectStoreError as exc:
+            if not exc.transient:
+                raise
+            await self._spill(relative, Fetched(data, sha256), {SHA256_ATTRIBUTE: sha256}, exc)
+        self.inputs_kept.add(relative)
 
     def stamp(self, out_dir: Path, relative: str) -> Stamp | None:
         """What the journal records of a file: an object's size (no local time), or a

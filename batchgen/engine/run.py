@@ -106,6 +106,9 @@ class EngineSettings:
     # the next chunk is: an output in a bucket records it there first, so that a run
     # that starts from its checkpoint knows no unit past it was ever submitted.
     reserve: Callable[[int], Awaitable[None]] | None = None
+    # Keeps a copy of an input image (its path, its name below the output) elsewhere
+    # than the output directory (a bucket).  None: copied into the output directory.
+    keep_input: Callable[[Path, str], Awaitable[None]] | None = None
 
 
 class Plan(NamedTuple):
@@ -475,7 +478,7 @@ class Engine:
             self.summary.downloading -= 1
         asked = unit.params.get("seed")
         seed = asked if isinstance(asked, int) and not isinstance(asked, bool) else got.seed
-        inputs = await self._offload(self._keep_inputs, unit) if unit.inputs else None
+        inputs = await self._keep_inputs(unit) if unit.inputs else None
         result = UnitResult.success(
             unit,
             job_id=job.job_id,
@@ -489,17 +492,32 @@ class Engine:
             result = await self._offload(embed_into_files, result, self._settings.output_dir)
         return result
 
-    def _keep_inputs(self, unit: Unit) -> dict[str, list[dict[str, Any]]]:
-        """A copy of each image the unit was made from, in ``inputs/``, so that the
-        dataset holds its pairs; and what each was."""
+    async def _keep_inputs(self, unit: Unit) -> dict[str, list[dict[str, Any]]]:
+        """A copy of each image the unit was made from, in ``inputs/`` (of the output
+        directory, or of the bucket), so that the dataset holds its pairs; and what
+        each was."""
+        copy_here = self._settings.keep_input is None
+        kept: dict[str, list[dict[str, Any]]]
+        kept, copies = await self._offload(self._input_records, unit, copy_here)
+        if self._settings.keep_input is not None:
+            for source, relative in copies:
+                await self._settings.keep_input(source, relative)
+        return kept
+
+    def _input_records(
+        self, unit: Unit, copy_here: bool
+    ) -> tuple[dict[str, list[dict[str, Any]]], list[tuple[Path, str]]]:
         out = self._settings.output_dir
         kept: dict[str, list[dict[str, Any]]] = {}
+        copies: list[tuple[Path, str]] = []
         for name, images, _ in unit.inputs:
             kept[name] = []
             for image in images:
                 relative = f"{INPUTS_DIR}/{image.sha256}{image.path.suffix.lower()}"
-                with storage_faults(out / INPUTS_DIR):
-                    keep_copy(image.path, out / relative)
+                copies.append((image.path, relative))
+                if copy_here:
+                    with storage_faults(out / INPUTS_DIR):
+                        keep_copy(image.path, out / relative)
                 kept[name].append(
                     {
                         "path": image.source or str(image.path),
@@ -509,7 +527,7 @@ class Engine:
                         "file": relative,
                     }
                 )
-        return kept
+        return kept, copies
 
     # ---------------------------------------------------------------- recording
 
