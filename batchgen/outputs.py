@@ -269,17 +269,34 @@ async def _has_images(bucket: Bucket) -> bool:
 Save = Callable[[], Awaitable[None]]
 
 
+# A checkpoint waits at least this many times as long as the last one took: copying a
+# journal of millions of units to the bucket never takes more than a tenth of the run.
+CHECKPOINT_SHARE = 10
+
+
 async def keep(output: BucketOutput, save: Save, interval: float = CHECKPOINT_SECONDS) -> None:
-    """Renew the lease and checkpoint the journal, until cancelled.  A lease lost
-    raises (the run must stop writing)."""
+    """Renew the lease and checkpoint the journal, until cancelled; two loops, so that a
+    long checkpoint never delays a renewal.  A lease lost raises (the run must stop
+    writing)."""
+    async with anyio.create_task_group() as both:
+        both.start_soon(_renew, output)
+        both.start_soon(_checkpoints, save, interval)
+
+
+async def _renew(output: BucketOutput) -> None:
     renew_every = max(output.lease.seconds / RENEWALS_PER_LEASE, 1.0)
-    last_checkpoint = anyio.current_time()
     while True:
-        await anyio.sleep(min(renew_every, interval))
+        await anyio.sleep(renew_every)
         await output.lease.renew()
-        if anyio.current_time() - last_checkpoint >= interval:
-            await save()
-            last_checkpoint = anyio.current_time()
+
+
+async def _checkpoints(save: Save, interval: float) -> None:
+    wait = interval
+    while True:
+        await anyio.sleep(wait)
+        started = anyio.current_time()
+        await save()
+        wait = max(interval, CHECKPOINT_SHARE * (anyio.current_time() - started))
 
 
 async def finish(output: BucketOutput, save: Save, retry: RetrySettings, offload: Offload) -> None:

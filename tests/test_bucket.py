@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import obstore
 import pytest
 
@@ -664,3 +665,36 @@ def test_the_images_a_batch_starts_from_go_to_the_bucket_as_the_run_goes(
         assert attributes(url, image["file"])["sha256"] == image["sha256"]
     assert len([k for k in found if k.startswith("inputs/")]) == 3
     assert seen_locally == []  # straight to the bucket
+
+
+def test_a_long_checkpoint_never_delays_a_renewal_and_spaces_out_the_next() -> None:
+    """A journal of millions of units takes a while to copy: the lease is renewed on
+    its rhythm meanwhile, and the next copy waits ten times as long as this one took."""
+    import trio.testing
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    renewed: list[float] = []
+    saved: list[tuple[float, float]] = []
+
+    class FakeLease:
+        seconds = 120.0
+
+        async def renew(self) -> None:
+            renewed.append(anyio.current_time())
+
+    async def slow_save() -> None:
+        started = anyio.current_time()
+        await anyio.sleep(100)  # the copy of a large journal
+        saved.append((started, anyio.current_time()))
+
+    output = outputs.BucketOutput(None, Path("."), FakeLease(), None)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        with anyio.move_on_after(1500):
+            await outputs.keep(output, slow_save, interval=60)
+
+    anyio.run(main, backend="trio", backend_options={"clock": clock})
+    gaps = [b - a for a, b in zip(renewed, renewed[1:], strict=False)]
+    assert gaps and max(gaps) == 30  # every 30 s, also while a copy goes on
+    assert saved[0][0] == 60
+    assert saved[1][0] - saved[0][1] == 1000  # ten times the 100 s the first took
