@@ -10,7 +10,7 @@ page even when a token follows, and it retries POSTs, which may pay twice.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -22,6 +22,25 @@ sdk = pytest.importorskip("scenario_sdk")
 types = pytest.importorskip("scenario_sdk.types")
 
 
+@pytest.fixture
+def sdk_for() -> Iterator[Callable[[Simulator], Any]]:
+    """The official client of a simulator, closed when the test ends (an open one leaves
+    its connections to be collected in some later test, as unclosed sockets)."""
+    opened: list[Any] = []
+
+    def open_one(sim: Simulator) -> Any:
+        # The SDK's base URL includes /v1; batchgen's takes either.
+        client = sdk.Scenario(
+            api_key=SIM_KEY, api_secret=SIM_SECRET, base_url=f"{sim.api_url}/v1", max_retries=0
+        )
+        opened.append(client)
+        return client
+
+    yield open_one
+    for client in opened:
+        client.close()
+
+
 def strictly(model: Any, payload: Any) -> Any:
     """Validate as pydantic does when it is strict about what the SDK requires."""
     return model.model_validate(payload)
@@ -29,12 +48,10 @@ def strictly(model: Any, payload: Any) -> Any:
 
 def test_the_official_sdk_reads_every_answer_batchgen_relies_on(
     start_simulator: Callable[..., Simulator],
+    sdk_for: Callable[[Simulator], Any],
 ) -> None:
     sim = start_simulator(job_seconds=0.0, jitter=0.0, normalise_input=True)
-    # The SDK's base URL includes /v1; batchgen's takes either.
-    client = sdk.Scenario(
-        api_key=SIM_KEY, api_secret=SIM_SECRET, base_url=f"{sim.api_url}/v1", max_retries=0
-    )
+    client = sdk_for(sim)
     body = {"prompt": "a lighthouse", "width": 512, "height": 512, "numOutputs": 2}
 
     submitted = client.generate.with_raw_response.run_model("model_sim-fast", body=body)
@@ -90,15 +107,15 @@ def test_the_official_sdk_reads_every_answer_batchgen_relies_on(
     assert client.jobs.retrieve(job_id).job.job_id == job_id
 
 
-def test_uploads_as_the_sdk_types_them(start_simulator: Callable[..., Simulator]) -> None:
+def test_uploads_as_the_sdk_types_them(
+    start_simulator: Callable[..., Simulator], sdk_for: Callable[[Simulator], Any]
+) -> None:
     import base64
 
     from batchgen.sim.png import make_png
 
     sim = start_simulator(job_seconds=0.0, jitter=0.0)
-    client = sdk.Scenario(
-        api_key=SIM_KEY, api_secret=SIM_SECRET, base_url=f"{sim.api_url}/v1", max_retries=0
-    )
+    client = sdk_for(sim)
     image = base64.b64encode(make_png(8, 8, "upload")).decode()
     uploaded = client.assets.with_raw_response.upload(name="batchgen-abc.png", image=image)
     asset = strictly(types.AssetUploadResponse, uploaded.http_response.json()).asset
@@ -117,11 +134,10 @@ def test_uploads_as_the_sdk_types_them(start_simulator: Callable[..., Simulator]
 
 def test_the_simulator_refuses_what_a_model_does_not_take_as_the_api_does(
     start_simulator: Callable[..., Simulator],
+    sdk_for: Callable[[Simulator], Any],
 ) -> None:
     sim = start_simulator()
-    client = sdk.Scenario(
-        api_key=SIM_KEY, api_secret=SIM_SECRET, base_url=f"{sim.api_url}/v1", max_retries=0
-    )
+    client = sdk_for(sim)
     for model_id, body, reason in [
         ("model_imagen4-ultra", {"prompt": "p", "width": 512, "height": 512}, "width"),
         ("model_imagen4-ultra", {"prompt": "p", "aspectRatio": "2:1"}, "aspectRatio"),
