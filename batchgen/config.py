@@ -151,3 +151,10 @@ class ApiSettings:
 # How often a run to a bucket copies its journal there (and at its start and end):
 # what a run on another machine starts from if this one's disk is lost.
 CHECKPOINT_SECONDS = 60.0
+
+
+def cache_root() -> Path:
+    """batchgen's folder in the user's cache (``$XDG_CACHE_HOME``, else ``~/.cache``):
+    remote input images, and the local state of outputs in buckets."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "batchgen"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from typing import Any
 
 import anyio
 
-from .config import CHECKPOINT_SECONDS, RetrySettings
+from .config import CHECKPOINT_SECONDS, RetrySettings, cache_root
 from .engine.bucket import (
     CHECKPOINT_ETAG_KEY,
     CHECKPOINT_KEY,
@@ -120,8 +119,7 @@ def retrying_with(settings: RetrySettings) -> Retrying:
 
 
 def default_state_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "batchgen" / "state"
+    return cache_root() / "state"
 
 
 @dataclass(slots=True)

@@ -14,11 +14,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import os
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from ..config import RetrySettings
+from ..config import RetrySettings, cache_root
 from ..errors import ApiError, DownloadError, ManifestError
 from ..manifest.types import Entry, Manifest
 from .download import Fetcher
@@ -27,8 +26,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 
 
 def cache_directory() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "batchgen" / "inputs"
+    return cache_root() / "inputs"
 
 
 def remote_urls(manifest: Manifest) -> list[tuple[str, int, str]]:
