@@ -44,7 +44,9 @@ UNITS = 36
 @dataclass
 class Front:
     """Forwards to moto; fails ``put_failure_rate`` of object PUTs with 503 SlowDown;
-    refuses requests signed with another access key (403 InvalidAccessKeyId)."""
+    refuses requests signed with another access key (403 InvalidAccessKeyId).  Asked
+    as a proxy (a request for an absolute URL), it forwards there: to moto, checked as
+    above, or anywhere else (the API) as it is."""
 
     upstream: str
     put_failure_rate: float = 0.0
@@ -57,6 +59,11 @@ class Front:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         authorization = request.headers.get("Authorization", "")
         self.heads.append(f"{request.method} {request.path_qs} {dict(request.headers)}")
+        target = self.upstream + request.path_qs
+        if request.raw_path.startswith("http://"):  # asked as a proxy
+            target = request.raw_path
+            if not target.startswith(self.upstream):
+                return await self._forward(request, target, await request.read())
         if f"Credential={ACCESS_KEY}/" not in authorization:
             return _s3_error(403, "InvalidAccessKeyId")
         body = await request.read()
@@ -66,12 +73,13 @@ class Front:
             if self.rng.random() < self.put_failure_rate:
                 self.failed_puts += 1
                 return _s3_error(503, "SlowDown")
+        return await self._forward(request, target, body)
+
+    async def _forward(self, request: web.Request, target: str, body: bytes) -> web.Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
         async with (
             aiohttp.ClientSession(auto_decompress=False) as session,
-            session.request(
-                request.method, self.upstream + request.path_qs, data=body, headers=headers
-            ) as answer,
+            session.request(request.method, target, data=body, headers=headers) as answer,
         ):
             content = await answer.read()
             dropped = ("transfer-encoding", "connection")
@@ -163,6 +171,7 @@ def run_command(
     secret: str = SECRET_KEY,
     access_key: str = ACCESS_KEY,
     aws: dict[str, str] | None = None,
+    endpoint: str | None = None,
 ) -> subprocess.Popen[str]:
     """The command, with the bucket's keys in the environment (or, given ``aws``,
     those variables instead)."""
@@ -180,7 +189,7 @@ def run_command(
             "--out",
             out,
             "--storage-option",
-            f"endpoint_url={s3.endpoint}",
+            f"endpoint_url={endpoint or s3.endpoint}",
             "--storage-option",
             "region_name=us-east-1",
             "--state-dir",
@@ -360,3 +369,30 @@ def test_an_aws_profile_gives_the_bucket_credentials(
     code, stderr = finish(run_command(manifest, out, tmp_path / "t", sim, s3, aws=missing))
     assert code == 2
     assert "AWS profile 'no-such-profile'" in stderr.strip().splitlines()[-1]
+
+
+def test_the_buckets_requests_go_through_the_proxy_the_environment_names(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    s3: S3,
+) -> None:
+    """A cluster whose egress is a proxy: HTTP_PROXY names it, and the store's requests
+    go through it (the front here, taking proxy-form requests to moto)."""
+    manifest = write("jobs.yaml", MANIFEST)
+    sim = start_simulator(job_seconds=0.2)
+    keys = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    proxied = keys | {"HTTP_PROXY": s3.front.url}
+    process = run_command(
+        manifest,
+        f"s3://{BUCKET}/proxied",
+        tmp_path / "s",
+        sim,
+        s3,
+        aws=proxied,
+        endpoint=s3.front.upstream,  # moto itself: only the proxy makes it the front
+    )
+    code, stderr = finish(process)
+    assert code == 0, stderr
+    assert any(f"/{BUCKET}/proxied/images/" in head for head in s3.front.heads)
+    assert_every_image_once_as_served(s3, "proxied", sim)
