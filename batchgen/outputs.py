@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,15 @@ from .store.bucket import STATE_PREFIX, Bucket, BucketUrl, parse_storage_options
 from .store.dataset import METADATA_NAME
 from .store.files import IMAGES_DIR
 from .store.journal import Journal, State
-from .store.lease import LEASE_NAME, LEASE_SECONDS, RENEWALS_PER_LEASE, Lease, Retrying
+from .store.lease import (
+    LEASE_NAME,
+    LEASE_SECONDS,
+    RENEWALS_PER_LEASE,
+    Holder,
+    Lease,
+    Retrying,
+    has_expired,
+)
 from .store.results import RESULTS_NAME
 
 log = logging.getLogger(__name__)
@@ -351,6 +359,18 @@ class Checkpointed:
     lease_held: bool
 
 
+async def _lease_live(bucket: Bucket) -> bool:
+    """Whether a run holds the output now, as far as a reader can tell without writing:
+    a lease whose holder renewed it within its length (by this machine's clock: a
+    killed run's lease, never renewed again, stops counting once it has expired)."""
+    found = await bucket.read(LEASE_NAME)
+    if found is None:
+        return False
+    _, declared = Holder.from_bytes(found[0])
+    length = declared if declared is not None else LEASE_SECONDS
+    return not has_expired(found[1].last_modified, datetime.now(UTC), length)
+
+
 async def checkpointed(
     url: BucketUrl,
     storage_options: list[str] | dict[str, str] | None,
@@ -374,8 +394,7 @@ async def checkpointed(
         if await restore_checkpoint(bucket, place, inline) is None:
             continue
         present = await Present.listed(bucket)
-        held = await bucket.head(LEASE_NAME) is not None
-        found.append(Checkpointed(bucket, place, shard, present, held))
+        found.append(Checkpointed(bucket, place, shard, present, await _lease_live(bucket)))
     if not found:
         raise ConfigError(f"{url}: no batchgen checkpoint here (is it a run's output?)")
     return found

@@ -512,6 +512,7 @@ def test_status_and_verify_read_a_bucket_and_every_shard_under_it(
 
     found = batchgen.status(url, manifest)
     assert found.units == 24 and found.states == {"downloaded": 24}
+    assert found.running is False
     assert found.shards == ["shard-1-of-2", "shard-2-of-2"]
     assert (found.missing_files, found.changed_files) == (1, 1)
     assert found.left == 0 and found.running is False and found.cost == 24
@@ -568,6 +569,21 @@ def test_export_of_a_bucket_reads_each_image_from_it_checked(
     obstore.put(bucket_module._memory_stores[parsed.bucket], parsed.key(first), b"other bytes")
     with pytest.raises(ConfigError, match="not the image recorded"):
         batchgen.export(url, tmp_path / f"{kind}-again", kind)
+
+
+def test_status_says_a_run_holds_the_bucket_only_while_its_lease_lives(
+    write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    killed_run(world, monkeypatch, manifest, url, state_dir=tmp_path / "a", max_runtime=8)
+    assert LEASE_NAME in objects(url)  # left by the killed run
+    assert batchgen.status(url).running is False  # expired: nobody renews it
+    parsed = BucketUrl.parse(url)
+    assert parsed is not None
+    holder = Lease(Bucket.open(parsed, blocking=True), seconds=600)
+    world.call(holder.acquire)  # takes the expired one over
+    assert batchgen.status(url).running is True
 
 
 def test_prune_of_a_bucket_forgets_departed_units_and_deletes_their_objects(
