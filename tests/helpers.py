@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -123,3 +126,39 @@ class World:
 
 SIM_KEY = "test-key"
 SIM_SECRET = "s3cr3t-NEVER-LOGGED-4b1d"
+
+
+def start_batchgen(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``python -m batchgen ARGS`` as a process of its own, its output piped: with the
+    simulator's credentials and none of the developer's (no ``SCENARIO_*`` or ``AWS_*``
+    of theirs), plus ``env``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SCENARIO_", "AWS_"))}
+    clean |= {"SCENARIO_API_KEY": SIM_KEY, "SCENARIO_API_SECRET": SIM_SECRET}
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchgen", *args],
+        env=clean | (env or {}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def fast_run(manifest: Path, out: str | Path, sim: Simulator, *extra: str) -> list[str]:
+    """``run``'s arguments against ``sim``, paced for tests: six jobs in flight, quick
+    polls, a short reconcile grace, verbose (the tests read the log)."""
+    return [
+        "run",
+        str(manifest),
+        "--out",
+        str(out),
+        "--api-url",
+        sim.api_url,
+        "--concurrency",
+        "6",
+        "--poll-interval",
+        "0.02",
+        "--reconcile-grace",
+        "1",
+        "-v",
+        *extra,
+    ]

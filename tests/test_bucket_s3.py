@@ -13,7 +13,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from aiohttp import web
 from anyio.from_thread import start_blocking_portal
 
 from batchgen.sim import Simulator
-from tests.helpers import SIM_KEY, SIM_SECRET
+from tests.helpers import fast_run, start_batchgen
 
 pytestmark = pytest.mark.slow
 
@@ -176,41 +175,18 @@ def run_command(
     """The command, with the bucket's keys in the environment (or, given ``aws``,
     those variables instead)."""
     keys = {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCENARIO_", "AWS_"))}
-    env |= {"SCENARIO_API_KEY": SIM_KEY, "SCENARIO_API_SECRET": SIM_SECRET}
-    env |= aws if aws is not None else keys
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "batchgen",
-            "run",
-            str(manifest),
-            "--out",
-            out,
-            "--storage-option",
-            f"endpoint_url={endpoint or s3.endpoint}",
-            "--storage-option",
-            "region_name=us-east-1",
-            "--state-dir",
-            str(state),
-            "--api-url",
-            sim.api_url,
-            "--concurrency",
-            "6",
-            "--poll-interval",
-            "0.02",
-            "--reconcile-grace",
-            "1",
-            "--lease-seconds",
-            "2",
-            "-v",
-            *extra,
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    bucket = [
+        "--storage-option",
+        f"endpoint_url={endpoint or s3.endpoint}",
+        "--storage-option",
+        "region_name=us-east-1",
+        "--state-dir",
+        str(state),
+        "--lease-seconds",
+        "2",
+    ]
+    return start_batchgen(
+        fast_run(manifest, out, sim, *bucket, *extra), aws if aws is not None else keys
     )
 
 

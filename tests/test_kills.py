@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,13 @@ import pytest
 
 from batchgen.cli import main
 from batchgen.sim import Simulator
-from tests.helpers import SIM_KEY, SIM_SECRET, assert_matches_what_was_served, read_results
+from tests.helpers import (
+    SIM_SECRET,
+    assert_matches_what_was_served,
+    fast_run,
+    read_results,
+    start_batchgen,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -41,32 +46,7 @@ KILL_ROUNDS = 5
 
 
 def start_run(manifest: Path, out: Path, sim: Simulator) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCENARIO_")}
-    env |= {"SCENARIO_API_KEY": SIM_KEY, "SCENARIO_API_SECRET": SIM_SECRET}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "batchgen",
-            "run",
-            str(manifest),
-            "--out",
-            str(out),
-            "--api-url",
-            sim.api_url,
-            "--concurrency",
-            "6",
-            "--poll-interval",
-            "0.02",
-            "--reconcile-grace",
-            "1",
-            "-v",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_batchgen(fast_run(manifest, out, sim))
 
 
 def wait_for_lines(process: subprocess.Popen[str], marker: str, count: int) -> None:
