@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.util
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 from anyio.from_thread import start_blocking_portal
 
-from batchgen.sim import Network, SimConfig, Simulator, serve
+from batchgen.sim import Network, SimConfig, Simulator, contract, serve
 from batchgen.store.journal import Journal
 from tests.helpers import SIM_KEY, SIM_SECRET
 
@@ -52,6 +54,38 @@ def _hermetic_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
         "all_proxy",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _every_request_as_the_api_takes_it(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every request a simulator answers during the test is checked against the official
+    SDK's contract (tests/sdk_contract.py): one the real API would refuse fails the test,
+    with the code that sent it, even where the test itself would not notice.  A test
+    that sends wrong requests on purpose is marked ``bad_requests``."""
+    if request.node.get_closest_marker("bad_requests") or not _sdk_installed():
+        yield
+        return
+    judge = _judge()
+    judge.problems.clear()
+    contract.observers.append(judge)
+    try:
+        yield
+    finally:
+        contract.observers.remove(judge)
+    if judge.problems:
+        shown = "\n".join(dict.fromkeys(judge.problems))
+        pytest.fail(f"requests the real API refuses (scenario-sdk's contract):\n{shown}")
+
+
+def _sdk_installed() -> bool:
+    return importlib.util.find_spec("scenario_sdk") is not None
+
+
+@functools.cache
+def _judge() -> Any:
+    from tests.sdk_contract import RequestJudge
+
+    return RequestJudge()
 
 
 @pytest.fixture(autouse=True)

@@ -121,7 +121,7 @@ def test_uploads_as_the_sdk_types_them(
     asset = strictly(types.AssetUploadResponse, uploaded.http_response.json()).asset
     assert asset.id in sim.uploads and asset.metadata.name == "batchgen-abc.png"
     listed = client.assets.with_raw_response.list(
-        type="uploaded", created_after="2000-01-01T00:00:00.000Z"
+        type="uploaded", sort_by="createdAt", created_after="2000-01-01T00:00:00.000Z"
     ).http_response.json()
     items = [strictly(types.AssetListResponse, item) for item in listed["assets"]]
     assert [item.id for item in items] == [asset.id]

@@ -66,6 +66,16 @@ def test_a_folder_of_sketches_times_prompts_uploads_each_file_once(
     rows = [json.loads(line) for line in (world.out / "metadata.jsonl").read_text().splitlines()]
     assert all((world.out / row["input_image_file_name"]).is_file() for row in rows)
     assert all(len(row["referenceImages_file_names"]) == 2 for row in rows)
+    # Provenance: each input's own path and the asset it was uploaded as, in the row.
+    by_unit = {record["id"]: record for record in results}
+    for row in rows:
+        (image,) = by_unit[row["unit_id"]]["inputs"]["image"]
+        assert row["input_image_source"] == image["path"]
+        assert world.sim.uploads[row["input_image_asset_id"]].content == (
+            (world.out / row["input_image_file_name"]).read_bytes()
+        )
+        assert [Path(p).name for p in row["referenceImages_sources"]] == ["a.png", "b.png"]
+        assert all(a in world.sim.uploads for a in row["referenceImages_asset_ids"])
 
     again = World(tmp_path / "again")  # another directory, the same files: ids unchanged
     again.run(write("jobs.yaml", MANIFEST))

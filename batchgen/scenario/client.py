@@ -227,7 +227,13 @@ class ScenarioClient:
     async def uploads_created_after(self, since: datetime) -> dict[str, str]:
         """The images uploaded after ``since`` (the server's clock): asset id by the name
         each was given."""
-        query = {"type": "uploaded", "createdAfter": _api_time(since), "pageSize": "100"}
+        # createdAfter is taken only with sortBy=createdAt (the SDK's AssetListParams).
+        query = {
+            "type": "uploaded",
+            "sortBy": "createdAt",
+            "createdAfter": _api_time(since),
+            "pageSize": str(LIST_PAGE_SIZE),
+        }
         found: dict[str, str] = {}
         for item in await self._pages(UPLOAD_PATH, "assets", query):
             metadata = item.get("metadata") if isinstance(item, dict) else None

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
+from . import contract
 from .models import DEFAULT_MODELS, SimModel, model_named, refusal
 from .png import make_png
 
@@ -282,13 +283,17 @@ class Simulator:
     faults_injected: int = 0
     # Submissions refused with a 400, by reason: a body the model does not take.
     refusals: Counter[str] = field(default_factory=Counter)
+    # Requests refused with a 400 because the API's contract forbids them (an unknown
+    # parameter, a value out of range, a rule between parameters), by reason.
+    contract_refusals: Counter[str] = field(default_factory=Counter)
     cancels: Counter[str] = field(default_factory=Counter)  # "refused" / "accepted"
     # Listings of the jobs created since a moment (reconciliations), first pages only.
     created_scans: int = 0
     spent: float = 0.0
-    # Called with each new job after it is created and before it is answered: tests use
-    # it to kill a client exactly in that window.
+    # Called with each new job (upload) after it is created and before it is answered:
+    # tests use it to kill a client exactly in that window.
     on_job_created: Callable[[SimJob], None] | None = None
+    on_upload_created: Callable[[SimUpload], None] | None = None
     # Called with the route of each request that arrives on a kept-alive connection:
     # True drops the connection unanswered, as a load balancer that closed it meanwhile.
     drop_reused: Callable[[str], bool] | None = None
@@ -523,6 +528,13 @@ class Simulator:
         except (ValueError, UnicodeDecodeError):
             return _error(400, "Body is not valid JSON")
         query = request.query
+        for observe in contract.observers:
+            observe(request.method, request.path, query, body)
+        endpoint = contract.find(contract.simulated(), request.method, request.path)
+        problem = endpoint and contract.violation(endpoint, query, body)
+        if problem:
+            self.contract_refusals[problem] += 1
+            return _error(400, problem)
         if route == "POST /v1/generate/custom/{model}":
             return self._submit(params["model"], body, query)
         if route == "GET /v1/jobs":
@@ -568,6 +580,8 @@ class Simulator:
         upload = SimUpload(self._new_id("asset"), body["name"], content, self.server_wall())
         self.uploads[upload.asset_id] = upload
         self._keep_upload(upload)
+        if self.on_upload_created is not None:
+            self.on_upload_created(upload)
         if self._rng.random() < self.config.lose_answer_rate:
             self.answers_lost += 1
             return SimAnswer(502, None, drop=True)
@@ -595,14 +609,16 @@ class Simulator:
         }
 
     def _list_uploads(self, query: Mapping[str, str]) -> SimAnswer:
-        """``GET /v1/assets?type=uploaded&createdAfter=...``, newest first, paged."""
+        """``GET /v1/assets?type=uploaded&sortBy=createdAt&createdAfter=...``, newest
+        first unless ``sortDirection=asc``, paged.  (The contract has already refused a
+        ``createdAfter`` without ``sortBy=createdAt``.)"""
         if query.get("type") != "uploaded":
             return _error(400, "this simulator lists uploaded assets only (type=uploaded)")
         after = _parse_iso(query["createdAfter"]) if query.get("createdAfter") else -math.inf
         found = sorted(
             (u for u in self.uploads.values() if u.created_wall > after),
             key=lambda u: u.created_wall,
-            reverse=True,
+            reverse=query.get("sortDirection", "desc") != "asc",
         )
         size = min(int(query.get("pageSize", 100)), 100)
         start = int(query.get("paginationToken") or 0)

@@ -70,15 +70,24 @@ IMAGE_PATH_SUFFIXES = ("file_name", "file_names")
 def input_columns(result: dict[str, Any], prefix: str) -> dict[str, Any]:
     """The images a unit was made from, as columns the loader reads as images: the
     ``image`` input as ``input_image``, any other by its name (a list where there are
-    several), each a path to its copy in ``inputs/``."""
+    several), each a path to its copy in ``inputs/``; beside each, where the image came
+    from (``_source``: its path or URL as the manifest gave it) and the asset it was
+    uploaded as (``_asset_id``), the dataset's provenance."""
     columns: dict[str, Any] = {}
     for name, items in (result.get("inputs") or {}).items():
         base = "input_image" if name == "image" else column_name(name)
-        files = [f"{prefix}{item['file']}" for item in items if item.get("file")]
+        kept = [item for item in items if item.get("file")]
+        files = [f"{prefix}{item['file']}" for item in kept]
+        sources = [item.get("path") for item in kept]
+        assets = [item.get("asset_id") or None for item in kept]
         if len(files) == 1:
             columns[f"{base}_file_name"] = files[0]
+            columns[f"{base}_source"] = sources[0]
+            columns[f"{base}_asset_id"] = assets[0]
         elif files:
             columns[f"{base}_file_names"] = files
+            columns[f"{base}_sources"] = sources
+            columns[f"{base}_asset_ids"] = assets
     return columns
 
 
