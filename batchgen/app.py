@@ -74,6 +74,7 @@ from .errors import (
     PermanentApiError,
     StorageError,
 )
+from .ledger import Spend
 from .manifest import Manifest, Unit, count_units, iter_units
 from .manifest.naming import FileNameTemplate
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
@@ -193,14 +194,24 @@ class Shape:
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
+    """What the units left to do would cost, by the API's dry run: an estimate, never
+    booked.  Units of a shape the dry run gave no price for are counted apart."""
+
     units: int
-    cost: float
+    estimated_left: float
     shapes: list[Shape]
+    unpriced_units: int = 0
+
+    @property
+    def cost(self) -> float:
+        """The estimate (the name of earlier versions)."""
+        return self.estimated_left
 
     def to_json(self) -> dict[str, Any]:
         return {
             "units": self.units,
-            "cost": self.cost,
+            "estimated_left": self.estimated_left,
+            "unpriced_units": self.unpriced_units,
             "shapes": [dataclasses.asdict(shape) for shape in self.shapes],
         }
 
@@ -223,7 +234,8 @@ class Status:
     running: bool
     units: int
     states: dict[str, int]
-    cost: float
+    # Creative units, from the ledger: ``this_run`` is the last run's.
+    spend: Spend
     failures: list[dict[str, Any]]
     # Images gone, and images whose size or time changed since they were written (a
     # quick look: batchgen verify hashes them).
@@ -460,7 +472,8 @@ async def aestimate(manifest: str | Path, **options: Any) -> Estimate:
             )
             total += (cost or 0.0) * count
             rows.append(Shape(model, _size_label(body), count, cost))
-    return Estimate(sum(row.units for row in rows), total, rows)
+    unpriced = sum(row.units for row in rows if row.cost_each is None)
+    return Estimate(sum(row.units for row in rows), total, rows, unpriced)
 
 
 Shapes = dict[str, tuple[str, dict[str, Any], int]]
@@ -737,7 +750,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                     journal.remember(MODEL_KEY + model_id, json.dumps(spec.to_json()))
                 finished = await backend.offload(_still_complete, journal, out_dir, fingerprint)
                 if finished is not None:
-                    summary = Summary(total=total, skipped=total)
+                    summary = Summary(total=total, skipped=total, spent_before=journal.spent())
                 else:
                     alongside = None
                     if bucket_output is not None:
@@ -773,14 +786,12 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                     )
                     if bucket_output is not None:
                         await finish(bucket_output, save, backend.settings.retry, backend.offload)
-                spent = journal.spent()
                 journal.close()
         if opts.gallery:
             root = out_dir.parent if shard is not None else out_dir
             await backend.offload(_write_gallery, root, shard is not None)
     return Report(
         **summary.to_json(),
-        spent_total=spent,
         output=str(bucket_output.bucket.url) if bucket_output is not None else str(out_dir),
         exit_code=exit_code(summary, total),
         line=summary.line(),
@@ -891,6 +902,8 @@ async def _run_engine(
     fetcher: Fetcher,
     alongside: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> Summary:
+    # What this run learns about money is booked to it from here on.
+    await backend.offload(journal.begin_run)
     # The directory's budget, or this run's if it is the nearer of the two.
     spent_before = journal.spent()
     budget, budget_option = options.budget, "--budget"
@@ -984,15 +997,15 @@ def _write_gallery(root: Path, sharded: bool) -> None:
     page that could not be made must not fail a run that did its work."""
     places = shard_directories(root) if sharded else [root]
     with contextlib.ExitStack() as stack:
-        sources = []
+        journals = []
         for place in places:
             if (place / JOURNAL_NAME).is_file():
                 journal = Journal(place)
                 stack.callback(journal.close)
-                sources.append((place, journal.results()))
+                journals.append((place, journal))
         try:
             with storage_faults(root):
-                made = write_gallery(root, sources)
+                made = write_gallery(root, journals)
         except StorageError as exc:
             log.warning("the gallery was not made: %s", exc)
             return
@@ -1088,7 +1101,7 @@ def _tally(
 ) -> Status:
     """The journals of ``places``, each with how its files are checked, summed up."""
     counts: Counter[str] = Counter()
-    spent = 0.0
+    spend = Spend()
     failures: list[dict[str, Any]] = []
     missing = changed = manifest_units = left = 0
     for place, shard, not_as_written in places:
@@ -1096,7 +1109,7 @@ def _tally(
         try:
             with storage_faults(journal.path):
                 counts.update(journal.counts())
-                spent += journal.spent()
+                spend += journal.spend()
                 failures.extend(
                     {"id": unit_id, "error": error, "permanent": permanent, "job_id": job_id}
                     for unit_id, error, permanent, job_id in journal.failures()
@@ -1122,7 +1135,7 @@ def _tally(
         running=running,
         units=sum(counts.values()),
         states=dict(counts),
-        cost=spent,
+        spend=spend,
         failures=failures,
         missing_files=missing,
         changed_files=changed,

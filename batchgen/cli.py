@@ -29,6 +29,7 @@ from . import __version__
 from . import config as defaults
 from .config import CHECKPOINT_SECONDS
 from .errors import EXIT_FAILED_UNITS, EXIT_INTERRUPTED, EXIT_OK, BatchgenError, ConfigError
+from .ledger import plural
 from .manifest.naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
 from .manifest.shard import Shard
 from .report import Report
@@ -857,9 +858,13 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_OK
         for shape in found.shapes:
             cost = shape.cost_each if shape.cost_each is not None else "?"
-            print(f"  {shape.units} x {shape.model} {shape.size}: {cost} CU each")
-        units, cost = found.units, found.cost
-        print(f"batchgen: {units} units to do would cost {cost:g} creative units (dry run)")
+            print(f"  {shape.units} x {shape.model} {shape.size}: {cost} CU each (estimated)")
+        unpriced = f" (+ {plural(found.unpriced_units, 'unit')} the dry run gave no price for)"
+        print(
+            f"batchgen: {plural(found.units, 'unit')} to do; estimated left: "
+            f"{found.estimated_left:g} CU, by the API's dry run"
+            + (unpriced if found.unpriced_units else "")
+        )
         return EXIT_OK
     with contextlib.ExitStack() as stack:
         display = _open_display(args, stack)
@@ -997,7 +1002,7 @@ def _status(args: argparse.Namespace) -> int:
         or "nothing yet"
     )
     running = "a run is in progress; " if found.running else ""
-    print(f"{found.out}: {running}{states}; cost {found.cost:g} CU")
+    print(f"{found.out}: {running}{states}; {found.spend.status_words()}")
     if found.left is not None:
         print(f"  {found.left} of the manifest's {found.manifest_units} units left to do")
     if found.missing_files or found.changed_files:

@@ -22,18 +22,28 @@ class Report:
     abandoned: int
     not_finished: int
     submitted: int
-    cost: float
+    # Creative units, from the ledger (batchgen.ledger): spent by this run, on this
+    # output in all (earlier runs included), and jobs whose charge is not known.
+    spent_this_run: float
+    spent_total: float
+    unpriced_jobs: int
+    # What lost answers not yet resolved may have cost (estimated; see Summary).
+    possibly_spent: float
     elapsed_seconds: float
     stopped: str | None
     # The first few failed units ({"id", "error", "permanent"}), and every failure
     # counted by reason ({"reason", "units"}).
     failures: list[dict[str, Any]]
     failure_reasons: list[dict[str, Any]]
-    spent_total: float
     output: str
     exit_code: int
     uploaded: int = 0  # input images this run uploaded
     line: str = field(repr=False, default="")
+
+    @property
+    def cost(self) -> float:
+        """Spent by this run (the name of earlier versions)."""
+        return self.spent_this_run
 
     def to_json(self) -> dict[str, Any]:
         report = dataclasses.asdict(self)

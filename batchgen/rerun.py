@@ -106,10 +106,9 @@ def finished_already(manifest: Manifest, shard: Shard | None, out_dir: Path) -> 
         finally:
             journal.close()
     log.info("%s: finished by an earlier run, and nothing has changed since", out_dir)
-    summary = Summary(total=total, skipped=total)
+    summary = Summary(total=total, skipped=total, spent_before=spent)
     return Report(
         **summary.to_json(),
-        spent_total=spent,
         output=str(out_dir),
         exit_code=EXIT_OK,
         line=summary.line(),

@@ -516,10 +516,10 @@ def gallery(out: str | Path) -> Gallery:
     root = Path(out)
     found = places(root)
     with contextlib.ExitStack() as stack:
-        sources = []
+        journals = []
         for place, _ in found:
             journal = Journal(place)
             stack.callback(journal.close)
-            sources.append((place, journal.results()))
+            journals.append((place, journal))
         with storage_faults(root / GALLERY_DIR):
-            return write_gallery(root, sources)
+            return write_gallery(root, journals)

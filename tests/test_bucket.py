@@ -515,7 +515,7 @@ def test_status_and_verify_read_a_bucket_and_every_shard_under_it(
     assert found.running is False
     assert found.shards == ["shard-1-of-2", "shard-2-of-2"]
     assert (found.missing_files, found.changed_files) == (1, 1)
-    assert found.left == 0 and found.running is False and found.cost == 24
+    assert found.left == 0 and found.running is False and found.spend.in_all == 24
 
     checked = batchgen.verify(url)
     assert checked.checked == 24

@@ -340,7 +340,7 @@ def test_the_estimate_as_json_counts_each_shape(
     assert run_cli(sim, manifest, tmp_path / "out", "--estimate", "--json") == 0
     estimate = json.loads(capsys.readouterr().out)
     assert estimate["units"] == UNITS == sum(shape["units"] for shape in estimate["shapes"])
-    assert estimate["cost"] == sum(s["units"] * s["cost_each"] for s in estimate["shapes"]) > 0
+    assert estimate["estimated_left"] == sum(s["units"] * s["cost_each"] for s in estimate["shapes"]) > 0
     # One dry run per model/size/params shape: the cats, two tile sizes, the CSV's numOutputs.
     assert len(estimate["shapes"]) == sim.requests["POST /v1/generate/custom/{model}"] == 4
     assert sim.jobs_created == 0
@@ -460,7 +460,7 @@ def test_progress_lines_when_not_a_terminal_and_json_summary(
     summary = json.loads(captured.out)  # stdout is the one JSON object, nothing else
     assert summary["succeeded"] == UNITS and summary["failed"] == summary["not_finished"] == 0
     assert summary["exit_code"] == 0 and summary["stopped"] is None
-    assert summary["cost"] == summary["spent_total"] == sim.spent
+    assert summary["spent_this_run"] == summary["spent_total"] == sim.spent
     progress = [line for line in captured.err.splitlines() if "INFO progress: " in line]
     assert len(progress) >= 2
     assert all(f"/{UNITS} done" in line and "CU spent of 1000" in line for line in progress)
@@ -470,7 +470,7 @@ def test_progress_lines_when_not_a_terminal_and_json_summary(
     assert run_cli(sim, manifest, out, *options, "--json", "--quiet") == 0
     captured = capsys.readouterr()
     again = json.loads(captured.out)
-    assert (again["already_done"], again["submitted"], again["cost"]) == (UNITS, 0, 0)
+    assert (again["already_done"], again["submitted"], again["spent_this_run"]) == (UNITS, 0, 0)
     assert again["spent_total"] == summary["spent_total"]
     assert captured.err == ""
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,7 +77,8 @@ def test_transitions_survive_reopening_and_old_jobs_stay_owned(
     assert not reopened.owns_job("job-b")
     reopened.submitted("u1", "job-b", 4.0)
     reopened.downloaded("u1", [("images/u1_0.png", "ff")], {"id": "u1", "status": "success"})
-    assert list(reopened.results()) == ['{"id": "u1", "status": "success"}']
+    # The line's cost is what the unit cost in all: job-a was refunded, job-b was not.
+    assert list(reopened.results()) == ['{"id": "u1", "status": "success", "cost": 4.0}']
     assert reopened.counts() == {"downloaded": 1}
     reopened.close()
 
@@ -144,6 +147,79 @@ def test_results_and_failures_come_in_journal_order_across_pages(
             else:
                 journal.failed(f"u{index}", error="no", permanent=True, job_id=None,
                                job_status=None, result={"id": f"u{index}"})  # fmt: skip
-    lines = list(journal.results())
-    assert lines == [f'{{"id": "u{index}"}}' for index in range(total)]
+    lines = [json.loads(line) for line in journal.results()]
+    assert [line["id"] for line in lines] == [f"u{index}" for index in range(total)]
+    assert [line.get("permanent") for line in lines[:3]] == [True, None, None]
     assert [unit for unit, *_ in journal.failures()] == [f"u{i}" for i in range(0, total, 3)]
+
+
+def test_the_ledger_books_what_the_api_charged_to_the_run_that_learned_it(
+    tmp_path: Path, open_journal: Callable[..., Journal]
+) -> None:
+    """A charge, a refund a later run learns of, a failure its model does not refund,
+    a job of unknown price: each run's figure, and the output's, from the ledger."""
+    journal = open_journal(tmp_path)
+    assert journal.begin_run() == 1
+    journal.submitting("u1", "t", SENT)
+    journal.submitted("u1", "job-1", 4.0, "queued", True)
+    journal.submitting("u2", "t", SENT)
+    journal.submitted("u2", "job-2", 2.5, "queued", False)  # its model does not refund
+    journal.submitting("u3", "t", SENT)
+    journal.submitted("u3", "job-3", None)  # the answer said no price
+    assert (journal.run_spent, journal.spent(), journal.unpriced_jobs()) == (6.5, 6.5, 1)
+    journal.close()
+
+    again = open_journal(tmp_path)
+    assert again.begin_run() == 2 and again.run_spent == 0
+    for unit, job in (("u1", "job-1"), ("u2", "job-2")):
+        again.failed(unit, error="x", permanent=True, job_id=job, job_status="failure",
+                     result={"id": unit, "cost": None})  # fmt: skip
+    # job-1's refund is this run's news; job-2 stays paid.
+    assert (again.run_spent, again.spent()) == (-4.0, 2.5)
+    again.failed("u3", error="x", permanent=True, job_id="job-3", job_status="failure",
+                 result={"id": "u3", "cost": None})  # fmt: skip
+    assert again.unpriced_jobs() == 0  # refunded: free, whatever it was charged
+    assert again.unit_cost("u2") == 2.5 and again.unit_cost("u1") == 0
+    assert again.spend().this_run == -4.0 and again.spend().in_all == 2.5
+    # The same fact twice books nothing more.
+    again.failed("u1", error="x", permanent=True, job_id="job-1", job_status="failure",
+                 result={"id": "u1"})  # fmt: skip
+    assert again.spent() == 2.5
+
+
+def test_a_transaction_rolled_back_books_nothing(
+    tmp_path: Path, open_journal: Callable[..., Journal]
+) -> None:
+    journal = open_journal(tmp_path)
+    journal.begin_run()
+    with journal.batch(durable=True):
+        journal.submitting("kept", "t", SENT)
+        journal.submitted("kept", "job-k", 3.0)
+        with pytest.raises(RuntimeError), journal.each():
+            journal.submitting("half", "t", SENT)
+            journal.submitted("half", "job-h", 5.0)
+            raise RuntimeError("only this call is rolled back")
+    assert journal.run_spent == journal.spent() == 3.0
+    with pytest.raises(RuntimeError), journal.batch():
+        journal.submitting("lost", "t", SENT)
+        journal.submitted("lost", "job-l", 7.0)
+        raise RuntimeError("the whole batch is rolled back")
+    assert journal.run_spent == journal.spent() == 3.0
+
+
+def test_a_journal_kept_before_the_ledger_keeps_what_it_counted(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    db.executescript(
+        "CREATE TABLE jobs (job_id TEXT PRIMARY KEY, unit_id TEXT NOT NULL, cost REAL);"
+        "INSERT INTO jobs VALUES ('job-1', 'u1', 4.0), ('job-2', 'u2', NULL);"
+    )
+    db.commit()
+    db.close()
+    journal = Journal(tmp_path)
+    try:
+        assert journal.spent() == 4.0 and journal.unpriced_jobs() == 1
+        assert journal.spend().this_run == 4.0  # booked to run 0, the last before any
+    finally:
+        journal.close()

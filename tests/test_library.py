@@ -25,7 +25,7 @@ def manifest(write: Callable[[str, str], Path]) -> Path:
 
 def check(report: batchgen.Report, out: Path) -> None:
     assert (report.succeeded, report.failed, report.exit_code) == (3, 0, 0)
-    assert report.output == str(out) and report.spent_total == report.cost > 0
+    assert report.output == str(out) and report.spent_total == report.spent_this_run > 0
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
 
 
@@ -64,7 +64,7 @@ def test_run_and_arun_while_an_event_loop_runs_as_in_a_notebook(
 
 def test_estimate_validate_and_unknown_options(manifest: Path, tmp_path: Path) -> None:
     found = batchgen.estimate(manifest, out=tmp_path / "out", simulate=True)
-    assert found.units == 3 and found.cost > 0 and found.shapes[0].size == "64x64"
+    assert found.units == 3 and found.estimated_left > 0 and found.shapes[0].size == "64x64"
     checked = batchgen.validate(manifest)
     assert checked.units == 3 and checked.entries == 1
     with pytest.raises(batchgen.ConfigError, match="unknown option"):

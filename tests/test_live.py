@@ -28,7 +28,7 @@ def test_the_panel_shows_counts_rate_eta_and_spend_in_80_columns() -> None:
     assert lines[0].endswith("55/100 done 55%")
     assert lines[1] == "queued 30   in flight 8   downloading 2"
     assert lines[2] == "succeeded 40   failed 5   already done 10"
-    assert lines[3] == "2.0/s   ETA 20s   elapsed 30s   60 CU spent of 100 (45 this run)"
+    assert lines[3] == "2.0/s   ETA 20s   elapsed 30s   60 CU spent of 100 (45 by this run)"
 
 
 def test_log_lines_scroll_above_the_panel_while_it_is_up() -> None:
@@ -43,4 +43,4 @@ def test_log_lines_scroll_above_the_panel_while_it_is_up() -> None:
     assert "unit abc failed: HTTP 400: bad prompt" in shown
     assert "25/100 done" in shown and "35/100 done" in shown
     # The last frame stays on screen: the final state.
-    assert shown.rstrip().endswith("60 CU spent (45 this run)")
+    assert shown.rstrip().endswith("60 CU spent (45 by this run)")

@@ -47,7 +47,7 @@ def test_eta(changes: dict, rate: float | None, eta: float | None) -> None:
             {},
             2.0,
             "55/100 done; 5 failed; 8 in flight; 30 queued; 2 downloading; 2.0/s, ETA 20s; "
-            "60 CU spent (45 this run)",
+            "60 CU spent (45 by this run)",
         ),
         (
             {"downloading": 0, "spent": 45.0, "budget": 50.0},

@@ -81,7 +81,7 @@ def test_a_run_makes_every_unit_once_and_a_second_run_nothing(
     assert sorted(r["metadata"]["sku"] for r in csv_rows) == ["A1", "B2"]
     assert all(len(r["files"]) == 2 for r in csv_rows)
     assert all(r["cost"] and r["cost"] > 0 for r in results)
-    assert report.cost == report.spent_total == world.sim.spent
+    assert report.spent_this_run == report.spent_total == world.sim.spent
     assert not list(world.out.rglob("*.part"))
     assert SIM_SECRET not in caplog.text + (world.out / "results.jsonl").read_text()
 
@@ -311,11 +311,11 @@ def test_the_estimate_matches_what_the_run_then_spends(example: Path, tmp_path: 
     assert estimate.units == UNITS == sum(shape.units for shape in estimate.shapes)
     # One dry run per model/size/params shape: the cats, two tile sizes, the CSV's numOutputs.
     assert len(estimate.shapes) == world.sim.requests["POST /v1/generate/custom/{model}"] == 4
-    assert estimate.cost == sum(s.units * (s.cost_each or 0) for s in estimate.shapes) > 0
+    assert estimate.estimated_left == sum(s.units * (s.cost_each or 0) for s in estimate.shapes) > 0
     assert world.run(example).exit_code == 0
     assert estimate.cost == world.sim.spent
     done = world.estimate(example)  # everything is done now
-    assert (done.units, done.cost) == (0, 0)
+    assert (done.units, done.estimated_left) == (0, 0)
 
 
 def test_an_estimate_with_no_journal_counts_entries_as_expanding_every_unit_would(
@@ -561,7 +561,7 @@ def test_status_reports_states_cost_and_failures(write: Write, tmp_path: Path) -
     assert world.run(manifest).exit_code == 1
     status = batchgen.status(world.out)
     assert status.running is False and status.states == {"downloaded": 4, "failed": 1}
-    assert status.cost == sum(r["cost"] or 0 for r in world.results()) > 0
+    assert status.spend.in_all == sum(r["cost"] or 0 for r in world.results()) > 0
     (failure,) = status.failures
     assert failure["permanent"] is True and "moderation" in failure["error"]
     # A permanent failure is left alone on a rerun, and tried again with --retry-failed.

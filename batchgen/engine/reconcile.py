@@ -14,9 +14,13 @@ lost answers cost a handful of scans, not five hundred.  A job skipped by one sc
 list that changes while it is paged) is found by the next: "nothing" needs two misses.
 
 What may be adopted: a job made by that request (:func:`~batchgen.scenario.records.made_for`:
-its stored input holds every field sent, normalised), the oldest first, that no other
-unit owns (this run's, or the journal's).  While an identical request is still awaiting its own
-answer, a loss waits: a job whose answer is merely late belongs to its own unit.
+its stored input holds every field sent, normalised), the oldest first, that no unit has
+had (this run's, or the journal's), the unit itself included: a retry sends the very
+request its failed job was made by, and that failed job must never pass for the retry's
+(which would be paid for and lost).  The one exception is the job a unit still has when
+the API lost it from view (its own, found again).  While an identical request is still
+awaiting its own answer, a loss waits: a job whose answer is merely late belongs to its
+own unit.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class _Loss:
     found: JobRecord | None = None
     failed: ApiError | None = None
     misses: int = 0
+    own_job: str | None = None
 
 
 Record = Callable[..., Awaitable[Any]]
@@ -103,11 +108,17 @@ class Reconciler:
         return max(self.grace / 4, 0.05)
 
     async def find(
-        self, unit_id: str, key: str, body: dict[str, Any], since: datetime
+        self,
+        unit_id: str,
+        key: str,
+        body: dict[str, Any],
+        since: datetime,
+        own_job: str | None = None,
     ) -> JobRecord | None:
         """The job the lost POST of ``body`` made at ``since`` (server time), or None if
-        it made none; :class:`StillUncertain` if the list could not be read."""
-        loss = _Loss(unit_id, key, body, since, anyio.current_time())
+        it made none; :class:`StillUncertain` if the list could not be read.
+        ``own_job``: the job the unit still has, which may be found again."""
+        loss = _Loss(unit_id, key, body, since, anyio.current_time(), own_job=own_job)
         self._waiting.append(loss)
         self._wake.set()
         try:
@@ -168,8 +179,10 @@ class Reconciler:
                 (
                     job
                     for job in candidates
-                    if job.job_id not in self._claimed
-                    and owners.get(job.job_id, loss.unit_id) == loss.unit_id
+                    if (
+                        job.job_id == loss.own_job
+                        or (job.job_id not in self._claimed and job.job_id not in owners)
+                    )
                     and made_for(job, loss.body)
                 ),
                 None,

@@ -208,8 +208,13 @@ class Engine:
     def status_requests(self) -> int:
         return self.poller.status_requests
 
+    def _count_spend(self) -> None:
+        """This run's spend as the ledger has it (what it booked, committed)."""
+        self.summary.cost = self._journal.run_spent
+
     def snapshot(self) -> Summary:
         """Where the run stands now, for the progress display (a copy)."""
+        self._count_spend()
         snapshot = self.summary.copy()
         snapshot.elapsed = anyio.current_time() - self._started
         return snapshot
@@ -245,6 +250,9 @@ class Engine:
                     self._commits.close()
         finally:
             self.summary.elapsed = anyio.current_time() - self._started
+            self._count_spend()
+            self.summary.unpriced_jobs = await self._offload(self._journal.unpriced_jobs)
+            self.summary.possibly_spent = await self._offload(self._journal.possibly_spent)
         return self.summary
 
     # ---------------------------------------------------------------- planning
@@ -302,22 +310,29 @@ class Engine:
         """Before anything is sent: every unit whose POST may have made a job (the
         journal has what it sent) gets its job adopted, or is found to have none."""
         uncertain = await self._offload(self._journal.uncertain)
-        pending = [(u, s, sent) for u, s, sent in uncertain if s and sent]
+        pending = [(u, s, sent, own) for u, s, sent, own in uncertain if s and sent]
         if not pending:
             return
         log.info("%d units may have jobs from an earlier run's lost answers", len(pending))
 
-        async def one(unit_id: str, since: str, sent: str) -> None:
+        async def one(unit_id: str, since: str, sent: str, own: str | None) -> None:
             _, body = _json_loads(sent)
             try:
-                job = await self.reconciler.find(unit_id, sent, body, server_time(since))
+                job = await self.reconciler.find(unit_id, sent, body, server_time(since), own)
             except StillUncertain as exc:
                 log.warning("unit %s: %s", unit_id, exc)
                 return
             if job is not None:
                 log.info("unit %s: adopted job %s whose answer was lost", unit_id, job.job_id)
                 await self._commits(
-                    functools.partial(self._journal.submitted, unit_id, job.job_id, job.cost)
+                    functools.partial(
+                        self._journal.submitted,
+                        unit_id,
+                        job.job_id,
+                        job.cost,
+                        job.status,
+                        job.refundable,
+                    )
                 )
             else:
                 await self._commits(
@@ -327,8 +342,8 @@ class Engine:
                 )
 
         async with anyio.create_task_group() as tg:
-            for unit_id, since, sent in pending:
-                tg.start_soon(one, unit_id, since, sent)
+            for unit_id, since, sent, own in pending:
+                tg.start_soon(one, unit_id, since, sent, own)
 
     # ---------------------------------------------------------------- one unit
 
@@ -383,23 +398,25 @@ class Engine:
             error = job.error or f"job ended with status {job.status}"
             if job.status == "failure" and self._another_job_allowed(failed_jobs):
                 failed_jobs += 1
-                await self._commits(
-                    functools.partial(
-                        self._journal.failed,
-                        unit.id,
-                        error=error,
-                        permanent=False,
-                        job_id=job.job_id,
-                        job_status=job.status,
-                        result={"cost": cost, "job_id": job.job_id},
-                    )
+                failure = UnitResult.failure(
+                    unit,
+                    job_id=job.job_id,
+                    error=error,
+                    cost=cost,
+                    job_status=job.status,
+                    refundable=job.refundable,
                 )
-                self.summary.cost += cost or 0.0
+                await self._commits(functools.partial(self._journal_result, failure))
                 log.info("unit %s: its job failed (%s); trying another", unit.id, error)
                 job_id, cost = None, None
                 continue
             return UnitResult.failure(
-                unit, job_id=job.job_id, error=error, cost=cost, job_status=job.status
+                unit,
+                job_id=job.job_id,
+                error=error,
+                cost=cost,
+                job_status=job.status,
+                refundable=job.refundable,
             )
         return await self._download(unit, job, cost, own_files)
 
@@ -435,16 +452,14 @@ class Engine:
                 return UnitResult.failure(
                     unit, job_id=job_id, error=f"timed out after {timeout:g}s; cancelled"
                 )
-        cost = await self._submitter.cost_of(unit.model, unit.request_body())
         error = f"still running after {timeout:g}s; the next run watches it again"
-        result = UnitResult(unit, "abandoned", job_id=job_id, cost=cost, error=error)
+        result = UnitResult(unit, "abandoned", job_id=job_id, error=error)
         abandon = functools.partial(
-            self._journal.abandoned, unit.id, job_id, cost, error, result.to_json()
+            self._journal.abandoned, unit.id, job_id, error, result.to_json()
         )
         await self._commits(abandon)
         log.warning("unit %s: job %s %s", unit.id, job_id, error)
         self.summary.abandoned += 1
-        self.summary.abandoned_cost += cost
         return None
 
     def _another_job_allowed(self, failed_jobs: int) -> bool:
@@ -544,7 +559,7 @@ class Engine:
                 if self.summary.failed == FAILURES_LOGGED + 1:
                     log.warning("more units failed; the summary counts them by reason")
                 log.info("unit %s failed: %s", result.unit.id, result.error)
-        self.summary.cost += result.cost or 0.0
+        self._count_spend()
         if self._warn_at is not None and self.summary.spent >= self._warn_at:
             self._warn_at = None
             log.warning(
@@ -568,7 +583,13 @@ class Engine:
                     stamps = [stamp_of(out / path) for path, _ in result.files]
                 except OSError:
                     stamps = None  # gone already: the next run finds out and fetches it again
-            self._journal.downloaded(result.unit.id, list(result.files), result.to_json(), stamps)
+            self._journal.downloaded(
+                result.unit.id,
+                list(result.files),
+                result.to_json(),
+                stamps,
+                refundable=result.refundable,
+            )
         else:
             self._journal.failed(
                 result.unit.id,
@@ -577,6 +598,7 @@ class Engine:
                 job_id=result.job_id,
                 job_status=result.job_status,
                 result=result.to_json(),
+                refundable=result.refundable,
             )
 
 

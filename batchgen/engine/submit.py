@@ -25,7 +25,7 @@ from ..config import RetrySettings
 from ..errors import AmbiguousSubmitError, ApiError, RateLimitedError
 from ..manifest import Unit
 from ..scenario.client import STALE_CONNECTION_RETRIES
-from ..scenario.records import Submission
+from ..scenario.records import JobRecord, Submission
 from ..store.journal import Journal
 from .policy import Action, Request, decide, with_retries
 from .ports import Api
@@ -170,9 +170,9 @@ class Submitter:
         self._rng = rng
         self._budget = budget
         self._claimed = claimed
-        # Creative units spent, by earlier runs and this one, plus those reserved by
-        # submissions under way: a job is paid for before its POST is sent.
-        self._spent = summary.spent_before
+        # Creative units reserved by submissions under way (a job is paid for before its
+        # POST is answered), until the ledger has what was charged, or nothing was made.
+        self._reserved = 0.0
         self._shape_costs: dict[str, float] = {}
         # Models the plan does not cover: their other units fail at once instead of
         # each paying a request to learn the same thing.
@@ -209,11 +209,13 @@ class Submitter:
         last_error: ApiError | None = None
         while True:
             if since is not None:
-                adopted = await self._adopt(unit, key, since)
+                try:
+                    adopted = await self._adopt(unit, key, since)
+                finally:
+                    self._reserved -= reserved  # booked now, or nothing was made
+                    reserved = 0.0
                 if adopted is not None:
                     return adopted
-                self._spent -= reserved  # a lost POST that made nothing costs nothing
-                reserved = 0.0
                 if attempts >= self._retry.max_attempts:
                     reason = describe(last_error) if last_error else "its answers were lost"
                     raise UnitFailed(f"{reason}; no job was made", permanent=False)
@@ -222,7 +224,7 @@ class Submitter:
             if cost is None:
                 raise SubmitStopped
             reserved = cost
-            self._spent += reserved
+            self._reserved += reserved
             started = self._api.server_now()
             await self._record(
                 functools.partial(
@@ -261,7 +263,7 @@ class Submitter:
                             attempts -= 1
                         continue
                     case Action.STOP_SUBMITTING:
-                        self._spent -= reserved
+                        self._reserved -= reserved
                         await self._nothing_made(unit, exc)
                         if not self._summary.out_of_credits:
                             self._summary.out_of_credits = True
@@ -272,16 +274,16 @@ class Submitter:
                             )
                         raise SubmitStopped from exc
                     case Action.FAIL_MODEL:
-                        self._spent -= reserved
+                        self._reserved -= reserved
                         self._refused_models[unit.model] = describe(exc)
                         raise UnitFailed(describe(exc), permanent=True) from exc
                     case Action.FAIL_FOR_GOOD:
-                        self._spent -= reserved
+                        self._reserved -= reserved
                         raise UnitFailed(describe(exc), permanent=True) from exc
                     case Action.STOP_RUN:
                         raise
                     case _:  # FAIL_UNIT, or RETRY with its attempts used up
-                        self._spent -= reserved
+                        self._reserved -= reserved
                         raise UnitFailed(describe(exc), permanent=False) from exc
             finally:
                 # Gone once none is posting it: a key a unit left behind would be kept
@@ -290,11 +292,10 @@ class Submitter:
                 if self._reconciler.posting[key] <= 0:
                     del self._reconciler.posting[key]
             self._claimed.add(submission.job.job_id)
-            if submission.cost is not None:
-                self._spent += submission.cost - reserved
-            return await self._submitted(
-                unit, submission.job.job_id, submission.cost, submission.job.created_at, False
-            )
+            try:
+                return await self._submitted(unit, submission.job, submission.cost, False)
+            finally:
+                self._reserved -= reserved  # the ledger has what was charged
 
     async def _adopt(self, unit: Unit, key: str, since: datetime) -> Submitted | None:
         """The job a lost POST of ``key`` at ``since`` made, adopted, if it made one."""
@@ -302,7 +303,7 @@ class Submitter:
         if adopted is None:
             return None
         log.info("unit %s: adopted job %s (its answer was lost)", unit.id, adopted.job_id)
-        return await self._submitted(unit, adopted.job_id, adopted.cost, adopted.created_at, True)
+        return await self._submitted(unit, adopted, adopted.cost, True)
 
     async def _note_possible_cost(self, unit: Unit, body: dict[str, Any]) -> None:
         """Without a budget nothing was priced before the POST; once its answer is lost
@@ -326,12 +327,18 @@ class Submitter:
         return submission
 
     async def _submitted(
-        self, unit: Unit, job_id: str, cost: float | None, created_at: str, adopted: bool
+        self, unit: Unit, job: JobRecord, cost: float | None, adopted: bool
     ) -> Submitted:
-        await self._record(functools.partial(self._journal.submitted, unit.id, job_id, cost))
+        """The unit's job recorded, and what was charged for it booked (``cost``: the
+        POST's answer's, or the adopted job's record's)."""
+        await self._record(
+            functools.partial(
+                self._journal.submitted, unit.id, job.job_id, cost, job.status, job.refundable
+            )
+        )
         self._summary.submitted += 1
-        log.debug("submitted unit %s as job %s", unit.id, job_id)
-        return Submitted(job_id, created_at, cost, adopted)
+        log.debug("submitted unit %s as job %s", unit.id, job.job_id)
+        return Submitted(job.job_id, job.created_at, cost, adopted)
 
     async def _nothing_made(self, unit: Unit, error: ApiError) -> None:
         await self._record(functools.partial(self._journal.nothing_made, unit.id, describe(error)))
@@ -345,16 +352,20 @@ class Submitter:
             return 0.0
         cost = await self.cost_of(unit.model, body)
         # No await from here on: checking and reserving are one step.
-        if self._spent + cost > self._budget:
+        spent = self._summary.spent_before + self._journal.run_spent
+        if spent + self._reserved + cost > self._budget:
             if not self._summary.over_budget:
                 self._summary.over_budget = True
                 log.warning(
-                    "budget: %g CU spent or reserved, the next job costs %g, %s is %g: "
-                    "no more submissions; the jobs in flight finish",
-                    self._spent,
+                    "budget: %g CU spent, %g reserved for jobs being submitted, the next "
+                    "job costs about %g (estimated), %s is %g (%g left): no more "
+                    "submissions; the jobs in flight finish",
+                    spent,
+                    self._reserved,
                     cost,
                     self._summary.budget_option,
                     self._budget,
+                    max(self._budget - spent - self._reserved, 0.0),
                 )
             return None
         return cost

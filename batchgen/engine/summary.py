@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..ledger import Spend
+
 # How many failed units it keeps to show; the results file has them all.
 FAILURES_KEPT = 10
 # Distinct reasons counted; any more are counted together (a bad night is a count of
@@ -36,12 +38,17 @@ class Summary:
     # Units whose job ran past its deadline and could not be cancelled: it runs on at
     # the server, is paid, and the next run picks it up.
     abandoned: int = 0
-    abandoned_cost: float = 0.0
     in_flight: int = 0  # jobs at the server
     downloading: int = 0  # jobs ended, their images on the way
     uploaded: int = 0  # input images this run uploaded
-    cost: float = 0.0  # creative units this run
-    spent_before: float = 0.0  # creative units of earlier runs in this output directory
+    # Creative units, as the ledger has them (see batchgen.ledger): spent by this run,
+    # and by the earlier runs of this output; jobs whose charge is not known.
+    cost: float = 0.0
+    spent_before: float = 0.0
+    unpriced_jobs: int = 0
+    # What lost answers not yet resolved may have cost (their jobs may exist), estimated:
+    # counted against a budget, shown, and booked by the run that finds the jobs.
+    possibly_spent: float = 0.0
     budget: float | None = None
     # Which option set the budget: --budget (the directory's) or --run-budget (this run's).
     budget_option: str = "--budget"
@@ -75,8 +82,17 @@ class Summary:
 
     @property
     def spent(self) -> float:
-        """Creative units in this output directory, earlier runs included."""
+        """Creative units spent on this output in all, earlier runs included."""
         return self.spent_before + self.cost
+
+    @property
+    def spend(self) -> Spend:
+        return Spend(
+            this_run=self.cost,
+            in_all=self.spent,
+            unpriced_jobs=self.unpriced_jobs,
+            possibly=self.possibly_spent,
+        )
 
     @property
     def submitting_stopped(self) -> bool:
@@ -140,7 +156,7 @@ class Summary:
         if self.abandoned:
             parts.append(
                 f"{self.abandoned} still running at the server past --job-timeout "
-                f"({self.abandoned_cost:g} CU; the next run picks them up)"
+                "(paid; the next run picks them up)"
             )
         if self.out_of_credits:
             parts.append("submitting stopped: out of creative units")
@@ -150,7 +166,7 @@ class Summary:
             parts.append(f"{self.not_finished} not finished")
         if self.uploaded:
             parts.append(f"{self.uploaded} input images uploaded")
-        return f"{', '.join(parts)}; cost {self.cost:g} CU; {self.elapsed:.1f}s"
+        return f"{', '.join(parts)}; {self.spend.words()}; {self.elapsed:.1f}s"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -163,7 +179,10 @@ class Summary:
             "not_finished": self.not_finished,
             "submitted": self.submitted,
             "uploaded": self.uploaded,
-            "cost": self.cost,
+            "spent_this_run": self.cost,
+            "spent_total": self.spent,
+            "unpriced_jobs": self.unpriced_jobs,
+            "possibly_spent": self.possibly_spent,
             "elapsed_seconds": round(self.elapsed, 3),
             "stopped": self.stopped,
             "failures": [

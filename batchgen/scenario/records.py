@@ -28,7 +28,10 @@ class JobRecord:
     asset_ids: tuple[str, ...] = ()
     image_urls: tuple[str, ...] = ()
     error: str | None = None
+    # What the API charged for it (``billing``: the main action and its add-ons), None
+    # where it does not say; and whether a failure is refunded (``disableRefund``).
     cost: float | None = None
+    refundable: bool = True
     # What the job was asked to make (``metadata.input``) and when: used to recognise
     # a job whose creation answer was lost.
     request: dict[str, Any] | None = None
@@ -98,13 +101,19 @@ def parse_job(payload: Any) -> JobRecord:
         ]
     error = metadata.get("error")
     billing = _mapping(job.get("billing"))
+    charged = _number(billing.get("cuCost"))
+    if charged is not None:
+        # cuCost is the main action alone; its add-ons (quality-gate, ...) are on top.
+        details = _mapping(billing.get("cuCostDetails"))
+        charged += sum(n for n in map(_number, details.values()) if n is not None)
     return JobRecord(
         job_id=job_id,
         status=status,
         asset_ids=tuple(asset_ids),
         image_urls=tuple(urls),
         error=str(error) if error else None,
-        cost=_number(billing.get("cuCost")),
+        cost=charged,
+        refundable=billing.get("disableRefund") is not True,
         request=metadata.get("input") if isinstance(metadata.get("input"), dict) else None,
         created_at=str(job.get("createdAt") or ""),
         updated_at=str(job.get("updatedAt") or ""),

@@ -110,6 +110,12 @@ class SimConfig:
     stuck_rate: float = 0.0
     # Creative units the account has; None: unlimited.  Past them, submissions get 402.
     credits: float | None = None
+    # Models whose failed jobs are not refunded (their billing says disableRefund); a
+    # failed or cancelled job of any other model is refunded when it ends.
+    no_refund_models: tuple[str, ...] = ()
+    # The share of each job's list price the account is given as a discount: the charge
+    # (creativeUnitsCost, cuCost) is the list price less it (creativeUnitsDiscount).
+    discount: float = 0.0
     # Models the plan does not cover: 403 ModelAccessRestrictedError.
     restricted_models: tuple[str, ...] = ()
     # The job lists: up to how many seconds a job (its creation, each change) takes to
@@ -160,12 +166,20 @@ class SimJob:
     start: float  # in the simulator's clock
     duration: float
     fails: bool
-    cost: float
+    cost: float  # what was charged: the list price less the discount
     asset_ids: list[str]
     stuck: bool = False
     list_lag: float = 0.0  # how late it shows in the job lists
     canceled_at: float | None = None
     by_other_client: bool = False
+    discount: float = 0.0
+    refundable: bool = True
+
+    def net_charge(self, now: float) -> float:
+        """What the job costs the account at ``now``: refunded once it has failed or
+        been cancelled, unless its model does not refund."""
+        ended = self.phase(now)[0]
+        return 0.0 if self.refundable and ended in ("failure", "canceled") else self.cost
 
     def phase(self, now: float) -> tuple[str, float]:
         """(status, server time it began)."""
@@ -287,9 +301,10 @@ class Simulator:
     # parameter, a value out of range, a rule between parameters), by reason.
     contract_refusals: Counter[str] = field(default_factory=Counter)
     cancels: Counter[str] = field(default_factory=Counter)  # "refused" / "accepted"
+    # Creative units charged for our jobs when they were created (before refunds).
+    charged: float = 0.0
     # Listings of the jobs created since a moment (reconciliations), first pages only.
     created_scans: int = 0
-    spent: float = 0.0
     # Called with each new job (upload) after it is created and before it is answered:
     # tests use it to kill a client exactly in that window.
     on_job_created: Callable[[SimJob], None] | None = None
@@ -354,7 +369,8 @@ class Simulator:
                 self.assets[asset["asset_id"]] = SimAsset(**asset)
             self.jobs[job.job_id] = job
             self._running.add(job.job_id)
-            self.spent += job.cost
+            if not job.by_other_client:
+                self.charged += job.cost
             self._index(job)
         # Ids unlike the earlier simulator's, which drew them from the same seed.
         self._ids = random.Random(f"{self.config.seed}:{len(self.jobs)}:{self.wall()}")
@@ -391,6 +407,17 @@ class Simulator:
     def jobs_created(self) -> int:
         return len(self.jobs)
 
+    @property
+    def spent(self) -> float:
+        """What the account has been charged for our jobs, net of the refunds made so
+        far: the simulator's own count, which batchgen's ledger must agree with."""
+        now = self.clock()
+        return sum(job.net_charge(now) for job in self.jobs.values() if not job.by_other_client)
+
+    @property
+    def refunded(self) -> float:
+        return self.charged - self.spent
+
     def server_wall(self) -> float:
         return self.wall() + self.config.clock_skew
 
@@ -418,10 +445,18 @@ class Simulator:
     def model(self, model_id: str) -> SimModel | None:
         return model_named(model_id) if model_id in self.config.models else None
 
-    def cost_of(self, model: SimModel, body: dict[str, Any]) -> float:
+    def list_price(self, model: SimModel, body: dict[str, Any]) -> float:
         width, height = model.pixels(body)
         outputs = int(body.get("numOutputs") or 1)
         return float(math.ceil(width * height / (1024 * 1024) * 4) * outputs)
+
+    def discount_of(self, model: SimModel, body: dict[str, Any]) -> float:
+        """The discount on a job, to the half unit."""
+        return math.floor(self.list_price(model, body) * self.config.discount * 2) / 2
+
+    def cost_of(self, model: SimModel, body: dict[str, Any]) -> float:
+        """What a job is charged: its list price less the discount."""
+        return self.list_price(model, body) - self.discount_of(model, body)
 
     def stored_input(self, model: SimModel, body: dict[str, Any]) -> dict[str, Any]:
         if not self.config.normalise_input:
@@ -463,7 +498,11 @@ class Simulator:
             "statusHistory": history,
             "authorId": "sim-user",
             "ownerId": "sim-team",
-            "billing": {"cuCost": job.cost, "cuDiscount": 0},
+            "billing": {
+                "cuCost": job.cost,
+                "cuDiscount": job.discount,
+                **({} if job.refundable else {"disableRefund": True}),
+            },
             "metadata": metadata,
         }
 
@@ -695,7 +734,7 @@ class Simulator:
             other = self._job(model, theirs, cost, created=True)
             other.by_other_client = True
         job = self._job(model, body, cost, created=True)
-        self.spent += cost
+        self.charged += cost
         if self.on_job_created is not None:
             self.on_job_created(job)
         if self._rng.random() < self.config.lose_answer_rate:
@@ -709,8 +748,9 @@ class Simulator:
         return {
             "job": self.job_json(job, at=at),
             "creativeUnitsCost": cost,
-            "creativeUnitsDiscount": 0,
-            "costDetails": {},
+            "creativeUnitsDiscount": job.discount,
+            # Per billing action, after discount: they sum to creativeUnitsCost.
+            "costDetails": {"custom-generation": cost} if cost else {},
         }
 
     def _job(self, model: SimModel, body: dict[str, Any], cost: float, *, created: bool) -> SimJob:
@@ -726,6 +766,8 @@ class Simulator:
             duration=duration,
             fails=self._rng.random() < self.config.failure_rate,
             cost=cost,
+            discount=self.discount_of(model, body),
+            refundable=model.id not in self.config.no_refund_models,
             asset_ids=[],
             stuck=self._rng.random() < self.config.stuck_rate,
             list_lag=self._rng.uniform(0, self.config.list_lag) if self.config.list_lag else 0.0,

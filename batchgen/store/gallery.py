@@ -7,8 +7,8 @@ read a file beside it).  Beside it, ``thumbs/``: a WebP thumbnail of each image 
 the page shows the images themselves).  The page holds a bounded number of elements
 whatever the run's size: the grid and the compare view are paged.
 
-Everything is read from the journal's results lines (every shard's, from an output
-root); nothing is asked of the API.
+Everything is read from the journal (every shard's, from an output root): its results
+lines, and the money from its ledger; nothing is asked of the API.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from ..ledger import Spend
+from .journal import Journal
 
 GALLERY_DIR = "gallery"
 THUMBS_DIR = "thumbs"
@@ -47,16 +50,18 @@ class Gallery:
         }
 
 
-def write_gallery(root: Path, sources: Iterable[tuple[Path, Iterable[str]]]) -> Gallery:
-    """Write ``root/gallery/index.html`` from the results lines of each output
-    directory in ``sources`` ((directory, lines): one, or every shard's)."""
+def write_gallery(root: Path, journals: Iterable[tuple[Path, Journal]]) -> Gallery:
+    """Write ``root/gallery/index.html`` from the journal of each output directory in
+    ``journals`` ((directory, journal): one, or every shard's)."""
     gallery = root / GALLERY_DIR
     thumbs = gallery / THUMBS_DIR
     thumbs.mkdir(parents=True, exist_ok=True)
     units: list[dict[str, Any]] = []
     wanted: list[tuple[Path, Path]] = []
-    for place, lines in sources:
-        for line in lines:
+    spend = Spend()
+    for place, journal in journals:
+        spend += journal.spend()
+        for line in journal.results():
             result = json.loads(line)
             unit = _unit(result, place, root, thumbs, wanted)
             if unit is not None:
@@ -69,7 +74,7 @@ def write_gallery(root: Path, sources: Iterable[tuple[Path, Iterable[str]]]) -> 
         made = 0
     page = gallery / "index.html"
     temporary = page.with_name(f".index.{os.getpid()}.tmp")
-    temporary.write_text(_page(units, root.resolve().name), encoding="utf-8")
+    temporary.write_text(_page(units, root.resolve().name, spend), encoding="utf-8")
     os.replace(temporary, page)
     return Gallery(page, len(units), sum(len(u["images"]) for u in units), made)
 
@@ -147,7 +152,7 @@ def _thumbnails(wanted: list[tuple[Path, Path]]) -> int:
         return sum(pool.map(make, wanted, chunksize=64))
 
 
-def _page(units: list[dict[str, Any]], name: str) -> str:
+def _page(units: list[dict[str, Any]], name: str, spend: Spend) -> str:
     template = resources.files("batchgen.ui").joinpath("gallery.html").read_text("utf-8")
     done = sum(1 for u in units if u["status"] == "success")
     models = Counter(u["model"] for u in units)
@@ -158,7 +163,9 @@ def _page(units: list[dict[str, Any]], name: str) -> str:
         "failed": sum(1 for u in units if u["status"] == "failure"),
         "abandoned": sum(1 for u in units if u["status"] == "abandoned"),
         "images": sum(len(u["images"]) for u in units),
-        "cost": sum(u["cost"] or 0 for u in units),
+        # From the ledger, as every figure about money is (batchgen.ledger).
+        "spent": spend.in_all,
+        "spent_words": f"{spend.in_all:g} CU spent{spend.caveats()}",
         "models": dict(models.most_common()),
     }
     # Inline JSON: "</" would end the script element early.

@@ -39,17 +39,18 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_JOB_ATTEMPTS
+from ..ledger import SCALE, Spend, to_units
 from .faults import storage_faults
 
 JOURNAL_NAME = "journal.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # A job that ended in status "failure" costs money each time: after this many, the
 # unit is a permanent failure, retried only with --retry-failed.
 FAILED_JOB_LIMIT = DEFAULT_JOB_ATTEMPTS
@@ -75,8 +76,19 @@ CREATE TABLE IF NOT EXISTS units (
     shape TEXT
 );
 -- Every job ever assigned to a unit, also after the unit moved on to a new one: a
--- lost answer must never adopt a job that is already someone's.
-CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, unit_id TEXT NOT NULL, cost REAL);
+-- lost answer must never adopt a job that is already someone's.  cost: what the API
+-- charged (NULL: not known); status: the last it was seen in; refundable: whether a
+-- failure is refunded (its billing's disableRefund).
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, unit_id TEXT NOT NULL, cost REAL, status TEXT,
+    refundable INTEGER NOT NULL DEFAULT 1
+);
+-- The money (see batchgen.ledger): each change to what a job costs the account, in
+-- thousandths of a creative unit, booked to the run that learned it.
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY, run INTEGER NOT NULL, job_id TEXT NOT NULL, amount INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_job ON ledger (job_id);
 CREATE INDEX IF NOT EXISTS units_state ON units (state);
 -- Every input image uploaded, by its sha256: uploaded once, reused by every unit and run.
 -- name: what it was uploaded as (how a lost answer's asset is found); started: when its
@@ -91,6 +103,20 @@ MIGRATIONS = (
     ("units", "result_seq", "ALTER TABLE units ADD COLUMN result_seq INTEGER"),
     ("units", "shown", "ALTER TABLE units ADD COLUMN shown INTEGER NOT NULL DEFAULT 0"),
     ("units", "shape", "ALTER TABLE units ADD COLUMN shape TEXT"),
+    ("jobs", "status", "ALTER TABLE jobs ADD COLUMN status TEXT"),
+    ("jobs", "refundable", "ALTER TABLE jobs ADD COLUMN refundable INTEGER NOT NULL DEFAULT 1"),
+)
+# A journal kept before the ledger: its jobs' costs, as it counted them, booked to run 0.
+LEDGER_FROM_JOBS = (
+    "INSERT INTO ledger (run, job_id, amount) SELECT 0, job_id, CAST(ROUND(cost * ?) AS INTEGER)"
+    " FROM jobs WHERE cost IS NOT NULL"
+)
+LEDGER_SCHEMA = 3
+# What a job costs the account in the end (batchgen.ledger.net_charge), in thousandths:
+# nothing once a refundable job failed or was cancelled, NULL while its charge is unknown.
+NET_CHARGE = (
+    "CASE WHEN status IN ('failure', 'canceled') AND refundable THEN 0"
+    f" WHEN cost IS NULL THEN NULL ELSE CAST(ROUND(cost * {SCALE}) AS INTEGER) END"
 )
 # After the migrations: an index on a column an older journal gains with them.
 INDEXES = "CREATE INDEX IF NOT EXISTS units_result_seq ON units (result_seq);"
@@ -98,6 +124,10 @@ INDEXES = "CREATE INDEX IF NOT EXISTS units_result_seq ON units (result_seq);"
 # up to date from the rows numbered after the last they show (see store.views).
 _NEXT_SEQ = "(SELECT COALESCE(MAX(result_seq), 0) + 1 FROM units)"
 SEQ_IF_CHANGED = f"result_seq = CASE WHEN result IS ? THEN result_seq ELSE {_NEXT_SEQ} END"
+
+
+# One step of a write: a statement (SQL, values), or a call that makes its own.
+Step = tuple[str, tuple[Any, ...]] | Callable[[], None]
 
 
 class State(enum.StrEnum):
@@ -199,6 +229,9 @@ class Journal:
         self.path = out_dir / JOURNAL_NAME
         self._lock = threading.RLock()
         self._in_batch = False
+        # What this run booked to the ledger, committed and not yet (see _book).
+        self._booked = 0
+        self._booking = 0
         with storage_faults(self.path):
             out_dir.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -212,14 +245,31 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
-        for table, column, statement in MIGRATIONS:
-            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            if column not in columns:
-                self._db.execute(statement)
-        self._db.executescript(INDEXES)
-        self._db.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-        )
+        # The migrations and the note of the schema they made, in one transaction: the
+        # ledger's first entries are made once, never again by a run killed half-way.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            (kept,) = self._db.execute(
+                "SELECT MAX(value) FROM meta WHERE key = 'schema'"
+            ).fetchone()
+            for table, column, statement in MIGRATIONS:
+                columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    self._db.execute(statement)
+            self._db.execute(INDEXES)
+            if kept is None or int(kept) < LEDGER_SCHEMA:
+                self._db.execute(LEDGER_FROM_JOBS, (SCALE,))
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        found = self._db.execute("SELECT value FROM meta WHERE key = 'run'").fetchone()
+        # The run the ledger books to: the last one begun, until begin_run.
+        self.run = int(found[0]) if found else 0
 
     def close(self) -> None:
         with self._lock:
@@ -408,15 +458,72 @@ class Journal:
         return {state: count for state, count in rows}
 
     def spent(self) -> float:
-        """Creative units of every job created for a unit, retried ones included, and
-        what the jobs that uncertain units may have made would cost."""
+        """Creative units spent on this output in all, as the ledger has them: what the
+        API charged for every job of every run, net of refunds."""
+        with self._lock:
+            (total,) = self._db.execute("SELECT COALESCE(SUM(amount), 0) FROM ledger").fetchone()
+        return to_units(int(total))
+
+    def possibly_spent(self) -> float:
+        """What the jobs that uncertain units' lost answers may have made would cost (as
+        priced by a dry run): not spent as far as anyone knows, but counted against a
+        budget."""
         with self._lock:
             (total,) = self._db.execute(
-                "SELECT (SELECT COALESCE(SUM(cost), 0) FROM jobs)"
-                " + (SELECT COALESCE(SUM(cost), 0) FROM units WHERE state = ?)",
-                (State.SUBMITTING,),
+                "SELECT COALESCE(SUM(cost), 0) FROM units WHERE state = ?", (State.SUBMITTING,)
             ).fetchone()
         return float(total)
+
+    def unpriced_jobs(self) -> int:
+        """Jobs whose charge the API has not told (and that no refund made free)."""
+        with self._lock:
+            (count,) = self._db.execute(
+                f"SELECT COUNT(*) FROM jobs WHERE ({NET_CHARGE}) IS NULL"
+            ).fetchone()
+        return int(count)
+
+    def spend(self) -> Spend:
+        """Every figure about money, from the ledger: the last run's (the one going on,
+        or the last that went), the output's in all, the jobs of unknown price, what
+        lost answers may have cost."""
+        with self._lock:
+            (last,) = self._db.execute(
+                "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE run = ?", (self.run,)
+            ).fetchone()
+        return Spend(
+            this_run=to_units(int(last)),
+            in_all=self.spent(),
+            unpriced_jobs=self.unpriced_jobs(),
+            possibly=self.possibly_spent(),
+        )
+
+    @property
+    def run_spent(self) -> float:
+        """What this run has booked to the ledger (committed): read without a query,
+        so a progress display can show it as often as it likes."""
+        return to_units(self._booked)
+
+    def begin_run(self) -> int:
+        """A new run: what it learns is booked to it from now on."""
+        with self._lock:
+            self.run += 1
+            self._booked = self._booking = 0
+            self._write(
+                ("INSERT OR REPLACE INTO meta (key, value) VALUES ('run', ?)", (str(self.run),))
+            )
+        return self.run
+
+    def unit_cost(self, unit_id: str) -> float | None:
+        """What a unit has cost in all (every job it had, net of refunds); None while
+        one of its jobs has an unknown price."""
+        with self._lock:
+            unknown, total = self._db.execute(
+                f"SELECT SUM(({NET_CHARGE}) IS NULL),"
+                " (SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE job_id IN"
+                " (SELECT job_id FROM jobs WHERE unit_id = ?)) FROM jobs WHERE unit_id = ?",
+                (unit_id, unit_id),
+            ).fetchone()
+        return None if unknown else to_units(int(total))
 
     def failures(self) -> Iterator[tuple[str, str, bool, str | None]]:
         """(unit id, reason, permanent, job id) of every failed unit."""
@@ -448,7 +555,7 @@ class Journal:
                     self._rollback("ROLLBACK")
                     raise
                 else:
-                    self._db.execute("COMMIT")
+                    self._commit()
                 finally:
                     self._in_batch = False
             finally:
@@ -464,10 +571,12 @@ class Journal:
                 yield
                 return
             self._db.execute("SAVEPOINT one_call")
+            booking = self._booking
             try:
                 yield
             except BaseException:
                 self._rollback("ROLLBACK TO one_call", "RELEASE one_call")
+                self._booking = booking
                 raise
             self._db.execute("RELEASE one_call")
 
@@ -482,21 +591,72 @@ class Journal:
         if self._db.in_transaction:
             for statement in statements:
                 self._db.execute(statement)
+        if statements and statements[0] == "ROLLBACK":
+            self._booking = 0
 
-    def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+    def _commit(self) -> None:
+        self._db.execute("COMMIT")
+        self._booked += self._booking
+        self._booking = 0
+
+    def _write(self, *steps: Step) -> None:
+        """Statements, and bookings to the ledger (``_book``), in one transaction."""
         with self._lock:
             if self._in_batch:
-                for sql, values in statements:
-                    self._db.execute(sql, values)
+                self._do(steps)
                 return
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, values in statements:
-                    self._db.execute(sql, values)
+                self._do(steps)
             except BaseException:
                 self._rollback("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            self._commit()
+
+    def _do(self, steps: Iterable[Step]) -> None:
+        for step in steps:
+            if isinstance(step, tuple):
+                self._db.execute(*step)
+            else:
+                step()
+
+    def _job(
+        self,
+        job_id: str | None,
+        cost: float | None,
+        status: str | None = None,
+        refundable: bool | None = None,
+    ) -> Step:
+        """What is now known of a job (None: nothing new), and the ledger brought to
+        agree with it."""
+
+        def update() -> None:
+            if job_id is None:
+                return
+            self._db.execute(
+                "UPDATE jobs SET cost = COALESCE(?, cost), status = COALESCE(?, status),"
+                " refundable = COALESCE(?, refundable) WHERE job_id = ?",
+                (cost, status, None if refundable is None else int(refundable), job_id),
+            )
+            self._book(job_id)
+
+        return update
+
+    def _book(self, job_id: str) -> None:
+        """Book to this run the difference between what the job costs the account now
+        (NET_CHARGE) and what the ledger has for it: nothing when they agree."""
+        found = self._db.execute(
+            f"SELECT {NET_CHARGE}, (SELECT COALESCE(SUM(amount), 0) FROM ledger"
+            " WHERE job_id = jobs.job_id) FROM jobs WHERE job_id = ?",
+            (job_id,),
+        ).fetchone()
+        if found is None or found[0] is None or found[0] == found[1]:
+            return
+        change = int(found[0]) - int(found[1])
+        self._db.execute(
+            "INSERT INTO ledger (run, job_id, amount) VALUES (?, ?, ?)", (self.run, job_id, change)
+        )
+        self._booking += change
 
     def submitting(
         self,
@@ -532,17 +692,24 @@ class Journal:
                 if synced:
                     self._db.execute("PRAGMA synchronous=NORMAL")
 
-    def submitted(self, unit_id: str, job_id: str, cost: float | None) -> None:
+    def submitted(
+        self,
+        unit_id: str,
+        job_id: str,
+        cost: float | None,
+        status: str | None = None,
+        refundable: bool | None = None,
+    ) -> None:
+        """The unit's job is known: from its POST's answer (``cost``: what the answer
+        says was charged), or adopted or re-attached (what its record says)."""
         self._write(
             (
                 "UPDATE units SET state = ?, job_id = ?, cost = COALESCE(?, cost), updated = ?"
                 " WHERE id = ?",
                 (State.SUBMITTED, job_id, cost, time.time(), unit_id),
             ),
-            (
-                "INSERT OR IGNORE INTO jobs (job_id, unit_id, cost) VALUES (?, ?, ?)",
-                (job_id, unit_id, cost),
-            ),
+            ("INSERT OR IGNORE INTO jobs (job_id, unit_id) VALUES (?, ?)", (job_id, unit_id)),
+            self._job(job_id, cost, status, refundable),
         )
 
     def is_empty(self) -> bool:
@@ -588,9 +755,10 @@ class Journal:
             *(
                 [
                     (
-                        "INSERT OR IGNORE INTO jobs (job_id, unit_id, cost) VALUES (?, ?, ?)",
-                        (job_id, unit_id, cost),
-                    )
+                        "INSERT OR IGNORE INTO jobs (job_id, unit_id) VALUES (?, ?)",
+                        (job_id, unit_id),
+                    ),
+                    self._job(job_id, cost, "success" if state is State.DOWNLOADED else None),
                 ]
                 if job_id
                 else []
@@ -653,12 +821,15 @@ class Journal:
             )
         )
 
-    def uncertain(self) -> list[tuple[str, str | None, str | None]]:
-        """(unit id, when its last POST was sent, what it sent) of every unit whose POST
-        may or may not have made a job."""
+    def uncertain(self) -> list[tuple[str, str | None, str | None, str | None]]:
+        """(unit id, when its last POST was sent, what it sent, the job it still has) of
+        every unit whose POST may or may not have made a job.  A unit still has a job
+        when the API lost it from view (:meth:`vanished`): that one job of its own may be
+        found again; any earlier job of the unit never answers its new POST."""
         with self._lock:
             return self._db.execute(
-                "SELECT id, submit_started, sent FROM units WHERE state = ?", (State.SUBMITTING,)
+                "SELECT id, submit_started, sent, job_id FROM units WHERE state = ?",
+                (State.SUBMITTING,),
             ).fetchall()
 
     def vanished(self, unit_id: str) -> None:
@@ -671,28 +842,19 @@ class Journal:
             )
         )
 
-    def abandoned(
-        self, unit_id: str, job_id: str, cost: float | None, error: str, result: dict[str, Any]
-    ) -> None:
+    def abandoned(self, unit_id: str, job_id: str, error: str, result: dict[str, Any]) -> None:
         """The unit's job ran past its deadline and could not be cancelled: it runs on,
         and is paid; the next run watches it again."""
-        self._write(
-            (
-                "UPDATE units SET state = ?, job_id = ?, cost = COALESCE(?, cost), error = ?,"
+
+        def record() -> None:
+            line = self._line(unit_id, result)
+            self._db.execute(
+                "UPDATE units SET state = ?, job_id = ?, error = ?,"
                 f" result = ?, {SEQ_IF_CHANGED}, updated = ? WHERE id = ?",
-                (
-                    State.ABANDONED,
-                    job_id,
-                    cost,
-                    error,
-                    line := json.dumps(result, ensure_ascii=False),
-                    line,
-                    time.time(),
-                    unit_id,
-                ),
-            ),
-            _job_cost(job_id, cost),
-        )
+                (State.ABANDONED, job_id, error, line, line, time.time(), unit_id),
+            )
+
+        self._write(record)
 
     def downloaded(
         self,
@@ -700,27 +862,25 @@ class Journal:
         files: list[tuple[str, str]],
         result: dict[str, Any],
         stamps: list[tuple[int, int]] | None = None,
+        *,
+        refundable: bool | None = None,
     ) -> None:
+        """The unit's images are in place.  ``result["cost"]`` is what its job's record
+        says was charged; the line keeps what the unit cost in all, from the ledger."""
         recorded: list[list[Any]] = [[path, digest] for path, digest in files]
         if stamps is not None:
             recorded = [[*entry, *stamp] for entry, stamp in zip(recorded, stamps, strict=True)]
-        job_id, cost = result.get("job_id"), result.get("cost")
-        self._write(
-            (
+
+        def record() -> None:
+            line = self._line(unit_id, result)
+            self._db.execute(
                 "UPDATE units SET state = ?, job_status = 'success', files = ?, error = NULL,"
-                f" result = ?, {SEQ_IF_CHANGED}, sent = NULL, cost = COALESCE(?, cost),"
-                " updated = ? WHERE id = ?",
-                (
-                    State.DOWNLOADED,
-                    json.dumps(recorded),
-                    line := json.dumps(result, ensure_ascii=False),
-                    line,
-                    cost,
-                    time.time(),
-                    unit_id,
-                ),
-            ),
-            _job_cost(job_id, cost),
+                f" result = ?, {SEQ_IF_CHANGED}, sent = NULL, updated = ? WHERE id = ?",
+                (State.DOWNLOADED, json.dumps(recorded), line, line, time.time(), unit_id),
+            )
+
+        self._write(
+            self._job(result.get("job_id"), result.get("cost"), "success", refundable), record
         )
 
     def failed(
@@ -732,16 +892,25 @@ class Journal:
         job_id: str | None,
         job_status: str | None,
         result: dict[str, Any],
+        refundable: bool | None = None,
     ) -> None:
+        """The unit failed, for now or (``permanent``, or its jobs failed too often) for
+        good: the results line says which, as the row does."""
         failed_job = 1 if job_status == "failure" else 0
-        self._write(
-            (
+
+        def record() -> None:
+            found = self._db.execute(
+                "SELECT failed_jobs FROM units WHERE id = ?", (unit_id,)
+            ).fetchone()
+            failed_jobs = (found[0] if found else 0) + failed_job
+            for_good = permanent or failed_jobs >= self.failed_job_limit
+            line = self._line(unit_id, {**result, "permanent": for_good})
+            self._db.execute(
                 "INSERT INTO units (id, state, job_id, job_status, failed_jobs, permanent, error,"
                 f" result, result_seq, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {_NEXT_SEQ}, ?)"
                 " ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
                 " job_id = COALESCE(excluded.job_id, job_id), job_status = excluded.job_status,"
-                " failed_jobs = failed_jobs + excluded.failed_jobs,"
-                " permanent = excluded.permanent OR failed_jobs + excluded.failed_jobs >= ?,"
+                " failed_jobs = excluded.failed_jobs, permanent = excluded.permanent,"
                 " error = excluded.error, result = excluded.result,"
                 " result_seq = CASE WHEN result IS excluded.result THEN result_seq"
                 f" ELSE {_NEXT_SEQ} END, updated = excluded.updated",
@@ -750,19 +919,16 @@ class Journal:
                     State.FAILED,
                     job_id,
                     job_status,
-                    failed_job,
-                    int(permanent),
+                    failed_jobs,
+                    int(for_good),
                     error,
-                    json.dumps(result, ensure_ascii=False),
+                    line,
                     time.time(),
-                    self.failed_job_limit,
                 ),
-            ),
-            _job_cost(job_id, result.get("cost")),
-        )
+            )
 
+        self._write(self._job(job_id, result.get("cost"), job_status, refundable), record)
 
-def _job_cost(job_id: str | None, cost: float | None) -> tuple[str, tuple[Any, ...]]:
-    """The statement that keeps a job's cost as its final record says (the submission's
-    answer may not have said)."""
-    return ("UPDATE jobs SET cost = COALESCE(?, cost) WHERE job_id = ?", (cost, job_id))
+    def _line(self, unit_id: str, result: dict[str, Any]) -> str:
+        """A unit's results line, its cost what the unit has cost in all (the ledger)."""
+        return json.dumps({**result, "cost": self.unit_cost(unit_id)}, ensure_ascii=False)

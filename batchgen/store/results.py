@@ -34,6 +34,8 @@ class UnitResult:
     job_status: str | None = None
     # A failure that the same request would meet again (400, 403, 404).
     permanent: bool = False
+    # Whether its job's failure is refunded (the job's billing; None: not known).
+    refundable: bool | None = None
     # The seed the images were made with, when known.
     seed: int | None = None
     # Each file's own (width, height), when known: a model given an aspect ratio picks
@@ -80,6 +82,7 @@ class UnitResult:
         cost: float | None = None,
         job_status: str | None = None,
         permanent: bool = False,
+        refundable: bool | None = None,
     ) -> UnitResult:
         return cls(
             unit=unit,
@@ -89,6 +92,7 @@ class UnitResult:
             cost=cost,
             job_status=job_status,
             permanent=permanent,
+            refundable=refundable,
         )
 
     def to_json(self) -> dict[str, Any]:

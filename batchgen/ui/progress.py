@@ -63,5 +63,5 @@ def spend(summary: Summary) -> str:
     if summary.budget is not None:
         text += f" of {summary.budget:g}"
     if summary.spent != summary.cost:
-        text += f" ({summary.cost:g} this run)"
+        text += f" ({summary.cost:g} by this run)"
     return text
