@@ -340,7 +340,11 @@ def test_the_estimate_as_json_counts_each_shape(
     assert run_cli(sim, manifest, tmp_path / "out", "--estimate", "--json") == 0
     estimate = json.loads(capsys.readouterr().out)
     assert estimate["units"] == UNITS == sum(shape["units"] for shape in estimate["shapes"])
-    assert estimate["estimated_left"] == sum(s["units"] * s["cost_each"] for s in estimate["shapes"]) > 0
+    assert (
+        estimate["estimated_left"]
+        == sum(s["units"] * s["cost_each"] for s in estimate["shapes"])
+        > 0
+    )
     # One dry run per model/size/params shape: the cats, two tile sizes, the CSV's numOutputs.
     assert len(estimate["shapes"]) == sim.requests["POST /v1/generate/custom/{model}"] == 4
     assert sim.jobs_created == 0

@@ -148,3 +148,34 @@ def test_the_simulator_refuses_what_a_model_does_not_take_as_the_api_does(
             client.generate.run_model(model_id, body=body)
         assert reason in caught.value.body["reason"]
     assert sim.jobs_created == 0
+
+
+def test_money_as_the_sdk_types_it(
+    start_simulator: Callable[..., Simulator], sdk_for: Callable[[Simulator], Any]
+) -> None:
+    """Discounts, costDetails and a model that does not refund its failures, in the
+    shapes the SDK declares: what batchgen's ledger reads."""
+    sim = start_simulator(
+        job_seconds=0.0,
+        jitter=0.0,
+        failure_rate=1.0,
+        discount=0.25,
+        models=("model_sim-fast", "model_sim-norefund"),
+        no_refund_models=("model_sim-norefund",),
+    )
+    client = sdk_for(sim)
+    body = {"prompt": "a lighthouse", "width": 1024, "height": 1024}
+    for model, refunded in (("model_sim-fast", True), ("model_sim-norefund", False)):
+        made = client.generate.with_raw_response.run_model(model, body=body)
+        answer = strictly(types.GenerateRunModelResponse, made.http_response.json())
+        assert answer.creative_units_cost == 3 and answer.creative_units_discount == 1
+        assert answer.cost_details is not None
+        assert answer.cost_details.custom_generation == answer.creative_units_cost
+        job = strictly(
+            types.JobRetrieveResponse,
+            client.jobs.with_raw_response.retrieve(answer.job.job_id).http_response.json(),
+        ).job
+        assert job.status == "failure" and job.billing is not None
+        assert job.billing.cu_cost == 3 and job.billing.cu_discount == 1
+        assert bool(job.billing.disable_refund) is not refunded
+    assert sim.charged == 6 and sim.spent == 3  # the refundable one given back
