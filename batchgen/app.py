@@ -876,9 +876,23 @@ async def _journal_or_rebuild(
 
 
 def _move_aside(out_dir: Path) -> None:
+    """``--fresh``: the earlier output moved aside, kept whole.  Only an output of
+    batchgen's own (it holds a journal) is moved: any other directory is refused, left
+    as it is."""
+    out_dir = out_dir.resolve()  # "." has no name to give the copy
     with storage_faults(out_dir):
         if not out_dir.exists() or not any(out_dir.iterdir()):
             return
+        if Path.cwd().resolve().is_relative_to(out_dir):
+            raise ConfigError(
+                f"--fresh: {out_dir} is the current directory (or holds it): it cannot be "
+                "moved aside from within; name the output by a path outside it"
+            )
+        if not (out_dir / JOURNAL_NAME).is_file() or out_dir.is_mount():
+            raise ConfigError(
+                f"--fresh: {out_dir} holds no batchgen journal: it is not an output of "
+                "batchgen's, and is left as it is (name an empty or new directory with --out)"
+            )
         stamp = time.strftime("%Y%m%d-%H%M%S")
         with OutputLock(out_dir):  # never move a directory from under a live run
             # --fresh twice in one second: the second name gets a number.

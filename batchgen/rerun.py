@@ -62,6 +62,8 @@ def shard_of(value: str | Shard | None, shards: int | None = None) -> Shard | No
 def local_output(manifest: Manifest, out: str | Path | None, shard: Shard | None) -> Path:
     """The output directory of a run to local files."""
     given = Path(out) if out is not None else None
+    if given is None and manifest.output_refused is not None:
+        raise ConfigError(manifest.output_refused)
     manifest_output = manifest.output if isinstance(manifest.output, Path) else None
     root = given or manifest_output or defaults.DEFAULT_OUTPUT_ROOT / manifest.path.stem
     return root / shard.directory if shard is not None else root

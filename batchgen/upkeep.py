@@ -51,7 +51,13 @@ from .store.embed import embed
 from .store.export import DEFAULT_SHARD_SIZE, Exported, Source
 from .store.export import export as write_export
 from .store.faults import storage_faults
-from .store.files import IMAGES_DIR, sha256_of, stamp_of
+from .store.files import (
+    IMAGES_DIR,
+    open_regular,
+    sha256_of,
+    stamp_of,
+    write_bytes_atomically,
+)
 from .store.gallery import GALLERY_DIR, Gallery, write_gallery
 from .store.journal import JOURNAL_NAME, Journal
 from .store.lease import Lease
@@ -377,8 +383,9 @@ def _embed_again(path: Path, result: dict[str, Any]) -> str:
     """Write a fetched image's story in again, as the run did; its new sha256."""
     size = next((s for s in result.get("sizes") or [] if s), None)
     row = {**result, **({"width": size[0], "height": size[1]} if size else {})}
-    written = embed(path.read_bytes(), row)
-    path.write_bytes(written)
+    with open_regular(path) as image:
+        written = embed(image.read(), row)
+    write_bytes_atomically(path, written)
     return hashlib.sha256(written).hexdigest()
 
 

@@ -139,7 +139,7 @@ async def cdn() -> AsyncIterator[Callable[..., Any]]:
 @pytest.mark.parametrize(
     ("already_there", "with_fallback", "lands_in", "destination_holds"),
     [
-        # Nothing there: the name is taken, also in a folder that does not exist yet.
+        # Nothing there: the name is taken.
         (None, True, "destination", PNG),
         # Someone else's bytes: they are kept and the image goes to the fallback name.
         (b"the user's own file", True, "fallback", b"the user's own file"),
@@ -168,8 +168,9 @@ async def test_a_download_never_replaces_a_file_it_was_not_given(
     url = await cdn(PNG)
     destination = tmp_path / "images" / "cats" / "0001.png"
     fallback = destination.with_name("0001~unit-0.png")
+    # The folder is made (checked to be the output's own) by whoever chose the name.
+    destination.parent.mkdir(parents=True)
     if already_there is not None:
-        destination.parent.mkdir(parents=True)
         destination.write_bytes(already_there)
     async with AssetDownloader.open(10) as fetcher:
         downloaded = await fetcher.fetch(

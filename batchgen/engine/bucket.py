@@ -32,7 +32,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import anyio
@@ -42,7 +42,15 @@ from ..errors import ObjectStoreError
 from ..scenario.download import Downloaded, Fetched, MemoryFetcher
 from ..store.bucket import MAX_WRITES, SHA256_ATTRIBUTE, STATE_PREFIX, Bucket, image_attributes
 from ..store.faults import storage_error
-from ..store.files import IMAGES_DIR, INPUTS_DIR, PartFile, Stamp, parsed
+from ..store.files import (
+    IMAGES_DIR,
+    INPUTS_DIR,
+    PartFile,
+    Stamp,
+    parsed,
+    real_directory,
+    write_lines_atomically,
+)
 from ..store.journal import JOURNAL_NAME, Journal
 from .policy import Request, with_retries
 from .pressure import InFlightCap
@@ -144,7 +152,9 @@ class BucketImages:
         self, relative: str, fetched: Fetched, attributes: dict[str, str], exc: ObjectStoreError
     ) -> str:
         destination = self.root / relative
-        await self.offload(_write_file, destination, fetched.data, fetched.sha256, attributes)
+        await self.offload(
+            _write_file, self.root, relative, fetched.data, fetched.sha256, attributes
+        )
         self.spilled += 1
         log.warning("%s; kept in %s until it can be written", exc, destination)
         return relative
@@ -190,11 +200,18 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(f".{path.name}.attributes.json")
 
 
-def _write_file(destination: Path, data: bytes, sha256: str, attributes: dict[str, str]) -> None:
+def _write_file(
+    root: Path, relative: str, data: bytes, sha256: str, attributes: dict[str, str]
+) -> None:
+    destination = root / relative
+    try:
+        real_directory(root, PurePath(relative).parent)
+    except OSError as exc:
+        raise storage_error(exc, destination) from exc
     part = PartFile(destination)
     try:
         part.finish(data, destination, None, sha256)
-        _sidecar(destination).write_text(json.dumps(attributes), encoding="utf-8")
+        write_lines_atomically(_sidecar(destination), [json.dumps(attributes)])
     except OSError as exc:
         raise storage_error(exc, destination) from exc
     finally:

@@ -15,7 +15,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import anyio
 from anyio.abc import TaskStatus
@@ -27,7 +27,8 @@ from ..manifest.naming import FileNameTemplate
 from ..scenario.client import BULK_ASSET_LIMIT
 from ..scenario.download import Downloaded, Fetcher
 from ..scenario.records import Asset, JobRecord
-from ..store.files import IMAGES_DIR
+from ..store.faults import storage_faults
+from ..store.files import IMAGES_DIR, real_directory
 from .policy import Request, with_retries
 from .ports import Api
 
@@ -128,12 +129,18 @@ async def download_job(
     else:
         raise DownloadError("the job succeeded but lists no assets", transient=False)
     images = output_dir / IMAGES_DIR
+    folders: set[str] = set()
     files: list[tuple[str, str]] = []
     sizes: list[tuple[int, int] | None] = []
     for index, asset in enumerate(assets):
         reported = (asset.width, asset.height) if asset.width and asset.height else None
         name = filename.render(unit, index, asset.suffix, reported)
         destination = images / name
+        folder = str(PurePath(IMAGES_DIR, name).parent)
+        if folder not in folders:  # made, or checked to be the output's own, never a link
+            with storage_faults(destination.parent):
+                real_directory(output_dir, folder)
+            folders.add(folder)
         fallback: Path | None = None
         if f"{IMAGES_DIR}/{name}" not in own_files:
             # Whatever else holds the name (an edited manifest's unit, a file of the

@@ -27,6 +27,7 @@ import functools
 import itertools
 import json
 import logging
+import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -45,7 +46,15 @@ from ..manifest.naming import DEFAULT_FILENAME, FileNameTemplate
 from ..scenario.records import JobRecord
 from ..store.commits import GroupCommit
 from ..store.faults import storage_faults
-from ..store.files import IMAGES_DIR, INPUTS_DIR, Stamp, files_intact, keep_copy, stamp_of
+from ..store.files import (
+    IMAGES_DIR,
+    INPUTS_DIR,
+    Stamp,
+    files_intact,
+    keep_copy,
+    real_directory,
+    stamp_of,
+)
 from ..store.journal import Journal, Resume, Row, resume_action
 from ..store.results import UnitResult, embed_into_files
 from .download import AssetResolver, download_job
@@ -222,7 +231,7 @@ class Engine:
     async def run(self, units: Iterable[Unit], total: int) -> Summary:
         self.summary.total = total
         self._started = anyio.current_time()
-        await self._offload(_clear_leftovers, self._settings.output_dir / IMAGES_DIR)
+        await self._offload(_clear_leftovers, self._settings.output_dir)
         try:
             async with anyio.create_task_group() as writer:
                 await writer.start(self._commits.run)
@@ -532,7 +541,7 @@ class Engine:
                 copies.append((image.path, relative))
                 if copy_here:
                     with storage_faults(out / INPUTS_DIR):
-                        keep_copy(image.path, out / relative)
+                        keep_copy(image.path, real_directory(out, INPUTS_DIR) / Path(relative).name)
                 kept[name].append(
                     {
                         "path": image.source or str(image.path),
@@ -602,12 +611,17 @@ class Engine:
             )
 
 
-def _clear_leftovers(images: Path) -> None:
-    """Downloads a killed run left half-written; the output lock says none is ours."""
+def _clear_leftovers(out_dir: Path) -> None:
+    """Downloads a killed run left half-written; the output lock says none is ours.
+    Only below the output's own ``images/``: a link there is refused, and none below it
+    is followed."""
+    images = out_dir / IMAGES_DIR
     with storage_faults(images):
-        images.mkdir(parents=True, exist_ok=True)
-        for leftover in images.rglob(".*.part"):
-            leftover.unlink(missing_ok=True)
+        real_directory(out_dir, IMAGES_DIR)
+        for folder, _, names in os.walk(images, followlinks=False):
+            for name in names:
+                if name.startswith(".") and name.endswith(".part"):
+                    Path(folder, name).unlink(missing_ok=True)
 
 
 def _json_loads(sent: str) -> tuple[str, dict[str, Any]]:

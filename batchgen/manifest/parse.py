@@ -266,10 +266,23 @@ def load_manifest(path: str | Path) -> Manifest:
     defaults["params"] = reader.params(top["params"], "params", places) if "params" in top else {}
     defaults["param_places"] = places
     output = None
+    output_refused = None
     if "output" in top:
         written = reader.string(top["output"], "output")
         # A bucket URL is kept as written; a directory is relative to the manifest.
         output = written if re.match(r"[a-z0-9]+://", written) else path.parent / written
+        if isinstance(output, Path) and (
+            Path(written).is_absolute() or ".." in Path(written).parts
+        ):
+            output_refused = str(
+                ManifestError(
+                    reader.display,
+                    top["output"].start_mark.line + 1,
+                    "output",
+                    f"{written!r} is outside the manifest's folder: a manifest writes only "
+                    "below its own folder; give such a directory with --out",
+                )
+            )
     filename = DEFAULT_FILENAME
     if "filename" in top:
         template = reader.string(top["filename"], "filename")
@@ -308,6 +321,7 @@ def load_manifest(path: str | Path) -> Manifest:
         path=path,
         entries=tuple(entries),
         output=output,
+        output_refused=output_refused,
         concurrency=concurrency,
         filename=filename,
     )

@@ -124,6 +124,10 @@ class Manifest:
     entries: tuple[Entry, ...]
     # A directory, or an object storage URL (s3://, gs://) as written.
     output: Path | str | None = None
+    # Why the manifest's output may not be used (an absolute path, or one climbing out
+    # of the manifest's folder with ".."): a manifest does not choose to write outside
+    # its own folder; the command line's --out can.  The error, at its line.
+    output_refused: str | None = None
     concurrency: int | None = None
     filename: FileNameTemplate = DEFAULT_FILENAME
     # The URL each fetched image came from, by the path of its local copy.

@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import json
 import math
+import os
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -396,7 +397,9 @@ class Simulator:
         assert path is not None
         if self._kept is None:  # opened with the first record: after a --fresh moved on
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._kept = path.open("a", encoding="utf-8")
+            # Appended to, never through a link at its name.
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            self._kept = os.fdopen(os.open(path, flags, 0o644), "a", encoding="utf-8")
         # Flushed at once: a process killed right after keeps what it answered for.
         self._kept.write(json.dumps(record) + "\n")
         self._kept.flush()

@@ -49,6 +49,11 @@ def _describe(exc: OSError | sqlite3.Error, where: Path) -> StorageError:
         return StorageError(f"{where}: {text}; {RESUMES}")
     target = exc.filename or where
     reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ELOOP or type(exc).__name__ == "NotRegularFile":
+        return StorageError(
+            f"{target}: {reason}; batchgen reads and writes only regular files inside the "
+            "output, never through a link: move it away and run again"
+        )
     if exc.errno in _FULL:
         return StorageError(f"{target}: {reason}; free some space and {RESUMES}")
     if exc.errno in _READ_ONLY:

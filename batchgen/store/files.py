@@ -5,14 +5,16 @@ thread, or inline in tests."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import Any, BinaryIO
+from pathlib import Path, PurePath
+from typing import IO, Any, BinaryIO
 
 HASH_CHUNK = 1024 * 1024
 
@@ -23,9 +25,101 @@ IMAGES_DIR = "images"
 INPUTS_DIR = "inputs"
 
 
+# Opening a file batchgen makes inside the output: never through a link at its name (a
+# link planted there would have batchgen write its target), never one already there.
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# A directory of the output, reached component by component, none of them a link.
+REAL_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class NotRegularFile(OSError):
+    """A name inside the output holds a link, a FIFO or a device where batchgen reads
+    or writes a regular file: refused (following it could write outside the output,
+    or read forever)."""
+
+    def __init__(self, path: Path | str, what: str = "not a regular file") -> None:
+        super().__init__(errno.EINVAL, f"{what} (a link, a FIFO or a device)", str(path))
+
+
+def create_new(path: Path, text: bool = False) -> IO[Any]:
+    """A new file at ``path``, open for writing: refused if anything is there already,
+    a link above all (:data:`NEW_FILE`)."""
+    fd = os.open(path, NEW_FILE, 0o644)
+    return os.fdopen(fd, "w" if text else "wb", encoding="utf-8" if text else None)
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` open for reading, if it is a regular file: a link, a FIFO or a device
+    is refused (:class:`NotRegularFile`) rather than followed or read without end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegularFile(path, "a symbolic link") from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegularFile(path)
+    return os.fdopen(fd, "rb")
+
+
+def copy_new(source: Path, destination: Path) -> None:
+    """``source``'s bytes into a new file at ``destination`` (:func:`create_new`), both
+    regular files; copied by the kernel (``sendfile``) where it can."""
+    with open_regular(source) as old, create_new(destination) as new:
+        size = os.fstat(old.fileno()).st_size
+        offset = 0
+        try:
+            while offset < size:
+                sent = os.sendfile(new.fileno(), old.fileno(), offset, size - offset)
+                if sent == 0:
+                    break
+                offset += sent
+        except OSError:  # no sendfile between two files here (macOS): through Python
+            old.seek(offset)
+            new.seek(offset)
+            shutil.copyfileobj(old, new)
+
+
+def real_directory(root: Path, relative: PurePath | str) -> Path:
+    """``root / relative``, made where missing, each of its directories below ``root`` a
+    real one: a link or a file in the way is refused, never followed (``root`` itself
+    is the user's to name, a link or not)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in PurePath(relative).parts:
+            try:
+                child = os.open(name, REAL_DIRECTORY, dir_fd=fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                child = _child(fd, name, root, relative)
+            except OSError as exc:
+                raise _not_a_directory(exc, root, relative) from exc
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+    return root / relative
+
+
+def _child(fd: int, name: str, root: Path, relative: PurePath | str) -> int:
+    try:
+        return os.open(name, REAL_DIRECTORY, dir_fd=fd)
+    except OSError as exc:
+        raise _not_a_directory(exc, root, relative) from exc
+
+
+def _not_a_directory(exc: OSError, root: Path, relative: PurePath | str) -> OSError:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return NotRegularFile(root / relative, "not a directory of the output's own")
+    return exc
+
+
 def sha256_of(path: Path) -> str:
+    """The file's sha256; a link, FIFO or device at ``path`` is refused, not read."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open_regular(path) as handle:
         while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -52,12 +146,14 @@ def files_intact(
     for index, (relative, digest) in enumerate(listed):
         path = out_dir / relative
         try:
-            stamp = stamp_of(path)
+            status = os.lstat(path)  # a link in its place is not the file written
         except OSError:
             return False
-        if index < len(known) and known[index] == stamp:
+        if not stat.S_ISREG(status.st_mode):
+            return False  # fetched again, in place of whatever took its name
+        if index < len(known) and known[index] == (status.st_size, status.st_mtime_ns):
             continue
-        if not path.is_file() or sha256_of(path) != digest:
+        if sha256_of(path) != digest:
             return False
     return True
 
@@ -66,12 +162,27 @@ def write_lines_atomically(path: Path, lines: Iterable[str]) -> Path:
     """Replace ``path`` with these lines: written beside it, fsynced, renamed over it, so
     a reader sees the old file or the new one, never a part."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)  # a killed run's, or anything planted there
     try:
-        with temporary.open("w", encoding="utf-8") as handle:
+        with create_new(temporary, text=True) as handle:
             for line in lines:
                 handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` in one rename (never writing through a link at
+    either name)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        with create_new(temporary) as handle:
+            handle.write(data)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -121,12 +232,12 @@ def keep_copy(source: Path, destination: Path) -> None:
     """``destination`` holding ``source``'s bytes, unless it is there already (named by
     its content's hash, it then holds the same).  Copied, not linked: an edit of the
     source must not change what the dataset says the image was made from."""
-    if destination.exists():
+    if os.path.lexists(destination):
         return
-    destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
     try:
-        shutil.copyfile(source, temporary)
+        copy_new(source, temporary)
         os.replace(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)
@@ -144,15 +255,14 @@ class PartFile:
         # writes here; a killed run's part files are removed by the next run).
         token = token or str(next(_PART_NUMBERS))
         self.path = destination.with_name(f".{destination.name}.{token}.part")
-        self._file: BinaryIO | None = None
+        self._file: IO[Any] | None = None
 
     def write(self, data: bytes) -> None:
         if self._file is None:
-            try:
-                self._file = self.path.open("wb")
-            except FileNotFoundError:  # the first file in one of the template's folders
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("wb")
+            # Its folder was made, or checked to be a real one, by whoever chose the
+            # name; the part file is new, never a link planted at its name.
+            self.path.unlink(missing_ok=True)
+            self._file = create_new(self.path)
         self._file.write(data)
 
     def finish(self, data: bytes, destination: Path, fallback: Path | None, sha256: str) -> Path:

@@ -21,10 +21,11 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from ..ledger import Spend
+from .files import create_new, open_regular, real_directory, write_bytes_atomically
 from .journal import Journal
 
 GALLERY_DIR = "gallery"
@@ -55,7 +56,7 @@ def write_gallery(root: Path, journals: Iterable[tuple[Path, Journal]]) -> Galle
     ``journals`` ((directory, journal): one, or every shard's)."""
     gallery = root / GALLERY_DIR
     thumbs = gallery / THUMBS_DIR
-    thumbs.mkdir(parents=True, exist_ok=True)
+    real_directory(root, PurePath(GALLERY_DIR, THUMBS_DIR))  # the output's own, no link
     units: list[dict[str, Any]] = []
     wanted: list[tuple[Path, Path]] = []
     spend = Spend()
@@ -73,9 +74,7 @@ def write_gallery(root: Path, journals: Iterable[tuple[Path, Journal]]) -> Galle
                 image["thumb"] = image["file"]
         made = 0
     page = gallery / "index.html"
-    temporary = page.with_name(f".index.{os.getpid()}.tmp")
-    temporary.write_text(_page(units, root.resolve().name, spend), encoding="utf-8")
-    os.replace(temporary, page)
+    write_bytes_atomically(page, _page(units, root.resolve().name, spend).encode("utf-8"))
     return Gallery(page, len(units), sum(len(u["images"]) for u in units), made)
 
 
@@ -138,11 +137,13 @@ def _thumbnails(wanted: list[tuple[Path, Path]]) -> int:
         except FileNotFoundError:
             pass
         try:
-            with Image.open(source) as image:
+            with open_regular(source) as file, Image.open(file) as image:
                 image.draft("RGB", (THUMB_SIDE, THUMB_SIDE))  # JPEG: decoded small
                 image.thumbnail((THUMB_SIDE, THUMB_SIDE))
                 part = thumb.with_name(f".{thumb.name}.{os.getpid()}.tmp")
-                image.save(part, "WEBP", quality=80)
+                part.unlink(missing_ok=True)
+                with create_new(part) as handle:
+                    image.save(handle, "WEBP", quality=80)
                 os.replace(part, thumb)
         except (OSError, ValueError):
             return 0  # an image gone or unreadable: its card shows the file, or nothing

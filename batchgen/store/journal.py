@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -48,6 +50,7 @@ from typing import Any
 from ..config import DEFAULT_JOB_ATTEMPTS
 from ..ledger import SCALE, Spend, to_units
 from .faults import storage_faults
+from .files import NotRegularFile
 
 JOURNAL_NAME = "journal.sqlite3"
 SCHEMA_VERSION = 3
@@ -234,6 +237,8 @@ class Journal:
         self._booking = 0
         with storage_faults(self.path):
             out_dir.mkdir(parents=True, exist_ok=True)
+            for name in (JOURNAL_NAME, f"{JOURNAL_NAME}-wal", f"{JOURNAL_NAME}-shm"):
+                _refuse_special(out_dir / name)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             try:
                 self._open()
@@ -932,3 +937,14 @@ class Journal:
     def _line(self, unit_id: str, result: dict[str, Any]) -> str:
         """A unit's results line, its cost what the unit has cost in all (the ledger)."""
         return json.dumps({**result, "cost": self.unit_cost(unit_id)}, ensure_ascii=False)
+
+
+def _refuse_special(path: Path) -> None:
+    """SQLite follows a link at the journal's name (and writes its target): anything
+    there but a regular file is refused."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise NotRegularFile(path)

@@ -12,14 +12,17 @@ over the network needs ``--shard`` to split its work.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
+import stat
 from pathlib import Path
 from types import TracebackType
 
 from ..errors import OutputLockedError
 from .faults import storage_faults
+from .files import NotRegularFile
 
 LOCK_NAME = ".batchgen.lock"
 
@@ -35,11 +38,23 @@ class OutputLock:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             try:
                 for path, flags in (
-                    (self.out_dir, os.O_RDONLY | os.O_DIRECTORY),
-                    (self.path, os.O_RDWR | os.O_CREAT),
+                    (self.out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC),
+                    # Never through a link planted at its name (it would truncate and
+                    # write the link's target), never a FIFO or a device.
+                    (
+                        self.path,
+                        os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                    ),
                 ):
-                    fd = os.open(path, flags, 0o644)
+                    try:
+                        fd = os.open(path, flags, 0o644)
+                    except OSError as exc:
+                        if exc.errno == errno.ELOOP:
+                            raise NotRegularFile(path, "a symbolic link") from exc
+                        raise
                     self._fds.append(fd)
+                    if path == self.path and not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise NotRegularFile(path)
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except BlockingIOError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from ..manifest import Unit
 from .embed import embed
-from .files import write_lines_atomically
+from .files import open_regular, write_bytes_atomically, write_lines_atomically
 
 RESULTS_NAME = "results.jsonl"
 
@@ -133,13 +132,9 @@ def embed_into_files(result: UnitResult, out_dir: Path) -> UnitResult:
     files = []
     for relative, _ in result.files:
         path = out_dir / relative
-        written = embed(path.read_bytes(), {**row, **_first_size(result)})
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.embed")
-        try:
-            temporary.write_bytes(written)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        with open_regular(path) as image:
+            written = embed(image.read(), {**row, **_first_size(result)})
+        write_bytes_atomically(path, written)
         files.append((relative, hashlib.sha256(written).hexdigest()))
     as_served = tuple(digest for _, digest in result.files)
     return dataclasses.replace(result, files=tuple(files), served_sha256=as_served)

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 from .dataset import METADATA_NAME, Kinds, extra_kinds, image_rows, mixed, write_metadata
+from .files import copy_new
 from .journal import Journal
 from .results import RESULTS_NAME, write_results
 
@@ -75,8 +75,9 @@ def _append(path: Path, lines: Iterable[str]) -> None:
     """``path`` with ``lines`` added, put in place in one rename: the old lines are
     copied by the kernel (``sendfile``), not read into Python."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
     try:
-        shutil.copyfile(path, temporary)
+        copy_new(path, temporary)
         with temporary.open("a", encoding="utf-8") as handle:
             for line in lines:
                 handle.write(line + "\n")
