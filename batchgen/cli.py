@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 
@@ -32,6 +32,7 @@ from .errors import EXIT_FAILED_UNITS, EXIT_INTERRUPTED, EXIT_OK, BatchgenError,
 from .ledger import plural
 from .manifest.naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
 from .manifest.shard import Shard
+from .redact import printable, redact
 from .report import Report
 from .store.bucket import is_bucket_url
 from .store.export import DEFAULT_SHARD_SIZE, FORMATS
@@ -618,8 +619,17 @@ def _add_verbosity(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _say(*values: object, file: TextIO | None = None, flush: bool = False) -> None:
+    """Print, as everything batchgen shows: no secret in it (see batchgen.redact)."""
+    print(redact(" ".join(map(str, values))), file=file, flush=flush)
+
+
 class _Formatter(logging.Formatter):
-    """Times in ISO 8601 with the zone, as cron mail and log collectors want them."""
+    """Times in ISO 8601 with the zone, as cron mail and log collectors want them; no
+    secret, and no control character a terminal would act on (see batchgen.redact)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(redact(super().format(record)), lines=True)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         moment = datetime.fromtimestamp(record.created).astimezone()
@@ -633,7 +643,7 @@ class _JsonFormatter(_Formatter):
                 "time": self.formatTime(record),
                 "level": record.levelname,
                 "logger": record.name,
-                "message": record.getMessage(),
+                "message": redact(record.getMessage()),
             },
             ensure_ascii=False,
         )
@@ -698,9 +708,9 @@ def _main(argv: Sequence[str] | None) -> int:
             return _models(args)
         return _run(args)
     except KeyboardInterrupt:
-        print("batchgen: interrupted", file=sys.stderr)
+        _say("batchgen: interrupted", file=sys.stderr)
         if wants_json:
-            print(json.dumps({"error": "interrupted", "exit_code": EXIT_INTERRUPTED}))
+            _say(json.dumps({"error": "interrupted", "exit_code": EXIT_INTERRUPTED}))
         return EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
         known = _known_error(exc)
@@ -709,9 +719,9 @@ def _main(argv: Sequence[str] | None) -> int:
         if os.environ.get(defaults.TRACEBACK_VARIABLE):
             traceback.print_exception(exc)
         for line in str(known).splitlines():
-            print(f"batchgen: error: {line}", file=sys.stderr)
+            _say(f"batchgen: error: {line}", file=sys.stderr)
         if wants_json:
-            print(json.dumps({"error": str(known), "exit_code": known.exit_code}))
+            _say(json.dumps({"error": str(known), "exit_code": known.exit_code}))
         return known.exit_code
 
 
@@ -737,15 +747,15 @@ def _validate(args: argparse.Namespace) -> int:
         filename=args.filename,
         max_units=args.max_units,
     )
-    print(f"{checked.manifest}: ok, {checked.entries} entries expand to {checked.units} units")
+    _say(f"{checked.manifest}: ok, {checked.entries} entries expand to {checked.units} units")
     if checked.not_checked_because == "no credentials":
-        print(
+        _say(
             f"{checked.manifest}: the models' inputs were not checked: no credentials "
             "(set SCENARIO_API_KEY and SCENARIO_API_SECRET to check them)",
             file=sys.stderr,
         )
     elif not checked.inputs_checked:
-        print(
+        _say(
             f"{checked.manifest}: the models' inputs were not checked: "
             f"{checked.not_checked_because}",
             file=sys.stderr,
@@ -763,9 +773,9 @@ def _models(args: argparse.Namespace) -> int:
     if args.model_id:
         spec = app.model(args.model_id, **_connection_options(args))
         if args.json:
-            print(json.dumps(spec.to_json(), ensure_ascii=False))
+            _say(json.dumps(spec.to_json(), ensure_ascii=False))
             return EXIT_OK
-        print(f"{spec.id}  {spec.name}  {spec.privacy}".rstrip())
+        _say(f"{spec.id}  {spec.name}  {spec.privacy}".rstrip())
         rows = [("input", "type", "accepts", "default", "required")]
         for item in spec.inputs.values():
             default = "" if item.default is None else json.dumps(item.default)
@@ -775,7 +785,7 @@ def _models(args: argparse.Namespace) -> int:
             rows.append((item.name, item.type, item.describe_range(), default, required))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
-            print(
+            _say(
                 "  ".join(
                     cell.ljust(width) for cell, width in zip(row, widths, strict=True)
                 ).rstrip()
@@ -783,12 +793,12 @@ def _models(args: argparse.Namespace) -> int:
         return EXIT_OK
     found = app.models(**_connection_options(args))
     if args.json:
-        print(json.dumps(found, ensure_ascii=False))
+        _say(json.dumps(found, ensure_ascii=False))
         return EXIT_OK
     for record in found:
         name = record.get("name") or ""
         line = f"{record.get('id', '?')}\t{record['privacy']}\t{name}\t{record.get('type') or ''}"
-        print(line.rstrip())
+        _say(line.rstrip())
     return EXIT_OK
 
 
@@ -854,13 +864,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.estimate:
         found = app.estimate(args.manifest, **_run_options(args))
         if args.json:
-            print(json.dumps(found.to_json()))
+            _say(json.dumps(found.to_json()))
             return EXIT_OK
         for shape in found.shapes:
             cost = shape.cost_each if shape.cost_each is not None else "?"
-            print(f"  {shape.units} x {shape.model} {shape.size}: {cost} CU each (estimated)")
+            _say(f"  {shape.units} x {shape.model} {shape.size}: {cost} CU each (estimated)")
         unpriced = f" (+ {plural(found.unpriced_units, 'unit')} the dry run gave no price for)"
-        print(
+        _say(
             f"batchgen: {plural(found.units, 'unit')} to do; estimated left: "
             f"{found.estimated_left:g} CU, by the API's dry run"
             + (unpriced if found.unpriced_units else "")
@@ -886,16 +896,16 @@ def _finished(args: argparse.Namespace) -> Report | None:
 
 def _render(args: argparse.Namespace, report: Report) -> int:
     if args.json:
-        print(json.dumps(report.to_json()))
+        _say(json.dumps(report.to_json()))
     elif not (args.quiet and report.exit_code == EXIT_OK):
-        print(f"batchgen: {report.line}")
+        _say(f"batchgen: {report.line}")
         if report.failed > len(report.failures):  # many: counted by reason, a few shown
             for reason in report.failure_reasons:
-                print(f"  {reason['units']} failed: {reason['reason']}")
+                _say(f"  {reason['units']} failed: {reason['reason']}")
         shown = FAILURES_SHOWN if report.failed > len(report.failures) else None
         for failure in report.failures[:shown]:
             permanent = " (for good)" if failure["permanent"] else ""
-            print(f"  failed {failure['id']}{permanent}: {failure['error']}")
+            _say(f"  failed {failure['id']}{permanent}: {failure['error']}")
     return report.exit_code
 
 
@@ -921,10 +931,10 @@ def _prune(args: argparse.Namespace) -> int:
         storage_options=args.storage_options,
     )
     if args.json:
-        print(json.dumps(pruned.to_json()))
+        _say(json.dumps(pruned.to_json()))
     elif not args.quiet or pruned.units:
         deleted = f", {pruned.files_deleted} images deleted" if args.delete_files else ""
-        print(f"{args.out}: {pruned.units} units forgotten{deleted}")
+        _say(f"{args.out}: {pruned.units} units forgotten{deleted}")
     return EXIT_OK
 
 
@@ -939,21 +949,21 @@ def _verify(args: argparse.Namespace) -> int:
         storage_options=args.storage_options,
     )
     if args.json:
-        print(json.dumps(found.to_json()))
+        _say(json.dumps(found.to_json()))
     else:
         broken = len(found.missing) + len(found.altered)
         if not (args.quiet and broken == 0):
-            print(
+            _say(
                 f"{args.out}: {found.checked} images checked, {len(found.missing)} missing, "
                 f"{len(found.altered)} altered"
                 + (f", {found.fixed} fetched again" if args.fix else "")
             )
         for path in found.missing[:STATUS_FAILURES_SHOWN]:
-            print(f"  missing {path}")
+            _say(f"  missing {path}")
         for path in found.altered[:STATUS_FAILURES_SHOWN]:
-            print(f"  altered {path}")
+            _say(f"  altered {path}")
         for problem in found.not_fixed:
-            print(f"  not fixed {problem}")
+            _say(f"  not fixed {problem}")
     return EXIT_OK if found.intact else EXIT_FAILED_UNITS
 
 
@@ -969,9 +979,9 @@ def _export(args: argparse.Namespace) -> int:
         storage_options=args.storage_options,
     )
     if args.json:
-        print(json.dumps(done.to_json()))
+        _say(json.dumps(done.to_json()))
     elif not args.quiet:
-        print(f"{args.dest}: {done.images} images as {done.format}, {len(done.files)} files")
+        _say(f"{args.dest}: {done.images} images as {done.format}, {len(done.files)} files")
     return EXIT_OK
 
 
@@ -980,9 +990,9 @@ def _gallery(args: argparse.Namespace) -> int:
 
     made = upkeep.gallery(args.out)
     if args.json:
-        print(json.dumps(made.to_json()))
+        _say(json.dumps(made.to_json()))
     else:
-        print(made.page)
+        _say(made.page)
     if args.open:
         import webbrowser  # loaded only when used
 
@@ -995,27 +1005,27 @@ def _status(args: argparse.Namespace) -> int:
 
     found = app.status(args.out, args.manifest, storage_options=args.storage_options)
     if args.json:
-        print(json.dumps(found.to_json(), ensure_ascii=False))
+        _say(json.dumps(found.to_json(), ensure_ascii=False))
         return EXIT_OK
     states = (
         ", ".join(f"{count} {state}" for state, count in sorted(found.states.items()))
         or "nothing yet"
     )
     running = "a run is in progress; " if found.running else ""
-    print(f"{found.out}: {running}{states}; {found.spend.status_words()}")
+    _say(f"{found.out}: {running}{states}; {found.spend.status_words()}")
     if found.left is not None:
-        print(f"  {found.left} of the manifest's {found.manifest_units} units left to do")
+        _say(f"  {found.left} of the manifest's {found.manifest_units} units left to do")
     if found.missing_files or found.changed_files:
-        print(
+        _say(
             f"  {found.missing_files} images missing, {found.changed_files} changed since "
             "written (batchgen verify hashes them; --fix fetches them again)"
         )
     for failure in found.failures[:STATUS_FAILURES_SHOWN]:
         permanent = " (for good)" if failure["permanent"] else ""
-        print(f"  failed {failure['id']}{permanent}: {failure['error']}")
+        _say(f"  failed {failure['id']}{permanent}: {failure['error']}")
     if len(found.failures) > STATUS_FAILURES_SHOWN:
         more = len(found.failures) - STATUS_FAILURES_SHOWN
-        print(f"  ... and {more} more (--json lists them all)")
+        _say(f"  ... and {more} more (--json lists them all)")
     return EXIT_OK
 
 
@@ -1044,10 +1054,10 @@ def _sim(args: argparse.Namespace) -> int:
         async with serve(
             config, host=args.host, port=args.port, cdn_port=args.cdn_port
         ) as simulator:
-            print(
+            _say(
                 f"simulator API at {simulator.api_url} (assets at {simulator.cdn_url})", flush=True
             )
-            print(
+            _say(
                 f"accepting key {config.api_key!r} with the secret given by --secret; Ctrl-C stops",
                 flush=True,
             )

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CredentialsError
+from .redact import register_credentials
 
 DEFAULT_API_URL = "https://api.cloud.scenario.com"
 DEFAULT_CONCURRENCY = 4
@@ -65,6 +66,10 @@ class Credentials:
 
     key: str
     secret: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        # From now on no text batchgen records holds them (see batchgen.redact).
+        register_credentials(self.key, self.secret)
 
     def authorization_header(self) -> str:
         token = base64.b64encode(f"{self.key}:{self.secret}".encode()).decode("ascii")

@@ -100,7 +100,7 @@ def test_run_against_the_simulator_with_api_url(
         ),
         (
             ["run", "{manifest}", "--out", "s3://b/p", "--storage-option", "region"],
-            "--storage-option: 'region': expected KEY=VALUE",
+            "--storage-option: region…: expected KEY=VALUE",
         ),
         (["run", "{manifest}", "--out", "s3://b/p", "--fresh"], "--fresh moves a local"),
         (["run", "{manifest}", "--lease-seconds", "0"], "--lease-seconds"),

@@ -34,6 +34,7 @@ from ..errors import (
     RateLimitedError,
     TransientApiError,
 )
+from ..redact import clean
 from .inputs import ModelSpec, parse_model
 from .records import Asset, JobRecord, Submission, parse_asset, parse_job, parse_submission
 from .transport import (
@@ -61,15 +62,20 @@ STALE_CONNECTION_RETRIES = 3
 
 
 def _reason(body: bytes) -> tuple[str, str, Any]:
-    """(reason, name, details) from an error body, tolerating anything."""
+    """(reason, name, details) from an error body, tolerating anything: the server's
+    words as batchgen may show them (one line, no secret, no control character)."""
     try:
         payload = json.loads(body)
     except ValueError:
-        return body[:200].decode("utf-8", "replace").strip(), "", None
+        return clean(body[:200].decode("utf-8", "replace").strip()), "", None
     if not isinstance(payload, dict):
         return "", "", None
     reason = payload.get("reason") or payload.get("message") or ""
-    return str(reason)[:500], str(payload.get("name") or ""), payload.get("details")
+    return (
+        clean(str(reason)[:500]),
+        clean(str(payload.get("name") or "")[:100]),
+        payload.get("details"),
+    )
 
 
 def _api_time(moment: datetime) -> str:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import MalformedResponseError
+from ..redact import clean
 from .inputs import same_value
 
 RUNNING_STATUSES = frozenset({"pending", "queued", "warming-up", "in-progress", "finalizing"})
@@ -111,7 +112,7 @@ def parse_job(payload: Any) -> JobRecord:
         status=status,
         asset_ids=tuple(asset_ids),
         image_urls=tuple(urls),
-        error=str(error) if error else None,
+        error=clean(str(error)[:1000]) if error else None,
         cost=charged,
         refundable=billing.get("disableRefund") is not True,
         request=metadata.get("input") if isinstance(metadata.get("input"), dict) else None,

@@ -151,6 +151,10 @@ class SimConfig:
     # A prompt holding this word is refused (400), as content moderation does: a
     # refusal no check of the model's inputs can foresee.
     moderated_word: str = "forbidden"
+    # A gateway that echoes the request in its errors: the 400 of a refused prompt and
+    # a failed job's error carry the request's Authorization header and the decoded
+    # key:secret, with terminal escapes and a line that forges a log entry.
+    reflect_headers: bool = False
     # Where the jobs it creates are kept, a line each, so that a simulator started
     # again (the embedded one of a `--simulate` run killed and run again) knows them:
     # None keeps them in memory only.
@@ -552,8 +556,20 @@ class Simulator:
         route, params = _route(request.method, request.path)
         self.requests[route] += 1
         answer = self._answer(request, route, params)
+        if self.config.reflect_headers and answer.status == 400:
+            answer = _error(400, f"{answer.payload['reason']}{self._echo(request)}")
         headers = {"Date": format_datetime(datetime.fromtimestamp(self.server_wall(), UTC), True)}
         return SimAnswer(answer.status, answer.payload, {**headers, **answer.headers}, answer.drop)
+
+    def _echo(self, request: SimRequest) -> str:
+        """What a gateway that reflects the request says of it: its credentials, and
+        text that acts on a terminal or forges a log line."""
+        header = request.headers.get("Authorization", "")
+        decoded = decode_basic(header) or ("", "")
+        return (
+            f" [echo: Authorization: {header}; credentials {decoded[0]}:{decoded[1]}]"
+            "\x1b]0;owned\x07\x1b[31mred\x1b[0m\r\n2027-01-15T08:00:00Z INFO forged: all good"
+        )
 
     def _answer(self, request: SimRequest, route: str, params: dict[str, str]) -> SimAnswer:
         given = request.headers.get("Authorization", "").encode()

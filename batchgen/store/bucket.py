@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import anyio
 
 from ..errors import ConfigError, ObjectStoreError
+from ..redact import clean, register, register_url
 
 SCHEMES = ("s3", "gs", "gcs", "memory")
 # Where batchgen keeps what it needs under an output prefix: the journal's checkpoint
@@ -81,6 +82,13 @@ _S3_NAMES = {
 _GCS_ALIASES = {"token": "service_account_path", "project": "project_id"}
 _GCS_NAMES = {"service_account_path", "service_account_key", "application_credentials"}
 _SECRET_NAMES = {"secret", "secret_access_key", "token", "session_token", "service_account_key"}
+_BOOLEAN_NAMES = {
+    "virtual_hosted_style_request",
+    "unsigned_payload",
+    "s3_express",
+    "imdsv1_fallback",
+    "request_payer",
+}
 
 _memory_stores: dict[str, Any] = {}
 
@@ -98,6 +106,12 @@ class BucketUrl:
         if match is None:
             return None
         scheme, bucket, prefix = match[1], match[2], (match[3] or "").strip("/")
+        if "@" in bucket:
+            register_url(f"{scheme}://{bucket}")
+            raise ConfigError(
+                f"--out: {scheme}://…@{bucket.rpartition('@')[2]}: a bucket URL holds no "
+                "credentials; give them with --storage-option (or the store's variables)"
+            )
         if scheme not in SCHEMES:
             raise ConfigError(
                 f"--out: {text}: batchgen writes to {', '.join(s + '://' for s in SCHEMES)} "
@@ -126,14 +140,28 @@ def parse_storage_options(given: list[str] | Mapping[str, str] | None) -> dict[s
     if given is None:
         return {}
     if isinstance(given, Mapping):
-        return {str(k): str(v) for k, v in given.items()}
+        mapped = {str(k): str(v) for k, v in given.items()}
+        keep_secret(mapped)
+        return mapped
     options: dict[str, str] = {}
     for pair in given:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--storage-option: {pair!r}: expected KEY=VALUE")
+            # Never the text itself: a value typed with the wrong separator is a secret.
+            name = re.split(r"[:\s]", pair.strip(), maxsplit=1)[0][:40] or "…"
+            raise ConfigError(f"--storage-option: {name}…: expected KEY=VALUE")
         options[key.strip()] = value.strip()
+    keep_secret(options)
     return options
+
+
+def keep_secret(options: Mapping[str, str]) -> None:
+    """Register the options' secrets (keys, tokens, a URL's password) with
+    :mod:`batchgen.redact`: no text batchgen records holds them from now on."""
+    for name, value in options.items():
+        if name in _SECRET_NAMES or "secret" in name or "token" in name or "password" in name:
+            register(value)
+        register_url(value)
 
 
 def store_config(url: BucketUrl, options: Mapping[str, str]) -> dict[str, Any]:
@@ -155,6 +183,12 @@ def store_config(url: BucketUrl, options: Mapping[str, str]) -> dict[str, Any]:
             )
         if name == "skip_signature":
             value = "true" if value.lower() in ("1", "true", "yes") else "false"
+        if name in _BOOLEAN_NAMES and value.lower() not in ("true", "false"):
+            raise ConfigError(f"--storage-option: {given}={value!r}: true or false")
+        if name == "endpoint" and not re.match(r"https?://[^/\s]+", value):
+            raise ConfigError(
+                f"--storage-option: {given}: not an http(s) URL (https://host[:port])"
+            )
         config[name] = value
     return config
 
@@ -208,7 +242,10 @@ def open_store(url: BucketUrl, options: Mapping[str, str], *, store_retries: int
             client_options=client,  # type: ignore[arg-type]
             retry_config=no_retries,  # type: ignore[arg-type]
         )
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+    except BaseException as exc:
+        # The store's own words (a Rust panic, among them, is a BaseException).
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
         raise ConfigError(f"{url}: {_first_line(exc)}") from exc
 
 
@@ -571,7 +608,7 @@ def state_key(url: BucketUrl) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return clean((str(exc).strip().splitlines() or [type(exc).__name__])[0])
 
 
 def redact(options: Mapping[str, str]) -> dict[str, str]:

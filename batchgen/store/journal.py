@@ -49,6 +49,7 @@ from typing import Any
 
 from ..config import DEFAULT_JOB_ATTEMPTS
 from ..ledger import SCALE, Spend, to_units
+from ..redact import redact
 from .faults import storage_faults
 from .files import NotRegularFile
 
@@ -818,6 +819,7 @@ class Journal:
     def nothing_made(self, unit_id: str, error: str) -> None:
         """A reconciliation found no job for the unit's last POST: it is to be sent again
         (a failure for now, not for good, with no job)."""
+        error = redact(error)
         self._write(
             (
                 "UPDATE units SET state = ?, job_id = NULL, job_status = NULL, cost = NULL,"
@@ -850,6 +852,7 @@ class Journal:
     def abandoned(self, unit_id: str, job_id: str, error: str, result: dict[str, Any]) -> None:
         """The unit's job ran past its deadline and could not be cancelled: it runs on,
         and is paid; the next run watches it again."""
+        error = redact(error)
 
         def record() -> None:
             line = self._line(unit_id, result)
@@ -902,6 +905,7 @@ class Journal:
         """The unit failed, for now or (``permanent``, or its jobs failed too often) for
         good: the results line says which, as the row does."""
         failed_job = 1 if job_status == "failure" else 0
+        error = redact(error)
 
         def record() -> None:
             found = self._db.execute(
@@ -935,8 +939,10 @@ class Journal:
         self._write(self._job(job_id, result.get("cost"), job_status, refundable), record)
 
     def _line(self, unit_id: str, result: dict[str, Any]) -> str:
-        """A unit's results line, its cost what the unit has cost in all (the ledger)."""
-        return json.dumps({**result, "cost": self.unit_cost(unit_id)}, ensure_ascii=False)
+        """A unit's results line, its cost what the unit has cost in all (the ledger);
+        no secret in it (see batchgen.redact)."""
+        line = json.dumps({**result, "cost": self.unit_cost(unit_id)}, ensure_ascii=False)
+        return redact(line)
 
 
 def _refuse_special(path: Path) -> None:
