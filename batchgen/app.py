@@ -668,6 +668,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
             settings,
             seeds={model: spec.seed_range for model, spec in specs.items()},
             image_lists={model: spec.image_lists for model, spec in specs.items()},
+            outputs={model: spec.outputs_per_job for model, spec in specs.items()},
             sibling_journals=tuple(
                 place / JOURNAL_NAME
                 for place in (
@@ -961,7 +962,7 @@ async def _run_engine(
 
 def exit_code(summary: Summary, total: int) -> int:
     if summary.interrupted:
-        return EXIT_INTERRUPTED
+        return 128 + summary.signal if summary.signal else EXIT_INTERRUPTED
     if summary.out_of_time:
         return EXIT_OUT_OF_TIME
     complete = summary.done + summary.skipped == total
@@ -992,6 +993,7 @@ async def _stop_on_signal(scope: CancelScope, summary: Summary) -> None:
                 signal.Signals(signum).name,
             )
             summary.interrupted = True
+            summary.signal = signum
             scope.cancel()
             return
 

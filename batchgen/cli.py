@@ -574,7 +574,8 @@ CREDENTIALS = (
     "and SCENARIO_SDK_API_SECRET), or a file named by SCENARIO_CREDENTIALS_FILE (mode 600); "
     "SCENARIO_API_URL and SCENARIO_PROJECT_ID as --api-url and --project-id.\n"
     "exit codes: 0 done, 1 units failed or left, 2 invalid input, 3 directory in use, "
-    "4 --max-runtime, 5 local fault, 6 budget or credits, 130 interrupted."
+    "4 --max-runtime, 5 local fault, 6 budget or credits, 130 interrupted (Ctrl-C), "
+    "143 terminated (SIGTERM)."
 )
 
 

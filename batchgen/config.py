@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,6 +47,15 @@ DEFAULT_BACKOFF_MAX = 30.0
 DEFAULT_OUTPUT_ROOT = Path("output")
 # A body larger than this from the API is a bug or an attack, not a job record.
 MAX_API_BODY_BYTES = 16 * 1024 * 1024
+# What the API's ids (jobs, assets, models) look like: they go into request paths, so
+# nothing else may ("../", "?", "%2F" would reach other paths of the API's origin).
+API_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.~-]{0,199}")
+
+
+def is_api_id(value: object) -> bool:
+    return isinstance(value, str) and API_ID.fullmatch(value) is not None and ".." not in value
+
+
 MAX_ASSET_BYTES = 512 * 1024 * 1024
 PROGRESS_EVERY_SECONDS = 5.0
 

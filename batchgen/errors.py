@@ -22,6 +22,8 @@
     │   ├── TransientApiError          5xx, 408, 409, dropped connections, timeouts: may pass
     │   │   └── AmbiguousSubmitError   a POST that may have created a job before it failed
     │   └── MalformedResponseError     a 2xx whose body is not what the API documents
+    │       └── BrokenListError        a list past every bound (pages, items, time, a
+    │                                  token that comes back): not read again
     └── DownloadError                  an asset could not be fetched or did not verify
 
 Each error says what happened; what to do about it is decided in one table
@@ -41,7 +43,8 @@ EXIT_LOCKED = 3
 EXIT_OUT_OF_TIME = 4
 EXIT_STORAGE = 5
 EXIT_STOPPED = 6
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2, by the shell's convention
+EXIT_TERMINATED = 143  # SIGTERM (kill, a scheduler's stop): 128 + 15
 
 
 class BatchgenError(Exception):
@@ -169,6 +172,11 @@ class AmbiguousSubmitError(TransientApiError):
 
 class MalformedResponseError(ApiError):
     """A success status whose body does not have the documented shape."""
+
+
+class BrokenListError(MalformedResponseError):
+    """A paged list that does not end within its bounds: the server's list is broken,
+    and reading it again would only break again."""
 
 
 class DownloadError(BatchgenError):

@@ -15,6 +15,7 @@ from batchgen.engine.policy import (
 )
 from batchgen.errors import (
     AmbiguousSubmitError,
+    BrokenListError,
     CredentialsError,
     DownloadError,
     MalformedResponseError,
@@ -47,6 +48,7 @@ S, J, A, D = Request.SUBMIT, Request.JOB_STATUS, Request.ASSET_LOOKUP, Request.D
         (S, MalformedResponseError("bad body"), Action.FAIL_UNIT),
         (J, TransientApiError("HTTP 503", status=503), Action.RETRY),
         (J, MalformedResponseError("bad body"), Action.RETRY),
+        (J, BrokenListError("more than 500 pages"), Action.FAIL_UNIT),
         (J, PermanentApiError("404", status=404), Action.FAIL_UNIT),
         (J, CredentialsError("401"), Action.STOP_RUN),
         (A, RateLimitedError("429", retry_after=2), Action.RETRY),

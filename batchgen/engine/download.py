@@ -105,6 +105,8 @@ class JobFiles:
     files: list[tuple[str, str]]
     sizes: list[tuple[int, int] | None]
     seed: int | None
+    # Assets the job listed beyond the images the unit asked for: not downloaded.
+    not_kept: int = 0
 
 
 async def download_job(
@@ -119,13 +121,26 @@ async def download_job(
     own_files: frozenset[str],
     retry: RetrySettings,
     rng: random.Random,
+    asked: int | None = None,
 ) -> JobFiles:
     """Fetch a successful job's images.  ``own_files`` are the unit's files the journal
-    already has: downloading again may replace those, and nothing else."""
+    already has: downloading again may replace those, and nothing else.  ``asked``: the
+    images the unit asked for; a job that lists more keeps that many (a server listing
+    thousands must not fill the disk for one unit), the rest counted, not fetched."""
+    listed = job.asset_ids or job.image_urls
+    kept = listed[:asked] if asked is not None else listed
+    if len(kept) < len(listed):
+        log.warning(
+            "unit %s: job %s lists %d images, %d asked for: the others are not downloaded",
+            unit.id,
+            job.job_id,
+            len(listed),
+            len(kept),
+        )
     if job.asset_ids:
-        assets = await resolver.assets(job.asset_ids)
+        assets = await resolver.assets(kept)
     elif job.image_urls:
-        assets = [Asset(id=f"{job.job_id}-{i}", url=url) for i, url in enumerate(job.image_urls)]
+        assets = [Asset(id=f"{job.job_id}-{i}", url=url) for i, url in enumerate(kept)]
     else:
         raise DownloadError("the job succeeded but lists no assets", transient=False)
     images = output_dir / IMAGES_DIR
@@ -165,7 +180,7 @@ async def download_job(
             )
         files.append((downloaded.path.relative_to(output_dir).as_posix(), downloaded.sha256))
         sizes.append(reported or downloaded.dimensions)
-    return JobFiles(files, sizes, assets[0].seed)
+    return JobFiles(files, sizes, assets[0].seed, len(listed) - len(kept))
 
 
 def _fresh_each_time(

@@ -19,6 +19,7 @@ from ..config import RetrySettings
 from ..errors import (
     AmbiguousSubmitError,
     ApiError,
+    BrokenListError,
     CredentialsError,
     DownloadError,
     MalformedResponseError,
@@ -73,6 +74,9 @@ def decide(request: Request, error: BaseException) -> Action:
             return Action.RECONCILE
         case RateLimitedError() | TransientApiError():
             return Action.RETRY
+        case BrokenListError():
+            # Past its bounds (pages, items, time): read again, it breaks again.
+            return Action.FAIL_UNIT
         case MalformedResponseError():
             return Action.FAIL_UNIT if request in MAKES else Action.RETRY
         case OutOfCreditsError():

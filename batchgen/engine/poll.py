@@ -23,7 +23,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ..config import RetrySettings
-from ..errors import ApiError, PermanentApiError
+from ..errors import ApiError, MalformedResponseError, PermanentApiError
 from ..scenario.records import RUNNING_STATUSES, JobRecord
 from .policy import Request, with_retries
 from .ports import Api
@@ -35,10 +35,19 @@ log = logging.getLogger(__name__)
 NOT_VISIBLE_GRACE = 60.0
 # Single-job looks made at once, at most.
 LOOKS_AT_ONCE = 16
+# Looks in a row (each with its retries) whose answers were broken before a job is let
+# go (JobUnreadable).
+BROKEN_LOOKS = 3
 
 
 class JobVanished(ApiError):
     """The API kept answering 404 for a job past the grace period."""
+
+
+class JobUnreadable(ApiError):
+    """The API's answers about a job kept breaking (malformed, or larger than any answer
+    may be): the job may run on and be paid, so its unit is left to the next run to
+    watch again, not watched for ever."""
 
 
 @dataclass(slots=True)
@@ -48,6 +57,7 @@ class _Waiter:
     done: anyio.Event = field(default_factory=anyio.Event)
     outcome: JobRecord | ApiError | None = None
     first_missing: float | None = None  # when the API first answered 404 for it
+    broken: int = 0  # looks in a row whose answers were broken
 
 
 class Poller:
@@ -166,6 +176,8 @@ class Poller:
             elif isinstance(answer, PermanentApiError):
                 watcher.forget(job_id)
                 self._end(job_id, answer)
+            elif isinstance(answer, MalformedResponseError):
+                self._broken(watcher, waiter, answer, now)
             elif isinstance(answer, ApiError):
                 log.warning(
                     "job %s: status unknown for now (%s); still watching it", job_id, answer
@@ -175,6 +187,7 @@ class Poller:
                 self._end(job_id, answer)
             else:
                 waiter.first_missing = None
+                waiter.broken = 0
                 self._note_status(answer)
 
     async def _list(self, watcher: Watcher, now: float) -> None:
@@ -187,8 +200,9 @@ class Poller:
                 self._retry,
                 self._rng,
             )
-        except PermanentApiError as exc:
-            log.warning("the job list is refused (%s): asking about each job on its own", exc)
+        except (PermanentApiError, MalformedResponseError) as exc:
+            # Refused, or broken (read again, it would break again).
+            log.warning("the job list is unusable (%s): asking about each job on its own", exc)
             watcher.list_refused(anyio.current_time())
         except ApiError as exc:
             log.warning("job list unavailable for now (%s)", exc)
@@ -199,6 +213,22 @@ class Poller:
                 self._end(job.job_id, job)
             for job in listing:
                 self._note_status(job)
+
+    def _broken(self, watcher: Watcher, waiter: _Waiter, error: ApiError, now: float) -> None:
+        waiter.broken += 1
+        if waiter.broken < BROKEN_LOOKS:
+            log.warning("job %s: a broken answer (%s); asking again later", waiter.job_id, error)
+            watcher.look_failed(waiter.job_id, now)
+            return
+        watcher.forget(waiter.job_id)
+        self._end(
+            waiter.job_id,
+            JobUnreadable(
+                f"job {waiter.job_id}: the API's answers about it kept breaking "
+                f"({BROKEN_LOOKS} looks in a row: {error.reason})",
+                reason=error.reason,
+            ),
+        )
 
     def _not_visible(self, watcher: Watcher, waiter: _Waiter, error: ApiError, now: float) -> None:
         if waiter.first_missing is None:

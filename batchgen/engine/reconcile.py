@@ -38,7 +38,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ..config import RetrySettings
-from ..errors import ApiError
+from ..errors import ApiError, MalformedResponseError
 from ..scenario.records import JobRecord, made_for
 from ..store.journal import Journal
 from .policy import Request, with_retries
@@ -158,8 +158,9 @@ class Reconciler:
             )
         except ApiError as exc:
             now = anyio.current_time()
+            broken = isinstance(exc, MalformedResponseError)  # read again, it breaks again
             for loss in list(self._waiting):
-                if now - loss.lost_at >= self.grace:
+                if broken or now - loss.lost_at >= self.grace:
                     self._resolve(
                         loss,
                         failed=StillUncertain(

@@ -23,6 +23,7 @@ the moment room is free for it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -43,6 +44,7 @@ from ..config import RetrySettings
 from ..errors import ApiError, DownloadError, PermanentApiError
 from ..manifest import Unit
 from ..manifest.naming import DEFAULT_FILENAME, FileNameTemplate
+from ..scenario.inputs import MAX_OUTPUTS_PER_JOB, OUTPUTS_INPUT
 from ..scenario.records import JobRecord
 from ..store.commits import GroupCommit
 from ..store.faults import storage_faults
@@ -58,7 +60,7 @@ from ..store.files import (
 from ..store.journal import Journal, Resume, Row, resume_action
 from ..store.results import UnitResult, embed_into_files
 from .download import AssetResolver, download_job
-from .poll import JobVanished, Poller
+from .poll import JobUnreadable, JobVanished, Poller
 from .ports import Api, Fetcher, Offload
 from .reconcile import Reconciler, StillUncertain
 from .submit import (
@@ -103,6 +105,9 @@ class EngineSettings:
     seeds: Mapping[str, SeedRange | None] = field(default_factory=dict)
     # Each model's image inputs that take several (type file_array): they get a list.
     image_lists: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Each model's images per job when a unit does not say (numOutputs): a job that
+    # lists more is kept to that many.
+    outputs: Mapping[str, int] = field(default_factory=dict)
     # The journals of the other shards of the same output root (for their uploads).
     sibling_journals: tuple[Path, ...] = ()
     # Write each image's prompt and settings into its file (see store.embed).
@@ -441,6 +446,9 @@ class Engine:
             log.warning("unit %s: %s; it is reconciled by the next run", unit.id, exc)
             await self._commits(functools.partial(self._journal.vanished, unit.id))
             return None
+        except JobUnreadable as exc:
+            await self._abandon(unit, job_id, f"{exc}; the next run watches it again")
+            return None
         except PermanentApiError as exc:
             return UnitResult.failure(unit, job_id=job_id, error=describe(exc))
         finally:
@@ -461,13 +469,20 @@ class Engine:
                 return UnitResult.failure(
                     unit, job_id=job_id, error=f"timed out after {timeout:g}s; cancelled"
                 )
-        error = f"still running after {timeout:g}s; the next run watches it again"
+        await self._abandon(
+            unit, job_id, f"still running after {timeout:g}s; the next run watches it again"
+        )
+        return None
+
+    async def _abandon(self, unit: Unit, job_id: str, error: str) -> None:
+        """The job runs on, and is paid, but this run stops watching it: the unit is
+        left to the next run, which watches the same job again (never buys another)."""
         result = UnitResult(unit, "abandoned", job_id=job_id, error=error)
         abandon = functools.partial(
             self._journal.abandoned, unit.id, job_id, error, result.to_json()
         )
         await self._commits(abandon)
-        log.warning("unit %s: job %s %s", unit.id, job_id, error)
+        log.warning("unit %s: job %s: %s", unit.id, job_id, error)
         self.summary.abandoned += 1
         return None
 
@@ -493,6 +508,7 @@ class Engine:
                     own_files=own_files,
                     retry=self._retry,
                     rng=self._rng,
+                    asked=self._asked(unit),
                 )
         except (ApiError, DownloadError) as exc:
             return UnitResult.failure(
@@ -512,9 +528,18 @@ class Engine:
             sizes=got.sizes,
             inputs=inputs,
         )
+        if got.not_kept:
+            result = dataclasses.replace(result, not_kept=got.not_kept)
         if self._settings.embed_metadata:
             result = await self._offload(embed_into_files, result, self._settings.output_dir)
         return result
+
+    def _asked(self, unit: Unit) -> int:
+        """The images a unit's job is to make: its numOutputs, else its model's."""
+        given = unit.params.get(OUTPUTS_INPUT)
+        if isinstance(given, int | float) and not isinstance(given, bool) and given >= 1:
+            return int(given)
+        return self._settings.outputs.get(unit.model, MAX_OUTPUTS_PER_JOB)
 
     async def _keep_inputs(self, unit: Unit) -> dict[str, list[dict[str, Any]]]:
         """A copy of each image the unit was made from, in ``inputs/`` (of the output

@@ -56,6 +56,8 @@ class Summary:
     failures: list[tuple[str, str, bool]] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
     interrupted: bool = False
+    # The signal that interrupted it, if one did (its exit code is 128 + it).
+    signal: int | None = None
     out_of_time: bool = False
     out_of_credits: bool = False
     over_budget: bool = False

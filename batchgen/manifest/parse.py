@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..config import MAX_CONCURRENCY
+from ..config import MAX_CONCURRENCY, is_api_id
 from ..errors import ConfigError, ManifestError
 from .expand import PER_UNIT_SEED, RANDOM_SEED
 from .naming import DEFAULT_FILENAME, parse_template
@@ -125,6 +125,15 @@ class _Reader:
         problem = _json_problem(value)
         if problem:
             raise self.fail(node, field_name, problem)
+        return value
+
+    def model_id(self, node: yaml.Node, field_name: str) -> str:
+        """A model's id, as the API's ids look (it goes into the request's path)."""
+        value = self.string(node, field_name)
+        if not is_api_id(value):
+            raise self.fail(
+                node, field_name, f"{value[:60]!r} is not a model id (letters, digits, _ . - ~)"
+            )
         return value
 
     def string(self, node: yaml.Node, field_name: str, *, allow_empty: bool = False) -> str:
@@ -248,7 +257,7 @@ def load_manifest(path: str | Path) -> Manifest:
 
     defaults: dict[str, Any] = {}
     if "model" in top:
-        defaults["model"] = reader.string(top["model"], "model")
+        defaults["model"] = reader.model_id(top["model"], "model")
         defaults["model_line"] = top["model"].start_mark.line + 1
     for name in ("width", "height"):
         if name in top:
@@ -349,7 +358,7 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
         raise reader.fail(node, name, "give exactly one of prompt or prompts_file")
 
     if "model" in items:
-        model = reader.string(items["model"], f"{name}.model")
+        model = reader.model_id(items["model"], f"{name}.model")
         model_line, model_field = items["model"].start_mark.line + 1, f"{name}.model"
     elif "model" in defaults:
         model, model_line, model_field = defaults["model"], defaults["model_line"], "model"

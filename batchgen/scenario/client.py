@@ -22,10 +22,11 @@ from typing import Any
 
 from yarl import URL
 
-from ..config import MAX_API_BODY_BYTES, ApiSettings
+from ..config import MAX_API_BODY_BYTES, ApiSettings, is_api_id
 from ..errors import (
     AmbiguousSubmitError,
     ApiError,
+    BrokenListError,
     CredentialsError,
     MalformedResponseError,
     ModelRestrictedError,
@@ -40,6 +41,7 @@ from .records import Asset, JobRecord, Submission, parse_asset, parse_job, parse
 from .transport import (
     USER_AGENT,
     AiohttpTransport,
+    AnswerTooLarge,
     CannotConnect,
     ConnectionDropped,
     NoAnswer,
@@ -50,8 +52,11 @@ from .transport import (
 
 UPLOAD_PATH = "/v1/assets"
 BULK_ASSET_LIMIT = 200
-# A job list that never ends is a server bug; stop following it somewhere.
-MAX_LIST_PAGES = 2_000
+# A list that never ends is a server bug: stop following it somewhere, in pages, in
+# items kept and in time (a token on every page, each page full or empty, forever).
+MAX_LIST_PAGES = 500
+MAX_LIST_ITEMS = 50_000
+MAX_LIST_SECONDS = 300.0
 DRY_RUN_STATUS = 269
 LIST_PAGE_SIZE = 100  # the most GET /v1/jobs gives in one page
 # A keep-alive connection that the server or a load balancer closed while it sat idle
@@ -76,6 +81,14 @@ def _reason(body: bytes) -> tuple[str, str, Any]:
         clean(str(payload.get("name") or "")[:100]),
         payload.get("details"),
     )
+
+
+def _id(value: str, kind: str) -> str:
+    """An id as it goes into a request's path: one of the API's ids, nothing else (an id
+    from a server or a manifest holding "../" would reach other paths of the origin)."""
+    if not is_api_id(value):
+        raise MalformedResponseError(f"{clean(repr(value)[:80])} is not a {kind} id")
+    return value
 
 
 def _api_time(moment: datetime) -> str:
@@ -166,6 +179,8 @@ class ScenarioClient:
             except NoAnswer as exc:
                 if creates:
                     raise AmbiguousSubmitError(f"{what}: {exc}") from exc
+                if isinstance(exc, AnswerTooLarge):  # a broken server, not the network
+                    raise MalformedResponseError(f"{what}: {exc}") from exc
                 raise TransientApiError(f"{what}: {exc}") from exc
         status, raw, retry_after = answer.status, answer.body, answer.retry_after
         if answer.date:
@@ -212,7 +227,8 @@ class ScenarioClient:
         )
 
     async def submit(self, model: str, body: dict[str, Any]) -> Submission:
-        status, payload = await self.request("POST", f"/v1/generate/custom/{model}", body=body)
+        path = f"/v1/generate/custom/{_id(model, 'model')}"
+        status, payload = await self.request("POST", path, body=body)
         try:
             return parse_submission(payload)
         except MalformedResponseError as exc:
@@ -251,18 +267,23 @@ class ScenarioClient:
     async def estimate(self, model: str, body: dict[str, Any]) -> float | None:
         """Ask the dry run (HTTP 269) for the cost of one job; creates nothing."""
         _, payload = await self.request(
-            "POST", f"/v1/generate/custom/{model}", query={"dryRun": "true"}, body=body
+            "POST",
+            f"/v1/generate/custom/{_id(model, 'model')}",
+            query={"dryRun": "true"},
+            body=body,
         )
         cost = payload.get("creativeUnitsCost") if isinstance(payload, dict) else None
         return float(cost) if isinstance(cost, int | float) else None
 
     async def get_job(self, job_id: str) -> JobRecord:
-        _, payload = await self.request("GET", f"/v1/jobs/{job_id}")
+        _, payload = await self.request("GET", f"/v1/jobs/{_id(job_id, 'job')}")
         return parse_job(payload)
 
     async def cancel_job(self, job_id: str) -> None:
         """Ask the API to cancel a job; custom generation jobs usually refuse (400)."""
-        await self.request("POST", f"/v1/jobs/{job_id}/action", body={"action": "cancel"})
+        await self.request(
+            "POST", f"/v1/jobs/{_id(job_id, 'job')}/action", body={"action": "cancel"}
+        )
 
     async def get_assets(self, asset_ids: Sequence[str]) -> list[Asset]:
         """Fresh signed URLs for these assets, in the order asked."""
@@ -276,7 +297,7 @@ class ScenarioClient:
         """The assets the API returns for these ids, by id: one request for each
         ``BULK_ASSET_LIMIT`` of them."""
         if len(asset_ids) == 1:
-            _, payload = await self.request("GET", f"/v1/assets/{asset_ids[0]}")
+            _, payload = await self.request("GET", f"/v1/assets/{_id(asset_ids[0], 'asset')}")
             asset = parse_asset(payload)
             return {asset.id: asset}
         found: dict[str, Asset] = {}
@@ -318,21 +339,26 @@ class ScenarioClient:
         items: list[Any] = []
         seen: set[str] = set()
         token: str | None = None
+        deadline = time.monotonic() + MAX_LIST_SECONDS
         for _ in range(MAX_LIST_PAGES):
             paged = query | ({"paginationToken": token} if token else {})
             _, payload = await self.request("GET", path, query=paged)
             if not isinstance(payload, dict) or not isinstance(payload.get(key) or [], list):
                 raise MalformedResponseError(f"GET {path}: no {key} list")
             items.extend(payload.get(key) or [])
+            if len(items) > MAX_LIST_ITEMS:
+                raise BrokenListError(f"GET {path}: more than {MAX_LIST_ITEMS} items")
             token = payload.get("nextPaginationToken") or None
             if not token:
                 return items
             if not isinstance(token, str) or token in seen:
-                raise MalformedResponseError(f"GET {path}: the pagination token came back")
+                raise BrokenListError(f"GET {path}: the pagination token came back")
+            if time.monotonic() > deadline:
+                raise BrokenListError(f"GET {path}: still paging after {MAX_LIST_SECONDS:g}s")
             seen.add(token)
-        raise MalformedResponseError(f"GET {path}: more than {MAX_LIST_PAGES} pages")
+        raise BrokenListError(f"GET {path}: more than {MAX_LIST_PAGES} pages")
 
     async def get_model(self, model_id: str) -> ModelSpec:
         """A model and its inputs (``GET /v1/models/{id}``)."""
-        _, payload = await self.request("GET", f"/v1/models/{model_id}")
+        _, payload = await self.request("GET", f"/v1/models/{_id(model_id, 'model')}")
         return parse_model(payload)

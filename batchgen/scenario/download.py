@@ -13,6 +13,9 @@ never a success.  Files appear under their final name only once complete
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import time
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,6 +42,13 @@ INLINE_BYTES = 64 * 1024
 # A CDN connection that sends nothing for this long is given up (and tried again):
 # a stalled transfer must not hold a download worker for the whole download timeout.
 READ_TIMEOUT = 30.0
+# Redirects a CDN may send a download through (each judged by redirect_refused).
+MAX_REDIRECTS = 5
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Nor may a trickle (a byte now and then, never quite silent): past its first seconds,
+# a download slower than this on average is given up, and tried again.
+MIN_RATE = 16 * 1024  # bytes a second
+MIN_RATE_AFTER = 20.0  # seconds
 IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
 # Bytes an image's first bytes must reach before they are judged (WebP's is 12 long):
 # a CDN's first piece may be a handful of bytes.
@@ -110,6 +120,74 @@ def ends_whole(head: bytes, tail: bytes, size: int) -> bool:
     return False
 
 
+class PngWalk:
+    """A PNG's chunks walked as its bytes arrive (pure): each chunk's length and CRC,
+    so that cut image data followed by a valid end chunk is not taken for a whole
+    image.  Whole: the bytes end exactly where an ``IEND`` chunk does, after image data,
+    every CRC right."""
+
+    def __init__(self) -> None:
+        self._skip = len(IMAGE_SIGNATURES[0])  # the signature, judged elsewhere
+        self._header = b""
+        self._data_left = 0
+        self._crc_bytes = b""
+        self._in_chunk = False
+        self._crc = 0
+        self._last = b""
+        self._image_data = False
+        self.problem: str | None = None
+
+    def feed(self, data: bytes) -> None:
+        at = 0
+        while at < len(data) and self.problem is None:
+            if self._skip:
+                taken = min(self._skip, len(data) - at)
+                self._skip -= taken
+                at += taken
+            elif not self._in_chunk:
+                taken = min(8 - len(self._header), len(data) - at)
+                self._header += data[at : at + taken]
+                at += taken
+                if len(self._header) == 8:
+                    self._begin(self._header)
+            elif self._data_left:
+                taken = min(self._data_left, len(data) - at)
+                self._crc = zlib.crc32(data[at : at + taken], self._crc)
+                self._data_left -= taken
+                at += taken
+            else:
+                taken = min(4 - len(self._crc_bytes), len(data) - at)
+                self._crc_bytes += data[at : at + taken]
+                at += taken
+                if len(self._crc_bytes) == 4:
+                    self._end()
+
+    def _begin(self, header: bytes) -> None:
+        if self._last == b"IEND":
+            self.problem = "bytes after its end chunk"
+            return
+        self._data_left = int.from_bytes(header[:4], "big")
+        kind = header[4:8]
+        self._crc = zlib.crc32(kind)
+        self._last = kind
+        self._image_data |= kind == b"IDAT"
+        self._in_chunk, self._header = True, b""
+
+    def _end(self) -> None:
+        if int.from_bytes(self._crc_bytes, "big") != self._crc:
+            self.problem = f"a damaged {self._last.decode('latin-1')} chunk (its CRC)"
+        self._in_chunk, self._crc_bytes = False, b""
+
+    def whole(self) -> bool:
+        return (
+            self.problem is None
+            and self._last == b"IEND"
+            and not self._in_chunk
+            and not self._header
+            and self._image_data
+        )
+
+
 class ImageCheck:
     """Judges an image as its bytes arrive (pure): feed each piece, then :meth:`finish`.
     Raises :class:`DownloadError` as soon as something is wrong."""
@@ -122,6 +200,7 @@ class ImageCheck:
         self.tail = b""
         self.digest = hashlib.sha256()
         self._judged = False
+        self._png: PngWalk | None = None
 
     def feed(self, piece: bytes) -> None:
         self.received += len(piece)
@@ -129,9 +208,15 @@ class ImageCheck:
             raise DownloadError(f"asset from {self.host} is longer than announced")
         if len(self.head) < HEADER_BYTES:
             self.head += piece[: HEADER_BYTES - len(self.head)]
-        if not self._judged and len(self.head) >= SIGNATURE_BYTES:
-            # Judged once enough has arrived, however small the first piece.
-            self._judge()
+        if self._png is not None:
+            self._png.feed(piece)
+        elif not self._judged and len(self.head) >= SIGNATURE_BYTES:
+            # Judged once enough has arrived, however small the first piece (the bytes
+            # before this piece, fewer than the signature's, are all in the head).
+            walk = self._judge()
+            if walk is not None:
+                walk.feed(bytes(self.head[: self.received - len(piece)]))
+                walk.feed(piece)
         self.tail = (self.tail + piece[-TAIL_BYTES:])[-TAIL_BYTES:]
         self.digest.update(piece)
 
@@ -148,22 +233,44 @@ class ImageCheck:
             self._judge()
         if not ends_whole(bytes(self.head), self.tail, self.received):
             raise DownloadError(f"asset from {self.host} is not a whole image (cut short)")
+        if self._png is not None and not self._png.whole():
+            why = self._png.problem or "its chunks end short"
+            raise DownloadError(f"asset from {self.host} is not a whole PNG: {why}")
         return self.digest.hexdigest()
 
     def dimensions(self) -> tuple[int, int] | None:
         return image_dimensions(bytes(self.head))
 
-    def _judge(self) -> None:
+    def _judge(self) -> PngWalk | None:
+        """Whether it starts as an image does; a PNG's chunks are walked from here on."""
         if not looks_like_an_image(bytes(self.head[:SIGNATURE_BYTES])):
             raise DownloadError(f"what {self.host} sent is not an image")
         self._judged = True
+        if self.head.startswith(IMAGE_SIGNATURES[0]):
+            self._png = PngWalk()
+        return self._png
+
+
+@dataclass(frozen=True, slots=True)
+class RateFloor:
+    """The slowest a download may go (pure): ``min_rate`` bytes a second on average,
+    judged once ``after`` seconds have passed since it began."""
+
+    min_rate: float = MIN_RATE
+    after: float = MIN_RATE_AFTER
+
+    def too_slow(self, received: int, elapsed: float) -> bool:
+        return elapsed > self.after and received < self.min_rate * elapsed
 
 
 class AssetDownloader:
     """Fetches signed URLs with a session that has no credentials, into files that
     appear under their final name only once complete and verified."""
 
-    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, timeout: float, floor: RateFloor | None = None
+    ) -> None:
+        self._floor = floor or RateFloor()
         self._session = session
         self._timeout = aiohttp.ClientTimeout(
             total=timeout, sock_connect=READ_TIMEOUT, sock_read=min(timeout, READ_TIMEOUT)
@@ -172,9 +279,11 @@ class AssetDownloader:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, seconds: float) -> AsyncIterator[AssetDownloader]:
+    async def open(
+        cls, seconds: float, floor: RateFloor | None = None
+    ) -> AsyncIterator[AssetDownloader]:
         async with await open_session(headers={"User-Agent": USER_AGENT}) as session:
-            yield cls(session, seconds)
+            yield cls(session, seconds, floor)
 
     async def fetch(
         self,
@@ -192,8 +301,7 @@ class AssetDownloader:
         where = URL(url)
         try:
             async with self._answer(where, expected_size) as (response, check, announced):
-                async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
-                    check.feed(chunk)
+                async for chunk in self._chunks(response, check, where):
                     pending += chunk
                     if len(pending) >= WRITE_BUFFER:
                         await anyio.to_thread.run_sync(part.write, bytes(pending))
@@ -219,35 +327,91 @@ class AssetDownloader:
         pieces: list[bytes] = []
         try:
             async with self._answer(where, expected_size) as (response, check, announced):
-                async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
-                    check.feed(chunk)
+                async for chunk in self._chunks(response, check, where):
                     pieces.append(chunk)
             sha256 = check.finish(announced, expected_size)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DownloadError(f"download from {where.host} failed: {type(exc).__name__}") from exc
         return Fetched(b"".join(pieces), sha256, check.dimensions())
 
+    async def _chunks(
+        self, response: aiohttp.ClientResponse, check: ImageCheck, where: URL
+    ) -> AsyncIterator[bytes]:
+        """The body's pieces, each judged by ``check``, as long as they come fast enough."""
+        began = time.monotonic()
+        async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+            check.feed(chunk)
+            elapsed = time.monotonic() - began
+            if self._floor.too_slow(check.received, elapsed):
+                raise DownloadError(
+                    f"download from {where.host} too slow: {check.received} bytes in "
+                    f"{elapsed:.0f}s (under {self._floor.min_rate / 1024:g} KiB/s)"
+                )
+            yield chunk
+
     @asynccontextmanager
     async def _answer(
         self, where: URL, expected_size: int | None
     ) -> AsyncIterator[tuple[aiohttp.ClientResponse, ImageCheck, int | None]]:
         """The CDN's answer, once it said 200, with the check its body must pass and the
-        length it announced (None when it is encoded)."""
-        async with self._session.get(
-            where, timeout=self._timeout, **proxy_options(self._proxies.for_url(where))
-        ) as response:
+        length it announced (None when it is encoded).  Redirects are followed here, each
+        judged (:func:`redirect_refused`)."""
+        url = where
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._session.get(
+                url,
+                timeout=self._timeout,
+                allow_redirects=False,
+                **proxy_options(self._proxies.for_url(url)),
+            )
+            location = response.headers.get("Location")
+            if response.status not in REDIRECTS or location is None:
+                break
+            response.release()
+            target = url.join(URL(location))
+            refused = await redirect_refused(where, target)
+            if refused:
+                raise DownloadError(f"asset host {url.host}: {refused}", transient=False)
+            url = target
+        else:
+            raise DownloadError(f"asset host {where.host}: more than {MAX_REDIRECTS} redirects")
+        try:
             if response.status != 200:
                 # 403 from a CDN usually means the signature expired: a fresh URL helps.
                 transient = response.status in (403, 408, 429) or response.status >= 500
                 raise DownloadError(
-                    f"asset host {where.host} answered HTTP {response.status}",
+                    f"asset host {url.host} answered HTTP {response.status}",
                     transient=transient,
                 )
             # An encoded body's length is not the image's (aiohttp decodes it).
             encoded = response.headers.get("Content-Encoding", "identity") != "identity"
             announced = None if encoded else response.content_length
             limit = min(x for x in (announced, expected_size, MAX_ASSET_BYTES) if x is not None)
-            yield response, ImageCheck(where.host, limit), announced
+            yield response, ImageCheck(url.host, limit), announced
+        finally:
+            response.release()
+
+
+async def redirect_refused(origin: URL, target: URL) -> str | None:
+    """Why a CDN's redirect from ``origin`` to ``target`` is not followed, or None.  A
+    signed URL may send on to another host (a storage bucket); never from there to a
+    loopback, link-local or private address that is not the CDN's own origin (a server
+    on this machine or this network, reached on the CDN's say-so)."""
+    if target.scheme not in ("http", "https") or not target.host:
+        return f"a redirect to {target.scheme or 'no'}:// refused"
+    if (target.scheme, target.host, target.port) == (origin.scheme, origin.host, origin.port):
+        return None
+    try:
+        found = await anyio.getaddrinfo(target.host, target.port or 443)
+        addresses = {ipaddress.ip_address(entry[4][0]) for entry in found}
+    except (OSError, ValueError):
+        return None  # not resolvable here: the request that follows fails on its own
+    for address in addresses:
+        if address.is_loopback or address.is_link_local or address.is_private:
+            return f"a redirect to {target.host} ({address}), a local address, refused"
+        if address.is_reserved or address.is_multicast or address.is_unspecified:
+            return f"a redirect to {target.host} ({address}), not a public address, refused"
+    return None
 
 
 def image_dimensions(head: bytes) -> tuple[int, int] | None:

@@ -28,6 +28,9 @@ from ..errors import MalformedResponseError
 SIZE_INPUTS = ("width", "height")
 RATIO_INPUT = "aspectRatio"
 SEED_INPUT = "seed"
+OUTPUTS_INPUT = "numOutputs"
+# Images kept of a job that says nothing of how many it makes (see outputs_per_job).
+MAX_OUTPUTS_PER_JOB = 16
 # The largest seed drawn for a model whose seed input names no maximum.
 SEED_MAX = 2**31 - 1
 PROMPT_INPUT = "prompt"
@@ -111,6 +114,18 @@ class ModelSpec:
         if self.takes(RATIO_INPUT):
             forms.append(RATIO_INPUT)
         return tuple(forms)
+
+    @property
+    def outputs_per_job(self) -> int:
+        """Images a job makes when ``numOutputs`` is not given: its default (its most,
+        where it has none; 1 for a model that does not take it)."""
+        item = self.inputs.get(OUTPUTS_INPUT)
+        if item is None:
+            return 1
+        for value in (item.default, item.maximum):
+            if isinstance(value, int | float) and not isinstance(value, bool) and value >= 1:
+                return int(value)
+        return MAX_OUTPUTS_PER_JOB
 
     @property
     def seed_range(self) -> tuple[int, int] | None:

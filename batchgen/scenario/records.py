@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..config import is_api_id
 from ..errors import MalformedResponseError
 from ..redact import clean
 from .inputs import same_value
@@ -86,11 +87,13 @@ def parse_job(payload: Any) -> JobRecord:
     status = job.get("status")
     if not isinstance(job_id, str) or not job_id:
         raise MalformedResponseError("job response has no jobId")
+    if not is_api_id(job_id):
+        raise MalformedResponseError(f"job id {clean(repr(job_id)[:80])} is not an id of the API's")
     if not isinstance(status, str) or not status:
         raise MalformedResponseError(f"job {job_id} has no status")
     metadata = _mapping(job.get("metadata"))
     asset_ids = metadata.get("assetIds") or ()
-    if not isinstance(asset_ids, list | tuple) or not all(isinstance(a, str) for a in asset_ids):
+    if not isinstance(asset_ids, list | tuple) or not all(is_api_id(a) for a in asset_ids):
         raise MalformedResponseError(f"job {job_id} has a malformed assetIds list")
     urls: list[str] = []
     result = job.get("result")
@@ -155,8 +158,10 @@ def parse_asset(payload: Any) -> Asset:
     if not isinstance(asset, dict):
         raise MalformedResponseError("asset response has no asset object")
     asset_id, url = asset.get("id"), asset.get("url")
-    if not isinstance(asset_id, str) or not isinstance(url, str) or not url:
-        raise MalformedResponseError("asset response has no id or url")
+    if not isinstance(asset_id, str) or not is_api_id(asset_id) or not isinstance(url, str):
+        raise MalformedResponseError("asset response has no id (of the API's shape) or url")
+    if not url:
+        raise MalformedResponseError(f"asset {asset_id} has no url")
     properties = _mapping(asset.get("properties"))
     mime = asset.get("mimeType")
     return Asset(

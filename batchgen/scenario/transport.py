@@ -55,6 +55,11 @@ class NoAnswer(TransportError):
     """The request was sent and no whole answer came back."""
 
 
+class AnswerTooLarge(NoAnswer):
+    """The answer went on past the bytes any answer of the API's may have: a broken or
+    hostile server (an endless body, a decompression bomb), not a slow network."""
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     status: int
@@ -124,7 +129,7 @@ async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
     while piece := await response.content.readany():
         size += len(piece)
         if size > limit:
-            raise NoAnswer(f"an answer larger than {limit} bytes")
+            raise AnswerTooLarge(f"an answer larger than {limit} bytes")
         pieces.append(piece)
     return b"".join(pieces)
 
@@ -261,5 +266,5 @@ class MockTransport:
             answer = await answer
         assert isinstance(answer, Answer)
         if len(answer.body) > limit:
-            raise NoAnswer(f"an answer larger than {limit} bytes")
+            raise AnswerTooLarge(f"an answer larger than {limit} bytes")
         return answer

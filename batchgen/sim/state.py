@@ -155,6 +155,16 @@ class SimConfig:
     # a failed job's error carry the request's Authorization header and the decoded
     # key:secret, with terminal escapes and a line that forges a log entry.
     reflect_headers: bool = False
+    # A job that lists this many more assets than it made (ids of nothing): what a
+    # broken or hostile server might send.
+    extra_assets: int = 0
+    # Broken answers about single jobs (GET /v1/jobs/{id}), as a broken or hostile
+    # server gives them: "huge" pads each with this many bytes of nothing; "bad-status"
+    # gives a status that is not a string.
+    broken_job_answers: str = ""
+    huge_answer_bytes: int = 64 * 1024
+    # Job lists that never end: every page hands on a new token.
+    endless_lists: bool = False
     # Where the jobs it creates are kept, a line each, so that a simulator started
     # again (the embedded one of a `--simulate` run killed and run again) knows them:
     # None keeps them in memory only.
@@ -491,7 +501,8 @@ class Simulator:
             history.append({"date": _iso(since), "status": status})
         metadata: dict[str, Any] = {"input": job.stored_input, "modelId": job.model}
         if status == "success":
-            metadata["assetIds"] = list(job.asset_ids)
+            extra = [f"asset_extra{n:08d}" for n in range(self.config.extra_assets)]
+            metadata["assetIds"] = [*job.asset_ids, *extra]
         elif status == "failure":
             metadata["error"] = "Simulated generation failure"
         fraction = min(max((now - job.start) / job.duration, 0.0), 1.0) if job.duration else 1.0
@@ -843,7 +854,12 @@ class Simulator:
         job = self.jobs.get(job_id)
         if job is None or self.clock() - job.start < self.config.young_job_404:
             return _error(404, "Job not found")
-        return SimAnswer(200, {"job": self.job_json(job)})
+        shown = self.job_json(job)
+        if self.config.broken_job_answers == "huge":
+            return SimAnswer(200, {"job": shown, "padding": " " * self.config.huge_answer_bytes})
+        if self.config.broken_job_answers == "bad-status":
+            shown["status"] = {"state": shown["status"]}
+        return SimAnswer(200, {"job": shown})
 
     def _job_action(self, job_id: str, body: Any) -> SimAnswer:
         job = self.jobs.get(job_id)
@@ -877,6 +893,10 @@ class Simulator:
             return _error(400, "createdAfter cannot be combined with status or type filters")
         if self.config.list_down:
             return _error(503, "Service unavailable")
+        if self.config.endless_lists:
+            self.created_scans += not query.get("paginationToken")
+            fresh = f"t{self._ids.getrandbits(64):016x}"
+            return SimAnswer(200, {"jobs": [], "nextPaginationToken": fresh})
         job_types = set((query.get("types") or query.get("type") or "custom").split(","))
         if "custom" not in job_types:
             return SimAnswer(200, {"jobs": []})

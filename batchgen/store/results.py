@@ -46,6 +46,8 @@ class UnitResult:
     # The sha256 of each image as served, when its file has had its story written in
     # (``--embed-metadata``: the file's own sha256 is then in ``files``).
     served_sha256: tuple[str, ...] = ()
+    # Images its job listed beyond those asked for: counted, not downloaded.
+    not_kept: int = 0
 
     @classmethod
     def success(
@@ -120,6 +122,7 @@ class UnitResult:
             "permanent": self.permanent,
             **({"inputs": dict(self.inputs)} if self.inputs else {}),
             **({"served_sha256": list(self.served_sha256)} if self.served_sha256 else {}),
+            **({"images_not_kept": self.not_kept} if self.not_kept else {}),
             "metadata": dict(unit.metadata),
             "source": unit.source,
         }
