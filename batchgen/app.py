@@ -48,7 +48,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import anyio
 from anyio import CancelScope
@@ -96,7 +96,7 @@ from .rerun import finished_already as _finished_already
 from .rerun import shard_of as _shard
 from .rerun import still_complete as _still_complete
 from .scenario.client import ScenarioClient
-from .scenario.download import AssetDownloader, MemoryFetcher
+from .scenario.download import AssetDownloader
 from .scenario.inputs import ModelSpec, model_from_json
 from .scenario.preflight import Problem, Prompts, check_manifest, read_prompts
 from .scenario.remote import fetch_remote_images
@@ -710,7 +710,7 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
                     taken,
                 )
                 images = BucketImages(
-                    _in_memory(backend.downloader),
+                    backend.downloader,
                     bucket_output.bucket,
                     out_dir,
                     backend.settings.retry,
@@ -797,12 +797,6 @@ async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
         exit_code=exit_code(summary, total),
         line=summary.line(),
     )
-
-
-def _in_memory(fetcher: Fetcher) -> MemoryFetcher:
-    if not hasattr(fetcher, "fetch_bytes"):
-        raise ConfigError("this backend's downloader cannot write to a bucket (no fetch_bytes)")
-    return cast(MemoryFetcher, fetcher)
 
 
 def _sent_for(settings: EngineSettings) -> Callable[[Unit], str]:

@@ -4,7 +4,7 @@ written kept in a spill directory until it can.
 
 ::
 
-    CDN ──fetch_bytes──▶ memory (verified) ──create, with sha256 + unit──▶ bucket
+    CDN ──streamed──▶ STATE/.spool/… (verified) ──create, with sha256 + unit──▶ bucket
                                    │ the store keeps failing (after the retry table)
                                    ▼
                     STATE/images/…  (spill) ──next run, or the end of this one──▶ bucket
@@ -16,14 +16,19 @@ spill directory, from which it is written before the run ends or by the next run
 Each is written once: with ``If-None-Match: *``, so a name already holding other bytes
 (another unit's image, a file of the user's) is never overwritten; an object already
 holding these very bytes (written by a run killed before it recorded them) is taken as
-written.  What a run needs of the journal's rows and files is in
-:mod:`batchgen.store.journal`; this module only moves bytes.
+written.  A download streams to the spool on disk, as a local one does, so memory does
+not grow with an image: one past :data:`WHOLE_PUT_BYTES` is written in parts from the
+file (a store takes ``If-None-Match`` on a single PUT only; the name is checked free
+first, and the lease says no other run writes here).  What a run needs of the
+journal's rows and files is in :mod:`batchgen.store.journal`; this module only moves
+bytes.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -39,9 +44,9 @@ import anyio
 
 from ..config import RetrySettings
 from ..errors import ObjectStoreError
-from ..scenario.download import Downloaded, Fetched, MemoryFetcher
+from ..scenario.download import Downloaded, Fetcher
 from ..store.bucket import MAX_WRITES, SHA256_ATTRIBUTE, STATE_PREFIX, Bucket, image_attributes
-from ..store.faults import storage_error
+from ..store.faults import storage_error, storage_faults
 from ..store.files import (
     IMAGES_DIR,
     INPUTS_DIR,
@@ -56,6 +61,12 @@ from .policy import Request, with_retries
 from .pressure import InFlightCap
 
 log = logging.getLogger(__name__)
+
+# An image up to this size is written in one conditional PUT (read from the spool into
+# memory); a larger one in parts, from the file.
+WHOLE_PUT_BYTES = 16 * 1024 * 1024
+# Where downloads wait, in the state directory, until the store has them.
+SPOOL_DIR = ".spool"
 
 CHECKPOINT_NAME = f"{STATE_PREFIX}/{JOURNAL_NAME}"
 # When the journal was copied, by the API's clock (kept in the copy).
@@ -87,10 +98,10 @@ class WriteSlots:
 @dataclass(slots=True)
 class BucketImages:
     """The engine's :class:`~batchgen.scenario.download.Fetcher` for a bucket: fetches
-    into memory, writes to the bucket, and names what it wrote relative to ``root``
+    into the spool, writes to the bucket, and names what it wrote relative to ``root``
     (the local state directory, which stands in for the output in the journal)."""
 
-    source: MemoryFetcher
+    source: Fetcher
     bucket: Bucket
     root: Path
     retry: RetrySettings
@@ -110,51 +121,81 @@ class BucketImages:
         fallback: Path | None = None,
         unit_id: str | None = None,
     ) -> Downloaded:
-        fetched = await self.source.fetch_bytes(url, expected_size)
         relative = destination.relative_to(self.root).as_posix()
         other = fallback.relative_to(self.root).as_posix() if fallback is not None else None
-        attributes = image_attributes(relative, fetched.sha256, unit_id)
+        spool = await self.offload(_spool_file, self.root)
         try:
-            placed = await with_retries(
-                Request.STORE_WRITE,
-                lambda: self._place(relative, other, fetched, attributes),
-                self.retry,
-                self.rng,
-            )
-        except ObjectStoreError as exc:
-            if not exc.transient:
-                raise
-            placed = await self._spill(relative, fetched, attributes, exc)
-        else:
-            self.written[placed] = len(fetched.data)
-        return Downloaded(self.root / placed, len(fetched.data), fetched.sha256, fetched.dimensions)
+            got = await self.source.fetch(url, spool, expected_size, unit_id=unit_id)
+            attributes = image_attributes(relative, got.sha256, unit_id)
+            try:
+                placed = await with_retries(
+                    Request.STORE_WRITE,
+                    lambda: self._place(relative, other, spool, got, attributes),
+                    self.retry,
+                    self.rng,
+                )
+            except ObjectStoreError as exc:
+                if not exc.transient:
+                    raise
+                placed = await self._spill(relative, spool, attributes, exc)
+            else:
+                self.written[placed] = got.size
+        finally:
+            await self.offload(functools.partial(spool.unlink, missing_ok=True))
+        return Downloaded(self.root / placed, got.size, got.sha256, got.dimensions)
 
     async def _place(
-        self, relative: str, fallback: str | None, fetched: Fetched, attributes: dict[str, str]
+        self,
+        relative: str,
+        fallback: str | None,
+        spool: Path,
+        got: Downloaded,
+        attributes: dict[str, str],
     ) -> str:
         if fallback is None:  # the unit's own file: a download again replaces it
-            await self.bucket.put(relative, fetched.data, attributes)
+            await self._write(relative, spool, got, attributes, replace=True)
             return relative
-        if await self.bucket.create(relative, fetched.data, attributes) is not None:
+        if await self._write(relative, spool, got, attributes, replace=False):
             return relative
         there = await self.bucket.head(relative)
-        if there is not None and there.attributes.get(SHA256_ATTRIBUTE) == fetched.sha256:
+        if there is not None and there.attributes.get(SHA256_ATTRIBUTE) == got.sha256:
             return relative  # these very bytes, written by a run killed before it noted them
         log.warning(
             "%s holds another image; this one is %s",
             self.bucket.location(relative),
             self.bucket.location(fallback),
         )
-        await self.bucket.put(fallback, fetched.data, attributes)
+        await self._write(fallback, spool, got, attributes, replace=True)
         return fallback
 
+    async def _write(
+        self,
+        relative: str,
+        spool: Path,
+        got: Downloaded,
+        attributes: dict[str, str],
+        *,
+        replace: bool,
+    ) -> bool:
+        """The spooled image written as ``relative``; False if ``replace`` is not given
+        and the name is taken.  Small: one PUT (conditional unless replacing); large:
+        in parts from the file, the name checked free first."""
+        if got.size <= WHOLE_PUT_BYTES:
+            data = await self.offload(spool.read_bytes)
+            if replace:
+                await self.bucket.put(relative, data, attributes)
+                return True
+            return await self.bucket.create(relative, data, attributes) is not None
+        if not replace and await self.bucket.head(relative) is not None:
+            return False
+        await self.bucket.put_file(relative, spool, attributes)
+        return True
+
     async def _spill(
-        self, relative: str, fetched: Fetched, attributes: dict[str, str], exc: ObjectStoreError
+        self, relative: str, spool: Path, attributes: dict[str, str], exc: ObjectStoreError
     ) -> str:
         destination = self.root / relative
-        await self.offload(
-            _write_file, self.root, relative, fetched.data, fetched.sha256, attributes
-        )
+        await self.offload(_spill_file, self.root, relative, spool, attributes)
         self.spilled += 1
         log.warning("%s; kept in %s until it can be written", exc, destination)
         return relative
@@ -179,7 +220,10 @@ class BucketImages:
         except ObjectStoreError as exc:
             if not exc.transient:
                 raise
-            await self._spill(relative, Fetched(data, sha256), {SHA256_ATTRIBUTE: sha256}, exc)
+            attributes = {SHA256_ATTRIBUTE: sha256}
+            await self.offload(_write_file, self.root, relative, data, sha256, attributes)
+            self.spilled += 1
+            log.warning("%s; kept in %s until it can be written", exc, self.root / relative)
         self.inputs_kept.add(relative)
 
     def stamp(self, out_dir: Path, relative: str) -> Stamp | None:
@@ -198,6 +242,26 @@ class BucketImages:
 def _sidecar(path: Path) -> Path:
     """Where a spilled file's object metadata waits with it (hidden: not a file to write)."""
     return path.with_name(f".{path.name}.attributes.json")
+
+
+def _spool_file(root: Path) -> Path:
+    """A new name in the spool (the state directory's own, no link), for one download."""
+    with storage_faults(root / SPOOL_DIR):
+        return real_directory(root, SPOOL_DIR) / f"{os.getpid()}-{next(_SPOOLED)}.image"
+
+
+_SPOOLED = itertools.count()
+
+
+def _spill_file(root: Path, relative: str, spool: Path, attributes: dict[str, str]) -> None:
+    """A spooled image moved into the spill directory, its attributes beside it."""
+    destination = root / relative
+    try:
+        real_directory(root, PurePath(relative).parent)
+        os.replace(spool, destination)
+        write_lines_atomically(_sidecar(destination), [json.dumps(attributes)])
+    except OSError as exc:
+        raise storage_error(exc, destination) from exc
 
 
 def _write_file(
@@ -231,6 +295,7 @@ async def flush_spilled(
     the bucket, each removed locally once the store confirmed it.  One the store still
     refuses stays for the next run."""
     written = kept = 0
+    await offload(_clear_spool, root)  # downloads a killed run left half-way
     for relative in await offload(_waiting, root):
         path = root / relative
         data, attributes = await offload(_read_spilled, path)
@@ -287,6 +352,13 @@ async def _write_once(
     return there is not None and (
         there.attributes.get(SHA256_ATTRIBUTE) == attributes[SHA256_ATTRIBUTE]
     )
+
+
+def _clear_spool(root: Path) -> None:
+    spool = root / SPOOL_DIR
+    if spool.is_dir() and not spool.is_symlink():
+        for leftover in spool.iterdir():
+            leftover.unlink(missing_ok=True)
 
 
 def _waiting(root: Path) -> list[str]:

@@ -376,10 +376,12 @@ class Bucket:
         """Write (or overwrite) an object: its ETag."""
         return await self._put(relative, data, mode="overwrite", attributes=attributes)
 
-    async def put_file(self, relative: str, path: Path) -> str | None:
-        """Write (or overwrite) an object from a local file, streamed: a view or a
-        journal of a million units is never held in memory whole."""
-        return await self._put(relative, path, mode="overwrite")
+    async def put_file(
+        self, relative: str, path: Path, attributes: Mapping[str, str] | None = None
+    ) -> str | None:
+        """Write (or overwrite) an object from a local file, streamed: a view, a
+        journal of a million units, a large image, is never held in memory whole."""
+        return await self._put(relative, path, mode="overwrite", attributes=attributes)
 
     async def _put(
         self,
