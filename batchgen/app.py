@@ -226,6 +226,9 @@ class Validation:
     inputs_checked: bool
     not_checked_because: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
 
 @dataclass(frozen=True, slots=True)
 class Status:
@@ -418,28 +421,26 @@ def validate(
     project_id: str | None = None,
     filename: str | FileNameTemplate | None = None,
     max_units: int = defaults.DEFAULT_MAX_UNITS,
+    offline: bool = False,
+    simulate: bool = False,
 ) -> Validation:
-    """Check a manifest and count its units; with credentials in the environment, also
-    check every unit against its model's inputs (read-only requests).  Raises
-    :class:`ConfigError` (``ModelInputsError``, ``ManifestError``) on a problem."""
+    """Check a manifest and count its units, and (unless ``offline``) that the API
+    answers, takes the credentials and takes every unit by its model's inputs (read-only
+    requests; ``simulate``: the embedded simulator's).  Raises :class:`ConfigError`
+    (``ModelInputsError``, ``ManifestError``, ``CredentialsError``) on a problem, and
+    :class:`ApiUnreachableError` when the API cannot be reached."""
     loaded = load(manifest, filename)
-    options = RunOptions(api_url=api_url, project_id=project_id)
     place = (str(loaded.path), len(loaded.entries))
-    try:
-        connection(options)
-    except ConfigError:
-        return Validation(*place, count_units(loaded, max_units), False, "no credentials")
+    if offline:
+        return Validation(*place, count_units(loaded, max_units), False, "--offline")
+    options = RunOptions(api_url=api_url, project_id=project_id, simulate=simulate)
 
     async def check() -> int:
         async with open_backend(options) as backend:
             total, _, _ = await checked_manifest(loaded, backend, max_units=max_units)
         return total
 
-    try:
-        total = _run_sync(check)
-    except ApiError as exc:  # the API cannot be reached or read: what can be, is checked
-        return Validation(*place, count_units(loaded, max_units), False, str(exc))
-    return Validation(*place, total, True)
+    return Validation(*place, _run_sync(check), True)
 
 
 # ---------------------------------------------------------------------- estimate
@@ -1033,7 +1034,7 @@ def write_dataset_metadata(journal: Journal, out_dir: Path, *, sharded: bool) ->
     root, covering every shard that has a journal (see :mod:`batchgen.dataset`).
     ``journal`` is the run's own, still open."""
     if not sharded:
-        write_metadata(out_dir, lambda: [("", journal.results())])
+        write_metadata(out_dir, lambda: [("", journal.results())], journal.first_time)
         return
     with contextlib.ExitStack() as stack:
         journals: list[tuple[str, Journal]] = []
@@ -1045,7 +1046,9 @@ def write_dataset_metadata(journal: Journal, out_dir: Path, *, sharded: bool) ->
                 stack.callback(other.close)
                 journals.append((f"{place.name}/", other))
         write_metadata(
-            out_dir.parent, lambda: [(prefix, shard.results()) for prefix, shard in journals]
+            out_dir.parent,
+            lambda: [(prefix, shard.results()) for prefix, shard in journals],
+            journal.first_time,
         )
 
 

@@ -28,7 +28,14 @@ import anyio
 from . import __version__
 from . import config as defaults
 from .config import CHECKPOINT_SECONDS
-from .errors import EXIT_FAILED_UNITS, EXIT_INTERRUPTED, EXIT_OK, BatchgenError, ConfigError
+from .errors import (
+    EXIT_FAILED_UNITS,
+    EXIT_INTERRUPTED,
+    EXIT_MEANINGS,
+    EXIT_OK,
+    BatchgenError,
+    ConfigError,
+)
 from .ledger import plural
 from .manifest.naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
 from .manifest.shard import Shard
@@ -37,7 +44,7 @@ from .report import Report
 from .store.bucket import is_bucket_url
 from .store.export import DEFAULT_SHARD_SIZE, FORMATS
 from .store.lease import LEASE_SECONDS
-from .ui.display import Display, LineDisplay
+from .ui.display import Display, Displays, LineDisplay
 
 STATUS_FAILURES_SHOWN = 20
 # Failed units a run's summary shows each in a line when there are more: the rest are
@@ -49,7 +56,9 @@ log = logging.getLogger("batchgen")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{self.prog}: {message}")
+        # "batchgen: error: run: argument ...", not the program's name twice.
+        command = self.prog.removeprefix("batchgen").strip()
+        raise ConfigError(f"{command}: {message}" if command else message)
 
 
 def _positive_int(name: str, maximum: int) -> Callable[[str], int]:
@@ -342,15 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser(
         "validate",
-        help="check a manifest and count its units; with credentials in the environment, "
-        "also check its model ids (one read-only request a page of models)",
+        help="check a manifest and count its units, and that the API answers, accepts the "
+        "credentials and takes every unit (read-only requests); --offline: the manifest alone",
     )
     validate.add_argument("manifest", type=Path)
     validate.add_argument("--api-url", help="API base URL (as for run)")
     validate.add_argument("--project-id", help="Scenario project id (as for run)")
+    validate.add_argument(
+        "--offline",
+        action="store_true",
+        help="check the manifest only: no request to the API, no credentials needed",
+    )
+    validate.add_argument(
+        "--simulate", action="store_true", help="check against the embedded simulator"
+    )
     _add_filename(validate)
     _add_max_units(validate)
-    validate.set_defaults(simulate=False)
+    validate.add_argument("--json", action="store_true", help="print the check as JSON")
     _add_verbosity(validate)
 
     models = commands.add_parser(
@@ -573,9 +590,7 @@ CREDENTIALS = (
     "credentials: SCENARIO_API_KEY and SCENARIO_API_SECRET (or the SDK's SCENARIO_SDK_API_KEY "
     "and SCENARIO_SDK_API_SECRET), or a file named by SCENARIO_CREDENTIALS_FILE (mode 600); "
     "SCENARIO_API_URL and SCENARIO_PROJECT_ID as --api-url and --project-id.\n"
-    "exit codes: 0 done, 1 units failed or left, 2 invalid input, 3 directory in use, "
-    "4 --max-runtime, 5 local fault, 6 budget or credits, 130 interrupted (Ctrl-C), "
-    "143 terminated (SIGTERM)."
+    "exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_MEANINGS.items()) + "."
 )
 
 
@@ -678,7 +693,14 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        return _main(argv)
+        code = _main(argv)
+    except BaseException:
+        _record(logging.ERROR, "stopped by an unexpected error (its traceback is on stderr)")
+        raise
+    else:
+        # The log file is the run's record: how it ended, also when nothing else says.
+        _record(logging.INFO, f"exit {code}: {EXIT_MEANINGS.get(code, 'unknown')}")
+        return code
     finally:
         for handler in log.handlers:
             if isinstance(handler, logging.FileHandler):
@@ -687,10 +709,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     # --json promises a JSON object on every exit, also when the arguments are wrong.
-    wants_json = "--json" in (sys.argv[1:] if argv is None else argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    wants_json = "--json" in given
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(given)
         _setup_logging(args)
+        _record(logging.INFO, f"batchgen {__version__}: {' '.join(given)} (pid {os.getpid()})")
         if args.command == "validate":
             return _validate(args)
         if args.command == "sim":
@@ -717,13 +741,51 @@ def _main(argv: Sequence[str] | None) -> int:
         known = _known_error(exc)
         if known is None:
             raise
+        if not _log_files():  # refused before the log was opened: opened for this
+            _early_log_file(given)
         if os.environ.get(defaults.TRACEBACK_VARIABLE):
             traceback.print_exception(exc)
         for line in str(known).splitlines():
             _say(f"batchgen: error: {line}", file=sys.stderr)
+            _record(logging.ERROR, f"error: {line}")
         if wants_json:
             _say(json.dumps({"error": str(known), "exit_code": known.exit_code}))
         return known.exit_code
+
+
+def _log_files() -> list[logging.FileHandler]:
+    return [h for h in log.handlers if isinstance(h, logging.FileHandler)]
+
+
+def _record(level: int, message: str) -> None:
+    """A line for the log file alone (what the terminal is shown otherwise: the summary,
+    an error, how the run ended)."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
+    for handler in _log_files():
+        if level >= handler.level:
+            handler.handle(record)
+
+
+def _early_log_file(given: list[str]) -> None:
+    """The log file of a command refused before its arguments were read: it must still
+    say why (``--log-file PATH`` or ``--log-file=PATH`` found among them)."""
+    for index, word in enumerate(given):
+        path = word.partition("=")[2] if word.startswith("--log-file=") else None
+        if word == "--log-file" and index + 1 < len(given):
+            path = given[index + 1]
+        if path:
+            try:
+                handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+            except OSError:
+                return
+            json_lines = "--log-format=json" in given or "json" in given
+            handler.setFormatter(
+                _JsonFormatter()
+                if json_lines
+                else _Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+            )
+            log.addHandler(handler)
+            return
 
 
 def _known_error(exc: BaseException) -> BatchgenError | None:
@@ -747,15 +809,15 @@ def _validate(args: argparse.Namespace) -> int:
         project_id=args.project_id,
         filename=args.filename,
         max_units=args.max_units,
+        offline=args.offline,
+        simulate=args.simulate,
     )
-    _say(f"{checked.manifest}: ok, {checked.entries} entries expand to {checked.units} units")
-    if checked.not_checked_because == "no credentials":
-        _say(
-            f"{checked.manifest}: the models' inputs were not checked: no credentials "
-            "(set SCENARIO_API_KEY and SCENARIO_API_SECRET to check them)",
-            file=sys.stderr,
-        )
-    elif not checked.inputs_checked:
+    if args.json:
+        _say(json.dumps(checked.to_json()))
+        return EXIT_OK
+    entries, units = plural(checked.entries, "entry"), plural(checked.units, "unit")
+    _say(f"{checked.manifest}: ok, {entries} expand to {units}")
+    if not checked.inputs_checked:
         _say(
             f"{checked.manifest}: the models' inputs were not checked: "
             f"{checked.not_checked_because}",
@@ -896,6 +958,7 @@ def _finished(args: argparse.Namespace) -> Report | None:
 
 
 def _render(args: argparse.Namespace, report: Report) -> int:
+    _record(logging.INFO, f"summary: {report.line}")
     if args.json:
         _say(json.dumps(report.to_json()))
     elif not (args.quiet and report.exit_code == EXIT_OK):
@@ -903,7 +966,10 @@ def _render(args: argparse.Namespace, report: Report) -> int:
         if report.failed > len(report.failures):  # many: counted by reason, a few shown
             for reason in report.failure_reasons:
                 _say(f"  {reason['units']} failed: {reason['reason']}")
-        shown = FAILURES_SHOWN if report.failed > len(report.failures) else None
+        # Quiet: each failure was said once already, as it happened (stderr).
+        shown = (
+            0 if args.quiet else FAILURES_SHOWN if report.failed > len(report.failures) else None
+        )
         for failure in report.failures[:shown]:
             permanent = " (for good)" if failure["permanent"] else ""
             _say(f"  failed {failure['id']}{permanent}: {failure['error']}")
@@ -912,14 +978,21 @@ def _render(args: argparse.Namespace, report: Report) -> int:
 
 def _open_display(args: argparse.Namespace, stack: contextlib.ExitStack) -> Display | None:
     """The live panel on a terminal, a progress line every few seconds elsewhere, and
-    nothing with --quiet."""
+    nothing with --quiet; the log file has the progress lines whatever the terminal
+    shows (they are the run's record)."""
+    screen: Display | None = None
     if args.quiet:
-        return None
-    if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
+        screen = None
+    elif sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
         from .ui.live import LiveDisplay  # rich is imported only when it is shown
 
-        return stack.enter_context(LiveDisplay.open())
-    return LineDisplay(args.progress_every)
+        screen = stack.enter_context(LiveDisplay.open())
+    else:
+        return LineDisplay(args.progress_every)  # the log file has its lines too
+    if not _log_files():
+        return screen
+    to_file = LineDisplay(args.progress_every, lambda line: _record(logging.INFO, line))
+    return to_file if screen is None else Displays(screen, to_file)
 
 
 def _prune(args: argparse.Namespace) -> int:

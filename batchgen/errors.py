@@ -20,7 +20,9 @@
     │   ├── OutOfCreditsError          402, or a 4xx about creative units: the account is empty
     │   ├── RateLimitedError           429: too many requests or too many jobs in flight
     │   ├── TransientApiError          5xx, 408, 409, dropped connections, timeouts: may pass
-    │   │   └── AmbiguousSubmitError   a POST that may have created a job before it failed
+    │   │   ├── AmbiguousSubmitError   a POST that may have created a job before it failed
+    │   │   └── ApiUnreachableError    exit 7: nothing reached the API (DNS, refused, TLS,
+    │   │                              the proxy); retried, and the run's end if it lasts
     │   └── MalformedResponseError     a 2xx whose body is not what the API documents
     │       └── BrokenListError        a list past every bound (pages, items, time, a
     │                                  token that comes back): not read again
@@ -43,8 +45,23 @@ EXIT_LOCKED = 3
 EXIT_OUT_OF_TIME = 4
 EXIT_STORAGE = 5
 EXIT_STOPPED = 6
+EXIT_UNREACHABLE = 7
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2, by the shell's convention
 EXIT_TERMINATED = 143  # SIGTERM (kill, a scheduler's stop): 128 + 15
+
+# What each exit code means, as the log file and the help say it.
+EXIT_MEANINGS = {
+    EXIT_OK: "done",
+    EXIT_FAILED_UNITS: "units failed or were left undone",
+    EXIT_INVALID: "invalid input or configuration, nothing sent",
+    EXIT_LOCKED: "the output is in use by another run",
+    EXIT_OUT_OF_TIME: "--max-runtime reached; the next run goes on",
+    EXIT_STORAGE: "a local fault (disk, journal, store)",
+    EXIT_STOPPED: "submitting stopped by the budget or the credits",
+    EXIT_UNREACHABLE: "the API cannot be reached (DNS, connection, TLS, proxy)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_TERMINATED: "terminated (SIGTERM)",
+}
 
 
 class BatchgenError(Exception):
@@ -168,6 +185,15 @@ class AmbiguousSubmitError(TransientApiError):
     ) -> None:
         super().__init__(message, status=status, reason=reason)
         self.connection_dropped = connection_dropped
+
+
+class ApiUnreachableError(TransientApiError):
+    """Nothing reached the API: its name did not resolve, the connection was refused,
+    TLS failed, or the proxy would not carry it.  Retried as any transient failure; when
+    it ends a run (or a check), its own exit code tells a network problem from failed
+    units or bad input."""
+
+    exit_code = EXIT_UNREACHABLE
 
 
 class MalformedResponseError(ApiError):

@@ -135,8 +135,15 @@ def test_invalid_input_exits_2_with_one_line_and_writes_nothing(
 
 
 def test_validate_counts_units(example_manifest: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", str(example_manifest)]) == 0
-    assert f"expand to {UNITS} units" in capsys.readouterr().out
+    assert main(["validate", str(example_manifest), "--offline"]) == 0
+    said = capsys.readouterr()
+    assert f"expand to {UNITS} units" in said.out and "--offline" in said.err
+    # Without --offline, the API must answer and take the credentials: none here.
+    assert main(["validate", str(example_manifest)]) == 2
+    assert "no API credentials" in capsys.readouterr().err
+    assert main(["validate", str(example_manifest), "--simulate", "--json"]) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert checked["units"] == UNITS and checked["inputs_checked"] is True
 
 
 @pytest.mark.slow
@@ -399,12 +406,12 @@ def test_validate_checks_every_unit_against_its_models_inputs(
     captured = capsys.readouterr()
     assert "expand to 2 units" in captured.out and captured.err == ""
 
-    # Without credentials validate sends nothing and says what it could not check.
+    # Without credentials validate sends nothing and says why, exit 2.
     requests = sim.requests.total()
     monkeypatch.delenv("SCENARIO_API_KEY")
-    assert main(["validate", str(manifest), "--api-url", sim.api_url]) == 0
+    assert main(["validate", str(manifest), "--api-url", sim.api_url]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "inputs were not checked: no credentials" in err[0]
+    assert len(err) == 1 and "no API credentials" in err[0]
     assert sim.requests.total() == requests
 
 

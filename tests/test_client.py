@@ -14,6 +14,7 @@ import pytest
 from batchgen.config import ApiSettings, Credentials
 from batchgen.errors import (
     AmbiguousSubmitError,
+    ApiUnreachableError,
     BatchgenError,
     CredentialsError,
     MalformedResponseError,
@@ -128,7 +129,8 @@ async def test_errors_are_converted_at_the_boundary(
     ("failure", "submit_error", "read_error"),
     [
         # Nothing was sent: safe to retry, even a submission.
-        (CannotConnect("refused"), TransientApiError, TransientApiError),
+        # (its own kind, and exit code, once it ends a run or a check).
+        (CannotConnect("refused"), ApiUnreachableError, ApiUnreachableError),
         # Sent, no whole answer: a submission may have made its job.
         (NoAnswer("TimeoutError before the answer arrived"), AmbiguousSubmitError,
          TransientApiError),

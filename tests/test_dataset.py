@@ -124,7 +124,7 @@ def test_shards_make_one_dataset_at_the_output_root(csv_run: tuple[Path, World])
         "shard-1-of-2",
         "shard-2-of-2",
     }
-    assert main(["validate", str(manifest)]) == 0
+    assert main(["validate", str(manifest), "--offline"]) == 0
     assert len(load_imagefolder(root)) == 6  # type: ignore[arg-type]
 
 

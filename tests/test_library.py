@@ -65,8 +65,10 @@ def test_run_and_arun_while_an_event_loop_runs_as_in_a_notebook(
 def test_estimate_validate_and_unknown_options(manifest: Path, tmp_path: Path) -> None:
     found = batchgen.estimate(manifest, out=tmp_path / "out", simulate=True)
     assert found.units == 3 and found.estimated_left > 0 and found.shapes[0].size == "64x64"
-    checked = batchgen.validate(manifest)
-    assert checked.units == 3 and checked.entries == 1
+    checked = batchgen.validate(manifest, offline=True)
+    assert checked.units == 3 and checked.entries == 1 and not checked.inputs_checked
+    checked = batchgen.validate(manifest, simulate=True)
+    assert checked.units == 3 and checked.inputs_checked
     with pytest.raises(batchgen.ConfigError, match="unknown option"):
         batchgen.run(manifest, concurency=3)
 

@@ -26,6 +26,7 @@ from ..config import MAX_API_BODY_BYTES, ApiSettings, is_api_id
 from ..errors import (
     AmbiguousSubmitError,
     ApiError,
+    ApiUnreachableError,
     BrokenListError,
     CredentialsError,
     MalformedResponseError,
@@ -168,7 +169,7 @@ class ScenarioClient:
                 break
             except CannotConnect as exc:
                 # Nothing reached the server: safe to retry, even a submission.
-                raise TransientApiError(f"{what}: {exc}") from exc
+                raise ApiUnreachableError(f"{what}: {exc}") from exc
             except ConnectionDropped as exc:
                 # Most often a kept-alive connection closed while idle.  A read goes again
                 # at once; a submission may have created its job and is reconciled.

@@ -112,12 +112,27 @@ class AiohttpTransport:
                 date = response.headers.get("Date")
                 body = await read_body(response, limit)
         except aiohttp.ClientConnectorError as exc:
-            raise CannotConnect(f"cannot connect to {url.host}:{url.port}") from exc
+            raise CannotConnect(f"cannot connect to {url.host}:{url.port} ({_why(exc)})") from exc
+        except aiohttp.ClientHttpProxyError as exc:
+            raise CannotConnect(f"the proxy refused to carry it (HTTP {exc.status})") from exc
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             raise ConnectionDropped(f"the connection was closed ({type(exc).__name__})") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise NoAnswer(f"{type(exc).__name__} before the answer arrived") from exc
         return Answer(status, body, wait, date)
+
+
+def _why(exc: aiohttp.ClientConnectorError) -> str:
+    """What stopped a connection, in a few words (no address the user did not give)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "TLS: the certificate was not accepted"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "TLS failed"
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return "the proxy cannot be reached"
+    if isinstance(exc.os_error, OSError) and exc.os_error.strerror:
+        return str(exc.os_error.strerror)
+    return type(exc).__name__
 
 
 async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -198,7 +198,7 @@ def _obstore() -> Any:
         import obstore
     except ImportError:
         raise ConfigError(
-            "an output in a bucket needs obstore: pip install 'batchgen[cloud]'"
+            "an output in a bucket needs obstore: pip install 'scenario-batchgen[cloud]'"
         ) from None
     return obstore
 

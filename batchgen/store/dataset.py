@@ -172,13 +172,17 @@ def mixed(kinds: Kinds) -> set[str]:
 Parts = Callable[[], Iterable[tuple[str, Iterable[str]]]]
 
 
-def write_metadata(root: Path, parts: Parts) -> Kinds:
+def write_metadata(
+    root: Path, parts: Parts, first_time: Callable[[str], bool] | None = None
+) -> Kinds:
     """Replace ``root/metadata.jsonl`` with the rows of these results lines, given as
     (path prefix from ``root``, lines) for each directory of results (``parts`` is
     called once a pass: the lines are read twice, first for the columns' kinds).  With
-    no image at all, no file is left.  Returns the columns' kinds."""
+    no image at all, no file is left.  Returns the columns' kinds.  ``first_time`` says
+    whether a remark about the columns is new to the output: a warning the first time,
+    a line of the log after (a nightly run is not a nightly mail)."""
     kinds = extra_kinds(json.loads(line) for _, lines in parts() for line in lines)
-    _say(kinds)
+    _say(kinds, first_time or (lambda remark: True))
     as_text = mixed(kinds)
     rows = (
         json.dumps(row, ensure_ascii=False)
@@ -202,19 +206,18 @@ def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
     yield from rest
 
 
-def _say(kinds: Kinds) -> None:
-    for column in sorted(kinds):
-        if column.startswith("extra_") and column.removeprefix("extra_") in RESERVED_COLUMNS:
-            log.warning(
-                "metadata.jsonl: the column %r is written as %r: the dataset loaders "
-                "give %r a meaning of their own",
-                column.removeprefix("extra_"),
-                column,
-                column.removeprefix("extra_"),
-            )
-    for column in sorted(mixed(kinds)):
-        log.warning(
-            "metadata.jsonl: the column %r holds values of more than one kind (numbers "
-            "and strings, say); it is written as strings, so that the loader reads it",
-            column,
-        )
+def _say(kinds: Kinds, first_time: Callable[[str], bool]) -> None:
+    remarks = [
+        f"metadata.jsonl: the column {column.removeprefix('extra_')!r} is written as "
+        f"{column!r}: the dataset loaders give {column.removeprefix('extra_')!r} a meaning "
+        "of their own"
+        for column in sorted(kinds)
+        if column.startswith("extra_") and column.removeprefix("extra_") in RESERVED_COLUMNS
+    ]
+    remarks += [
+        f"metadata.jsonl: the column {column!r} holds values of more than one kind (numbers "
+        "and strings, say); it is written as strings, so that the loader reads it"
+        for column in sorted(mixed(kinds))
+    ]
+    for remark in remarks:
+        log.log(logging.WARNING if first_time(remark) else logging.INFO, "%s", remark)

@@ -12,7 +12,7 @@ stops the export: ``batchgen verify --fix`` first.
   and image index: the format the ``webdataset`` reader and ``datasets`` load.
 - **parquet**: ``DEST/<name>-000000.parquet``, ... with an ``image`` column of
   ``{bytes, path}`` and the schema's Hugging Face features, so ``datasets`` reads it as
-  images (needs ``pyarrow``: ``pip install 'batchgen[export]'``).
+  images (needs ``pyarrow``: ``pip install 'scenario-batchgen[export]'``).
 - **imagefolder**: ``DEST/images/...`` hard-linked (copied across file systems),
   ``DEST/metadata.jsonl`` and ``DEST/README.md``, a dataset card whose YAML header says
   the features, the size, the models and where the prompts came from; no journal, no
@@ -229,7 +229,7 @@ def _parquet(
         import pyarrow.parquet as pq
     except ImportError:
         raise ExportError(
-            "--format parquet needs pyarrow: pip install 'batchgen[export]'"
+            "--format parquet needs pyarrow: pip install 'scenario-batchgen[export]'"
         ) from None
     files: list[Path] = []
     batch: list[Sample] = []

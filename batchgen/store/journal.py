@@ -35,6 +35,7 @@ fact lost to a power cut costs a reconciliation or a download again, never a job
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import os
 import sqlite3
@@ -425,6 +426,15 @@ class Journal:
     def remember(self, key: str, value: str) -> None:
         """Keep a fact about the run beside the units (such as a model's inputs)."""
         self._write(("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)))
+
+    def first_time(self, remark: str) -> bool:
+        """Whether this remark is new to the output (it is noted as said)."""
+        key = "said:" + hashlib.sha256(remark.encode()).hexdigest()[:16]
+        with self._lock:
+            if self._db.execute("SELECT 1 FROM meta WHERE key = ?", (key,)).fetchone():
+                return False
+        self._write(("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '1')", (key,)))
+        return True
 
     def recall(self, prefix: str) -> dict[str, str]:
         """The facts kept under keys starting with ``prefix``, by the rest of the key."""

@@ -65,7 +65,7 @@ def update_views(journal: Journal, out_dir: Path, *, metadata: bool = True) -> s
     latest = journal.result_seq()
     write_results(journal.results(), out_dir)
     if metadata:
-        kinds = write_metadata(out_dir, lambda: [("", journal.results())])
+        kinds = write_metadata(out_dir, lambda: [("", journal.results())], journal.first_time)
     journal.mark_shown(latest)
     _remember(journal, latest, views, kinds)
     return "rewritten"

@@ -8,6 +8,7 @@ time to import, which cron runs need not pay).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from ..engine.summary import Summary
@@ -24,12 +25,34 @@ class Display(Protocol):
 
 
 class LineDisplay:
-    """A log line every ``interval`` seconds: for logs, cron mail, CI consoles."""
+    """A log line every ``interval`` seconds: for logs, cron mail, CI consoles.  ``say``
+    is where the line goes (the log, or the log file alone)."""
 
     live = False
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, say: Callable[[str], None] | None = None) -> None:
         self.interval = interval
+        self._say = say or (lambda line: log.info("%s", line))
 
     def show(self, summary: Summary, rate: float | None) -> None:
-        log.info("progress: %s", progress_line(summary, rate))
+        self._say(f"progress: {progress_line(summary, rate)}")
+
+
+class Displays:
+    """Several displays at once, each at its own pace (the panel on the terminal, and
+    the progress lines of the log file)."""
+
+    def __init__(self, *displays: Display) -> None:
+        self._displays = displays
+        self.interval = min(display.interval for display in displays)
+        self.live = any(display.live for display in displays)
+        self._due = [0.0 for _ in displays]
+
+    def show(self, summary: Summary, rate: float | None) -> None:
+        for index, display in enumerate(self._displays):
+            if (
+                summary.elapsed >= self._due[index]
+                or summary.done + summary.skipped >= summary.total
+            ):
+                display.show(summary, rate)
+                self._due[index] = summary.elapsed + display.interval
