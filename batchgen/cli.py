@@ -1,6 +1,6 @@
 """Turn a YAML manifest of image prompts into a folder of images through Scenario's
 generation API, and look after the folder: run, validate, models, status, prune,
-verify, export, sim.
+verify, export, gallery, sim.
 
 The commands only parse, call :mod:`batchgen.app` (and :mod:`batchgen.upkeep`) and
 render what they return.  Known errors print as one line on stderr (a line per problem
@@ -153,8 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="output directory, or a bucket: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX (default: "
         "the manifest's output, else output/<manifest name>)",
     )
-    _add_storage_option(run)
-    run.add_argument(
+    # Read after the run's own options in --help: most runs write to a folder.
+    in_bucket = run.add_argument_group("an output in a bucket")
+    _add_storage_option(in_bucket)
+    in_bucket.add_argument(
         "--lease-seconds",
         type=_positive_float("--lease-seconds"),
         default=LEASE_SECONDS,
@@ -163,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(it is renewed 4 times in that; default {LEASE_SECONDS:g}): a run killed holds the "
         "output that long",
     )
-    run.add_argument(
+    in_bucket.add_argument(
         "--checkpoint-interval",
         type=_positive_float("--checkpoint-interval"),
         default=CHECKPOINT_SECONDS,
@@ -171,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with an output in a bucket: seconds between copies of the journal to it "
         f"(default {CHECKPOINT_SECONDS:g}; also at the start and the end of every run)",
     )
-    run.add_argument(
+    in_bucket.add_argument(
         "--state-dir",
         type=Path,
         help="with an output in a bucket: where the journal lives locally (default: under "
@@ -435,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--api-url", help="API base URL (as for run)")
     verify.add_argument("--project-id", help="Scenario project id (as for run)")
+    verify.add_argument(
+        "--simulate",
+        action="store_true",
+        help="with --fix: fetch again from the embedded simulator (an output made with "
+        "run --simulate)",
+    )
     _add_storage_option(verify)
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(verify)
@@ -816,7 +824,8 @@ def _validate(args: argparse.Namespace) -> int:
         _say(json.dumps(checked.to_json()))
         return EXIT_OK
     entries, units = plural(checked.entries, "entry"), plural(checked.units, "unit")
-    _say(f"{checked.manifest}: ok, {entries} expand to {units}")
+    verb = "expands" if checked.entries == 1 else "expand"
+    _say(f"{checked.manifest}: ok, {entries} {verb} to {units}")
     if not checked.inputs_checked:
         _say(
             f"{checked.manifest}: the models' inputs were not checked: "
@@ -865,7 +874,7 @@ def _models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_storage_option(command: argparse.ArgumentParser) -> None:
+def _add_storage_option(command: argparse._ActionsContainer) -> None:
     command.add_argument(
         "--storage-option",
         action="append",
@@ -1007,8 +1016,8 @@ def _prune(args: argparse.Namespace) -> int:
     if args.json:
         _say(json.dumps(pruned.to_json()))
     elif not args.quiet or pruned.units:
-        deleted = f", {pruned.files_deleted} images deleted" if args.delete_files else ""
-        _say(f"{args.out}: {pruned.units} units forgotten{deleted}")
+        deleted = f", {plural(pruned.files_deleted, 'image')} deleted" if args.delete_files else ""
+        _say(f"{args.out}: {plural(pruned.units, 'unit')} forgotten{deleted}")
     return EXIT_OK
 
 
@@ -1020,6 +1029,7 @@ def _verify(args: argparse.Namespace) -> int:
         fix=args.fix,
         api_url=args.api_url,
         project_id=args.project_id,
+        simulate=args.simulate,
         storage_options=args.storage_options,
     )
     if args.json:
@@ -1028,7 +1038,8 @@ def _verify(args: argparse.Namespace) -> int:
         broken = len(found.missing) + len(found.altered)
         if not (args.quiet and broken == 0):
             _say(
-                f"{args.out}: {found.checked} images checked, {len(found.missing)} missing, "
+                f"{args.out}: {plural(found.checked, 'image')} checked, "
+                f"{len(found.missing)} missing, "
                 f"{len(found.altered)} altered"
                 + (f", {found.fixed} fetched again" if args.fix else "")
             )
@@ -1055,7 +1066,10 @@ def _export(args: argparse.Namespace) -> int:
     if args.json:
         _say(json.dumps(done.to_json()))
     elif not args.quiet:
-        _say(f"{args.dest}: {done.images} images as {done.format}, {len(done.files)} files")
+        _say(
+            f"{args.dest}: {plural(done.images, 'image')} as {done.format}, "
+            f"{plural(len(done.files), 'file')}"
+        )
     return EXIT_OK
 
 
@@ -1088,11 +1102,14 @@ def _status(args: argparse.Namespace) -> int:
     running = "a run is in progress; " if found.running else ""
     _say(f"{found.out}: {running}{states}; {found.spend.status_words()}")
     if found.left is not None:
-        _say(f"  {found.left} of the manifest's {found.manifest_units} units left to do")
+        _say(
+            f"  {found.left} of the manifest's {plural(found.manifest_units or 0, 'unit')} "
+            "left to do"
+        )
     if found.missing_files or found.changed_files:
         _say(
-            f"  {found.missing_files} images missing, {found.changed_files} changed since "
-            "written (batchgen verify hashes them; --fix fetches them again)"
+            f"  {plural(found.missing_files, 'image')} missing, {found.changed_files} changed "
+            "since written (batchgen verify hashes them; --fix fetches them again)"
         )
     for failure in found.failures[:STATUS_FAILURES_SHOWN]:
         permanent = " (for good)" if failure["permanent"] else ""

@@ -81,5 +81,9 @@ class Spend:
 
 
 def plural(count: int, noun: str) -> str:
-    """``1 unit``, ``2 units``."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+    """``1 unit``, ``2 units``, ``3 entries``."""
+    if count == 1:
+        return f"{count} {noun}"
+    if noun.endswith("y") and noun[-2:-1] not in tuple("aeiou"):
+        return f"{count} {noun[:-1]}ies"
+    return f"{count} {noun}s"

@@ -166,3 +166,68 @@ def test_a_simulated_run_cut_short_resumes_as_a_real_one(
     assert second["succeeded"] == 4 and second["submitted"] == 0  # not one job more
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert not [r for r in results if r["error"]]
+
+
+def cron(args: list[str], cwd: Path, log: Path) -> tuple[int, str, str, list[str]]:
+    """``batchgen ARGS -q --log-file LOG`` as cron starts it: ``env -i``, a bare PATH and
+    HOME, the credentials, nothing else.  (exit code, stdout, stderr, the log's lines)"""
+    import subprocess
+    import sys
+
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(cwd),
+        "SCENARIO_API_KEY": SIM_KEY,
+        "SCENARIO_API_SECRET": SIM_SECRET,
+    }
+    done = subprocess.run(
+        ["env", "-i", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "batchgen",
+         *args, "-q", "--log-file", str(log)],
+        cwd=cwd, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    lines = log.read_text("utf-8").splitlines() if log.exists() else []
+    return done.returncode, done.stdout, done.stderr, lines
+
+
+def test_a_cron_night_is_told_by_the_log_alone(write: Write, tmp_path: Path) -> None:
+    """A run that succeeds prints nothing, every night; an unreachable API and a bad
+    manifest each have their own exit code; each log ends saying how the run ended."""
+    manifest = manifest_of(write, ["a", "b"])
+    fast = ["--simulate", "--sim-job-seconds", "0.3", "--poll-interval", "0.02"]
+    fast += ["--progress-every", "0.05"]
+    for night in (1, 2):
+        log = tmp_path / f"ok{night}.log"
+        code, out, err, lines = cron(["run", str(manifest), *fast], tmp_path, log)
+        assert (code, out, err) == (0, "", ""), err
+        assert "summary: " in "\n".join(lines) and lines[-1].endswith("exit 0: done")
+        assert "run " in lines[0]
+        # The first night's progress is in its log (the second has nothing to do).
+        assert any("progress: " in line for line in lines) == (night == 1)
+
+    log = tmp_path / "down.log"
+    closed = ["--api-url", "http://127.0.0.1:9", "--retries", "1", "--out", "elsewhere"]
+    code, out, err, lines = cron(["run", str(manifest), *closed], tmp_path, log)
+    assert code == 7 and "cannot connect" in err and out == ""
+    assert "error: " in lines[-2] and lines[-1].endswith(
+        "exit 7: the API cannot be reached (DNS, connection, TLS, proxy)"
+    )
+
+    log = tmp_path / "bad.log"
+    bad = write("bad.yaml", "model: model_sim-fast\njobs: []\n")
+    code, out, err, lines = cron(["run", str(bad), "--simulate"], tmp_path, log)
+    assert code == 2 and err.count("\n") == 1 and out == ""
+    assert "jobs" in lines[-2] and lines[-1].endswith(
+        "exit 2: invalid input or configuration, nothing sent"
+    )
+
+    log = tmp_path / "typo.log"  # refused before its arguments were read: still logged
+    code, _, err, lines = cron(["run", str(manifest), "--concurency", "3"], tmp_path, log)
+    assert code == 2 and err.startswith("batchgen: error: unrecognized arguments: --concurency")
+    assert lines[-1].endswith("exit 2: invalid input or configuration, nothing sent")
+
+
+def test_counts_are_said_in_good_grammar() -> None:
+    from batchgen.ledger import plural
+
+    assert [plural(n, "unit") for n in (0, 1, 2)] == ["0 units", "1 unit", "2 units"]
+    assert plural(1, "entry") == "1 entry" and plural(3, "entry") == "3 entries"

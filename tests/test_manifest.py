@@ -32,6 +32,13 @@ BAD_MANIFESTS = [
     (BASE + "jobs:\n  - prompt: a\n    width: true\n", 6, "jobs[0].width", "whole number"),
     (BASE + "jobs:\n  - prompt: '   '\n", 5, "jobs[0].prompt", "empty"),
     (BASE + "jobs:\n  - prompt: 12\n", 5, "jobs[0].prompt", "must be a string"),
+    # A placeholder with no vars would send "a {animal}" to a paid API as it is.
+    (
+        BASE + "jobs:\n  - prompt: 'a {animal}'\n",
+        5,
+        "jobs[0].prompt",
+        "placeholder {animal} has no entry in vars (did you mean to give vars:?",
+    ),
     (BASE + "jobs:\n  - prompts_file: nowhere.txt\n", 5, "jobs[0].prompts_file", "not found"),
     (BASE + "jobs:\n  - prompts_file: p.docx\n", 5, "jobs[0].prompts_file", "must end in"),
     (
@@ -156,8 +163,8 @@ def units_of(write: Write, text: str) -> list:
                 ("a dog in ink", 512, 512, 0),
             ],
         ),
-        # Without vars a prompt is taken literally, braces and all.
-        (BASE + "jobs:\n  - prompt: 'json {like} this'\n", [("json {like} this", 512, 512, 0)]),
+        # Without vars too, a literal brace is written twice.
+        (BASE + "jobs:\n  - prompt: 'json {{like}} this'\n", [("json {like} this", 512, 512, 0)]),
         # The same request again later continues the repeat count instead of colliding.
         (
             BASE + "jobs:\n  - prompt: a cat\n  - prompt: a cat\n",

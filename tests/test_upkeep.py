@@ -61,7 +61,7 @@ def test_prune_keeps_files_unless_asked_and_needs_a_manifest_to_know(
     kept = world.results()[1]["files"][0]  # type: ignore[index]
     manifest = manifest_of(write, ["a"])
     assert main(["prune", str(world.out), str(manifest)]) == 0
-    assert capsys.readouterr().out.strip() == f"{world.out}: 1 units forgotten"
+    assert capsys.readouterr().out.strip() == f"{world.out}: 1 unit forgotten"
     assert (world.out / str(kept)).is_file()
     assert main(["prune", str(tmp_path / "nowhere")]) == 2
 
@@ -116,4 +116,23 @@ def test_status_notices_deleted_files_and_what_is_left(
     assert (found.manifest_units, found.left) == (3, 1)
     assert main(["status", str(world.out), str(grown)]) == 0
     shown = capsys.readouterr().out
-    assert "1 of the manifest's 3 units left to do" in shown and "1 images missing" in shown
+    assert "1 of the manifest's 3 units left to do" in shown and "1 image missing" in shown
+
+
+def test_verify_fix_takes_simulate_as_run_does(
+    tmp_path: Path, write: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--simulate is offered by every command that talks to the API: an output made on
+    the simulator is mended from it."""
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n  - {prompt: p, count: 2}\n",
+    )
+    out = tmp_path / "out"
+    fast = ["--sim-job-seconds", "0.05", "--poll-interval", "0.02", "-q"]
+    assert main(["run", str(manifest), "--out", str(out), "--simulate", *fast]) == 0
+    image = next((out / "images").rglob("*.png"))
+    image.unlink()
+    assert main(["verify", str(out), "--fix", "--simulate", "-q"]) == 0
+    assert image.is_file()
+    capsys.readouterr()

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ledger import Spend
+from ..ledger import Spend, plural
 
 # How many failed units it keeps to show; the results file has them all.
 FAILURES_KEPT = 10
@@ -167,7 +167,7 @@ class Summary:
         if self.not_finished > 0:
             parts.append(f"{self.not_finished} not finished")
         if self.uploaded:
-            parts.append(f"{self.uploaded} input images uploaded")
+            parts.append(f"{plural(self.uploaded, 'input image')} uploaded")
         return f"{', '.join(parts)}; {self.spend.words()}; {self.elapsed:.1f}s"
 
     def to_json(self) -> dict[str, Any]:

@@ -433,6 +433,9 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
         for var, _ in variables:
             if var not in used:
                 raise reader.fail(vars_node, f"{name}.vars.{var}", "is not used in the prompt")
+    elif prompt is not None:
+        # "a {animal}" with no vars would send the braces to a paid API as they are.
+        _check_template(reader, items["prompt"], f"{name}.prompt", prompt, set())
 
     return Entry(
         index=index,
@@ -637,7 +640,10 @@ def _check_template(
         if not VAR_NAME_PATTERN.match(name) or spec or conversion:
             raise reader.fail(node, field_name, f"bad placeholder {{{name}}}: use {{name}} only")
         if name not in names:
-            raise reader.fail(node, field_name, f"placeholder {{{name}}} has no entry in vars")
+            hint = "" if names else " (did you mean to give vars:? write {{ for a literal brace)"
+            raise reader.fail(
+                node, field_name, f"placeholder {{{name}}} has no entry in vars{hint}"
+            )
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -54,7 +54,7 @@ def _iter_prompts(manifest: Manifest, entry: Entry) -> Iterator[tuple[str, Mappi
     if entry.prompt is not None:
         source = f"{manifest.path}:{entry.prompt_line}"
         if not entry.variables:
-            yield entry.prompt, {}, source
+            yield entry.prompt.format(), {}, source  # "{{" is a literal brace
             return
         names = [name for name, _ in entry.variables]
         for combo in itertools.product(*(values for _, values in entry.variables)):

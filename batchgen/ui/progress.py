@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..engine.summary import Summary
+from ..ledger import plural
 from .format import format_duration, format_rate
 
 # The rate is measured over about this long: long enough to smooth the bursts in which
@@ -51,7 +52,7 @@ def progress_line(summary: Summary, rate: float | None) -> str:
     if summary.downloading:
         parts.append(f"{summary.downloading} downloading")
     if summary.uploaded:
-        parts.append(f"{summary.uploaded} images uploaded")
+        parts.append(f"{plural(summary.uploaded, 'image')} uploaded")
     parts.append(f"{format_rate(rate)}, ETA {format_duration(summary.eta(rate))}")
     parts.append(spend(summary))
     return "; ".join(parts)
