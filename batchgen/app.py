@@ -58,7 +58,6 @@ from . import config as defaults
 from .config import CHECKPOINT_SECONDS, ApiSettings, Credentials, RetrySettings
 from .engine import Engine, EngineSettings, Summary, cost_shape
 from .engine.bucket import BucketImages, checkpoint, trusted
-from .engine.policy import Request, with_retries
 from .engine.ports import Fetcher, Offload, inline
 from .engine.submit import request_for, request_key
 from .errors import (
@@ -95,6 +94,7 @@ from .rerun import fingerprint as _fingerprint
 from .rerun import finished_already as _finished_already
 from .rerun import shard_of as _shard
 from .rerun import still_complete as _still_complete
+from .retry import Request, with_retries
 from .scenario.client import ScenarioClient
 from .scenario.download import AssetDownloader
 from .scenario.inputs import ModelSpec, model_from_json

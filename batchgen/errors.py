@@ -29,7 +29,7 @@
     └── DownloadError                  an asset could not be fetched or did not verify
 
 Each error says what happened; what to do about it is decided in one table
-(:func:`batchgen.engine.policy.decide`).  Failures of the network are converted at the
+(:func:`batchgen.retry.decide`).  Failures of the network are converted at the
 HTTP boundary (``batchgen.scenario.transport`` and ``client``) with ``raise ... from
 exc``, so code above it only ever sees this tree.  Messages never contain credentials
 or signed URLs.

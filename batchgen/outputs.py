@@ -42,11 +42,11 @@ from .engine.bucket import (
     put_files,
     restore_checkpoint,
 )
-from .engine.policy import Request, with_retries
 from .engine.ports import Offload, inline
 from .errors import ConfigError, JournalMissingError
 from .manifest import Unit
 from .manifest.shard import SHARD_DIRECTORY, Shard
+from .retry import Request, with_retries
 from .store.bucket import STATE_PREFIX, Bucket, BucketUrl, parse_storage_options, state_key
 from .store.dataset import METADATA_NAME
 from .store.files import IMAGES_DIR

@@ -32,13 +32,13 @@ from .app import MANIFEST_KEY, RunOptions, _options, _run_sync, open_backend
 from .config import RetrySettings
 from .engine.bucket import checkpoint, put_files, restore_checkpoint
 from .engine.download import _fresh_each_time
-from .engine.policy import Request, with_retries
 from .engine.ports import inline
 from .errors import ApiError, ConfigError, DownloadError
 from .manifest import iter_units
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
 from .outputs import BucketOutput, checkpointed, leased, retrying_with
 from .rerun import load
+from .retry import Request, with_retries
 from .store.bucket import (
     SHA256_ATTRIBUTE,
     Bucket,

@@ -5,14 +5,6 @@ import random
 import pytest
 
 from batchgen.config import RetrySettings
-from batchgen.engine.policy import (
-    Action,
-    Request,
-    attempts_allowed,
-    backoff_delay,
-    decide,
-    with_retries,
-)
 from batchgen.errors import (
     AmbiguousSubmitError,
     BrokenListError,
@@ -24,6 +16,14 @@ from batchgen.errors import (
     PermanentApiError,
     RateLimitedError,
     TransientApiError,
+)
+from batchgen.retry import (
+    Action,
+    Request,
+    attempts_allowed,
+    backoff_delay,
+    decide,
+    with_retries,
 )
 
 S, J, A, D = Request.SUBMIT, Request.JOB_STATUS, Request.ASSET_LOOKUP, Request.DOWNLOAD

@@ -44,6 +44,7 @@ import anyio
 
 from ..config import RetrySettings
 from ..errors import ObjectStoreError
+from ..retry import Request, with_retries
 from ..scenario.download import Downloaded, Fetcher
 from ..store.bucket import MAX_WRITES, SHA256_ATTRIBUTE, STATE_PREFIX, Bucket, image_attributes
 from ..store.faults import storage_error, storage_faults
@@ -57,7 +58,6 @@ from ..store.files import (
     write_lines_atomically,
 )
 from ..store.journal import JOURNAL_NAME, Journal
-from .policy import Request, with_retries
 from .pressure import InFlightCap
 
 log = logging.getLogger(__name__)

@@ -24,12 +24,12 @@ from ..config import RetrySettings
 from ..errors import ApiError, DownloadError
 from ..manifest import Unit
 from ..manifest.naming import FileNameTemplate
+from ..retry import Request, with_retries
 from ..scenario.client import BULK_ASSET_LIMIT
 from ..scenario.download import Downloaded, Fetcher
 from ..scenario.records import Asset, JobRecord
 from ..store.faults import storage_faults
 from ..store.files import IMAGES_DIR, real_directory
-from .policy import Request, with_retries
 from .ports import Api
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from anyio.abc import TaskStatus
 
 from ..config import RetrySettings
 from ..errors import ApiError, MalformedResponseError, PermanentApiError
+from ..retry import Request, with_retries
 from ..scenario.records import RUNNING_STATUSES, JobRecord
-from .policy import Request, with_retries
 from .ports import Api
 from .watch import Watcher, WatchSettings
 

@@ -39,9 +39,9 @@ from anyio.abc import TaskStatus
 
 from ..config import RetrySettings
 from ..errors import ApiError, MalformedResponseError
+from ..retry import Request, with_retries
 from ..scenario.records import JobRecord, made_for
 from ..store.journal import Journal
-from .policy import Request, with_retries
 from .ports import Api
 
 log = logging.getLogger(__name__)

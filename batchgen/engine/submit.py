@@ -24,10 +24,10 @@ import anyio
 from ..config import RetrySettings
 from ..errors import AmbiguousSubmitError, ApiError, RateLimitedError
 from ..manifest import Unit
+from ..retry import Action, Request, decide, with_retries
 from ..scenario.client import STALE_CONNECTION_RETRIES
 from ..scenario.records import JobRecord, Submission
 from ..store.journal import Journal
-from .policy import Action, Request, decide, with_retries
 from .ports import Api
 from .pressure import InFlightCap
 from .reconcile import Reconciler

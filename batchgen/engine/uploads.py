@@ -30,9 +30,9 @@ import anyio
 from ..config import RetrySettings
 from ..errors import ApiError
 from ..manifest.types import InputImage, Unit
+from ..retry import Action, Request, decide, with_retries
 from ..store.commits import GroupCommit
 from ..store.journal import Journal
-from .policy import Action, Request, decide, with_retries
 from .ports import Api, Offload
 from .submit import UnitFailed, server_time
 from .summary import Summary

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from ..config import RetrySettings, cache_root
 from ..errors import ApiError, DownloadError, ManifestError
 from ..manifest.types import Entry, Manifest
+from ..retry import Request, with_retries
 from .download import Fetcher
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
@@ -48,8 +49,6 @@ async def fetch_remote_images(
     manifest: Manifest, fetcher: Fetcher, retry: RetrySettings, cache: Path | None = None
 ) -> Manifest:
     """The manifest with each URL replaced by its fetched copy."""
-    from ..engine.policy import Request, with_retries  # the engine's retry table
-
     urls = remote_urls(manifest)
     if not urls:
         return manifest

@@ -15,8 +15,8 @@ from typing import TypeVar
 import anyio
 from tenacity import AsyncRetrying, RetryCallState
 
-from ..config import RetrySettings
-from ..errors import (
+from .config import RetrySettings
+from .errors import (
     AmbiguousSubmitError,
     ApiError,
     BrokenListError,
