@@ -9,11 +9,8 @@
     # in a notebook, or any code with an event loop running:
     report = await batchgen.arun("jobs.yaml", simulate=True)
 
-The keyword options are the command line's (``out``, ``api_url``, ``project_id``,
-``concurrency``, ``poll_interval``, ``job_timeout``, ``job_attempts``, ``downloads``,
-``retries``, ``retry_failed``, ``resubmit_abandoned``, ``reconcile_grace``,
-``max_runtime``, ``max_units``, ``fresh``, ``rebuild_journal``, ``budget``,
-``filename``, ``shard``, ``simulate``, ``sim_job_seconds``), with the same defaults.
+The keyword options are the command line's (:class:`~batchgen.options.RunOptions`,
+declared once; mypy checks them), with the same defaults.
 :func:`run` works in any thread, also one whose event loop is running elsewhere or here
 (it then runs in a thread of its own), and installs signal handlers only when asked to
 (``handle_signals``, which the command line sets). Known errors are raised as
@@ -23,23 +20,18 @@ failures included, is in the returned :class:`Report`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import functools
 import itertools
 import json
 import logging
-import os
-import secrets
 import signal
 import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import (
-    AsyncIterator,
-    Awaitable,
     Callable,
     Coroutine,
     Iterable,
@@ -48,17 +40,17 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import anyio
 from anyio import CancelScope
-from yarl import URL
 
 from . import config as defaults
-from .config import CHECKPOINT_SECONDS, ApiSettings, Credentials, RetrySettings
+from .backend import Backend, open_backend, run_sync
+from .config import RetrySettings
 from .engine import Engine, EngineSettings, Summary, cost_shape
 from .engine.bucket import BucketImages, checkpoint, trusted
-from .engine.ports import Fetcher, Offload, inline
+from .engine.ports import Fetcher, inline
 from .engine.submit import request_for, request_key
 from .errors import (
     EXIT_FAILED_UNITS,
@@ -73,10 +65,12 @@ from .errors import (
     PermanentApiError,
     StorageError,
 )
+from .keywords import RunKeywords
 from .ledger import Spend
 from .manifest import Manifest, Unit, count_units, iter_units
 from .manifest.naming import FileNameTemplate
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
+from .options import RunOptions, from_keywords
 from .outputs import (
     BucketOutput,
     Taken,
@@ -89,14 +83,12 @@ from .outputs import (
     start,
 )
 from .report import Report
-from .rerun import COMPLETE_KEY, load, local_output
+from .rerun import COMPLETE_KEY, MANIFEST_KEY, load, local_output
 from .rerun import fingerprint as _fingerprint
 from .rerun import finished_already as _finished_already
 from .rerun import shard_of as _shard
 from .rerun import still_complete as _still_complete
 from .retry import Request, with_retries
-from .scenario.client import ScenarioClient
-from .scenario.download import AssetDownloader
 from .scenario.inputs import ModelSpec, model_from_json
 from .scenario.preflight import Problem, Prompts, check_manifest, read_prompts
 from .scenario.remote import fetch_remote_images
@@ -106,7 +98,6 @@ from .store.faults import storage_faults
 from .store.files import files_not_as_written
 from .store.gallery import write_gallery
 from .store.journal import JOURNAL_NAME, Journal, Resume, State, resume_action
-from .store.lease import LEASE_SECONDS
 from .store.lock import OutputLock, run_in_progress
 from .store.rebuild import Rebuilt, earlier_work, rebuild
 from .store.views import update_views
@@ -119,66 +110,6 @@ T = TypeVar("T")
 # Journal metadata under which each model's inputs are kept, as checked by the last run.
 MODEL_KEY = "model:"
 ESTIMATE_CHUNK = 500
-
-
-# ---------------------------------------------------------------------- options
-
-
-@dataclass(frozen=True, slots=True)
-class RunOptions:
-    """What ``batchgen run`` takes, as keyword options; None means the default."""
-
-    out: Path | str | None = None
-    # For an output in a bucket (out="s3://bucket/prefix"): the store's options
-    # (["endpoint_url=…"] or a dict, the names fsspec and datasets use), and where the
-    # journal lives locally (default: under the user's cache directory).
-    storage_options: list[str] | dict[str, str] | None = None
-    state_dir: Path | str | None = None
-    checkpoint_interval: float = CHECKPOINT_SECONDS
-    lease_seconds: float = LEASE_SECONDS
-    api_url: str | None = None
-    project_id: str | None = None
-    concurrency: int | None = None
-    poll_interval: float = defaults.DEFAULT_POLL_INTERVAL
-    job_timeout: float = defaults.DEFAULT_JOB_TIMEOUT
-    job_attempts: int = defaults.DEFAULT_JOB_ATTEMPTS
-    downloads: int | None = None
-    retries: int = defaults.DEFAULT_MAX_ATTEMPTS
-    retry_failed: bool = False
-    resubmit_abandoned: bool = False
-    reconcile_grace: float = defaults.DEFAULT_RECONCILE_GRACE
-    max_runtime: float | None = None
-    max_units: int = defaults.DEFAULT_MAX_UNITS
-    fresh: bool = False
-    rebuild_journal: bool = False
-    # Refresh OUT/gallery/index.html at the end of the run.
-    gallery: bool = False
-    # Write each image's prompt and settings into its file (see store.embed).
-    embed_metadata: bool = False
-    budget: float | None = None
-    run_budget: float | None = None
-    warn_at: float | None = None
-    filename: str | FileNameTemplate | None = None
-    shard: str | Shard | None = None
-    # With shard="auto" in a Kubernetes indexed Job: how many shards (its completions).
-    shards: int | None = None
-    simulate: bool = False
-    sim_job_seconds: float = 1.0
-    # Shown every display.interval seconds while the run goes on (the CLI's panel).
-    display: Display | None = None
-    # Stop cleanly on SIGINT/SIGTERM (only in the main thread).
-    handle_signals: bool = False
-    # Opens the API to run against instead of the one the other options name (tests
-    # use the simulator in memory; an application may bring its own client).
-    backend: Callable[[], contextlib.AbstractAsyncContextManager[Backend]] | None = None
-
-
-def _options(given: dict[str, Any]) -> RunOptions:
-    known = {f.name for f in dataclasses.fields(RunOptions)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
-    return RunOptions(**given)
 
 
 # ---------------------------------------------------------------------- reports
@@ -253,70 +184,6 @@ class Status:
 
 
 # ---------------------------------------------------------------------- the backend
-
-
-@dataclass(slots=True)
-class Backend:
-    """The API (the real one or the embedded simulator), the asset downloader, and how
-    blocking work (SQLite, files) is run."""
-
-    settings: ApiSettings
-    client: ScenarioClient
-    downloader: Fetcher
-    simulator: Any = None
-    offload: Offload = anyio.to_thread.run_sync
-
-
-def connection(options: RunOptions) -> tuple[str, Credentials, str | None]:
-    """(API base URL, credentials, project id) from the options and the environment.
-    With ``simulate`` the URL is known only once the simulator runs: it is left empty."""
-    project_id = options.project_id or os.environ.get(defaults.PROJECT_VARIABLE) or None
-    if options.simulate:
-        return "", Credentials(key="sim", secret=secrets.token_urlsafe(24)), project_id
-    base_url = defaults.api_base_url(options.api_url)
-    parsed = URL(base_url)
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ConfigError(f"--api-url: not an http(s) URL: {base_url!r}")
-    return base_url, Credentials.from_environment(), project_id
-
-
-@contextlib.asynccontextmanager
-async def open_backend(options: RunOptions, out_dir: Path | None = None) -> AsyncIterator[Backend]:
-    """The one place a run's API is opened: the embedded simulator with ``simulate``,
-    else the URL and credentials the options and environment give (or whatever
-    ``options.backend`` opens: an API of the caller's own, such as the tests').  The
-    embedded simulator keeps its jobs in ``out_dir``, so that a killed ``--simulate``
-    run resumes as a real one does: the jobs it made are still there."""
-    if options.backend is not None:
-        async with options.backend() as given:
-            yield given
-        return
-    base_url, credentials, project_id = connection(options)
-    async with contextlib.AsyncExitStack() as stack:
-        simulator = None
-        if options.simulate:
-            from .sim import SimConfig, serve  # loaded only when used
-
-            sim_config = SimConfig(
-                api_key=credentials.key,
-                api_secret=credentials.secret,
-                job_seconds=options.sim_job_seconds,
-                state_file=out_dir / SIM_STATE if out_dir is not None else None,
-            )
-            simulator = await stack.enter_async_context(serve(sim_config))
-            base_url = simulator.api_url
-            log.info("simulator running at %s", base_url)
-        settings = ApiSettings(
-            base_url=base_url,
-            credentials=credentials,
-            project_id=project_id,
-            retry=RetrySettings(max_attempts=options.retries),
-        )
-        client = await stack.enter_async_context(ScenarioClient.open(settings))
-        downloader = await stack.enter_async_context(
-            AssetDownloader.open(settings.download_timeout)
-        )
-        yield Backend(settings, client, downloader, simulator)
 
 
 # ---------------------------------------------------------------------- manifests
@@ -440,20 +307,20 @@ def validate(
             total, _, _ = await checked_manifest(loaded, backend, max_units=max_units)
         return total
 
-    return Validation(*place, _run_sync(check), True)
+    return Validation(*place, run_sync(check), True)
 
 
 # ---------------------------------------------------------------------- estimate
 
 
-def estimate(manifest: str | Path, **options: Any) -> Estimate:
+def estimate(manifest: str | Path, **options: Unpack[RunKeywords]) -> Estimate:
     """What the units still to do would cost: the API's dry run (HTTP 269, nothing
     created), once per model/size/params shape."""
-    return _run_sync(lambda: aestimate(manifest, **options))
+    return run_sync(lambda: aestimate(manifest, **options))
 
 
-async def aestimate(manifest: str | Path, **options: Any) -> Estimate:
-    opts = _options(options)
+async def aestimate(manifest: str | Path, **options: Unpack[RunKeywords]) -> Estimate:
+    opts = from_keywords(options)
     loaded = load(manifest, opts.filename)
     shard = _shard(opts.shard, opts.shards)
     out_dir = output_directory(loaded, opts, shard)
@@ -593,12 +460,13 @@ def _size_label(body: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------- run
 
 
-def run(manifest: str | Path, **options: Any) -> Report:
-    """Run every unit of a manifest (see the module docstring for the options)."""
-    return _run_sync(lambda: arun(manifest, **options))
+def run(manifest: str | Path, **options: Unpack[RunKeywords]) -> Report:
+    """Run every unit of a manifest; the options are :class:`~batchgen.options.RunOptions`
+    (the command line's, with ``-`` as ``_``), checked by mypy as keywords."""
+    return run_sync(lambda: arun(manifest, **options))
 
 
-async def arun(manifest: str | Path, **options: Any) -> Report:
+async def arun(manifest: str | Path, **options: Unpack[RunKeywords]) -> Report:
     """:func:`run`, awaited in a running event loop (a notebook's, a service's)."""
     try:
         return await _arun(manifest, options)
@@ -622,8 +490,8 @@ def _first_known(error: BaseException) -> BatchgenError | None:
     return None
 
 
-async def _arun(manifest: str | Path, options: dict[str, Any]) -> Report:
-    opts = _options(options)
+async def _arun(manifest: str | Path, options: Mapping[str, Any]) -> Report:
+    opts = from_keywords(options)
     loaded = load(manifest, opts.filename)
     shard = _shard(opts.shard, opts.shards)
     target = output_url(loaded, opts)
@@ -814,10 +682,6 @@ def _sent_for(settings: EngineSettings) -> Callable[[Unit], str]:
     return sent_for
 
 
-# Where the embedded simulator of --simulate keeps the jobs it made.
-SIM_STATE = Path(".simulator") / "jobs.jsonl"
-# The manifest the last run used, for the commands that look after the directory.
-MANIFEST_KEY = "manifest"
 # The fingerprint of the manifest every unit in the journal is known to be from (none
 # left it): --estimate then counts the units left by shape, from the entries and the
 # journal, without making every unit.
@@ -1069,7 +933,7 @@ def status(
         url = BucketUrl.parse(out)
         assert url is not None
         with tempfile.TemporaryDirectory() as temporary:
-            found = _run_sync(lambda: checkpointed(url, storage_options, Path(temporary)))
+            found = run_sync(lambda: checkpointed(url, storage_options, Path(temporary)))
             return _tally(
                 str(url),
                 [(c.place, c.shard, c.present.problems) for c in found],
@@ -1179,7 +1043,7 @@ def models(
                 found += [{**record, "privacy": privacy} for record in listed]
             return found
 
-    return _run_sync(fetch)
+    return run_sync(fetch)
 
 
 def model(
@@ -1200,31 +1064,4 @@ def model(
                 backend.settings.retry,
             )
 
-    return _run_sync(fetch)
-
-
-# ---------------------------------------------------------------------- event loops
-
-
-def _run_sync(call: Callable[[], Awaitable[T]]) -> T:
-    """Run an async call to its end from synchronous code: in this thread when it has
-    no event loop running, else in a thread of its own (a notebook's loop is running)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return anyio.run(call)
-    outcome: list[T] = []
-    failure: list[BaseException] = []
-
-    def in_thread() -> None:
-        try:
-            outcome.append(anyio.run(call))
-        except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
-            failure.append(exc)
-
-    worker = threading.Thread(target=in_thread, name="batchgen-run")
-    worker.start()
-    worker.join()
-    if failure:
-        raise failure[0]
-    return outcome[0]
+    return run_sync(fetch)

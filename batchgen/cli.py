@@ -21,13 +21,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import anyio
 
 from . import __version__
 from . import config as defaults
-from .config import CHECKPOINT_SECONDS
 from .errors import (
     EXIT_FAILED_UNITS,
     EXIT_INTERRUPTED,
@@ -37,13 +36,10 @@ from .errors import (
     ConfigError,
 )
 from .ledger import plural
-from .manifest.naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
-from .manifest.shard import Shard
+from .options import add_arguments, chosen, output_place, positive_float, positive_int
 from .redact import printable, redact
 from .report import Report
-from .store.bucket import is_bucket_url
 from .store.export import DEFAULT_SHARD_SIZE, FORMATS
-from .store.lease import LEASE_SECONDS
 from .ui.display import Display, Displays, LineDisplay
 
 STATUS_FAILURES_SHOWN = 20
@@ -61,85 +57,6 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{command}: {message}" if command else message)
 
 
-def _positive_int(name: str, maximum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{name} must be a whole number, got {text!r}"
-            ) from None
-        if not 1 <= value <= maximum:
-            raise argparse.ArgumentTypeError(f"{name} must be between 1 and {maximum}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_float(name: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text}")
-        return value
-
-    return parse
-
-
-def _fraction(name: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not 0 < value <= 1:
-            raise argparse.ArgumentTypeError(f"{name} must be above 0 and at most 1, got {text}")
-        return value
-
-    return parse
-
-
-def _filename(text: str) -> FileNameTemplate:
-    try:
-        return parse_template(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(f"--filename {text!r}: {exc}") from None
-
-
-def _add_filename(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--filename",
-        type=_filename,
-        metavar="TEMPLATE",
-        help="image file names below OUT/images, e.g. '{entry}/{index:06d}-{slug}'; fields: "
-        f"{', '.join('{' + name + '}' for name in UNIT_FIELDS)} and the prompt file's "
-        f"columns or vars (default: the manifest's filename, else {DEFAULT_TEMPLATE!r})",
-    )
-
-
-def _add_max_units(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--max-units",
-        type=_positive_int("--max-units", 10**12),
-        default=defaults.DEFAULT_MAX_UNITS,
-        metavar="N",
-        help="refuse a manifest that expands to more units than this (a typo in vars can "
-        f"ask for billions; default {defaults.DEFAULT_MAX_UNITS:,})",
-    )
-
-
-def _shard(text: str) -> Shard | str:
-    if text.strip() == "auto":
-        return "auto"  # read from the environment when the run starts
-    try:
-        return Shard.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="batchgen", description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"batchgen {__version__}")
@@ -147,141 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="generate every unit of a manifest")
     run.add_argument("manifest", type=Path)
-    run.add_argument(
-        "--out",
-        type=_output,
-        help="output directory, or a bucket: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX (default: "
-        "the manifest's output, else output/<manifest name>)",
-    )
-    # Read after the run's own options in --help: most runs write to a folder.
-    in_bucket = run.add_argument_group("an output in a bucket")
-    _add_storage_option(in_bucket)
-    in_bucket.add_argument(
-        "--lease-seconds",
-        type=_positive_float("--lease-seconds"),
-        default=LEASE_SECONDS,
-        metavar="SECONDS",
-        help="with an output in a bucket: how long the run's lease on it lasts unless renewed "
-        f"(it is renewed 4 times in that; default {LEASE_SECONDS:g}): a run killed holds the "
-        "output that long",
-    )
-    in_bucket.add_argument(
-        "--checkpoint-interval",
-        type=_positive_float("--checkpoint-interval"),
-        default=CHECKPOINT_SECONDS,
-        metavar="SECONDS",
-        help="with an output in a bucket: seconds between copies of the journal to it "
-        f"(default {CHECKPOINT_SECONDS:g}; also at the start and the end of every run)",
-    )
-    in_bucket.add_argument(
-        "--state-dir",
-        type=Path,
-        help="with an output in a bucket: where the journal lives locally (default: under "
-        "~/.cache/batchgen/state); a run with none starts from the bucket's checkpoint",
-    )
-    run.add_argument(
-        "--concurrency",
-        type=_positive_int("--concurrency", defaults.MAX_CONCURRENCY),
-        help=f"jobs in flight at the server at most (default {defaults.DEFAULT_CONCURRENCY})",
-    )
-    run.add_argument(
-        "--poll-interval",
-        type=_positive_float("--poll-interval"),
-        default=defaults.DEFAULT_POLL_INTERVAL,
-        metavar="SECONDS",
-        help=f"seconds between status checks (default {defaults.DEFAULT_POLL_INTERVAL:g})",
-    )
-    run.add_argument(
-        "--job-timeout",
-        type=_positive_float("--job-timeout"),
-        default=defaults.DEFAULT_JOB_TIMEOUT,
-        metavar="SECONDS",
-        help="give up on a job not finished after this long, trying to cancel it "
-        f"(default {defaults.DEFAULT_JOB_TIMEOUT:g})",
-    )
-    run.add_argument(
-        "--job-attempts",
-        type=_positive_int("--job-attempts", 20),
-        default=defaults.DEFAULT_JOB_ATTEMPTS,
-        metavar="N",
-        help="jobs to try per unit when they end in 'failure' (each costs creative units; "
-        f"default {defaults.DEFAULT_JOB_ATTEMPTS})",
-    )
-    run.add_argument(
-        "--downloads",
-        type=_positive_int("--downloads", 64),
-        help="downloads at once (default: as many as --concurrency, at least "
-        f"{defaults.MIN_DOWNLOAD_WORKERS} and at most {defaults.MAX_DEFAULT_DOWNLOAD_WORKERS})",
-    )
-    run.add_argument(
-        "--retries",
-        type=_positive_int("--retries", 100),
-        default=defaults.DEFAULT_MAX_ATTEMPTS,
-        metavar="N",
-        help="attempts per request before a unit is given up "
-        f"(default {defaults.DEFAULT_MAX_ATTEMPTS}; a 429 on submit is waited out longer)",
-    )
-    run.add_argument(
-        "--api-url",
-        help=f"API base URL (default ${defaults.API_URL_VARIABLE}, "
-        f"else {defaults.DEFAULT_API_URL})",
-    )
-    run.add_argument(
-        "--project-id", help=f"Scenario project id (default ${defaults.PROJECT_VARIABLE})"
-    )
-    run.add_argument(
-        "--retry-failed",
-        action="store_true",
-        help="also submit again the units that failed for good in earlier runs (400, 403, "
-        "404, or jobs that failed repeatedly)",
-    )
-    run.add_argument(
-        "--resubmit-abandoned",
-        action="store_true",
-        help="buy a new job for each unit whose job was abandoned at --job-timeout, instead "
-        "of watching that job again: the abandoned job runs on and is paid as well",
-    )
-    run.add_argument(
-        "--reconcile-grace",
-        type=_positive_float("--reconcile-grace"),
-        default=defaults.DEFAULT_RECONCILE_GRACE,
-        metavar="SECONDS",
-        help="a POST whose answer was lost is sent again only once reads of the job list "
-        "spread over this long have all missed its job (the list shows new jobs late; "
-        f"default {defaults.DEFAULT_RECONCILE_GRACE:g})",
-    )
-    _add_max_units(run)
-    run.add_argument(
-        "--max-runtime",
-        type=_positive_float("--max-runtime"),
-        metavar="SECONDS",
-        help="stop after this long; jobs still running are picked up by the next run",
-    )
-    run.add_argument(
-        "--fresh",
-        action="store_true",
-        help="start over: move an existing output directory aside to DIR.<date-time> "
-        "(nothing is deleted) and begin a new one",
-    )
-    run.add_argument(
-        "--embed-metadata",
-        action="store_true",
-        help="write each image's prompt and settings into its file as it is downloaded (a "
-        "PNG 'parameters' chunk and XMP; the pixels are not re-encoded; results keep the "
-        "served sha256 beside the file's)",
-    )
-    run.add_argument(
-        "--gallery",
-        action="store_true",
-        help="refresh OUT/gallery/index.html at the end of the run (see batchgen gallery)",
-    )
-    run.add_argument(
-        "--rebuild-journal",
-        action="store_true",
-        help="the output's journal is lost: rebuild it from results.jsonl, the files and "
-        "the account's jobs (units with no results line are looked for among the jobs "
-        "before any is sent)",
-    )
+    add_arguments(run, "run")
     run.add_argument(
         "--estimate",
         action="store_true",
@@ -289,59 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         "model/size/params shape) and stop; nothing is created",
     )
     run.add_argument(
-        "--budget",
-        type=_positive_float("--budget"),
-        metavar="CU",
-        help="stop submitting before the creative units spent in this output directory plus "
-        "the next job's cost would pass this",
-    )
-    run.add_argument(
-        "--run-budget",
-        type=_positive_float("--run-budget"),
-        metavar="CU",
-        help="the same for what this run spends (a nightly cap); the nearer of the two "
-        "budgets stops submission",
-    )
-    run.add_argument(
-        "--warn-at",
-        type=_fraction("--warn-at"),
-        metavar="FRACTION",
-        help="log a warning once the spend passes this fraction of the budget, e.g. 0.8",
-    )
-    _add_filename(run)
-    run.add_argument(
-        "--shard",
-        type=_shard,
-        metavar="I/N",
-        help="run only shard I of N (1-based) of the units, in OUT/shard-I-of-N; "
-        "for one machine or array task per shard; 'auto' reads it from a Kubernetes indexed "
-        "Job (JOB_COMPLETION_INDEX, with --shards) or a SLURM array (SLURM_ARRAY_TASK_*)",
-    )
-    run.add_argument(
-        "--shards",
-        type=_positive_int("--shards", 100_000),
-        metavar="N",
-        help="with --shard auto in a Kubernetes indexed Job: the number of shards (its "
-        "completions)",
-    )
-    run.add_argument(
-        "--simulate",
-        action="store_true",
-        help="start the embedded simulator and run against it (no account, no network)",
-    )
-    run.add_argument(
-        "--sim-job-seconds",
-        type=_positive_float("--sim-job-seconds"),
-        default=1.0,
-        help="with --simulate: how long each simulated job takes (default 1)",
-    )
-    run.add_argument(
         "--progress-every",
-        type=_positive_float("--progress-every"),
+        type=positive_float("--progress-every"),
         default=defaults.PROGRESS_EVERY_SECONDS,
         metavar="SECONDS",
-        help="when stderr is not a terminal: seconds between progress lines "
-        f"(default {defaults.PROGRESS_EVERY_SECONDS:g}); on a terminal a live panel is shown",
+        help="when stderr is not a terminal, and in the log file: seconds between progress "
+        f"lines (default {defaults.PROGRESS_EVERY_SECONDS:g}); on a terminal a live panel "
+        "is shown",
     )
     run.add_argument(
         "--json",
@@ -357,18 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         "credentials and takes every unit (read-only requests); --offline: the manifest alone",
     )
     validate.add_argument("manifest", type=Path)
-    validate.add_argument("--api-url", help="API base URL (as for run)")
-    validate.add_argument("--project-id", help="Scenario project id (as for run)")
+    add_arguments(validate, "validate")
     validate.add_argument(
         "--offline",
         action="store_true",
         help="check the manifest only: no request to the API, no credentials needed",
     )
-    validate.add_argument(
-        "--simulate", action="store_true", help="check against the embedded simulator"
-    )
-    _add_filename(validate)
-    _add_max_units(validate)
     validate.add_argument("--json", action="store_true", help="print the check as JSON")
     _add_verbosity(validate)
 
@@ -383,16 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL_ID",
         help="show this model's inputs: name, type, what it accepts, default, required",
     )
-    models.add_argument("--api-url", help="API base URL (as for run)")
-    models.add_argument("--project-id", help="Scenario project id (as for run)")
-    models.add_argument("--simulate", action="store_true", help="ask the embedded simulator")
+    add_arguments(models, "models")
     models.add_argument("--json", action="store_true", help="print the API's model records")
     _add_verbosity(models)
 
     status = commands.add_parser(
         "status", help="what a run has done so far in an output directory (also while it runs)"
     )
-    status.add_argument("out", type=_output, metavar="OUT")
+    status.add_argument("out", type=output_place, metavar="OUT")
     status.add_argument(
         "manifest",
         type=Path,
@@ -400,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MANIFEST",
         help="also say how many of this manifest's units are left to do",
     )
-    _add_storage_option(status)
+    add_arguments(status, "status")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(status)
 
@@ -410,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--delete-files their images); their jobs stay recorded as theirs",
         epilog="example: batchgen prune output/jobs jobs.yaml --delete-files",
     )
-    prune.add_argument("out", type=_output, metavar="OUT")
+    prune.add_argument("out", type=output_place, metavar="OUT")
     prune.add_argument(
         "manifest",
         type=Path,
@@ -421,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--delete-files", action="store_true", help="also delete the forgotten units' images"
     )
-    _add_storage_option(prune)
+    add_arguments(prune, "prune")
     prune.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(prune)
 
@@ -431,19 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
         "ones again from their jobs (never a new job)",
         epilog="example: batchgen verify output/jobs --fix",
     )
-    verify.add_argument("out", type=_output, metavar="OUT")
+    verify.add_argument("out", type=output_place, metavar="OUT")
     verify.add_argument(
         "--fix", action="store_true", help="download the missing and altered images again"
     )
-    verify.add_argument("--api-url", help="API base URL (as for run)")
-    verify.add_argument("--project-id", help="Scenario project id (as for run)")
-    verify.add_argument(
-        "--simulate",
-        action="store_true",
-        help="with --fix: fetch again from the embedded simulator (an output made with "
-        "run --simulate)",
-    )
-    _add_storage_option(verify)
+    add_arguments(verify, "verify")
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(verify)
 
@@ -453,10 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
         "image bytes) or a clean imagefolder with a dataset card",
         epilog="example: batchgen export output/jobs exports/jobs --format webdataset",
     )
-    export.add_argument("out", type=_output, metavar="OUT")
+    export.add_argument("out", type=output_place, metavar="OUT")
     export.add_argument(
         "dest",
-        type=_output,
+        type=output_place,
         metavar="DEST",
         help="a new, empty directory, or an empty bucket prefix (s3://BUCKET/PREFIX)",
     )
@@ -470,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--shard-size",
-        type=_positive_int("--shard-size", 10**7),
+        type=positive_int("--shard-size", 10**7),
         default=DEFAULT_SHARD_SIZE,
         metavar="N",
         help=f"images per tar or Parquet file (default {DEFAULT_SHARD_SIZE})",
@@ -482,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "chunk (as AUTOMATIC1111 writes it) and XMP with the IPTC AI-made source type; the "
         "pixels are not re-encoded",
     )
-    _add_storage_option(export)
+    add_arguments(export, "export")
     export.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(export)
 
@@ -492,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare view, failures and their reasons); it opens from file:// with no network",
         epilog="example: batchgen gallery output/jobs --open",
     )
-    gallery.add_argument("out", type=_output, metavar="OUT")
+    gallery.add_argument("out", type=output_place, metavar="OUT")
     gallery.add_argument("--open", action="store_true", help="open it in the default browser")
     gallery.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(gallery)
@@ -509,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--job-seconds",
-        type=_positive_float("--job-seconds"),
+        type=positive_float("--job-seconds"),
         default=1.0,
         metavar="SECONDS",
         help="how long a job takes (default 1)",
@@ -521,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--url-lifetime",
-        type=_positive_float("--url-lifetime"),
+        type=positive_float("--url-lifetime"),
         default=600.0,
         help="seconds a signed asset URL stays valid",
     )
@@ -723,23 +444,7 @@ def _main(argv: Sequence[str] | None) -> int:
         args = build_parser().parse_args(given)
         _setup_logging(args)
         _record(logging.INFO, f"batchgen {__version__}: {' '.join(given)} (pid {os.getpid()})")
-        if args.command == "validate":
-            return _validate(args)
-        if args.command == "sim":
-            return _sim(args)
-        if args.command == "status":
-            return _status(args)
-        if args.command == "prune":
-            return _prune(args)
-        if args.command == "verify":
-            return _verify(args)
-        if args.command == "export":
-            return _export(args)
-        if args.command == "gallery":
-            return _gallery(args)
-        if args.command == "models":
-            return _models(args)
-        return _run(args)
+        return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         _say("batchgen: interrupted", file=sys.stderr)
         if wants_json:
@@ -835,15 +540,11 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _connection_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"api_url": args.api_url, "project_id": args.project_id, "simulate": args.simulate}
-
-
 def _models(args: argparse.Namespace) -> int:
     from . import app  # loaded when used: a rerun of a finished batch needs none
 
     if args.model_id:
-        spec = app.model(args.model_id, **_connection_options(args))
+        spec = app.model(args.model_id, **chosen(args, "models"))
         if args.json:
             _say(json.dumps(spec.to_json(), ensure_ascii=False))
             return EXIT_OK
@@ -863,7 +564,7 @@ def _models(args: argparse.Namespace) -> int:
                 ).rstrip()
             )
         return EXIT_OK
-    found = app.models(**_connection_options(args))
+    found = app.models(**chosen(args, "models"))
     if args.json:
         _say(json.dumps(found, ensure_ascii=False))
         return EXIT_OK
@@ -874,59 +575,6 @@ def _models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_storage_option(command: argparse._ActionsContainer) -> None:
-    command.add_argument(
-        "--storage-option",
-        action="append",
-        dest="storage_options",
-        metavar="KEY=VALUE",
-        help="an option of the bucket's store, as fsspec and datasets name them (e.g. "
-        "endpoint_url=http://minio:9000, region_name=eu-west-1); repeatable. Credentials "
-        "come from the store's standard chain (AWS_* variables, web identity, instance "
-        "role; GCS application default credentials)",
-    )
-
-
-def _output(text: str) -> str | Path:
-    """A bucket URL as written, or a path."""
-    return text if is_bucket_url(text) else Path(text)
-
-
-def _run_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "out": args.out,
-        "storage_options": args.storage_options,
-        "state_dir": args.state_dir,
-        "lease_seconds": args.lease_seconds,
-        "checkpoint_interval": args.checkpoint_interval,
-        "api_url": args.api_url,
-        "project_id": args.project_id,
-        "concurrency": args.concurrency,
-        "poll_interval": args.poll_interval,
-        "job_timeout": args.job_timeout,
-        "job_attempts": args.job_attempts,
-        "downloads": args.downloads,
-        "retries": args.retries,
-        "retry_failed": args.retry_failed,
-        "resubmit_abandoned": args.resubmit_abandoned,
-        "reconcile_grace": args.reconcile_grace,
-        "max_runtime": args.max_runtime,
-        "max_units": args.max_units,
-        "fresh": args.fresh,
-        "rebuild_journal": args.rebuild_journal,
-        "gallery": args.gallery,
-        "embed_metadata": args.embed_metadata,
-        "budget": args.budget,
-        "run_budget": args.run_budget,
-        "warn_at": args.warn_at,
-        "filename": args.filename,
-        "shard": args.shard,
-        "shards": args.shards,
-        "simulate": args.simulate,
-        "sim_job_seconds": args.sim_job_seconds,
-    }
-
-
 def _run(args: argparse.Namespace) -> int:
     report = _finished(args)
     if report is not None:
@@ -934,7 +582,7 @@ def _run(args: argparse.Namespace) -> int:
     from . import app  # loaded when used: a rerun of a finished batch needs none
 
     if args.estimate:
-        found = app.estimate(args.manifest, **_run_options(args))
+        found = app.estimate(args.manifest, **chosen(args))
         if args.json:
             _say(json.dumps(found.to_json()))
             return EXIT_OK
@@ -950,7 +598,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     with contextlib.ExitStack() as stack:
         display = _open_display(args, stack)
-        report = app.run(args.manifest, **_run_options(args), display=display, handle_signals=True)
+        report = app.run(args.manifest, **chosen(args), display=display, handle_signals=True)
     return _render(args, report)
 
 
@@ -1024,14 +672,7 @@ def _prune(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from . import upkeep  # loaded when used: a rerun of a finished batch needs none
 
-    found = upkeep.verify(
-        args.out,
-        fix=args.fix,
-        api_url=args.api_url,
-        project_id=args.project_id,
-        simulate=args.simulate,
-        storage_options=args.storage_options,
-    )
+    found = upkeep.verify(args.out, fix=args.fix, **chosen(args, "verify"))
     if args.json:
         _say(json.dumps(found.to_json()))
     else:
@@ -1158,6 +799,20 @@ def _sim(args: argparse.Namespace) -> int:
 
     anyio.run(serve_forever)
     return EXIT_OK
+
+
+# Each command's function: it parses nothing more, calls the library and renders.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run,
+    "validate": _validate,
+    "models": _models,
+    "status": _status,
+    "prune": _prune,
+    "verify": _verify,
+    "export": _export,
+    "gallery": _gallery,
+    "sim": _sim,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover

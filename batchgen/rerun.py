@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # and the journal's latest change then.  A rerun that finds both unchanged and every
 # file as written has nothing to do, and knows it without expanding a unit.
 COMPLETE_KEY = "complete"
+# The manifest the last run used, for the commands that look after the directory.
+MANIFEST_KEY = "manifest"
 
 
 def load(manifest: str | Path, filename: str | FileNameTemplate | None = None) -> Manifest:

@@ -28,16 +28,17 @@ from typing import Any
 
 import anyio
 
-from .app import MANIFEST_KEY, RunOptions, _options, _run_sync, open_backend
+from .backend import open_backend, run_sync
 from .config import RetrySettings
 from .engine.bucket import checkpoint, put_files, restore_checkpoint
-from .engine.download import _fresh_each_time
+from .engine.download import fresh_each_time
 from .engine.ports import inline
 from .errors import ApiError, ConfigError, DownloadError
 from .manifest import iter_units
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
+from .options import RunOptions, from_keywords
 from .outputs import BucketOutput, checkpointed, leased, retrying_with
-from .rerun import load
+from .rerun import MANIFEST_KEY, load
 from .retry import Request, with_retries
 from .store.bucket import (
     SHA256_ATTRIBUTE,
@@ -117,7 +118,7 @@ def prune(
     if isinstance(out, str) and is_bucket_url(out):
         url = BucketUrl.parse(out)
         assert url is not None
-        return _run_sync(lambda: _prune_bucket(url, manifest, delete_files, storage_options))
+        return run_sync(lambda: _prune_bucket(url, manifest, delete_files, storage_options))
     units = files = 0
     for place, shard in places(Path(out)):
         with OutputLock(place), storage_faults(place):
@@ -232,7 +233,7 @@ def verify(out: str | Path, *, fix: bool = False, **options: Any) -> Verificatio
     """Hash every image the journal records against its sha256.  With ``fix``, fetch
     each missing or altered one again from its job (fresh signed URLs): never a new
     job.  ``options`` are ``run``'s connection options (``api_url``, ``simulate``, …)."""
-    return _run_sync(lambda: averify(out, fix=fix, **options))
+    return run_sync(lambda: averify(out, fix=fix, **options))
 
 
 async def averify(out: str | Path, *, fix: bool = False, **options: Any) -> Verification:
@@ -245,7 +246,7 @@ async def averify(out: str | Path, *, fix: bool = False, **options: Any) -> Veri
             )
         return await _verify_bucket(out, options.get("storage_options"))
     found = Verification()
-    opts = _options(options)
+    opts = from_keywords(options)
     for place, _ in places(Path(out)):
         with OutputLock(place), storage_faults(place):
             journal = Journal(place)
@@ -351,7 +352,7 @@ async def _fix(
                     destination = place / entry[0]
                     got = await with_retries(
                         Request.DOWNLOAD,
-                        _fresh_each_time(
+                        fresh_each_time(
                             backend.client,
                             backend.downloader,
                             asset,
@@ -489,7 +490,7 @@ def _export_bucket(
 ) -> Exported:
     with tempfile.TemporaryDirectory() as temporary, contextlib.ExitStack() as stack:
         root = Path(temporary)
-        found = _run_sync(lambda: checkpointed(url, storage_options, root))
+        found = run_sync(lambda: checkpointed(url, storage_options, root))
         bucket = Bucket.open(url, parse_storage_options(storage_options), blocking=True)
         sources: list[tuple[Path, str, Journal]] = []
         for output in found:

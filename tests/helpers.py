@@ -96,7 +96,7 @@ class World:
 
     @contextlib.asynccontextmanager
     async def backend(self) -> AsyncIterator[Any]:
-        from batchgen.app import Backend
+        from batchgen.backend import Backend
         from batchgen.engine.ports import inline
         from batchgen.sim.fake import FakeFetcher, client_for
 

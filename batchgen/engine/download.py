@@ -165,7 +165,7 @@ async def download_job(
             )
         downloaded = await with_retries(
             Request.DOWNLOAD,
-            _fresh_each_time(
+            fresh_each_time(
                 api, fetcher, asset, destination, fallback, bool(job.asset_ids), unit.id
             ),
             retry,
@@ -183,7 +183,7 @@ async def download_job(
     return JobFiles(files, sizes, assets[0].seed, len(listed) - len(kept))
 
 
-def _fresh_each_time(
+def fresh_each_time(
     api: Api,
     fetcher: Fetcher,
     asset: Asset,
