@@ -49,7 +49,6 @@ from . import config as defaults
 from .backend import Backend, open_backend, run_sync
 from .config import RetrySettings
 from .engine import Engine, EngineSettings, Summary, cost_shape
-from .engine.bucket import BucketImages, checkpoint, trusted
 from .engine.ports import Fetcher, inline
 from .engine.submit import request_for, request_key
 from .errors import (
@@ -71,7 +70,7 @@ from .manifest import Manifest, Unit, count_units, iter_units
 from .manifest.naming import FileNameTemplate
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
 from .options import RunOptions, from_keywords
-from .outputs import (
+from .output.bucket import (
     BucketOutput,
     Taken,
     checkpointed,
@@ -82,6 +81,7 @@ from .outputs import (
     refuse_local_only,
     start,
 )
+from .output.bucket_files import BucketImages, checkpoint, trusted
 from .report import Report
 from .rerun import COMPLETE_KEY, MANIFEST_KEY, load, local_output
 from .rerun import fingerprint as _fingerprint

@@ -29,8 +29,8 @@ from .config import CHECKPOINT_SECONDS
 from .errors import ConfigError
 from .manifest.naming import DEFAULT_TEMPLATE, UNIT_FIELDS, FileNameTemplate, parse_template
 from .manifest.shard import Shard
+from .output.lease import LEASE_SECONDS
 from .store.bucket import is_bucket_url
-from .store.lease import LEASE_SECONDS
 
 if typing.TYPE_CHECKING:  # the library's own types, not loaded by the command line
     from .backend import Backend

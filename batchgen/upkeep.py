@@ -30,14 +30,15 @@ import anyio
 
 from .backend import open_backend, run_sync
 from .config import RetrySettings
-from .engine.bucket import checkpoint, put_files, restore_checkpoint
 from .engine.download import fresh_each_time
 from .engine.ports import inline
 from .errors import ApiError, ConfigError, DownloadError
 from .manifest import iter_units
 from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
 from .options import RunOptions, from_keywords
-from .outputs import BucketOutput, checkpointed, leased, retrying_with
+from .output.bucket import BucketOutput, checkpointed, leased, retrying_with
+from .output.bucket_files import checkpoint, put_files, restore_checkpoint
+from .output.lease import Lease
 from .rerun import MANIFEST_KEY, load
 from .retry import Request, with_retries
 from .store.bucket import (
@@ -61,7 +62,6 @@ from .store.files import (
 )
 from .store.gallery import GALLERY_DIR, Gallery, write_gallery
 from .store.journal import JOURNAL_NAME, Journal
-from .store.lease import Lease
 from .store.lock import OutputLock
 from .store.results import RESULTS_NAME
 from .store.views import update_views

@@ -20,9 +20,10 @@ import obstore
 import pytest
 
 import batchgen
-from batchgen import outputs
-from batchgen.engine.bucket import CHECKPOINT_NAME
 from batchgen.errors import ConfigError, ObjectStoreError, OutputLockedError
+from batchgen.output import bucket as outputs
+from batchgen.output.bucket_files import CHECKPOINT_NAME
+from batchgen.output.lease import LEASE_NAME, Lease, has_expired
 from batchgen.store import bucket as bucket_module
 from batchgen.store.bucket import (
     Bucket,
@@ -31,7 +32,6 @@ from batchgen.store.bucket import (
     parse_storage_options,
     store_config,
 )
-from batchgen.store.lease import LEASE_NAME, Lease, has_expired
 from tests.helpers import World
 
 Write = Callable[[str, str], Path]
@@ -146,7 +146,7 @@ def test_images_larger_than_one_put_stream_from_the_spool_in_parts(
     """A download to a bucket streams to the spool on disk, as a local one does, and an
     image past one PUT's size goes to the store in parts from the file: memory does not
     grow with an image.  Each is still written once, its name checked free first."""
-    from batchgen.engine import bucket as engine_bucket
+    from batchgen.output import bucket_files as engine_bucket
     from batchgen.sim.fake import FakeFetcher
 
     monkeypatch.setattr(engine_bucket, "WHOLE_PUT_BYTES", 64)  # every image is "large"
@@ -227,7 +227,7 @@ def test_a_restore_looks_only_for_the_jobs_of_units_a_run_may_have_taken(
     """Runs record in the bucket how far into the manifest they may go before they go
     there: a restore reconciles the units before that mark, not every unit."""
     monkeypatch.setattr("batchgen.engine.run.PLAN_CHUNK", 4)
-    monkeypatch.setattr("batchgen.outputs.RESERVE_AHEAD", 2)
+    monkeypatch.setattr("batchgen.output.bucket.RESERVE_AHEAD", 2)
     manifest = write("jobs.yaml", MANIFEST)
     world = World(tmp_path, job_seconds=8, jitter=0.2, seed=2, lose_answer_rate=0.3)
 

@@ -112,7 +112,7 @@ class EngineSettings:
     sibling_journals: tuple[Path, ...] = ()
     # Write each image's prompt and settings into its file (see store.embed).
     embed_metadata: bool = False
-    # For an output in a bucket (see engine.bucket): whether a done unit's files are
+    # For an output in a bucket (see batchgen.output.bucket_files): whether a done unit's files are
     # still there, and what the journal records of a file written.  None: local files.
     files_intact: Callable[[Iterable[tuple[str, str]], Iterable[Stamp | None]], bool] | None = None
     stamp: Callable[[Path, str], Stamp | None] | None = None

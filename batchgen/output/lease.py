@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from ..errors import OutputLockedError
-from .bucket import STATE_PREFIX, Bucket, Found
+from ..store.bucket import STATE_PREFIX, Bucket, Found
 
 log = logging.getLogger(__name__)
 

@@ -43,6 +43,7 @@ from typing import Any
 import anyio
 
 from ..config import RetrySettings
+from ..engine.pressure import InFlightCap
 from ..errors import ObjectStoreError
 from ..retry import Request, with_retries
 from ..scenario.download import Downloaded, Fetcher
@@ -58,7 +59,6 @@ from ..store.files import (
     write_lines_atomically,
 )
 from ..store.journal import JOURNAL_NAME, Journal
-from .pressure import InFlightCap
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A run's output in a bucket: where its local state lives, how it takes the output
 (the lease), starts on a machine with no state (the checkpoint), and keeps both while
-it runs.  The bytes themselves move in :mod:`batchgen.engine.bucket`.
+it runs.  The bytes themselves move in :mod:`.bucket_files`.
 
 A run to ``s3://bucket/prefix``:
 
@@ -31,8 +31,18 @@ from typing import Any
 
 import anyio
 
-from .config import CHECKPOINT_SECONDS, RetrySettings, cache_root
-from .engine.bucket import (
+from ..config import CHECKPOINT_SECONDS, RetrySettings, cache_root
+from ..engine.ports import Offload, inline
+from ..errors import ConfigError, JournalMissingError
+from ..manifest import Unit
+from ..manifest.shard import SHARD_DIRECTORY, Shard
+from ..retry import Request, with_retries
+from ..store.bucket import STATE_PREFIX, Bucket, BucketUrl, parse_storage_options, state_key
+from ..store.dataset import METADATA_NAME
+from ..store.files import IMAGES_DIR
+from ..store.journal import Journal, State
+from ..store.results import RESULTS_NAME
+from .bucket_files import (
     CHECKPOINT_ETAG_KEY,
     CHECKPOINT_KEY,
     CHECKPOINT_NAME,
@@ -42,16 +52,7 @@ from .engine.bucket import (
     put_files,
     restore_checkpoint,
 )
-from .engine.ports import Offload, inline
-from .errors import ConfigError, JournalMissingError
-from .manifest import Unit
-from .manifest.shard import SHARD_DIRECTORY, Shard
-from .retry import Request, with_retries
-from .store.bucket import STATE_PREFIX, Bucket, BucketUrl, parse_storage_options, state_key
-from .store.dataset import METADATA_NAME
-from .store.files import IMAGES_DIR
-from .store.journal import Journal, State
-from .store.lease import (
+from .lease import (
     LEASE_NAME,
     LEASE_SECONDS,
     RENEWALS_PER_LEASE,
@@ -60,7 +61,6 @@ from .store.lease import (
     Retrying,
     has_expired,
 )
-from .store.results import RESULTS_NAME
 
 log = logging.getLogger(__name__)
 
