@@ -21,13 +21,13 @@ __version__ = "0.1.0"
 _HOMES = {
     "BatchgenError": "errors",
     "ConfigError": "errors",
-    "Estimate": "app",
+    "Estimate": "report",
     "Pruned": "upkeep",
     "Report": "report",
-    "Status": "app",
-    "Validation": "app",
+    "Status": "report",
+    "Validation": "report",
     "Verification": "upkeep",
-    "aestimate": "app",
+    "aestimate": "estimating",
     "averify": "upkeep",
     "arun": "app",
     "estimate": "app",
@@ -44,10 +44,6 @@ _HOMES = {
 
 if TYPE_CHECKING:
     from .app import (
-        Estimate,
-        Status,
-        Validation,
-        aestimate,
         arun,
         estimate,
         model,
@@ -57,7 +53,8 @@ if TYPE_CHECKING:
         validate,
     )
     from .errors import BatchgenError, ConfigError
-    from .report import Report
+    from .estimating import aestimate
+    from .report import Estimate, Report, Status, Validation
     from .upkeep import Pruned, Verification, averify, export, gallery, prune, verify
 
 

@@ -1,11 +1,14 @@
-"""How a run went, as :func:`batchgen.run` returns it (a module of its own: the
-rerun of a finished batch builds one without loading the engine)."""
+"""What the library returns: how a run went (:class:`Report`), what an estimate, a
+validation and a status found.  A module of its own, light: the rerun of a finished
+batch builds a report without loading the engine."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from .ledger import Spend
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +52,71 @@ class Report:
         report = dataclasses.asdict(self)
         del report["line"]
         return report
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    model: str
+    size: str
+    units: int
+    cost_each: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What the units left to do would cost, by the API's dry run: an estimate, never
+    booked.  Units of a shape the dry run gave no price for are counted apart."""
+
+    units: int
+    estimated_left: float
+    shapes: list[Shape]
+    unpriced_units: int = 0
+
+    @property
+    def cost(self) -> float:
+        """The estimate (the name of earlier versions)."""
+        return self.estimated_left
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "units": self.units,
+            "estimated_left": self.estimated_left,
+            "unpriced_units": self.unpriced_units,
+            "shapes": [dataclasses.asdict(shape) for shape in self.shapes],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    manifest: str
+    entries: int
+    units: int
+    # Whether the models' inputs were checked (they need credentials and the API), and
+    # if not, why not.
+    inputs_checked: bool
+    not_checked_because: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    out: str
+    shards: list[str]
+    running: bool
+    units: int
+    states: dict[str, int]
+    # Creative units, from the ledger: ``this_run`` is the last run's.
+    spend: Spend
+    failures: list[dict[str, Any]]
+    # Images gone, and images whose size or time changed since they were written (a
+    # quick look: batchgen verify hashes them).
+    missing_files: int = 0
+    changed_files: int = 0
+    # Given the manifest: its units, and how many of them are not done yet.
+    manifest_units: int | None = None
+    left: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

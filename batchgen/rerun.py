@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 COMPLETE_KEY = "complete"
 # The manifest the last run used, for the commands that look after the directory.
 MANIFEST_KEY = "manifest"
+# The fingerprint of the manifest every unit in the journal is known to be from (none
+# left it): --estimate then counts the units left by shape, from the entries and the
+# journal, without making every unit.
+ROWS_OF_KEY = "rows_of"
 
 
 def load(manifest: str | Path, filename: str | FileNameTemplate | None = None) -> Manifest:

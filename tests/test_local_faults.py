@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 import batchgen
-from batchgen import app
 from batchgen.cli import main
 from batchgen.errors import JournalMissingError, OutputLockedError, StorageError
+from batchgen.output import local as app
 from batchgen.store.faults import storage_error
 from batchgen.store.files import PartFile
 from batchgen.store.journal import JOURNAL_NAME, Journal

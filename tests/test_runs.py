@@ -321,8 +321,9 @@ def test_the_estimate_matches_what_the_run_then_spends(example: Path, tmp_path: 
 def test_an_estimate_with_no_journal_counts_entries_as_expanding_every_unit_would(
     write: Write,
 ) -> None:
-    from batchgen.app import RunOptions, _shapes_of_entries, _shapes_of_units
+    from batchgen.estimating import _shapes_of_entries, _shapes_of_units
     from batchgen.manifest import load_manifest
+    from batchgen.options import RunOptions
     from batchgen.scenario.preflight import read_prompts
 
     write("p.csv", "prompt,numOutputs\na,1\nb,2\na,1\n")
@@ -351,9 +352,10 @@ def test_an_estimate_of_a_run_cut_short_counts_by_shape_as_expanding_every_unit_
     """A partial journal whose units are all the manifest's: the units left are the
     entries' less the journal's done, by shape; a manifest edited since is counted
     unit by unit (a departed unit must not be taken off)."""
-    from batchgen import app
-    from batchgen.app import RunOptions, _shapes_of_units
+    from batchgen import estimating as app
+    from batchgen.estimating import _shapes_of_units
     from batchgen.manifest import load_manifest
+    from batchgen.options import RunOptions
     from batchgen.store.journal import Journal
 
     text = (

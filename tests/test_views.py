@@ -164,7 +164,7 @@ def test_a_rerun_with_nothing_to_do_writes_no_view(
 def test_a_finished_batch_is_known_finished_without_expanding_a_unit(
     write: Callable[[str, str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from batchgen import app
+    from batchgen import running as app
     from tests.helpers import World
 
     write("p.txt", "".join(f"prompt {n}\n" for n in range(20)))
@@ -174,23 +174,23 @@ def test_a_finished_batch_is_known_finished_without_expanding_a_unit(
     )
     world = World(tmp_path)
     assert world.run(manifest).succeeded == 20
-    engine = app._run_engine
+    engine = app.run_engine
 
     async def no_engine(*args: Any) -> Any:
         raise AssertionError("the engine ran for a finished batch")
 
-    monkeypatch.setattr(app, "_run_engine", no_engine)
+    monkeypatch.setattr(app, "run_engine", no_engine)
     again = world.run(manifest)
     assert again.exit_code == 0 and again.already_done == 20
 
     # Anything changed, and the engine looks: a file deleted, a prompt added.
-    monkeypatch.setattr(app, "_run_engine", engine)
+    monkeypatch.setattr(app, "run_engine", engine)
     first = world.results()[0]["files"][0]
     (world.out / first).unlink()
     assert world.run(manifest).already_done == 19 and (world.out / first).is_file()
-    monkeypatch.setattr(app, "_run_engine", no_engine)
+    monkeypatch.setattr(app, "run_engine", no_engine)
     assert world.run(manifest).already_done == 20
-    monkeypatch.setattr(app, "_run_engine", engine)
+    monkeypatch.setattr(app, "run_engine", engine)
     with (tmp_path / "p.txt").open("a") as handle:
         handle.write("one more\n")
     grown = world.run(manifest)

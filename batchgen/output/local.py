@@ -1,0 +1,161 @@
+"""An output in a folder: its lock, its journal (or one rebuilt), its views and its
+gallery."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import time
+from pathlib import Path
+from typing import TypeVar
+
+from ..backend import Backend
+from ..engine import EngineSettings
+from ..errors import (
+    ConfigError,
+    JournalMissingError,
+    StorageError,
+)
+from ..manifest import Manifest
+from ..manifest.shard import Shard, shard_directories
+from ..options import RunOptions
+from ..plan import sent_for, units_of
+from ..store.dataset import write_metadata
+from ..store.faults import storage_faults
+from ..store.gallery import write_gallery
+from ..store.journal import JOURNAL_NAME, Journal
+from ..store.lock import OutputLock
+from ..store.rebuild import Rebuilt, earlier_work, rebuild
+from ..store.views import update_views
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def journal_or_rebuild(
+    journal: Journal,
+    manifest: Manifest,
+    shard: Shard | None,
+    options: RunOptions,
+    settings: EngineSettings,
+    backend: Backend,
+) -> None:
+    """Refuse to start from nothing over earlier work; rebuild the journal if asked."""
+    out_dir = settings.output_dir
+    empty = await backend.offload(journal.is_empty)
+    if options.rebuild_journal:
+        if not empty:
+            raise ConfigError(
+                f"--rebuild-journal: {journal.path} holds units; it is for a directory "
+                "whose journal is lost (move the damaged one aside first)"
+            )
+
+        def rebuild_all() -> Rebuilt:
+            with storage_faults(out_dir), journal.batch(durable=True):
+                return rebuild(journal, out_dir, units_of(manifest, shard), sent_for(settings))
+
+        rebuilt = await backend.offload(rebuild_all)
+        log.warning(
+            "journal rebuilt: %d units from results.jsonl; %d others may have been "
+            "submitted since %s and are looked for in the account's jobs first",
+            rebuilt.restored,
+            rebuilt.uncertain,
+            rebuilt.since,
+        )
+    elif empty and await backend.offload(earlier_work, out_dir):
+        raise JournalMissingError(
+            f"{out_dir}: its journal ({journal.path.name}) is missing or empty, but "
+            "results.jsonl or images/ hold earlier work: a run now would pay for every "
+            "unit again. Run with --rebuild-journal to rebuild it from results.jsonl, "
+            "the files and the account's jobs, or with --fresh to start over elsewhere"
+        )
+
+
+def move_aside(out_dir: Path) -> None:
+    """``--fresh``: the earlier output moved aside, kept whole.  Only an output of
+    batchgen's own (it holds a journal) is moved: any other directory is refused, left
+    as it is."""
+    out_dir = out_dir.resolve()  # "." has no name to give the copy
+    with storage_faults(out_dir):
+        if not out_dir.exists() or not any(out_dir.iterdir()):
+            return
+        if Path.cwd().resolve().is_relative_to(out_dir):
+            raise ConfigError(
+                f"--fresh: {out_dir} is the current directory (or holds it): it cannot be "
+                "moved aside from within; name the output by a path outside it"
+            )
+        if not (out_dir / JOURNAL_NAME).is_file() or out_dir.is_mount():
+            raise ConfigError(
+                f"--fresh: {out_dir} holds no batchgen journal: it is not an output of "
+                "batchgen's, and is left as it is (name an empty or new directory with --out)"
+            )
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        with OutputLock(out_dir):  # never move a directory from under a live run
+            # --fresh twice in one second: the second name gets a number.
+            for number in itertools.count(1):
+                suffix = stamp if number == 1 else f"{stamp}-{number}"
+                aside = out_dir.with_name(f"{out_dir.name}.{suffix}")
+                if not aside.exists():
+                    out_dir.rename(aside)
+                    break
+    log.warning("--fresh: the previous output is kept in %s", aside)
+
+
+def write_views_if_possible(journal: Journal, out_dir: Path, shard: Shard | None) -> None:
+    """The views, unless the disk refuses them: a run ending on a full disk must say
+    why it stopped, and the next run writes them (the journal has it all)."""
+    try:
+        with storage_faults(out_dir):
+            write_views(journal, out_dir, shard)
+    except StorageError as exc:
+        log.warning("results.jsonl and metadata.jsonl not rewritten: %s", exc)
+
+
+def write_gallery_of(root: Path, sharded: bool) -> None:
+    """The gallery of the output (of every shard, for a shard's run), or a warning: a
+    page that could not be made must not fail a run that did its work."""
+    places = shard_directories(root) if sharded else [root]
+    with contextlib.ExitStack() as stack:
+        journals = []
+        for place in places:
+            if (place / JOURNAL_NAME).is_file():
+                journal = Journal(place)
+                stack.callback(journal.close)
+                journals.append((place, journal))
+        try:
+            with storage_faults(root):
+                made = write_gallery(root, journals)
+        except StorageError as exc:
+            log.warning("the gallery was not made: %s", exc)
+            return
+    log.info("gallery: %s", made.page)
+
+
+def write_views(journal: Journal, out_dir: Path, shard: Shard | None) -> None:
+    update_views(journal, out_dir, metadata=shard is None)
+    if shard is not None:  # one metadata.jsonl at the root, for every shard
+        write_dataset_metadata(journal, out_dir, sharded=True)
+
+
+def write_dataset_metadata(journal: Journal, out_dir: Path, *, sharded: bool) -> None:
+    """``metadata.jsonl`` for the run's directory or, for a shard, for the whole output
+    root, covering every shard that has a journal (see :mod:`batchgen.dataset`).
+    ``journal`` is the run's own, still open."""
+    if not sharded:
+        write_metadata(out_dir, lambda: [("", journal.results())], journal.first_time)
+        return
+    with contextlib.ExitStack() as stack:
+        journals: list[tuple[str, Journal]] = []
+        for place in shard_directories(out_dir.parent):
+            if place == out_dir:
+                journals.append((f"{place.name}/", journal))
+            elif (place / JOURNAL_NAME).is_file():
+                other = Journal(place)
+                stack.callback(other.close)
+                journals.append((f"{place.name}/", other))
+        write_metadata(
+            out_dir.parent,
+            lambda: [(prefix, shard.results()) for prefix, shard in journals],
+            journal.first_time,
+        )
