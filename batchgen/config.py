@@ -173,3 +173,8 @@ def cache_root() -> Path:
     remote input images, and the local state of outputs in buckets."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "batchgen"
+
+
+def default_state_root() -> Path:
+    """Where the journals of outputs in buckets live, by default."""
+    return cache_root() / "state"

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from . import config as defaults
 from .backend import Backend
+from .config import default_state_root
 from .engine import EngineSettings
 from .engine.submit import request_for, request_key
 from .errors import (
@@ -24,9 +25,6 @@ from .errors import (
 from .manifest import Manifest, Unit, iter_units
 from .manifest.shard import Shard
 from .options import RunOptions
-from .output.bucket import (
-    default_state_root,
-)
 from .rerun import local_output
 from .retry import Request, with_retries
 from .scenario.inputs import ModelSpec, model_from_json

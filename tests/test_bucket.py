@@ -104,7 +104,7 @@ def killed_run(
         pass
 
     with monkeypatch.context() as patch:
-        patch.setattr("batchgen.running.finish", nothing)
+        patch.setattr("batchgen.output.bucket.finish", nothing)
         patch.setattr(Lease, "release", nothing)
         return world.run(
             manifest,

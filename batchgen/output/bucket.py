@@ -20,10 +20,12 @@ A run to ``s3://bucket/prefix``:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,26 +33,36 @@ from typing import Any
 
 import anyio
 
-from ..config import CHECKPOINT_SECONDS, RetrySettings, cache_root
-from ..engine.ports import Offload, inline
+from ..config import CHECKPOINT_SECONDS, RetrySettings, default_state_root
+from ..engine import EngineSettings
+from ..engine.ports import Fetcher, Offload, inline
 from ..errors import ConfigError, JournalMissingError
-from ..manifest import Unit
+from ..manifest import Manifest, Unit
 from ..manifest.shard import SHARD_DIRECTORY, Shard
+from ..options import RunOptions
+from ..plan import sent_for, units_of
+from ..report import Report
+from ..rerun import COMPLETE_KEY
 from ..retry import Request, with_retries
 from ..store.bucket import STATE_PREFIX, Bucket, BucketUrl, parse_storage_options, state_key
 from ..store.dataset import METADATA_NAME
 from ..store.files import IMAGES_DIR
 from ..store.journal import Journal, State
+from ..store.lock import OutputLock
 from ..store.results import RESULTS_NAME
+from . import RunPlan
 from .bucket_files import (
     CHECKPOINT_ETAG_KEY,
     CHECKPOINT_KEY,
     CHECKPOINT_NAME,
+    BucketImages,
     Present,
     WriteSlots,
+    checkpoint,
     flush_spilled,
     put_files,
     restore_checkpoint,
+    trusted,
 )
 from .lease import (
     LEASE_NAME,
@@ -61,6 +73,7 @@ from .lease import (
     Retrying,
     has_expired,
 )
+from .local import write_views_if_possible
 
 log = logging.getLogger(__name__)
 
@@ -126,19 +139,105 @@ def retrying_with(settings: RetrySettings) -> Retrying:
     return retrying
 
 
-def default_state_root() -> Path:
-    return cache_root() / "state"
-
-
 @dataclass(slots=True)
 class BucketOutput:
+    """An output in a bucket: held by its lease, its journal in a local state
+    directory and checkpointed to the bucket, images written to it as they come."""
+
     bucket: Bucket
     state_dir: Path
     lease: Lease
     retrying: Retrying
+    # Copies the journal to the bucket (once the run's journal is open).
+    save: Save | None = None
+    checkpoint_interval: float = CHECKPOINT_SECONDS
 
     @classmethod
-    def open(
+    def for_run(cls, url: BucketUrl, options: RunOptions, shard: Shard | None) -> BucketOutput:
+        """A run's output at ``url``; what a bucket cannot do is refused here."""
+        refuse_local_only(dataclasses.asdict(options))
+        output = cls.at(
+            url,
+            options.storage_options,
+            options.state_dir,
+            shard,
+            blocking=False,
+            lease_seconds=options.lease_seconds,
+            retry=RetrySettings(max_attempts=options.retries),
+        )
+        output.checkpoint_interval = options.checkpoint_interval
+        return output
+
+    @property
+    def shown(self) -> str:
+        return str(self.bucket.url)
+
+    def finished(self, manifest: Manifest, shard: Shard | None) -> Report | None:
+        return None  # the lease must be taken to know
+
+    def siblings(self, shard: Shard | None) -> tuple[Path, ...]:
+        return ()
+
+    def fresh(self) -> None:
+        raise ConfigError(LOCAL_ONLY["fresh"])  # refused by for_run already
+
+    async def open(
+        self, held: contextlib.AsyncExitStack, run: RunPlan
+    ) -> tuple[Journal, EngineSettings, Fetcher]:
+        backend = run.backend
+        # The store's first request: refused credentials end the run here.
+        self.bucket.blocking = backend.offload is inline
+        await held.enter_async_context(leased(self))
+        held.enter_context(OutputLock(self.state_dir))
+        taken = Taken(self.bucket, run.fingerprint, self.retrying)
+        journal, present = await start(
+            self,
+            lambda: Journal(self.state_dir, failed_job_limit=run.options.job_attempts),
+            lambda: units_of(run.manifest, run.shard),
+            sent_for(run.settings),
+            backend.offload,
+            COMPLETE_KEY,
+            taken,
+        )
+        images = BucketImages(
+            backend.downloader, self.bucket, self.state_dir, backend.settings.retry, backend.offload
+        )
+        settings = dataclasses.replace(
+            run.settings,
+            files_intact=present.intact if present is not None else trusted,
+            stamp=images.stamp,
+            reserve=taken.reserve,
+            keep_input=images.keep_input,
+        )
+        self.save = functools.partial(
+            checkpoint,
+            self.bucket,
+            journal,
+            backend.client.server_now,
+            backend.settings.retry,
+            backend.offload,
+        )
+        try:  # where a new machine starts from if this one is lost from now on
+            await self.save()
+        except BaseException:
+            journal.close()
+            raise
+        return journal, settings, images
+
+    def alongside(self, run: RunPlan) -> Callable[[], Coroutine[Any, Any, None]] | None:
+        assert self.save is not None
+        return functools.partial(keep, self, self.save, self.checkpoint_interval)
+
+    async def close(self, journal: Journal, run: RunPlan) -> None:
+        await run.backend.offload(write_views_if_possible, journal, self.state_dir, None)
+        assert self.save is not None
+        await finish(self, self.save, run.backend.settings.retry, run.backend.offload)
+
+    async def gallery(self, run: RunPlan) -> None:
+        raise ConfigError(LOCAL_ONLY["gallery"])  # refused by for_run already
+
+    @classmethod
+    def at(
         cls,
         url: BucketUrl,
         storage_options: list[str] | dict[str, str] | None,

@@ -4,14 +4,17 @@ gallery."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..backend import Backend
 from ..engine import EngineSettings
+from ..engine.ports import Fetcher
 from ..errors import (
     ConfigError,
     JournalMissingError,
@@ -21,6 +24,8 @@ from ..manifest import Manifest
 from ..manifest.shard import Shard, shard_directories
 from ..options import RunOptions
 from ..plan import sent_for, units_of
+from ..report import Report
+from ..rerun import finished_already
 from ..store.dataset import write_metadata
 from ..store.faults import storage_faults
 from ..store.gallery import write_gallery
@@ -28,6 +33,7 @@ from ..store.journal import JOURNAL_NAME, Journal
 from ..store.lock import OutputLock
 from ..store.rebuild import Rebuilt, earlier_work, rebuild
 from ..store.views import update_views
+from . import RunPlan
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -159,3 +165,54 @@ def write_dataset_metadata(journal: Journal, out_dir: Path, *, sharded: bool) ->
             lambda: [(prefix, shard.results()) for prefix, shard in journals],
             journal.first_time,
         )
+
+
+@dataclasses.dataclass(slots=True)
+class FolderOutput:
+    """An output in a local folder: held by its lock, its journal beside the images,
+    a journal lost over earlier work refused (or rebuilt, if asked)."""
+
+    state_dir: Path
+    shard: Shard | None
+
+    @property
+    def shown(self) -> str:
+        return str(self.state_dir)
+
+    def finished(self, manifest: Manifest, shard: Shard | None) -> Report | None:
+        return finished_already(manifest, shard, self.state_dir)
+
+    def siblings(self, shard: Shard | None) -> tuple[Path, ...]:
+        if shard is None:
+            return ()
+        others = shard_directories(self.state_dir.parent)
+        return tuple(place / JOURNAL_NAME for place in others if place != self.state_dir)
+
+    def fresh(self) -> None:
+        move_aside(self.state_dir)
+
+    async def open(
+        self, held: contextlib.AsyncExitStack, run: RunPlan
+    ) -> tuple[Journal, EngineSettings, Fetcher]:
+        held.enter_context(OutputLock(self.state_dir))
+        journal = Journal(self.state_dir, failed_job_limit=run.options.job_attempts)
+        try:
+            # Before the views are touched: over a lost journal they would be
+            # rewritten from nothing.
+            await journal_or_rebuild(
+                journal, run.manifest, run.shard, run.options, run.settings, run.backend
+            )
+        except BaseException:
+            journal.close()
+            raise
+        return journal, run.settings, run.backend.downloader
+
+    def alongside(self, run: RunPlan) -> Callable[[], Coroutine[Any, Any, None]] | None:
+        return None
+
+    async def close(self, journal: Journal, run: RunPlan) -> None:
+        await run.backend.offload(write_views_if_possible, journal, self.state_dir, self.shard)
+
+    async def gallery(self, run: RunPlan) -> None:
+        root = self.state_dir.parent if self.shard is not None else self.state_dir
+        await run.backend.offload(write_gallery_of, root, self.shard is not None)
