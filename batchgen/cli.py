@@ -61,7 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="batchgen", description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"batchgen {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (
+        _add_run,
+        _add_validate,
+        _add_models,
+        _add_status,
+        _add_prune,
+        _add_verify,
+        _add_export,
+        _add_gallery,
+        _add_sim,
+    ):
+        add(commands)
+    _finish(parser)
+    return parser
 
+
+def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
     run = commands.add_parser("run", help="generate every unit of a manifest")
     run.add_argument("manifest", type=Path)
     add_arguments(run, "run")
@@ -88,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_verbosity(run)
 
+
+def _add_validate(commands: argparse._SubParsersAction[_Parser]) -> None:
     validate = commands.add_parser(
         "validate",
         help="check a manifest and count its units, and that the API answers, accepts the "
@@ -103,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true", help="print the check as JSON")
     _add_verbosity(validate)
 
+
+def _add_models(commands: argparse._SubParsersAction[_Parser]) -> None:
     models = commands.add_parser(
         "models",
         help="list the models the credentials can use (the team's and Scenario's public "
@@ -118,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print the API's model records")
     _add_verbosity(models)
 
+
+def _add_status(commands: argparse._SubParsersAction[_Parser]) -> None:
     status = commands.add_parser(
         "status", help="what a run has done so far in an output directory (also while it runs)"
     )
@@ -133,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(status)
 
+
+def _add_prune(commands: argparse._SubParsersAction[_Parser]) -> None:
     prune = commands.add_parser(
         "prune",
         help="forget the units that left the manifest (their lines in the views, and with "
@@ -154,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(prune)
 
+
+def _add_verify(commands: argparse._SubParsersAction[_Parser]) -> None:
     verify = commands.add_parser(
         "verify",
         help="hash every image against the journal; with --fix fetch the missing and altered "
@@ -168,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(verify)
 
+
+def _add_export(commands: argparse._SubParsersAction[_Parser]) -> None:
     export = commands.add_parser(
         "export",
         help="write an output directory's images as WebDataset tar shards, Parquet (with the "
@@ -207,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(export)
 
+
+def _add_gallery(commands: argparse._SubParsersAction[_Parser]) -> None:
     gallery = commands.add_parser(
         "gallery",
         help="write OUT/gallery/index.html, a page to review the run (thumbnails, filters, a "
@@ -218,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(gallery)
 
+
+def _add_sim(commands: argparse._SubParsersAction[_Parser]) -> None:
     sim = commands.add_parser("sim", help="serve the Scenario simulator until stopped")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sim.add_argument("--port", type=int, default=0, help="API port (default: any free port)")
@@ -282,8 +314,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, metavar="N", help="seeds the injected faults (default 0)"
     )
     _add_verbosity(sim)
-    _finish(parser)
-    return parser
 
 
 # Every option's value named the same way in every command.
