@@ -179,3 +179,33 @@ def test_money_as_the_sdk_types_it(
         assert job.billing.cu_cost == 3 and job.billing.cu_discount == 1
         assert bool(job.billing.disable_refund) is not refunded
     assert sim.charged == 6 and sim.spent == 3  # the refundable one given back
+
+
+def test_the_account_as_the_sdk_types_it(
+    start_simulator: Callable[..., Simulator], sdk_for: Callable[[Simulator], Any]
+) -> None:
+    """Teams, limits and use by model, in the shapes the SDK declares: what batchgen
+    reads of the account (its parallel jobs, its creative units, its use)."""
+    sim = start_simulator(
+        job_seconds=0.0, jitter=0.0, in_flight_limit=12, credits=500, one_shot_credits=50
+    )
+    client = sdk_for(sim)
+    client.generate.run_model("model_sim-fast", body={"prompt": "p", "width": 1024, "height": 1024})
+    teams = strictly(
+        types.TeamListResponse, client.teams.with_raw_response.list().http_response.json()
+    )
+    (team,) = teams.teams
+    assert team.context.user_role == "key"
+    raw = client.teams.with_raw_response.retrieve_limits(team.id).http_response.json()
+    limits = strictly(types.TeamRetrieveLimitsResponse, raw)
+    assert limits.limits.parallel_custom_jobs == 12 and limits.limits.creative_units == 500
+    assert limits.values.creative_units == sim.spent == 4
+    assert [one.remaining for one in limits.one_shot_creative_units] == [100, 50]
+    used = client.usages.with_raw_response.list(
+        type=["model-usages"],
+        start_date=limits.period.start,
+        end_date=limits.period.end,
+        team_id=team.id,
+    ).http_response.json()
+    (model,) = strictly(types.UsageListResponse, used).api_model_usages or []
+    assert model.api_model_id == "model_sim-fast" and model.points[0].cost == 4

@@ -307,6 +307,9 @@ def test_the_readme_lists_every_endpoint_and_parameter_batchgen_sends() -> None:
     judge = sdk_contract.RequestJudge()
     for method, path, sent, typed in rows:
         endpoint = judge.endpoint(method, path)
-        assert endpoint is not None and endpoint.source.endswith(f".{typed})"), path
+        assert endpoint is not None, path
+        # An endpoint that takes no parameters is named by the type of its answer.
+        takes_none = "(" not in endpoint.source and typed.endswith("Response")
+        assert endpoint.source.endswith(f".{typed})") or takes_none, path
         known = set(endpoint.query) | set(endpoint.body or {})
         assert set(re.findall(r"`(\w+)`", sent)) <= known, path

@@ -37,6 +37,7 @@ from ..errors import (
     TransientApiError,
 )
 from ..redact import clean
+from .account import Limits, ModelUse, Team, parse_limits, parse_model_usages, parse_teams
 from .inputs import ModelSpec, parse_model
 from .records import Asset, JobRecord, Submission, parse_asset, parse_job, parse_submission
 from .transport import (
@@ -138,9 +139,9 @@ class ScenarioClient:
         async with await open_session() as session:
             yield cls(settings, AiohttpTransport(session, settings.request_timeout))
 
-    def _url(self, path: str, query: dict[str, str] | None) -> URL:
+    def _url(self, path: str, query: dict[str, str] | None, project: bool = True) -> URL:
         merged = dict(query or {})
-        if self._settings.project_id:
+        if self._settings.project_id and project:
             merged.setdefault("projectId", self._settings.project_id)
         url = self._base.with_path(self._base.path.rstrip("/") + path)
         return url.with_query(merged) if merged else url
@@ -152,8 +153,11 @@ class ScenarioClient:
         *,
         query: dict[str, str] | None = None,
         body: Any = None,
+        project: bool = True,
     ) -> tuple[int, Any]:
-        """One request; returns (status, parsed JSON) for a success, raises ours otherwise."""
+        """One request; returns (status, parsed JSON) for a success, raises ours otherwise.
+        ``project``: whether the project id goes with it (the account's endpoints take
+        none)."""
         # A POST that makes something (a job, an uploaded asset) may have made it even
         # when its answer is lost: that is for the caller to find out, not to retry.
         creates = (
@@ -162,7 +166,7 @@ class ScenarioClient:
             and (path.startswith("/v1/generate/") or path == UPLOAD_PATH)
         )
         what = f"{method} {path}"
-        outgoing = Outgoing(method, self._url(path, query), self._headers, body)
+        outgoing = Outgoing(method, self._url(path, query, project), self._headers, body)
         for stale in range(STALE_CONNECTION_RETRIES + 1):
             try:
                 answer = await self._transport.send(outgoing, limit=MAX_API_BODY_BYTES)
@@ -358,6 +362,35 @@ class ScenarioClient:
                 raise BrokenListError(f"GET {path}: still paging after {MAX_LIST_SECONDS:g}s")
             seen.add(token)
         raise BrokenListError(f"GET {path}: more than {MAX_LIST_PAGES} pages")
+
+    async def teams(self) -> list[Team]:
+        """The teams of the credentials (``GET /v1/teams``)."""
+        _, payload = await self.request("GET", "/v1/teams", project=False)
+        return parse_teams(payload)
+
+    async def team_limits(self, team: Team) -> Limits:
+        """A team's limits and its creative units (``GET /v1/teams/{id}/limits``)."""
+        path = f"/v1/teams/{_id(team.id, 'team')}/limits"
+        _, payload = await self.request("GET", path, project=False)
+        return parse_limits(team, payload)
+
+    async def model_usages(self, team: Team, start: datetime, end: datetime) -> list[ModelUse]:
+        """Use by model between two moments (``GET /v1/usages?type=model-usages``)."""
+        query = {
+            "type": "model-usages",
+            "startDate": _api_time(start),
+            "endDate": _api_time(end),
+            "teamId": team.id,
+            "dropZeroPoints": "true",
+        }
+        _, payload = await self.request("GET", "/v1/usages", query=query, project=False)
+        return parse_model_usages(payload)
+
+    async def running_custom_jobs(self, since: datetime) -> int:
+        """The account's custom jobs not ended, among those changed since ``since``
+        (one listing): what takes up its parallel jobs besides a new run's."""
+        jobs = await self.jobs_updated_after(since)
+        return len({job.job_id for job in jobs if not job.terminal})
 
     async def get_model(self, model_id: str) -> ModelSpec:
         """A model and its inputs (``GET /v1/models/{id}``)."""

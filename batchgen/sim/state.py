@@ -111,6 +111,12 @@ class SimConfig:
     stuck_rate: float = 0.0
     # Creative units the account has; None: unlimited.  Past them, submissions get 402.
     credits: float | None = None
+    # The account: whether the key may read its team (else 403 on the account's
+    # endpoints, as for a key without team access), and one-shot creative units bought
+    # on top of the period's (credits), expiring 30 days on.  The team's parallel jobs
+    # are in_flight_limit's (4 when it is None, batchgen's own default).
+    team_access: bool = True
+    one_shot_credits: float = 0.0
     # Models whose failed jobs are not refunded (their billing says disableRefund); a
     # failed or cancelled job of any other model is refunded when it ends.
     no_refund_models: tuple[str, ...] = ()
@@ -318,6 +324,8 @@ class Simulator:
     cancels: Counter[str] = field(default_factory=Counter)  # "refused" / "accepted"
     # Creative units charged for our jobs when they were created (before refunds).
     charged: float = 0.0
+    # The most of our jobs running at once, as the server saw it.
+    max_in_flight: int = 0
     # Listings of the jobs created since a moment (reconciliations), first pages only.
     created_scans: int = 0
     # Called with each new job (upload) after it is created and before it is answered:
@@ -625,6 +633,8 @@ class Simulator:
             return SimAnswer(200, {"asset": self.asset_json(asset)})
         if route == "GET /v1/models":
             return self._list_models(query)
+        if route in ("GET /v1/teams", "GET /v1/teams/{team_id}/limits", "GET /v1/usages"):
+            return self._account(route, params, query)
         if route == "GET /v1/models/{model}":
             model = self.model(params["model"])
             if model is None:
@@ -746,7 +756,8 @@ class Simulator:
                 f"Your plan does not give access to {model_id}",
                 name="ModelAccessRestrictedError",
             )
-        if self.config.credits is not None and self.spent + cost > self.config.credits:
+        credits = self.config.credits
+        if credits is not None and self.spent + cost > credits + self.config.one_shot_credits:
             return _error(402, "Not enough creative units to run this job")
         limit = self.config.in_flight_limit
         if limit is not None and self.in_flight() >= limit:
@@ -765,6 +776,7 @@ class Simulator:
             other.by_other_client = True
         job = self._job(model, body, cost, created=True)
         self.charged += cost
+        self.max_in_flight = max(self.max_in_flight, self.in_flight())
         if self.on_job_created is not None:
             self.on_job_created(job)
         if self._rng.random() < self.config.lose_answer_rate:
@@ -1011,6 +1023,118 @@ class Simulator:
         found = [self._finished_asset(str(i)) for i in ids]
         return SimAnswer(200, {"assets": [self.asset_json(a) for a in found if a is not None]})
 
+    # ------------------------------------------------------------------ the account
+
+    TEAM_ID = "team_sim0000000000000000"
+    PERIOD_DAYS = 30.0
+
+    def _account(self, route: str, params: dict[str, str], query: Mapping[str, str]) -> SimAnswer:
+        """The account's endpoints, in the SDK's shapes; 403 for a key without team access."""
+        if not self.config.team_access:
+            return _error(403, "This API key has no access to the team", name="ForbiddenError")
+        if route == "GET /v1/teams":
+            return SimAnswer(200, {"teams": [self._team_json()]})
+        if route == "GET /v1/usages":
+            return SimAnswer(200, self._usages(query))
+        if params["team_id"] != self.TEAM_ID:
+            return _error(404, "Team not found")
+        return SimAnswer(200, self._limits_json())
+
+    def _period(self) -> tuple[float, float]:
+        """The billing period: 30 days from the simulator's birth (its wall clock)."""
+        start = self.wall() - self.clock() - 15 * 86400
+        return start, start + self.PERIOD_DAYS * 86400
+
+    def _team_json(self) -> dict[str, Any]:
+        made = _iso(self._period()[0])
+        context = {"invitationsCount": 0, "keysCount": 1, "userRole": "key", "usersCount": 1}
+        return {
+            "id": self.TEAM_ID,
+            "name": "Simulated team",
+            "plan": "cu-pro",
+            "type": "shared",
+            "createdAt": made,
+            "updatedAt": made,
+            "projects": [],
+            "context": context,
+        }
+
+    def _limits_json(self) -> dict[str, Any]:
+        start, end = self._period()
+        parallel = self.config.in_flight_limit or 4
+        allowance = self.config.credits if self.config.credits is not None else 1_000_000.0
+        counts = ("apiKeys", "canvasAssets", "collections", "projects", "seats")
+        limits: dict[str, Any] = {
+            name: 100
+            for name in (
+                *counts, "canvasAssetLayers", "defaultSeats", "downloadAssets", "downloadModel",
+                "inferenceBatchSize", "maxTrainingDatasets", "models", "OTPSessions",
+                "parallelInferences", "parallelTraining", "parallelWorkflowRuns",
+                "premiumGenerationSamples", "scalingFactor", "snapshotsRetention", "upload",
+            )
+        }  # fmt: skip
+        limits |= {
+            "parallelCustomJobs": parallel,
+            "minCooldown": 1,
+            "maxCooldown": 4,
+            "creativeUnits": allowance,
+        }
+        now = self.server_wall()
+        one_shots = [
+            {"amount": 100, "remaining": 100, "expiration": _iso(now - 86400)},  # expired
+        ]
+        if self.config.one_shot_credits:
+            amount = self.config.one_shot_credits
+            # Spent from the period's allowance first, then from these.
+            over = max(self.spent - allowance, 0.0)
+            one_shots.append(
+                {"amount": amount, "remaining": max(amount - over, 0.0),
+                 "expiration": _iso(now + 30 * 86400)}
+            )  # fmt: skip
+        for one in one_shots:
+            one |= {"createdAt": _iso(start), "updatedAt": _iso(start)}
+        return {
+            "limits": limits,
+            "values": {
+                **{name: 1 for name in counts},
+                "creativeUnits": min(self.spent, allowance),
+            },
+            "period": {"start": _iso(start), "end": _iso(end)},
+            "oneShotCreativeUnits": one_shots,
+            "plan": "cu-pro",
+        }
+
+    def _usages(self, query: Mapping[str, str]) -> dict[str, Any]:
+        """Use by model over the window asked, one point for all of it."""
+        start = _parse_iso(query["startDate"]) if "startDate" in query else -math.inf
+        end = _parse_iso(query["endDate"]) if "endDate" in query else math.inf
+        now = self.clock()
+        by_model: dict[str, list[float]] = {}
+        for job in self.jobs.values():
+            if job.by_other_client or not start <= job.created_wall <= end:
+                continue
+            spent = by_model.setdefault(job.model, [0.0, 0.0])
+            spent[0] += job.net_charge(now)
+            spent[1] += 1
+        return {
+            "modelUsages": [
+                {
+                    "modelId": model,
+                    "points": [
+                        {
+                            "time": _iso(self.server_wall()),
+                            "cost": cost,
+                            "discount": 0,
+                            "jobs": jobs,
+                            "apiKeyCost": cost,
+                            "apiKeyDiscount": 0,
+                        }
+                    ],
+                }  # fmt: skip
+                for model, (cost, jobs) in sorted(by_model.items())
+            ]
+        }
+
     def _list_models(self, query: Mapping[str, str]) -> SimAnswer:
         """The team's own models, or with ``privacy=public`` Scenario's: private is the
         default, as the real API's is."""
@@ -1074,6 +1198,9 @@ ROUTES = (
     ("GET", ("v1", "assets", "{asset_id}")),
     ("GET", ("v1", "models")),
     ("GET", ("v1", "models", "{model}")),
+    ("GET", ("v1", "teams")),
+    ("GET", ("v1", "teams", "{team_id}", "limits")),
+    ("GET", ("v1", "usages")),
 )
 
 
