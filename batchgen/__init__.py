@@ -27,6 +27,8 @@ _HOMES = {
     "Status": "report",
     "Validation": "report",
     "Verification": "upkeep",
+    "Account": "team",
+    "account": "app",
     "aestimate": "estimating",
     "averify": "upkeep",
     "arun": "app",
@@ -44,6 +46,7 @@ _HOMES = {
 
 if TYPE_CHECKING:
     from .app import (
+        account,
         arun,
         estimate,
         model,
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
     from .errors import BatchgenError, ConfigError
     from .estimating import aestimate
     from .report import Estimate, Report, Status, Validation
+    from .team import Account
     from .upkeep import Pruned, Verification, averify, export, gallery, prune, verify
 
 
@@ -72,6 +76,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Account",
     "BatchgenError",
     "ConfigError",
     "Estimate",
@@ -81,6 +86,7 @@ __all__ = [
     "Validation",
     "Verification",
     "__version__",
+    "account",
     "aestimate",
     "averify",
     "arun",

@@ -20,8 +20,10 @@ failures included, is in the returned :class:`Report`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, TypeVar, Unpack
@@ -31,7 +33,7 @@ from .backend import open_backend, run_sync
 from .errors import (
     ConfigError,
 )
-from .estimating import aestimate
+from .estimating import aestimate, priced
 from .keywords import RunKeywords
 from .manifest import count_units
 from .manifest.naming import FileNameTemplate
@@ -51,6 +53,7 @@ from .store.files import files_not_as_written
 from .store.journal import JOURNAL_NAME
 from .store.lock import run_in_progress
 from .tally import tally
+from .team import Account, account_of, credits_refusal, read_limits
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,12 +92,42 @@ def validate(
         return Validation(*place, count_units(loaded, max_units), False, "--offline")
     options = RunOptions(api_url=api_url, project_id=project_id, simulate=simulate)
 
-    async def check() -> int:
+    async def check() -> Validation:
         async with open_backend(options) as backend:
-            total, _, _ = await checked_manifest(loaded, backend, max_units=max_units)
-        return total
+            total, specs, prompts = await checked_manifest(loaded, backend, max_units=max_units)
+            found = Validation(*place, total, True)
+            limits = await read_limits(backend)
+            now = backend.client.server_now()
+            if limits is None or limits.left(now) is None:
+                return found
+            out_dir = Path(tempfile.mkdtemp())  # no journal: every unit is to do
+            try:
+                cost = await priced(loaded, None, out_dir, options, backend, specs, prompts)
+            finally:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            return dataclasses.replace(
+                found,
+                estimated_cost=cost.estimated_left,
+                credits_left=limits.left(now),
+                credits_refusal=credits_refusal(cost.estimated_left, limits, now),
+            )
 
-    return Validation(*place, run_sync(check), True)
+    return run_sync(check)
+
+
+def account(
+    *, api_url: str | None = None, project_id: str | None = None, simulate: bool = False
+) -> Account:
+    """The account of the credentials: team, plan, period, creative units allowed, used
+    and left (one-shot ones with their expiry), parallel jobs and those running now,
+    this period's use by model (``batchgen account``)."""
+    options = RunOptions(api_url=api_url, project_id=project_id, simulate=simulate)
+
+    async def fetch() -> Account:
+        async with open_backend(options) as backend:
+            return await account_of(backend)
+
+    return run_sync(fetch)
 
 
 # ---------------------------------------------------------------------- estimate

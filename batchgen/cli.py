@@ -1,6 +1,6 @@
 """Turn a YAML manifest of image prompts into a folder of images through Scenario's
 generation API, and look after the folder: run, validate, models, status, prune,
-verify, export, gallery, sim.
+verify, export, gallery, account, sim.
 
 The commands only parse, call :mod:`batchgen.app` (and :mod:`batchgen.upkeep`) and
 render what they return.  Known errors print as one line on stderr (a line per problem
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run,
         _add_validate,
         _add_models,
+        _add_account,
         _add_status,
         _add_prune,
         _add_verify,
@@ -137,6 +138,17 @@ def _add_models(commands: argparse._SubParsersAction[_Parser]) -> None:
     add_arguments(models, "models")
     models.add_argument("--json", action="store_true", help="print the API's model records")
     _add_verbosity(models)
+
+
+def _add_account(commands: argparse._SubParsersAction[_Parser]) -> None:
+    account = commands.add_parser(
+        "account",
+        help="the account of the credentials: team, plan, period, creative units allowed, "
+        "used and left, parallel jobs and those running, this period's use by model",
+    )
+    add_arguments(account, "account")
+    account.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_verbosity(account)
 
 
 def _add_status(commands: argparse._SubParsersAction[_Parser]) -> None:
@@ -340,6 +352,7 @@ EXAMPLES = {
     "run": "examples:\n  batchgen run jobs.yaml\n  batchgen run jobs.yaml --simulate\n"
     "  batchgen run jobs.yaml -q --run-budget 500 --max-runtime 18000 --log-file run.log",
     "validate": "example: batchgen validate jobs.yaml",
+    "account": "examples:\n  batchgen account\n  batchgen account --json",
     "models": "examples:\n  batchgen models\n  batchgen models model_imagen4-ultra",
     "status": "examples:\n  batchgen status output/jobs\n"
     "  batchgen status output/jobs jobs.yaml --json",
@@ -543,6 +556,19 @@ def _known_error(exc: BaseException) -> BatchgenError | None:
     return None
 
 
+def _account(args: argparse.Namespace) -> int:
+    from . import app  # loaded when used: a rerun of a finished batch needs none
+    from .team import account_lines
+
+    found = app.account(**chosen(args, "account"))
+    if args.json:
+        _say(json.dumps(found.to_json()))
+    else:
+        for line in account_lines(found):
+            _say(line)
+    return EXIT_OK
+
+
 def _validate(args: argparse.Namespace) -> int:
     from . import app  # loaded when used: a rerun of a finished batch needs none
 
@@ -561,6 +587,13 @@ def _validate(args: argparse.Namespace) -> int:
     entries, units = plural(checked.entries, "entry"), plural(checked.units, "unit")
     verb = "expands" if checked.entries == 1 else "expand"
     _say(f"{checked.manifest}: ok, {entries} {verb} to {units}")
+    if checked.credits_refusal:
+        _say(f"{checked.manifest}: credits: {checked.credits_refusal}", file=sys.stderr)
+    elif checked.estimated_cost is not None and checked.credits_left is not None:
+        _say(
+            f"{checked.manifest}: credits: about {checked.estimated_cost:,.0f} CU "
+            f"(estimated) of the {checked.credits_left:,.0f} left"
+        )
     if not checked.inputs_checked:
         _say(
             f"{checked.manifest}: the models' inputs were not checked: "
@@ -836,6 +869,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run,
     "validate": _validate,
     "models": _models,
+    "account": _account,
     "status": _status,
     "prune": _prune,
     "verify": _verify,

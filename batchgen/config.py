@@ -151,6 +151,9 @@ class RetrySettings:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     backoff_base: float = DEFAULT_BACKOFF_BASE
     backoff_max: float = DEFAULT_BACKOFF_MAX
+    # The account's cooldown after overuse (seconds, least and most), where it says:
+    # the wait after a 429 that gives no Retry-After.
+    cooldown: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)

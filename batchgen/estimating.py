@@ -12,9 +12,10 @@ from collections.abc import (
 from pathlib import Path
 from typing import Any, TypeVar, Unpack
 
-from .backend import open_backend
+from .backend import Backend, open_backend
 from .engine import cost_shape
 from .engine.submit import request_for
+from .errors import PermanentApiError
 from .keywords import RunKeywords
 from .manifest import Manifest, iter_units
 from .manifest.shard import Shard
@@ -26,6 +27,7 @@ from .rerun import fingerprint as _fingerprint
 from .rerun import shard_of as _shard
 from .rerun import still_complete as _still_complete
 from .retry import Request, with_retries
+from .scenario.inputs import ModelSpec
 from .scenario.preflight import Prompts
 from .scenario.remote import fetch_remote_images
 from .store.journal import JOURNAL_NAME, Journal, Resume, resume_action
@@ -46,18 +48,35 @@ async def aestimate(manifest: str | Path, **options: Unpack[RunKeywords]) -> Est
         saved = await backend.offload(saved_specs, out_dir)
         loaded = await fetch_remote_images(loaded, backend.downloader, backend.settings.retry)
         _, specs, prompts = await checked_manifest(loaded, backend, saved, opts.max_units)
-        lists = {model: spec.image_lists for model, spec in specs.items()}
-        shapes = await backend.offload(_shapes_to_do, loaded, shard, out_dir, opts, prompts, lists)
-        total = 0.0
-        rows: list[Shape] = []
-        for model, body, count in shapes.values():
+        return await priced(loaded, shard, out_dir, opts, backend, specs, prompts)
+
+
+async def priced(
+    manifest: Manifest,
+    shard: Shard | None,
+    out_dir: Path,
+    options: RunOptions,
+    backend: Backend,
+    specs: Mapping[str, ModelSpec],
+    prompts: list[Prompts],
+) -> Estimate:
+    """The units still to do, by shape, each shape priced by one dry run."""
+    lists = {model: spec.image_lists for model, spec in specs.items()}
+    shapes = await backend.offload(_shapes_to_do, manifest, shard, out_dir, options, prompts, lists)
+    total = 0.0
+    rows: list[Shape] = []
+    for model, body, count in shapes.values():
+        try:
             cost = await with_retries(
                 Request.OTHER_READ,
                 lambda model=model, body=body: backend.client.estimate(model, body),  # type: ignore[misc]
                 backend.settings.retry,
             )
-            total += (cost or 0.0) * count
-            rows.append(Shape(model, _size_label(body), count, cost))
+        except PermanentApiError as exc:  # this body refused (moderation): unpriced
+            log.info("%s: no price for a shape of it: %s", model, exc)
+            cost = None
+        total += (cost or 0.0) * count
+        rows.append(Shape(model, _size_label(body), count, cost))
     unpriced = sum(row.units for row in rows if row.cost_each is None)
     return Estimate(sum(row.units for row in rows), total, rows, unpriced)
 

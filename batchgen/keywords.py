@@ -47,6 +47,7 @@ class RunKeywords(TypedDict, total=False):
     shard: str | Shard | None
     shards: int | None
     simulate: bool
+    allow_partial: bool
     sim_job_seconds: float
     display: Display | None
     handle_signals: bool

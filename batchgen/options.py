@@ -105,7 +105,7 @@ def output_place(text: str) -> str | Path:
 
 RUN = ("run",)
 # The commands that talk to the API, and those that take an output with its store.
-API = ("run", "validate", "models", "verify")
+API = ("run", "validate", "models", "verify", "account")
 STORE = ("run", "status", "prune", "verify", "export")
 BUCKET_GROUP = "an output in a bucket"
 
@@ -394,6 +394,13 @@ class RunOptions:
         Flag(
             "run against the embedded simulator (no account, no network)",
             commands=API,
+        ),
+    )
+    allow_partial: bool = option(
+        False,
+        Flag(
+            "run even when the account's creative units left cannot finish the batch "
+            "(estimated by the API's dry run): it stops once they run out"
         ),
     )
     sim_job_seconds: float = option(

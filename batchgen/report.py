@@ -95,6 +95,11 @@ class Validation:
     # if not, why not.
     inputs_checked: bool
     not_checked_because: str = ""
+    # Against the account, where its limits can be read: what the batch would cost
+    # (the API's dry run: an estimate), what is left, and whether it is enough.
+    estimated_cost: float | None = None
+    credits_left: float | None = None
+    credits_refusal: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -110,6 +110,9 @@ def backoff_delay(
     """Exponential backoff with full jitter; a server's Retry-After wins when it is given."""
     if isinstance(error, RateLimitedError) and error.retry_after is not None:
         return min(max(error.retry_after, 0.0), settings.backoff_max)
+    if isinstance(error, RateLimitedError) and settings.cooldown is not None:
+        low, high = settings.cooldown  # the account's own, from its limits
+        return rng.uniform(low, high)
     ceiling = min(settings.backoff_max, settings.backoff_base * (2 ** max(attempt - 1, 0)))
     return rng.uniform(0, ceiling)
 

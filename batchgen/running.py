@@ -33,6 +33,7 @@ from .errors import (
     BatchgenError,
     ConfigError,
 )
+from .estimating import priced
 from .manifest import Manifest
 from .manifest.shard import Shard
 from .options import RunOptions, from_keywords
@@ -48,8 +49,11 @@ from .rerun import COMPLETE_KEY, MANIFEST_KEY, ROWS_OF_KEY, load
 from .rerun import fingerprint as _fingerprint
 from .rerun import shard_of as _shard
 from .rerun import still_complete as _still_complete
+from .scenario.inputs import ModelSpec
+from .scenario.preflight import Prompts
 from .scenario.remote import fetch_remote_images
 from .store.journal import Journal
+from .team import NotEnoughCreditsError, account_concurrency, credits_refusal, read_limits
 from .ui.display import Display
 from .ui.progress import RateMeter
 
@@ -123,13 +127,16 @@ async def planned(
     checked; the run's plan, and how many units it has."""
     saved = await backend.offload(saved_specs, output.state_dir)
     manifest = await fetch_remote_images(manifest, backend.downloader, backend.settings.retry)
-    total, specs, _ = await checked_manifest(manifest, backend, saved, options.max_units)
+    total, specs, prompts = await checked_manifest(manifest, backend, saved, options.max_units)
     settings = dataclasses.replace(
         settings,
         seeds={model: spec.seed_range for model, spec in specs.items()},
         image_lists={model: spec.image_lists for model, spec in specs.items()},
         outputs={model: spec.outputs_per_job for model, spec in specs.items()},
         sibling_journals=output.siblings(shard),
+    )
+    settings = await by_the_account(
+        manifest, shard, options, settings, backend, output, specs, prompts
     )
     if shard is not None:
         total = await backend.offload(lambda: sum(1 for _ in units_of(manifest, shard)))
@@ -144,6 +151,37 @@ async def planned(
     specs_json = {model: json.dumps(spec.to_json()) for model, spec in specs.items()}
     run = RunPlan(manifest, shard, options, settings, backend, fingerprint, specs_json)
     return run, total
+
+
+async def by_the_account(
+    manifest: Manifest,
+    shard: Shard | None,
+    options: RunOptions,
+    settings: EngineSettings,
+    backend: Backend,
+    output: Output,
+    specs: Mapping[str, ModelSpec],
+    prompts: list[Prompts],
+) -> EngineSettings:
+    """What the account's limits say of the run: its concurrency, the wait after a
+    429, and whether its credits can finish the batch (else refused, nothing spent)."""
+    limits = await read_limits(backend)
+    if limits is None:
+        return settings
+    if limits.parallel_custom_jobs is not None:
+        given = options.concurrency or manifest.concurrency
+        concurrency = await account_concurrency(backend, limits, shard, given)
+        workers = options.downloads or defaults.download_workers_for(concurrency)
+        settings = dataclasses.replace(settings, concurrency=concurrency, download_workers=workers)
+    if (cooldown := limits.cooldown()) is not None:
+        retry = dataclasses.replace(backend.settings.retry, cooldown=cooldown)
+        backend.settings = dataclasses.replace(backend.settings, retry=retry)
+    if not options.allow_partial and limits.left(backend.client.server_now()) is not None:
+        found = await priced(manifest, shard, output.state_dir, options, backend, specs, prompts)
+        refusal = credits_refusal(found.estimated_left, limits, backend.client.server_now())
+        if refusal is not None:
+            raise NotEnoughCreditsError(refusal)
+    return settings
 
 
 async def held_run(output: Output, run: RunPlan, total: int) -> Summary:

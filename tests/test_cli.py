@@ -355,7 +355,9 @@ def test_the_estimate_as_json_counts_each_shape(
         > 0
     )
     # One dry run per model/size/params shape: the cats, two tile sizes, the CSV's numOutputs.
-    assert len(estimate["shapes"]) == sim.requests["POST /v1/generate/custom/{model}"] == 4
+    assert (
+        len(estimate["shapes"]) == sim.requests["POST /v1/generate/custom/{model} (dry run)"] == 4
+    )
     assert sim.jobs_created == 0
 
 

@@ -237,7 +237,7 @@ def test_a_whole_run_sends_only_what_the_api_takes(write: Write, tmp_path: Path)
         "model: model_sim-img2img\nwidth: 64\nheight: 64\njobs:\n"
         "  - {images: in/*.png, prompt: ink, count: 2}\n",
     )
-    world = World(tmp_path, lose_answer_rate=0.4, seed=3)
+    world = World(tmp_path, lose_answer_rate=0.4, seed=4)
     contract.observers.append(judge)
     try:
         report = world.run(manifest, concurrency=3)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from batchgen.errors import BatchgenError
 from batchgen.sim import Simulator
 from tests.helpers import SIM_SECRET, World, assert_matches_what_was_served
 
@@ -259,7 +260,8 @@ def test_429_pressure_lowers_the_cap_to_the_servers_limit(
     write: Write, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     manifest = write("jobs.yaml", many(24))
-    world = World(tmp_path, in_flight_limit=3, job_seconds=20)
+    # An account whose limits cannot be read: the cap is learnt from the 429s.
+    world = World(tmp_path, in_flight_limit=3, job_seconds=20, team_access=False)
     with caplog.at_level(logging.INFO, logger="batchgen"):
         assert world.run(manifest, concurrency=12).exit_code == 0
     assert world.sim.jobs_created == 24
@@ -275,7 +277,13 @@ def test_out_of_credits_stops_submitting_and_the_rest_waits_for_more(
         "model: model_sim-fast\nwidth: 64\nheight: 64\njobs:\n  - prompt: p\n    count: 10\n",
     )
     world = World(tmp_path, credits=5.0)  # one creative unit per 64x64 job
-    report = world.run(manifest, concurrency=2)
+    # Refused before anything is spent: the account says it cannot finish the batch.
+    with pytest.raises(BatchgenError, match="needs about 10 CU .* has 5 left until") as refused:
+        world.run(manifest, concurrency=2)
+    assert refused.value.exit_code == 6 and world.sim.jobs_created == 0
+    assert not world.sim.requests["POST /v1/generate/custom/{model}"]
+    # --allow-partial runs what the credits allow.
+    report = world.run(manifest, concurrency=2, allow_partial=True)
     assert report.exit_code == 6 and report.stopped == "out-of-credits"
     assert world.sim.jobs_created == 5
     assert "out of creative units" in report.line
@@ -310,7 +318,11 @@ def test_the_estimate_matches_what_the_run_then_spends(example: Path, tmp_path: 
     assert world.sim.jobs_created == 0  # dry runs create nothing
     assert estimate.units == UNITS == sum(shape.units for shape in estimate.shapes)
     # One dry run per model/size/params shape: the cats, two tile sizes, the CSV's numOutputs.
-    assert len(estimate.shapes) == world.sim.requests["POST /v1/generate/custom/{model}"] == 4
+    assert (
+        len(estimate.shapes)
+        == world.sim.requests["POST /v1/generate/custom/{model} (dry run)"]
+        == 4
+    )
     assert estimate.estimated_left == sum(s.units * (s.cost_each or 0) for s in estimate.shapes) > 0
     assert world.run(example).exit_code == 0
     assert estimate.cost == world.sim.spent

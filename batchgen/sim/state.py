@@ -45,6 +45,8 @@ from .models import DEFAULT_MODELS, SimModel, model_named, refusal
 from .png import make_png
 
 MAX_PAGE_SIZE = 100
+# What the limits say of parallel jobs when the simulator enforces none.
+UNLIMITED_PARALLEL_JOBS = 1000  # batchgen's own most (config.MAX_CONCURRENCY)
 PHASES = (("queued", 0.15), ("warming-up", 0.3), ("in-progress", 0.85), ("finalizing", 1.0))
 CANCEL_REFUSED = "Cannot cancel this type of job. Action not permitted."
 
@@ -114,7 +116,7 @@ class SimConfig:
     # The account: whether the key may read its team (else 403 on the account's
     # endpoints, as for a key without team access), and one-shot creative units bought
     # on top of the period's (credits), expiring 30 days on.  The team's parallel jobs
-    # are in_flight_limit's (4 when it is None, batchgen's own default).
+    # are in_flight_limit's (UNLIMITED_PARALLEL_JOBS when it enforces none).
     team_access: bool = True
     one_shot_credits: float = 0.0
     # Models whose failed jobs are not refunded (their billing says disableRefund); a
@@ -573,7 +575,9 @@ class Simulator:
         """Answer one API request, as the real API would (and as unkindly as the config
         says).  Every answer carries the server's clock in a ``Date`` header."""
         route, params = _route(request.method, request.path)
-        self.requests[route] += 1
+        # A dry run prices and makes nothing: counted apart from the submissions.
+        dry = " (dry run)" if request.query.get("dryRun") else ""
+        self.requests[route + dry] += 1
         answer = self._answer(request, route, params)
         if self.config.reflect_headers and answer.status == 400:
             answer = _error(400, f"{answer.payload['reason']}{self._echo(request)}")
@@ -906,7 +910,7 @@ class Simulator:
         if self.config.list_down:
             return _error(503, "Service unavailable")
         if self.config.endless_lists:
-            self.created_scans += not query.get("paginationToken")
+            self.created_scans += "createdAfter" in query and not query.get("paginationToken")
             fresh = f"t{self._ids.getrandbits(64):016x}"
             return SimAnswer(200, {"jobs": [], "nextPaginationToken": fresh})
         job_types = set((query.get("types") or query.get("type") or "custom").split(","))
@@ -1061,7 +1065,7 @@ class Simulator:
 
     def _limits_json(self) -> dict[str, Any]:
         start, end = self._period()
-        parallel = self.config.in_flight_limit or 4
+        parallel = self.config.in_flight_limit or UNLIMITED_PARALLEL_JOBS
         allowance = self.config.credits if self.config.credits is not None else 1_000_000.0
         counts = ("apiKeys", "canvasAssets", "collections", "projects", "seats")
         limits: dict[str, Any] = {
