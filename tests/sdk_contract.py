@@ -303,6 +303,7 @@ SIMULATED = [
     "GET /v1/assets/{asset_id}",
     "GET /v1/models",
     "GET /v1/models/{model_id}",
+    "POST /v1/generate/quality-gate",
     "GET /v1/teams",
     "GET /v1/teams/{team_id}/limits",
     "GET /v1/usages",

@@ -209,3 +209,30 @@ def test_the_account_as_the_sdk_types_it(
     ).http_response.json()
     (model,) = strictly(types.UsageListResponse, used).api_model_usages or []
     assert model.api_model_id == "model_sim-fast" and model.points[0].cost == 4
+
+
+def test_the_quality_gate_as_the_sdk_types_it(
+    start_simulator: Callable[..., Simulator], sdk_for: Callable[[Simulator], Any]
+) -> None:
+    """The gate's answer, its dry run, and the verdict kept on the asset: in the SDK's
+    shapes, the verdict drawn from the image's bytes."""
+    sim = start_simulator(job_seconds=0.0, jitter=0.0)
+    client = sdk_for(sim)
+    made = client.generate.run_model(
+        "model_sim-fast", body={"prompt": "p", "width": 64, "height": 64}
+    )
+    job = client.jobs.retrieve(made.job.job_id).job
+    (asset_id,) = job.metadata.asset_ids
+    dry = client.generate.with_raw_response.quality_gate(image=asset_id, dry_run="true")
+    assert dry.http_response.status_code == 269 and sim.gate_calls[asset_id] == 0
+    raw = client.generate.with_raw_response.quality_gate(image=asset_id, sensitivity="high")
+    answer = strictly(types.GenerateQualityGateResponse, raw.http_response.json())
+    expected = sim.quality_of(sim.assets[asset_id].content(), "high")
+    assert (answer.overall_score, answer.verdict) == expected
+    assert answer.creative_units_cost == 1 and answer.cost_details is not None
+    kept = strictly(
+        types.AssetRetrieveResponse,
+        client.assets.with_raw_response.retrieve(asset_id).http_response.json(),
+    ).asset.quality_gate
+    assert kept is not None and (kept.overall_score, kept.verdict) == expected
+    assert sim.gate_calls[asset_id] == 1 and sim.spent == 1 + 1  # the job, the gate

@@ -39,7 +39,17 @@ from ..errors import (
 from ..redact import clean
 from .account import Limits, ModelUse, Team, parse_limits, parse_model_usages, parse_teams
 from .inputs import ModelSpec, parse_model
-from .records import Asset, JobRecord, Submission, parse_asset, parse_job, parse_submission
+from .records import (
+    Asset,
+    JobRecord,
+    Submission,
+    Verdict,
+    parse_asset,
+    parse_job,
+    parse_submission,
+    parse_verdict,
+    stored_verdict,
+)
 from .transport import (
     USER_AGENT,
     AiohttpTransport,
@@ -53,6 +63,7 @@ from .transport import (
 )
 
 UPLOAD_PATH = "/v1/assets"
+GATE_PATH = "/v1/generate/quality-gate"
 BULK_ASSET_LIMIT = 200
 # A list that never ends is a server bug: stop following it somewhere, in pages, in
 # items kept and in time (a token on every page, each page full or empty, forever).
@@ -362,6 +373,31 @@ class ScenarioClient:
                 raise BrokenListError(f"GET {path}: still paging after {MAX_LIST_SECONDS:g}s")
             seen.add(token)
         raise BrokenListError(f"GET {path}: more than {MAX_LIST_PAGES} pages")
+
+    async def quality_gate(self, asset_id: str, sensitivity: str | None) -> Verdict:
+        """Score an image (``POST /v1/generate/quality-gate``): paid, and a lost answer
+        may have scored it (:class:`AmbiguousSubmitError`; the asset keeps the verdict,
+        :meth:`stored_verdict`)."""
+        body = {"image": _id(asset_id, "asset")} | (
+            {"sensitivity": sensitivity} if sensitivity else {}
+        )
+        _, payload = await self.request("POST", GATE_PATH, body=body)
+        try:
+            return parse_verdict(payload)
+        except MalformedResponseError as exc:
+            raise AmbiguousSubmitError(f"POST {GATE_PATH}: {exc}") from exc
+
+    async def gate_price(self, asset_id: str, sensitivity: str | None) -> float | None:
+        """What one gate call costs (the dry run, 269): scores nothing."""
+        body = {"image": asset_id} | ({"sensitivity": sensitivity} if sensitivity else {})
+        _, payload = await self.request("POST", GATE_PATH, query={"dryRun": "true"}, body=body)
+        cost = payload.get("creativeUnitsCost") if isinstance(payload, dict) else None
+        return float(cost) if isinstance(cost, int | float) else None
+
+    async def stored_verdict(self, asset_id: str) -> Verdict | None:
+        """The verdict an asset keeps, if it was scored (``asset.qualityGate``)."""
+        _, payload = await self.request("GET", f"/v1/assets/{_id(asset_id, 'asset')}")
+        return stored_verdict(payload)
 
     async def teams(self) -> list[Team]:
         """The teams of the credentials (``GET /v1/teams``)."""

@@ -192,3 +192,46 @@ def _seed(value: Any) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The quality gate's word on an image: its score (0-100), pass/warn/fail, why,
+    and what the call was charged (None: not said, or read back from the asset)."""
+
+    score: float
+    verdict: str
+    reasons: tuple[str, ...] = ()
+    cost: float | None = None
+
+
+VERDICTS = ("pass", "warn", "fail")
+
+
+def parse_verdict(payload: Any) -> Verdict:
+    """``POST /v1/generate/quality-gate``'s answer."""
+    if not isinstance(payload, dict):
+        raise MalformedResponseError("quality gate: the answer is not an object")
+    score, verdict = _number(payload.get("overallScore")), payload.get("verdict")
+    if score is None or verdict not in VERDICTS:
+        raise MalformedResponseError("quality gate: no score or verdict")
+    quality = _mapping(payload.get("aiQuality"))
+    given = quality.get("reasons")
+    reasons: list[Any] = given if isinstance(given, list) else []
+    return Verdict(
+        score=score,
+        verdict=str(verdict),
+        reasons=tuple(clean(str(r))[:300] for r in reasons[:10]),
+        cost=_number(payload.get("creativeUnitsCost")),
+    )
+
+
+def stored_verdict(payload: Any) -> Verdict | None:
+    """The verdict the asset keeps (``asset.qualityGate``), if it was scored: what a
+    gate call whose answer was lost left behind."""
+    asset = payload.get("asset", payload) if isinstance(payload, dict) else None
+    gate = _mapping(_mapping(asset).get("qualityGate"))
+    score, verdict = _number(gate.get("overallScore")), gate.get("verdict")
+    if gate.get("status") != "scored" or score is None or verdict not in VERDICTS:
+        return None
+    return Verdict(score=score, verdict=str(verdict))

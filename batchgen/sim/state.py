@@ -45,6 +45,9 @@ from .models import DEFAULT_MODELS, SimModel, model_named, refusal
 from .png import make_png
 
 MAX_PAGE_SIZE = 100
+# The simulated quality gate's thresholds, by sensitivity (see Simulator.quality_of).
+QUALITY_FAIL_BELOW = {"low": 10, "medium": 20, "high": 35}
+QUALITY_WARN_BELOW = {"low": 20, "medium": 35, "high": 55}
 # What the limits say of parallel jobs when the simulator enforces none.
 UNLIMITED_PARALLEL_JOBS = 1000  # batchgen's own most (config.MAX_CONCURRENCY)
 PHASES = (("queued", 0.15), ("warming-up", 0.3), ("in-progress", 0.85), ("finalizing", 1.0))
@@ -166,6 +169,10 @@ class SimConfig:
     # A job that lists this many more assets than it made (ids of nothing): what a
     # broken or hostile server might send.
     extra_assets: int = 0
+    # The quality gate: what a call costs, and its verdicts, drawn from the image's
+    # bytes (so a test knows which images fail): a score of 0-100 from their sha256,
+    # failing below QUALITY_FAIL_BELOW[sensitivity], warning below QUALITY_WARN_BELOW.
+    gate_cost: float = 1.0
     # Broken answers about single jobs (GET /v1/jobs/{id}), as a broken or hostile
     # server gives them: "huge" pads each with this many bytes of nothing; "bad-status"
     # gives a status that is not a string.
@@ -239,6 +246,8 @@ class SimAsset:
     # The asset ids of the images it was made from, by input (JSON): the picture
     # depends on them, so a test can tell which input made which output.
     inputs: str = ""
+    # The quality gate's verdict, once it was asked (asset.qualityGate).
+    quality: dict[str, Any] | None = None
     _bytes: bytes | None = None
 
     def content(self) -> bytes:
@@ -326,6 +335,9 @@ class Simulator:
     cancels: Counter[str] = field(default_factory=Counter)  # "refused" / "accepted"
     # Creative units charged for our jobs when they were created (before refunds).
     charged: float = 0.0
+    # What each quality gate call cost (answered or lost), and the calls by asset.
+    gate_charges: list[float] = field(default_factory=list)
+    gate_calls: Counter[str] = field(default_factory=Counter)
     # The most of our jobs running at once, as the server saw it.
     max_in_flight: int = 0
     # Listings of the jobs created since a moment (reconciliations), first pages only.
@@ -439,7 +451,8 @@ class Simulator:
         """What the account has been charged for our jobs, net of the refunds made so
         far: the simulator's own count, which batchgen's ledger must agree with."""
         now = self.clock()
-        return sum(job.net_charge(now) for job in self.jobs.values() if not job.by_other_client)
+        jobs = sum(job.net_charge(now) for job in self.jobs.values() if not job.by_other_client)
+        return jobs + sum(self.gate_charges)
 
     @property
     def refunded(self) -> float:
@@ -567,6 +580,7 @@ class Simulator:
                 "parentJobId": asset.job_id,
                 "outputIndex": asset.index,
             },
+            **({"qualityGate": asset.quality} if asset.quality else {}),
         }
 
     # ------------------------------------------------------------------ the API
@@ -637,6 +651,8 @@ class Simulator:
             return SimAnswer(200, {"asset": self.asset_json(asset)})
         if route == "GET /v1/models":
             return self._list_models(query)
+        if route == "POST /v1/generate/quality-gate":
+            return self._quality_gate(body, query)
         if route in ("GET /v1/teams", "GET /v1/teams/{team_id}/limits", "GET /v1/usages"):
             return self._account(route, params, query)
         if route == "GET /v1/models/{model}":
@@ -1027,6 +1043,59 @@ class Simulator:
         found = [self._finished_asset(str(i)) for i in ids]
         return SimAnswer(200, {"assets": [self.asset_json(a) for a in found if a is not None]})
 
+    # ------------------------------------------------------------------ quality gate
+
+    def quality_of(self, content: bytes, sensitivity: str) -> tuple[int, str]:
+        """(score, verdict) of an image: a score drawn from its bytes, read against the
+        sensitivity's thresholds."""
+        score = int(hashlib.sha256(content).hexdigest()[:8], 16) % 101
+        if score < QUALITY_FAIL_BELOW[sensitivity]:
+            return score, "fail"
+        return score, "warn" if score < QUALITY_WARN_BELOW[sensitivity] else "pass"
+
+    def _quality_gate(self, body: Any, query: Mapping[str, str]) -> SimAnswer:
+        """``POST /v1/generate/quality-gate``: the image scored, the verdict stored on
+        the asset; a dry run prices it (269).  Its answer may be lost, as any POST's."""
+        image = body.get("image") if isinstance(body, dict) else None
+        asset = self.assets.get(str(image))
+        if asset is None or self.jobs[asset.job_id].phase(self.clock())[0] != "success":
+            return _error(404, f"Asset {image} not found")
+        cost = self.config.gate_cost
+        priced = {"creativeUnitsCost": cost, "costDetails": {"quality-gate": cost}}
+        if query.get("dryRun"):
+            return SimAnswer(269, priced)
+        sensitivity = str(body.get("sensitivity") or "medium")
+        score, verdict = self.quality_of(asset.content(), sensitivity)
+        reasons = {"fail": ["the anatomy is wrong"], "warn": ["slight artefacts"]}
+        asset.quality = {
+            "computedAt": _iso(self.server_wall()),
+            "status": "scored",
+            "version": "sim-1",
+            "overallScore": score,
+            "aiQualityScore": score,
+            "verdict": verdict,
+            "sensitivity": sensitivity,
+        }
+        self.gate_calls[asset.asset_id] += 1
+        self.gate_charges.append(cost)
+        if self._rng.random() < self.config.lose_answer_rate:
+            self.answers_lost += 1
+            return SimAnswer(502, None, drop=True)
+        answer = {
+            "overallScore": score,
+            "verdict": verdict,
+            "aiQuality": {
+                "score": score,
+                "reasons": reasons.get(verdict, []),
+                "suggestions": ["generate it again"] if verdict == "fail" else [],
+            },
+            "appliedBriefs": [],
+            "asset": self.asset_json(asset),
+            "sensitivity": sensitivity,
+            **priced,
+        }
+        return SimAnswer(200, answer)
+
     # ------------------------------------------------------------------ the account
 
     TEAM_ID = "team_sim0000000000000000"
@@ -1202,6 +1271,7 @@ ROUTES = (
     ("GET", ("v1", "assets", "{asset_id}")),
     ("GET", ("v1", "models")),
     ("GET", ("v1", "models", "{model}")),
+    ("POST", ("v1", "generate", "quality-gate")),
     ("GET", ("v1", "teams")),
     ("GET", ("v1", "teams", "{team_id}", "limits")),
     ("GET", ("v1", "usages")),
