@@ -41,6 +41,9 @@ class Report:
     output: str
     exit_code: int
     uploaded: int = 0  # input images this run uploaded
+    # The quality gate: the verdicts of the units it kept, and the images made again.
+    quality_verdicts: dict[str, int] = field(default_factory=dict)
+    regenerated: int = 0
     line: str = field(repr=False, default="")
 
     @property

@@ -41,6 +41,7 @@ RATE_LIMITED_SUBMIT_ATTEMPTS = 40
 class Request(enum.Enum):
     SUBMIT = "submit"
     UPLOAD = "upload"  # an input image: like a submission, it makes something
+    GATE = "quality gate"  # paid, like a submission; a lost answer is read back
     JOB_STATUS = "job status"
     JOB_LIST = "job list"
     ASSET_LOOKUP = "asset lookup"
@@ -50,7 +51,7 @@ class Request(enum.Enum):
 
 
 # The requests that make something at the server (and whose lost answers are found).
-MAKES = (Request.SUBMIT, Request.UPLOAD)
+MAKES = (Request.SUBMIT, Request.UPLOAD, Request.GATE)
 
 
 class Action(enum.Enum):

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from ..scenario.download import Fetcher
-from ..scenario.records import Asset, JobRecord, Submission
+from ..scenario.records import Asset, JobRecord, Submission, Verdict
 
 T = TypeVar("T")
 
@@ -40,6 +40,12 @@ class Api(Protocol):
     async def upload_image(self, name: str, content: bytes) -> str: ...
 
     async def uploads_created_after(self, since: datetime) -> dict[str, str]: ...
+
+    async def quality_gate(self, asset_id: str, sensitivity: str | None) -> Verdict: ...
+
+    async def stored_verdict(self, asset_id: str) -> Verdict | None: ...
+
+    async def gate_price(self, asset_id: str, sensitivity: str | None) -> float | None: ...
 
 
 async def inline(call: Callable[..., T], *args: Any) -> T:

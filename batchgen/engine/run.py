@@ -32,7 +32,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, NamedTuple
 
 import anyio
@@ -60,6 +60,7 @@ from ..store.files import (
 from ..store.journal import Journal, Resume, Row, resume_action
 from ..store.results import UnitResult, embed_into_files
 from .download import AssetResolver, download_job
+from .gate import Gate, GateFailed
 from .poll import JobUnreadable, JobVanished, Poller
 from .ports import Api, Fetcher, Offload
 from .reconcile import Reconciler, StillUncertain
@@ -191,6 +192,7 @@ class Engine:
             self._rng,
             grace=settings.reconcile_grace,
         )
+        self.gate = Gate(api, journal, self._commits, retry, self._rng)
         self.uploader = Uploader(
             api,
             journal,
@@ -391,11 +393,12 @@ class Engine:
         created_at = ""
         failed_jobs = row.failed_jobs if row is not None else 0
         own_files = frozenset(path for path, _ in row.files) if row is not None else frozenset()
+        attempt = row.quality_attempt if row is not None else 0
         while True:
             async with self._slots:  # held from the POST until the job ends
                 if job_id is None:
                     try:
-                        submitted = await self._submitter.submit(unit, lost_at, lost_sent)
+                        submitted = await self._submitter.submit(unit, lost_at, lost_sent, attempt)
                     except UnitFailed as exc:
                         return UnitResult.failure(unit, error=exc.reason, permanent=exc.permanent)
                     job_id, cost = submitted.job_id, submitted.cost
@@ -408,7 +411,19 @@ class Engine:
             job = outcome
             cost = job.cost if job.cost is not None else cost
             if job.status == "success":
-                break
+                result = await self._download(unit, job, cost, own_files)
+                if unit.quality is None or result.status != "success":
+                    return result
+                try:
+                    result, again = await self._gated(unit, job, result, attempt)
+                except GateFailed as exc:
+                    log.warning("unit %s: %s; the next run asks again", unit.id, exc)
+                    return None
+                if not again:
+                    return result
+                attempt += 1  # its images rejected and set aside: another job
+                job_id, cost, own_files = None, None, frozenset()
+                continue
             error = job.error or f"job ended with status {job.status}"
             if job.status == "failure" and self._another_job_allowed(failed_jobs):
                 failed_jobs += 1
@@ -432,7 +447,35 @@ class Engine:
                 job_status=job.status,
                 refundable=job.refundable,
             )
-        return await self._download(unit, job, cost, own_files)
+
+    async def _gated(
+        self, unit: Unit, job: JobRecord, result: UnitResult, attempt: int
+    ) -> tuple[UnitResult, bool]:
+        """The gate's verdict on the unit's images (the worst of them), and whether the
+        unit makes another job: then its images are set aside, never deleted."""
+        rule = unit.quality
+        assert rule is not None
+        asset_ids = job.asset_ids[: self._asked(unit)]
+        if not asset_ids:
+            log.warning("unit %s: its job names no asset: its images are not gated", unit.id)
+            return result, False
+        verdicts = [await self.gate.verdict(unit.id, a, attempt, rule) for a in asset_ids]
+        worst = min(verdicts, key=lambda v: (RANK[rule.judged(v.verdict, v.score)], v.score))
+        judged = rule.judged(worst.verdict, worst.score)
+        mark = {"verdict": judged, "score": worst.score, "reasons": list(worst.reasons)}
+        result = dataclasses.replace(result, quality={**mark, "attempt": attempt})
+        if not rule.again(worst.verdict, worst.score, attempt) or self.summary.submitting_stopped:
+            return result, False
+        aside = await self._offload(
+            _set_aside, self._settings.output_dir, [p for p, _ in result.files], attempt
+        )
+        why = f"quality gate: {judged} (score {worst.score:g}); made again, attempt {attempt + 1}"
+        await self._commits(
+            functools.partial(self._journal.regenerating, unit.id, attempt + 1, why)
+        )
+        self.summary.regenerating += 1
+        log.info("unit %s: %s; its images kept in %s", unit.id, why, ", ".join(aside))
+        return result, True
 
     async def _watch(
         self, unit: Unit, job_id: str, created_at: str
@@ -584,6 +627,8 @@ class Engine:
         await self._commits(functools.partial(self._journal_result, result))
         if result.status == "success":
             self.summary.succeeded += 1
+            if result.quality:
+                self.summary.verdicts[str(result.quality["verdict"])] += 1
         else:
             self.summary.note_failure(result.unit.id, result.error or "", result.permanent)
             # The first few each in a line; the rest are counted by reason in the summary.
@@ -634,6 +679,27 @@ class Engine:
                 result=result.to_json(),
                 refundable=result.refundable,
             )
+
+
+# The quality gate's verdicts, worst first.
+RANK = {"fail": 0, "warn": 1, "pass": 2}
+# Where images the quality gate rejected are kept, below images/.
+REJECTED_DIR = "_rejected"
+
+
+def _set_aside(out_dir: Path, files: list[str], attempt: int) -> list[str]:
+    """A rejected attempt's images moved to ``images/_rejected/`` (never deleted): each
+    under its own path there, its attempt in its name."""
+    moved = []
+    for relative in files:
+        inside = PurePath(relative).relative_to(IMAGES_DIR)
+        target = PurePath(IMAGES_DIR, REJECTED_DIR, inside.parent)
+        name = f"{inside.stem}.attempt-{attempt}{inside.suffix}"
+        with storage_faults(out_dir / target):
+            real_directory(out_dir, target)
+            os.replace(out_dir / relative, out_dir / target / name)
+        moved.append((target / name).as_posix())
+    return moved
 
 
 def _clear_leftovers(out_dir: Path) -> None:

@@ -71,6 +71,7 @@ def request_for(
     seeds: SeedRange | None,
     assets: Mapping[str, list[str]] | None = None,
     lists: Collection[str] = (),
+    attempt: int = 0,
 ) -> dict[str, Any]:
     """The body a unit's POST sends.  Where the model takes a seed (``seeds`` is its
     range) and the manifest gives none, one is drawn from the unit's id: no two units
@@ -83,11 +84,19 @@ def request_for(
     if seeds is not None and "seed" not in body and "seed" not in unit.params:
         low, high = seeds
         body["seed"] = low + int(unit.id[:12], 16) % (high - low + 1)
+    if attempt and seeds is not None and isinstance(body.get("seed"), int):
+        # Made again after the quality gate rejected an image: a seed of its own for
+        # each attempt (a body no earlier job of the unit was made by).
+        low, high = seeds
+        body["seed"] = low + (body["seed"] - low + attempt * SEED_STRIDE) % (high - low + 1)
     for name, images, _ in unit.inputs:
         ids = assets[name] if assets is not None else [STAND_IN_IMAGE] * len(images)
         body[name] = ids if name in lists else ids[0]
     return body
 
+
+# How far apart the seeds of a unit's attempts are (a prime: they never come back).
+SEED_STRIDE = 7919
 
 # A one-pixel PNG as a data URL (which image inputs take as well as an asset id): what
 # a dry run sends for an image, since the cost does not depend on it.
@@ -179,7 +188,11 @@ class Submitter:
         self._refused_models: dict[str, str] = {}
 
     async def submit(
-        self, unit: Unit, lost_at: str | None = None, lost_sent: str | None = None
+        self,
+        unit: Unit,
+        lost_at: str | None = None,
+        lost_sent: str | None = None,
+        attempt: int = 0,
     ) -> Submitted:
         """Submit a unit: adopt the job an earlier lost POST made if there is one, else
         POST, and reconcile again whenever the answer is lost.  ``lost_at`` is when
@@ -192,7 +205,7 @@ class Submitter:
         if unit.inputs and self._uploads is not None:
             assets = await self._uploads.assets_for(unit)  # each new image uploaded once
         lists = self._image_lists.get(unit.model, frozenset())
-        body = request_for(unit, self._seeds.get(unit.model), assets, lists)
+        body = request_for(unit, self._seeds.get(unit.model), assets, lists, attempt)
         key = request_key(unit.model, body)
         # What its job costs depends on, kept with it: --estimate counts the units done
         # by shape from the journal, without making every unit again.

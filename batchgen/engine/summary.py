@@ -41,6 +41,9 @@ class Summary:
     in_flight: int = 0  # jobs at the server
     downloading: int = 0  # jobs ended, their images on the way
     uploaded: int = 0  # input images this run uploaded
+    # Units whose images the quality gate rejected, made again; and the verdicts kept.
+    regenerating: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
     # Creative units, as the ledger has them (see batchgen.ledger): spent by this run,
     # and by the earlier runs of this output; jobs whose charge is not known.
     cost: float = 0.0
@@ -63,7 +66,9 @@ class Summary:
     over_budget: bool = False
 
     def copy(self) -> Summary:
-        return dataclasses.replace(self, failures=list(self.failures), reasons=Counter())
+        return dataclasses.replace(
+            self, failures=list(self.failures), reasons=Counter(), verdicts=Counter(self.verdicts)
+        )
 
     # ------------------------------------------------------------------ counting
 
@@ -168,6 +173,12 @@ class Summary:
             parts.append(f"{self.not_finished} not finished")
         if self.uploaded:
             parts.append(f"{plural(self.uploaded, 'input image')} uploaded")
+        if self.verdicts or self.regenerating:
+            kept = ", ".join(f"{n} {v}" for v, n in sorted(self.verdicts.items()))
+            parts.append(
+                f"quality gate: {kept or 'nothing kept yet'} "
+                f"({plural(self.regenerating, 'image')} made again)"
+            )
         return f"{', '.join(parts)}; {self.spend.words()}; {self.elapsed:.1f}s"
 
     def to_json(self) -> dict[str, Any]:
@@ -181,6 +192,8 @@ class Summary:
             "not_finished": self.not_finished,
             "submitted": self.submitted,
             "uploaded": self.uploaded,
+            "quality_verdicts": dict(self.verdicts),
+            "regenerated": self.regenerating,
             "spent_this_run": self.cost,
             "spent_total": self.spent,
             "unpriced_jobs": self.unpriced_jobs,

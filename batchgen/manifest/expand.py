@@ -127,6 +127,7 @@ def _repeats(
                 index=index + offset,
                 aspect_ratio=size.ratio,
                 inputs=inputs,
+                quality=entry.quality,
             )
 
     return units

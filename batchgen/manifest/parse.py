@@ -23,7 +23,7 @@ from ..errors import ConfigError, ManifestError
 from .expand import PER_UNIT_SEED, RANDOM_SEED
 from .naming import DEFAULT_FILENAME, parse_template
 from .prompts import PROMPT_FILE_SUFFIXES, type_name
-from .types import NO_SIZE, Entry, ImageInput, Manifest, Size
+from .types import NO_SIZE, Entry, ImageInput, Manifest, QualityRule, Size
 
 TOP_LEVEL_KEYS = (
     "model",
@@ -36,6 +36,7 @@ TOP_LEVEL_KEYS = (
     "concurrency",
     "prompt_column",
     "columns",
+    "quality",
     "jobs",
 )
 ENTRY_KEYS = (
@@ -55,7 +56,12 @@ ENTRY_KEYS = (
     "images",
     "image_input",
     "inputs",
+    "quality",
 )
+QUALITY_KEYS = ("sensitivity", "on_fail", "on_warn", "attempts", "min_score")
+SENSITIVITIES = ("low", "medium", "high")
+QUALITY_ACTIONS = ("keep", "regenerate")
+MAX_QUALITY_ATTEMPTS = 10
 # Set by their own fields; a second way to set them would make the digest ambiguous.
 RESERVED_PARAMS = ("prompt", "width", "height", "aspectRatio")
 RESERVED_FIELDS = {"aspectRatio": "aspect_ratio"}
@@ -273,6 +279,7 @@ def load_manifest(path: str | Path) -> Manifest:
         )
     places: dict[str, tuple[int, str]] = {}
     defaults["params"] = reader.params(top["params"], "params", places) if "params" in top else {}
+    defaults["quality"] = _quality(reader, top["quality"], "quality") if "quality" in top else None
     defaults["param_places"] = places
     output = None
     output_refused = None
@@ -437,7 +444,11 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
         # "a {animal}" with no vars would send the braces to a paid API as they are.
         _check_template(reader, items["prompt"], f"{name}.prompt", prompt, set())
 
+    quality = defaults["quality"]
+    if "quality" in items:
+        quality = _quality(reader, items["quality"], f"{name}.quality")
     return Entry(
+        quality=quality,
         index=index,
         line=line,
         label=label,
@@ -619,6 +630,33 @@ def _entry_sizes(
     if "aspect_ratio" in defaults:
         return (defaults["aspect_ratio"],)
     return (NO_SIZE,)
+
+
+def _quality(reader: _Reader, node: yaml.Node, where: str) -> QualityRule:
+    """``quality:``: sensitivity, on_fail/on_warn (keep or regenerate), attempts (the
+    regenerations at most), min_score."""
+    items = reader.mapping(node, where, QUALITY_KEYS)
+    given: dict[str, Any] = {}
+    for key, value_node in items.items():
+        value = reader.value(value_node, f"{where}.{key}")
+        field_name = f"{where}.{key}"
+        if key == "sensitivity" and value not in SENSITIVITIES:
+            raise reader.fail(value_node, field_name, f"one of {', '.join(SENSITIVITIES)}")
+        if key in ("on_fail", "on_warn") and value not in QUALITY_ACTIONS:
+            raise reader.fail(value_node, field_name, "keep or regenerate")
+        if key == "attempts" and (
+            isinstance(value, bool) or not isinstance(value, int)
+            or not 0 <= value <= MAX_QUALITY_ATTEMPTS
+        ):  # fmt: skip
+            raise reader.fail(
+                value_node, field_name, f"a whole number from 0 to {MAX_QUALITY_ATTEMPTS}"
+            )
+        if key == "min_score" and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100
+        ):
+            raise reader.fail(value_node, field_name, "a score from 0 to 100")
+        given[key] = value
+    return QualityRule(**given)
 
 
 def _template_fields(template: str) -> set[str]:

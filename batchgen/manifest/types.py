@@ -111,11 +111,39 @@ class Entry:
     image_input: str = "image"
     images_line: int = 0
     inputs: tuple[ImageInput, ...] = ()
+    quality: QualityRule | None = None
 
     @property
     def units_per_prompt(self) -> int:
         """Units each of its prompts makes: its sizes, times its count, times its images."""
         return len(self.sizes) * self.count * max(1, len(self.images))
+
+
+@dataclass(frozen=True, slots=True)
+class QualityRule:
+    """``quality:``: each image of a unit scored by Scenario's quality gate, and what a
+    verdict leads to.  ``regenerate``: the unit makes another job with a new seed (the
+    rejected image kept aside), at most ``attempts`` times; ``keep``: it is kept, marked.
+    A score below ``min_score`` counts as a fail."""
+
+    sensitivity: str | None = None  # low, medium, high; None: the API's own setting
+    on_fail: str = "regenerate"
+    on_warn: str = "keep"
+    attempts: int = 1
+    min_score: float | None = None
+
+    def judged(self, verdict: str, score: float) -> str:
+        """The verdict as this rule reads it: a fail below ``min_score`` too."""
+        if self.min_score is not None and score < self.min_score:
+            return "fail"
+        return verdict
+
+    def again(self, verdict: str, score: float, attempt: int) -> bool:
+        """Whether the unit makes another job after this verdict on attempt ``attempt``
+        (0: its first job)."""
+        judged = self.judged(verdict, score)
+        action = {"fail": self.on_fail, "warn": self.on_warn}.get(judged, "keep")
+        return action == "regenerate" and attempt < self.attempts
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +182,8 @@ class Unit:
     # The images it sends, by model input: (input, images, given as a list).  Their
     # asset ids are known only once they are uploaded (see batchgen.engine.uploads).
     inputs: tuple[tuple[str, tuple[InputImage, ...], bool], ...] = ()
+    # Its images' quality gate, if the manifest asks for one (not part of its id).
+    quality: QualityRule | None = None
 
     def request_body(self) -> dict[str, Any]:
         """What the manifest asks for (``seed: random`` leaves the seed to the API)."""

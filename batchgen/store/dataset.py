@@ -46,6 +46,10 @@ OWN_COLUMNS = (
     "job_id",
     "cost",
     "source",
+    "quality_verdict",
+    "quality_score",
+    "quality_reasons",
+    "quality_attempt",
 )
 # Names the loaders give a meaning to: ``imagefolder`` makes ``image`` the picture and
 # ``label`` its class; WebDataset readers key samples by ``__key__`` and ``__url__``.
@@ -142,6 +146,11 @@ def image_rows(
             "cost": result.get("cost"),
             "source": result.get("source"),
         }
+        if "quality_verdict" in result:
+            row["quality_verdict"] = result["quality_verdict"]
+            row["quality_score"] = result.get("quality_score")
+            row["quality_reasons"] = json.dumps(result.get("quality_reasons") or [])
+            row["quality_attempt"] = result.get("quality_attempt")
         row.update(extras)
         row.update(inputs)
         yield row

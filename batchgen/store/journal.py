@@ -94,6 +94,12 @@ CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY, run INTEGER NOT NULL, job_id TEXT NOT NULL, amount INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ledger_job ON ledger (job_id);
+-- Each image the quality gate was asked about (by its asset id): sent, then answered
+-- (its verdict): an image is never gated twice, a lost answer read back from the asset.
+CREATE TABLE IF NOT EXISTS gates (
+    asset_id TEXT PRIMARY KEY, unit_id TEXT NOT NULL, attempt INTEGER NOT NULL,
+    verdict TEXT, score REAL, reasons TEXT
+);
 CREATE INDEX IF NOT EXISTS units_state ON units (state);
 -- Every input image uploaded, by its sha256: uploaded once, reused by every unit and run.
 -- name: what it was uploaded as (how a lost answer's asset is found); started: when its
@@ -110,6 +116,7 @@ MIGRATIONS = (
     ("units", "shape", "ALTER TABLE units ADD COLUMN shape TEXT"),
     ("jobs", "status", "ALTER TABLE jobs ADD COLUMN status TEXT"),
     ("jobs", "refundable", "ALTER TABLE jobs ADD COLUMN refundable INTEGER NOT NULL DEFAULT 1"),
+    ("units", "quality_attempt", "ALTER TABLE units ADD COLUMN quality_attempt INTEGER"),
 )
 # A journal kept before the ledger: its jobs' costs, as it counted them, booked to run 0.
 LEDGER_FROM_JOBS = (
@@ -160,6 +167,8 @@ class Row:
     stamps: tuple[tuple[int, int] | None, ...] = ()
     # What its last POST sent (JSON of [model, body]), while it may be needed.
     sent: str | None = None
+    # Jobs it made again because the quality gate rejected an image (0: its first).
+    quality_attempt: int = 0
 
 
 class Resume(enum.Enum):
@@ -196,7 +205,7 @@ def resume_action(
 
 ROW_COLUMNS = (
     "id, state, job_id, submit_started, job_status, failed_jobs, permanent, cost, error, files,"
-    " sent"
+    " sent, quality_attempt"
 )
 # Ids per query: well under SQLite's limit on bound parameters.
 LOOKUP_CHUNK = 500
@@ -222,6 +231,7 @@ def _row(found: tuple[Any, ...]) -> Row:
         files=files,
         stamps=stamps,
         sent=found[10],
+        quality_attempt=found[11] or 0,
     )
 
 
@@ -726,6 +736,65 @@ class Journal:
             ),
             ("INSERT OR IGNORE INTO jobs (job_id, unit_id) VALUES (?, ?)", (job_id, unit_id)),
             self._job(job_id, cost, status, refundable),
+        )
+
+    # ---------------------------------------------------------------- quality gate
+
+    def gate_of(self, asset_id: str) -> tuple[str | None, float | None, str | None] | None:
+        """(verdict, score, reasons as JSON) of an image the gate was asked about (a
+        verdict of None: asked, its answer not known), or None if never asked."""
+        with self._lock:
+            found = self._db.execute(
+                "SELECT verdict, score, reasons FROM gates WHERE asset_id = ?", (asset_id,)
+            ).fetchone()
+        return None if found is None else (found[0], found[1], found[2])
+
+    def gating(self, unit_id: str, asset_id: str, attempt: int) -> None:
+        """Before a gate call is sent (fsynced, as a submission is: it is paid)."""
+        with self._lock:
+            synced = not self._in_batch
+            if synced:
+                self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._write(
+                    (
+                        "INSERT OR IGNORE INTO gates (asset_id, unit_id, attempt) VALUES (?, ?, ?)",
+                        (asset_id, unit_id, attempt),
+                    )
+                )
+            finally:
+                if synced:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def gated(
+        self,
+        unit_id: str,
+        asset_id: str,
+        verdict: str,
+        score: float,
+        reasons: list[str],
+        cost: float | None,
+    ) -> None:
+        """The gate's verdict on an image, and its charge booked (as a job's)."""
+        charge = f"gate:{asset_id}"
+        self._write(
+            (
+                "UPDATE gates SET verdict = ?, score = ?, reasons = ? WHERE asset_id = ?",
+                (verdict, score, json.dumps(reasons), asset_id),
+            ),
+            ("INSERT OR IGNORE INTO jobs (job_id, unit_id) VALUES (?, ?)", (charge, unit_id)),
+            self._job(charge, cost, "success"),
+        )
+
+    def regenerating(self, unit_id: str, attempt: int, error: str) -> None:
+        """The gate rejected the unit's image: it makes job ``attempt`` (its images moved
+        aside); until that is submitted, the unit is to be submitted again."""
+        self._write(
+            (
+                "UPDATE units SET state = ?, job_id = NULL, job_status = NULL, permanent = 0,"
+                " quality_attempt = ?, error = ?, files = NULL, updated = ? WHERE id = ?",
+                (State.FAILED, attempt, redact(error), time.time(), unit_id),
+            )
         )
 
     def is_empty(self) -> bool:

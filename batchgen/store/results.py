@@ -48,6 +48,8 @@ class UnitResult:
     served_sha256: tuple[str, ...] = ()
     # Images its job listed beyond those asked for: counted, not downloaded.
     not_kept: int = 0
+    # The quality gate's word on its images: verdict, score, reasons, attempt.
+    quality: Mapping[str, Any] | None = None
 
     @classmethod
     def success(
@@ -123,6 +125,16 @@ class UnitResult:
             **({"inputs": dict(self.inputs)} if self.inputs else {}),
             **({"served_sha256": list(self.served_sha256)} if self.served_sha256 else {}),
             **({"images_not_kept": self.not_kept} if self.not_kept else {}),
+            **(
+                {
+                    "quality_verdict": self.quality["verdict"],
+                    "quality_score": self.quality["score"],
+                    "quality_reasons": list(self.quality["reasons"]),
+                    "quality_attempt": self.quality["attempt"],
+                }
+                if self.quality
+                else {}
+            ),
             "metadata": dict(unit.metadata),
             "source": unit.source,
         }

@@ -1,0 +1,129 @@
+"""The quality gate, a stage of its own: each image a unit downloads scored once by
+Scenario's gate (``POST /v1/generate/quality-gate``), with bounded concurrency and the
+retry table.
+
+A gate call is paid, like a submission, and Scenario has no idempotency key for it
+either: it is journaled (fsynced) before it is sent.  An image the journal says was sent
+and never answered (a lost answer, a run killed) is looked up first: the API keeps the
+verdict on the asset (``asset.qualityGate``), and it is read back from there before
+anything is sent again.  So a SIGKILL anywhere never gates an image twice, unless the
+API kept no verdict of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from ..config import RetrySettings
+from ..errors import AmbiguousSubmitError, ApiError
+from ..manifest.types import QualityRule
+from ..retry import Request, with_retries
+from ..scenario.records import Verdict
+from ..store.journal import Journal
+from .ports import Api
+
+log = logging.getLogger(__name__)
+
+# Gate calls at once, at most.
+GATES_AT_ONCE = 8
+# Sends of one image's gate call whose answers were all lost before it is given up.
+LOST_ANSWERS_ALLOWED = 3
+
+Record = Callable[..., Awaitable[Any]]
+
+
+class GateFailed(ApiError):
+    """The gate's verdict on an image could not be had: its unit is left to the next
+    run (its image stays; nothing is paid again without reading the asset first)."""
+
+
+class Gate:
+    def __init__(
+        self, api: Api, journal: Journal, record: Record, retry: RetrySettings, rng: random.Random
+    ) -> None:
+        self._api = api
+        self._journal = journal
+        self._record = record
+        self._retry = retry
+        self._rng = rng
+        self._at_once = anyio.CapacityLimiter(GATES_AT_ONCE)
+        # Gate calls sent by this run (for the summary and the tests).
+        self.calls = 0
+
+    async def verdict(
+        self, unit_id: str, asset_id: str, attempt: int, rule: QualityRule
+    ) -> Verdict:
+        """The gate's verdict on one image, asked at most once."""
+        known = await self._record(functools.partial(self._journal.gate_of, asset_id))
+        if known is not None and known[0] is not None:
+            verdict, score, reasons = known
+            return Verdict(score or 0.0, verdict, tuple(json.loads(reasons or "[]")))
+        async with self._at_once:
+            for _ in range(LOST_ANSWERS_ALLOWED):
+                if known is not None:  # sent before: its verdict may be on the asset
+                    stored = await self._stored(asset_id)
+                    if stored is not None:
+                        price = await self._price(asset_id, rule)
+                        return await self._noted(unit_id, asset_id, stored, price)
+                await self._record(
+                    functools.partial(self._journal.gating, unit_id, asset_id, attempt),
+                    durable=True,
+                )
+                known = (None, None, None)
+                try:
+                    self.calls += 1
+                    found = await with_retries(
+                        Request.GATE,
+                        lambda: self._api.quality_gate(asset_id, rule.sensitivity),
+                        self._retry,
+                        self._rng,
+                    )
+                except AmbiguousSubmitError as exc:
+                    log.warning("image %s: the gate's answer was lost (%s)", asset_id, exc)
+                    continue
+                return await self._noted(unit_id, asset_id, found, found.cost)
+        raise GateFailed(f"image {asset_id}: the gate's answers kept being lost")
+
+    async def _noted(
+        self, unit_id: str, asset_id: str, verdict: Verdict, cost: float | None
+    ) -> Verdict:
+        await self._record(
+            functools.partial(
+                self._journal.gated,
+                unit_id,
+                asset_id,
+                verdict.verdict,
+                verdict.score,
+                list(verdict.reasons),
+                cost,
+            )
+        )
+        return verdict
+
+    async def _stored(self, asset_id: str) -> Verdict | None:
+        return await with_retries(
+            Request.OTHER_READ,
+            lambda: self._api.stored_verdict(asset_id),
+            self._retry,
+            self._rng,
+        )
+
+    async def _price(self, asset_id: str, rule: QualityRule) -> float | None:
+        """What a call whose answer was lost was charged: its price (the dry run's)."""
+        try:
+            return await with_retries(
+                Request.OTHER_READ,
+                lambda: self._api.gate_price(asset_id, rule.sensitivity),
+                self._retry,
+                self._rng,
+            )
+        except ApiError as exc:
+            log.info("image %s: no price for its gate call: %s", asset_id, exc)
+            return None
