@@ -108,6 +108,7 @@ def validate(
             return dataclasses.replace(
                 found,
                 estimated_cost=cost.estimated_left,
+                worst_case=cost.worst_case,
                 credits_left=limits.left(now),
                 credits_refusal=credits_refusal(cost.estimated_left, limits, now),
             )

@@ -38,7 +38,7 @@ from .errors import (
 from .ledger import plural
 from .options import add_arguments, chosen, output_place, positive_float, positive_int
 from .redact import printable, redact
-from .report import Report
+from .report import Estimate, Report
 from .store.export import DEFAULT_SHARD_SIZE, FORMATS
 from .ui.display import Display, Displays, LineDisplay
 
@@ -590,9 +590,12 @@ def _validate(args: argparse.Namespace) -> int:
     if checked.credits_refusal:
         _say(f"{checked.manifest}: credits: {checked.credits_refusal}", file=sys.stderr)
     elif checked.estimated_cost is not None and checked.credits_left is not None:
+        worst = ""
+        if checked.worst_case is not None and checked.worst_case > checked.estimated_cost:
+            worst = f", at worst {checked.worst_case:,.0f} if the quality gate regenerates"
         _say(
             f"{checked.manifest}: credits: about {checked.estimated_cost:,.0f} CU "
-            f"(estimated) of the {checked.credits_left:,.0f} left"
+            f"(estimated{worst}) of the {checked.credits_left:,.0f} left"
         )
     if not checked.inputs_checked:
         _say(
@@ -649,20 +652,45 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             _say(json.dumps(found.to_json()))
             return EXIT_OK
-        for shape in found.shapes:
-            cost = shape.cost_each if shape.cost_each is not None else "?"
-            _say(f"  {shape.units} x {shape.model} {shape.size}: {cost} CU each (estimated)")
-        unpriced = f" (+ {plural(found.unpriced_units, 'unit')} the dry run gave no price for)"
-        _say(
-            f"batchgen: {plural(found.units, 'unit')} to do; estimated left: "
-            f"{found.estimated_left:g} CU, by the API's dry run"
-            + (unpriced if found.unpriced_units else "")
-        )
+        for line in estimate_lines(found):
+            _say(line)
         return EXIT_OK
     with contextlib.ExitStack() as stack:
         display = _open_display(args, stack)
         report = app.run(args.manifest, **chosen(args), display=display, handle_signals=True)
     return _render(args, report)
+
+
+def estimate_lines(found: Estimate) -> list[str]:
+    """An estimate as ``run --estimate`` says it: a line a shape, then the total, and
+    the quality gate's worst case when it may make jobs again."""
+    lines = []
+    for shape in found.shapes:
+        cost = shape.cost_each if shape.cost_each is not None else "?"
+        line = f"  {shape.units} x {shape.model} {shape.size}: {cost} CU each (estimated)"
+        if shape.gate_calls:
+            gate = shape.gate_cost_each if shape.gate_cost_each is not None else "?"
+            line += f"; {plural(shape.gate_calls, 'image')} gated at {gate} CU each"
+        if shape.regenerations_at_most:
+            line += f"; at most {plural(shape.regenerations_at_most, 'regeneration')}"
+        lines.append(line)
+    unpriced = f" (+ {plural(found.unpriced_units, 'unit')} the dry run gave no price for)"
+    lines.append(
+        f"batchgen: {plural(found.units, 'unit')} to do; estimated left: "
+        f"{found.estimated_left:g} CU, by the API's dry run"
+        + (unpriced if found.unpriced_units else "")
+    )
+    if found.gate_calls:
+        gated = f"batchgen: the quality gate's {plural(found.gate_calls, 'call')} counted in"
+        if found.unpriced_gate_calls:
+            gated += f" (+ {plural(found.unpriced_gate_calls, 'call')} with no price)"
+        lines.append(gated)
+    if found.regenerations_at_most and found.worst_case is not None:
+        lines.append(
+            f"batchgen: at worst {found.worst_case:g} CU, if the quality gate makes all "
+            f"{plural(found.regenerations_at_most, 'regeneration')} it may"
+        )
+    return lines
 
 
 def _finished(args: argparse.Namespace) -> Report | None:

@@ -63,6 +63,11 @@ class Shape:
     size: str
     units: int
     cost_each: float | None
+    # The quality gate: the images it scores of the units' first jobs, its price a call
+    # (None: not priced), and the jobs it may make again at most.
+    gate_calls: int = 0
+    gate_cost_each: float | None = None
+    regenerations_at_most: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +76,16 @@ class Estimate:
     booked.  Units of a shape the dry run gave no price for are counted apart."""
 
     units: int
+    # The units' jobs and the quality gate's calls on their images.
     estimated_left: float
     shapes: list[Shape]
     unpriced_units: int = 0
+    gate_calls: int = 0
+    # Jobs the quality gate may make again, at most, and the cost if it makes them all
+    # (each regeneration's images scored again).
+    regenerations_at_most: int = 0
+    worst_case: float | None = None
+    unpriced_gate_calls: int = 0
 
     @property
     def cost(self) -> float:
@@ -85,6 +97,10 @@ class Estimate:
             "units": self.units,
             "estimated_left": self.estimated_left,
             "unpriced_units": self.unpriced_units,
+            "gate_calls": self.gate_calls,
+            "regenerations_at_most": self.regenerations_at_most,
+            "worst_case": self.worst_case,
+            "unpriced_gate_calls": self.unpriced_gate_calls,
             "shapes": [dataclasses.asdict(shape) for shape in self.shapes],
         }
 
@@ -101,6 +117,8 @@ class Validation:
     # Against the account, where its limits can be read: what the batch would cost
     # (the API's dry run: an estimate), what is left, and whether it is enough.
     estimated_cost: float | None = None
+    # With the quality gate making every regeneration it may.
+    worst_case: float | None = None
     credits_left: float | None = None
     credits_refusal: str | None = None
 

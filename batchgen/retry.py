@@ -64,6 +64,13 @@ class Action(enum.Enum):
     STOP_RUN = "stop the run"
 
 
+def describe(error: BaseException) -> str:
+    """An error in a line, as results and logs say it: its HTTP status and the reason."""
+    if isinstance(error, ApiError) and error.reason:
+        return f"HTTP {error.status}: {error.reason}" if error.status else error.reason
+    return str(error)
+
+
 def decide(request: Request, error: BaseException) -> Action:
     """The retry table (the README's, row by row).  Anything not an error of ours
     (cancellation included) is not ours to decide: it is never retried and propagates."""

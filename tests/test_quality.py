@@ -8,6 +8,7 @@ answer, as any POST's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sqlite3
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 import batchgen
-from batchgen.errors import ConfigError, ManifestError
+from batchgen.errors import EXIT_STOPPED, ConfigError, ManifestError
 from batchgen.manifest import load_manifest
 from batchgen.sim import Simulator
 from tests.helpers import World
@@ -151,3 +152,157 @@ def test_an_output_in_a_bucket_refuses_the_gate_for_now(write: Write, tmp_path: 
     manifest = write("jobs.yaml", manifest_text(2, "{attempts: 1}"))
     with pytest.raises(ConfigError, match="quality: .* a bucket does not do yet"):
         batchgen.run(manifest, out="memory://q-test/x", simulate=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_200_units_killed_with_sigkill_anywhere_end_gated_once_and_paid_once(
+    write: Write, tmp_path: Path, start_simulator: Callable[..., Simulator]
+) -> None:
+    """The issue's bar, with real processes: 200 units, about a fifth failing the gate,
+    two regenerations allowed, SIGKILL where a job is made, where a gate call is paid
+    before its answer, and after the log said an image was gated; then a run to the end."""
+    import os
+    import signal
+
+    from tests.helpers import fast_run, start_batchgen
+
+    units = 200
+    manifest = write("jobs.yaml", manifest_text(units, "{on_fail: regenerate, attempts: 2}"))
+    out = tmp_path / "out"
+    sim = start_simulator(job_seconds=0.1, jitter=0.5, lose_answer_rate=0.1, seed=11)
+    rng = random.Random(31)
+    kills = 0
+    for round_number in range(6):
+        process = start_batchgen(fast_run(manifest, out, sim))
+        nth = rng.randint(5, 40)
+        seen = [0]
+
+        def kill(_: object, nth: int = nth, seen: list[int] = seen, pid: int = process.pid) -> None:
+            seen[0] += 1
+            if seen[0] == nth:
+                os.kill(pid, signal.SIGKILL)
+
+        if round_number % 3 == 0:
+            sim.on_job_created = kill
+        elif round_number % 3 == 1:
+            sim.on_gate_called = kill
+        else:
+            assert process.stderr is not None
+            for line in process.stderr:
+                if "gate" in line:
+                    kill(None)
+                    if seen[0] >= nth:
+                        break
+        process.communicate(timeout=120)
+        sim.on_job_created = sim.on_gate_called = None
+        kills += process.returncode == -signal.SIGKILL
+    assert kills == 6  # every round was really killed mid-run
+    sim.config = dataclasses.replace(sim.config, lose_answer_rate=0.0)
+    final = start_batchgen(fast_run(manifest, out, sim))
+    _, stderr = final.communicate(timeout=180)
+    assert final.returncode == 0, stderr[-3000:]
+
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(results) == units and len({r["id"] for r in results}) == units
+    failing = 0
+    for record in results:
+        score, verdict = kept_verdict(sim, record)
+        assert record["quality_verdict"] == verdict and record["quality_score"] == score
+        # passed, or failed for good after its two regenerations
+        assert verdict != "fail" or record["quality_attempt"] == 2
+        failing += record["quality_attempt"] > 0
+    assert 0.1 * units < failing < 0.35 * units  # about a fifth was made again
+    ours = [job for job in sim.jobs.values() if not job.by_other_client]
+    assert len(ours) == units + sum(r["quality_attempt"] for r in results)
+    assert sum(sim.gate_calls.values()) == len(ours)  # every image gated once
+    assert max(sim.gate_calls.values()) == 1
+    assert ledger(out) == pytest.approx(sim.spent, abs=1e-9)
+
+
+def test_the_budget_bounds_gate_calls_and_regenerations_together(
+    write: Write, tmp_path: Path
+) -> None:
+    """Gate calls are paid like jobs: a run stops paying before the budget is passed,
+    whether the next payment is a job or a gate call, and a later run with more budget
+    finishes without paying anything twice."""
+    manifest = write("jobs.yaml", manifest_text(30, "{on_fail: regenerate, attempts: 2}"))
+    world = World(tmp_path, gate_cost=3.0)
+    first = world.run(manifest, budget=40)
+    assert first.exit_code == EXIT_STOPPED  # the budget, nothing failed
+    assert world.sim.spent <= 40
+    assert ledger(world.out) == world.sim.spent
+    final = world.run(manifest, budget=10_000)
+    assert final.exit_code == 0
+    assert max(world.sim.gate_calls.values()) == 1
+    assert ledger(world.out) == world.sim.spent
+
+
+def test_out_of_credits_at_the_gate_stops_paying_and_keeps_the_image(
+    write: Write, tmp_path: Path
+) -> None:
+    manifest = write("jobs.yaml", manifest_text(12, "{on_fail: keep}"))
+    world = World(tmp_path, gate_cost=5.0, credits=12 * 1.0 + 2 * 5.0)
+    first = world.run(manifest, allow_partial=True)
+    assert first.exit_code == EXIT_STOPPED
+    assert world.sim.spent <= 22
+    gated = [r for r in world.results() if r.get("quality_verdict")]
+    assert len(gated) < 12
+    world.configure(credits=None)
+    final = world.run(manifest)
+    assert final.exit_code == 0 and len(world.results()) == 12
+    assert max(world.sim.gate_calls.values()) == 1
+    assert world.sim.jobs_created == 12  # the kept images were not made again
+    assert ledger(world.out) == world.sim.spent
+
+
+def test_the_estimate_counts_the_gate_and_the_worst_case_of_its_regenerations(
+    write: Write, tmp_path: Path
+) -> None:
+    """Each image's gate call priced by the gate's own dry run; the worst case every
+    regeneration the rule allows, each with its images gated again; the run's real
+    charge between the two."""
+    manifest = write("jobs.yaml", manifest_text(20, "{on_fail: regenerate, attempts: 2}"))
+    world = World(tmp_path, gate_cost=0.5)
+    found = world.estimate(manifest)
+    job = found.shapes[0].cost_each
+    assert (found.units, found.gate_calls, found.regenerations_at_most) == (20, 20, 40)
+    assert found.estimated_left == 20 * (job + 0.5)
+    assert found.worst_case == found.estimated_left + 40 * (job + 0.5)
+    report = world.run(manifest)
+    assert report.exit_code == 0 and report.regenerated > 0
+    assert found.estimated_left < world.sim.spent <= found.worst_case
+    assert world.sim.spent == found.estimated_left + report.regenerated * (job + 0.5)
+    # Done: nothing left, no regeneration either.
+    assert world.estimate(manifest).units == 0
+
+
+def test_run_estimate_and_validate_say_the_worst_case(
+    write: Write, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchgen.cli import main
+
+    manifest = write("jobs.yaml", manifest_text(5, "{on_fail: regenerate, attempts: 3}"))
+    assert (
+        main(["run", str(manifest), "--out", str(tmp_path / "o"), "--simulate", "--estimate"]) == 0
+    )
+    said = capsys.readouterr().out
+    assert "5 images gated at" in said and "at most 15 regenerations" in said
+    assert "if the quality gate makes all 15 regenerations it may" in said
+    assert main(["validate", str(manifest), "--simulate"]) == 0
+    assert "at worst" in capsys.readouterr().out
+
+
+def test_a_unit_made_again_already_counts_only_the_regenerations_it_has_left(
+    write: Write,
+) -> None:
+    from batchgen.estimating import _count
+    from batchgen.manifest import iter_units
+    from batchgen.manifest.types import QualityRule
+
+    (unit,) = list(iter_units(load_manifest(write("j.yaml", manifest_text(1, "{attempts: 3}")))))
+    shapes: dict[str, Any] = {}
+    _count(shapes, unit, {"prompt": "x"}, 1, {"model_sim-fast": 2}, regenerated=1)
+    (counted,) = shapes.values()
+    assert (counted.units, counted.gated, counted.regenerations) == (1, 2, 2)
+    assert unit.quality == QualityRule(attempts=3)

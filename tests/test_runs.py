@@ -347,15 +347,19 @@ def test_an_estimate_with_no_journal_counts_entries_as_expanding_every_unit_woul
             " sizes: [[256, 256], [512, 512], '16:9']}\n"
             "  - {prompts_file: p.csv, count: 3}\n"
             "  - {prompt: same shape again, params: {seed: per-unit}}\n"
-            "  - {prompt: other model, model: model_sim-noseed}\n",
+            "  - {prompt: other model, model: model_sim-noseed}\n"
+            "  - {prompt: 'gated {n}', vars: {n: [1, 2]}, count: 2,"
+            " params: {numOutputs: 3}, quality: {attempts: 2}}\n",
         )
     )
-    by_entries = _shapes_of_entries(manifest, read_prompts(manifest))
-    by_units = _shapes_of_units(manifest, None, None, RunOptions())
-    assert {k: (m, n) for k, (m, _, n) in by_entries.items()} == {
-        k: (m, n) for k, (m, _, n) in by_units.items()
-    }
-    assert sum(n for *_, n in by_entries.values()) == 3 * 2 * 3 + 3 * 3 + 1 + 1
+    outputs = {"model_sim-fast": 4, "model_sim-noseed": 4}
+    by_entries = _shapes_of_entries(manifest, read_prompts(manifest), {}, outputs)
+    by_units = _shapes_of_units(manifest, None, None, RunOptions(), {}, outputs)
+    assert by_entries == by_units
+    assert sum(c.units for c in by_entries.values()) == 3 * 2 * 3 + 3 * 3 + 1 + 1 + 4
+    # The gated entry: each image of its 4 units scored, 2 regenerations each at most.
+    (gated,) = [c for c in by_entries.values() if c.gated]
+    assert (gated.units, gated.gated, gated.regenerations) == (4, 12, 8)
 
 
 def test_an_estimate_of_a_run_cut_short_counts_by_shape_as_expanding_every_unit_would(
@@ -392,13 +396,13 @@ def test_an_estimate_of_a_run_cut_short_counts_by_shape_as_expanding_every_unit_
     assert counted_by_units == []  # by shape, no unit made
     journal = Journal(world.out)
     try:
-        slow = _shapes_of_units(load_manifest(manifest), None, journal, RunOptions())
+        slow = _shapes_of_units(load_manifest(manifest), None, journal, RunOptions(), {}, {})
     finally:
         journal.close()
     assert {(s.model, s.size, s.units) for s in fast.shapes} == {
-        (m, app._size_label(b), n) for m, b, n in slow.values()
+        (c.model, app._size_label(c.body), c.units) for c in slow.values()
     }
-    assert fast.units == sum(n for *_, n in slow.values()) > 0
+    assert fast.units == sum(c.units for c in slow.values()) > 0
     # Edited: two units leave; until a run of it ends with none departed, unit by unit.
     edited = write("jobs.yaml", text.replace("count: 5", "count: 3"))
     again = world.estimate(edited)

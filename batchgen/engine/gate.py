@@ -24,10 +24,11 @@ import anyio
 from ..config import RetrySettings
 from ..errors import AmbiguousSubmitError, ApiError
 from ..manifest.types import QualityRule
-from ..retry import Request, with_retries
+from ..retry import Action, Request, decide, describe, with_retries
 from ..scenario.records import Verdict
 from ..store.journal import Journal
 from .ports import Api
+from .purse import Purse
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,25 @@ class GateFailed(ApiError):
     run (its image stays; nothing is paid again without reading the asset first)."""
 
 
+class GateStopped(Exception):
+    """Paying stopped (the budget, the credits) before this image was gated: its unit is
+    left to a later run, its image kept."""
+
+
 class Gate:
     def __init__(
-        self, api: Api, journal: Journal, record: Record, retry: RetrySettings, rng: random.Random
+        self,
+        api: Api,
+        journal: Journal,
+        record: Record,
+        retry: RetrySettings,
+        rng: random.Random,
+        purse: Purse,
     ) -> None:
         self._api = api
+        self._purse = purse
+        # A gate call's price by sensitivity (one dry run each), needed with a budget.
+        self._prices: dict[str | None, float] = {}
         self._journal = journal
         self._record = record
         self._retry = retry
@@ -72,23 +87,32 @@ class Gate:
                     if stored is not None:
                         price = await self._price(asset_id, rule)
                         return await self._noted(unit_id, asset_id, stored, price)
-                await self._record(
-                    functools.partial(self._journal.gating, unit_id, asset_id, attempt),
-                    durable=True,
-                )
-                known = (None, None, None)
+                reserved = await self._budgeted(asset_id, rule)
                 try:
-                    self.calls += 1
-                    found = await with_retries(
-                        Request.GATE,
-                        lambda: self._api.quality_gate(asset_id, rule.sensitivity),
-                        self._retry,
-                        self._rng,
+                    await self._record(
+                        functools.partial(self._journal.gating, unit_id, asset_id, attempt),
+                        durable=True,
                     )
-                except AmbiguousSubmitError as exc:
-                    log.warning("image %s: the gate's answer was lost (%s)", asset_id, exc)
-                    continue
-                return await self._noted(unit_id, asset_id, found, found.cost)
+                    known = (None, None, None)
+                    try:
+                        self.calls += 1
+                        found = await with_retries(
+                            Request.GATE,
+                            lambda: self._api.quality_gate(asset_id, rule.sensitivity),
+                            self._retry,
+                            self._rng,
+                        )
+                    except AmbiguousSubmitError as exc:
+                        log.warning("image %s: the gate's answer was lost (%s)", asset_id, exc)
+                        continue
+                    except ApiError as exc:
+                        if decide(Request.GATE, exc) is Action.STOP_SUBMITTING:
+                            self._purse.out_of_credits(describe(exc))
+                            raise GateStopped from exc
+                        raise
+                    return await self._noted(unit_id, asset_id, found, found.cost)
+                finally:
+                    self._purse.release(reserved)
         raise GateFailed(f"image {asset_id}: the gate's answers kept being lost")
 
     async def _noted(
@@ -106,6 +130,18 @@ class Gate:
             )
         )
         return verdict
+
+    async def _budgeted(self, asset_id: str, rule: QualityRule) -> float:
+        """The price reserved for this gate call (nothing without a budget), or
+        :class:`GateStopped` if it would pass the budget."""
+        price = 0.0
+        if self._purse.budget is not None:
+            if rule.sensitivity not in self._prices:
+                self._prices[rule.sensitivity] = await self._price(asset_id, rule) or 0.0
+            price = self._prices[rule.sensitivity]
+        if not self._purse.reserve(price, "quality-gate call"):
+            raise GateStopped
+        return price
 
     async def _stored(self, asset_id: str) -> Verdict | None:
         return await with_retries(

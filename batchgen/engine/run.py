@@ -44,6 +44,7 @@ from ..config import RetrySettings
 from ..errors import ApiError, DownloadError, PermanentApiError
 from ..manifest import Unit
 from ..manifest.naming import DEFAULT_FILENAME, FileNameTemplate
+from ..retry import describe
 from ..scenario.inputs import MAX_OUTPUTS_PER_JOB, OUTPUTS_INPUT
 from ..scenario.records import JobRecord
 from ..store.commits import GroupCommit
@@ -60,9 +61,10 @@ from ..store.files import (
 from ..store.journal import Journal, Resume, Row, resume_action
 from ..store.results import UnitResult, embed_into_files
 from .download import AssetResolver, download_job
-from .gate import Gate, GateFailed
+from .gate import Gate, GateFailed, GateStopped
 from .poll import JobUnreadable, JobVanished, Poller
 from .ports import Api, Fetcher, Offload
+from .purse import Purse
 from .reconcile import Reconciler, StillUncertain
 from .submit import (
     SeedRange,
@@ -70,7 +72,6 @@ from .submit import (
     Submitter,
     UnitFailed,
     cost_shape,
-    describe,
     server_time,
 )
 from .summary import FAILURES_KEPT, Summary
@@ -192,7 +193,8 @@ class Engine:
             self._rng,
             grace=settings.reconcile_grace,
         )
-        self.gate = Gate(api, journal, self._commits, retry, self._rng)
+        purse = Purse(self.summary, journal, budget)
+        self.gate = Gate(api, journal, self._commits, retry, self._rng, purse)
         self.uploader = Uploader(
             api,
             journal,
@@ -213,7 +215,7 @@ class Engine:
             self._slots,
             retry,
             self._rng,
-            budget=budget,
+            purse=purse,
             claimed=self._claimed,
             seeds=settings.seeds,
             uploads=self.uploader,
@@ -419,6 +421,8 @@ class Engine:
                 except GateFailed as exc:
                     log.warning("unit %s: %s; the next run asks again", unit.id, exc)
                     return None
+                except GateStopped:
+                    return None  # the budget or the credits: a later run gates it
                 if not again:
                     return result
                 attempt += 1  # its images rejected and set aside: another job
@@ -578,11 +582,7 @@ class Engine:
         return result
 
     def _asked(self, unit: Unit) -> int:
-        """The images a unit's job is to make: its numOutputs, else its model's."""
-        given = unit.params.get(OUTPUTS_INPUT)
-        if isinstance(given, int | float) and not isinstance(given, bool) and given >= 1:
-            return int(given)
-        return self._settings.outputs.get(unit.model, MAX_OUTPUTS_PER_JOB)
+        return images_asked(unit, self._settings.outputs)
 
     async def _keep_inputs(self, unit: Unit) -> dict[str, list[dict[str, Any]]]:
         """A copy of each image the unit was made from, in ``inputs/`` (of the output
@@ -679,6 +679,14 @@ class Engine:
                 result=result.to_json(),
                 refundable=result.refundable,
             )
+
+
+def images_asked(unit: Unit, outputs: Mapping[str, int]) -> int:
+    """The images a unit's job is to make: its numOutputs, else its model's."""
+    given = unit.params.get(OUTPUTS_INPUT)
+    if isinstance(given, int | float) and not isinstance(given, bool) and given >= 1:
+        return int(given)
+    return outputs.get(unit.model, MAX_OUTPUTS_PER_JOB)
 
 
 # The quality gate's verdicts, worst first.

@@ -24,12 +24,13 @@ import anyio
 from ..config import RetrySettings
 from ..errors import AmbiguousSubmitError, ApiError, RateLimitedError
 from ..manifest import Unit
-from ..retry import Action, Request, decide, with_retries
+from ..retry import Action, Request, decide, describe, with_retries
 from ..scenario.client import STALE_CONNECTION_RETRIES
 from ..scenario.records import JobRecord, Submission
 from ..store.journal import Journal
 from .ports import Api
 from .pressure import InFlightCap
+from .purse import Purse
 from .reconcile import Reconciler
 from .summary import Summary
 
@@ -140,12 +141,6 @@ def cost_shape(model: str, body: dict[str, Any]) -> str:
     return json.dumps([model, rest], sort_keys=True)
 
 
-def describe(error: BaseException) -> str:
-    if isinstance(error, ApiError) and error.reason:
-        return f"HTTP {error.status}: {error.reason}" if error.status else error.reason
-    return str(error)
-
-
 class Submitter:
     def __init__(
         self,
@@ -158,7 +153,7 @@ class Submitter:
         retry: RetrySettings,
         rng: random.Random,
         *,
-        budget: float | None,
+        purse: Purse,
         claimed: set[str],
         seeds: Mapping[str, SeedRange | None] | None = None,
         uploads: Uploads | None = None,
@@ -177,11 +172,8 @@ class Submitter:
         self._cap = InFlightCap(int(slots.total_tokens))
         self._retry = retry
         self._rng = rng
-        self._budget = budget
+        self._purse = purse
         self._claimed = claimed
-        # Creative units reserved by submissions under way (a job is paid for before its
-        # POST is answered), until the ledger has what was charged, or nothing was made.
-        self._reserved = 0.0
         self._shape_costs: dict[str, float] = {}
         # Models the plan does not cover: their other units fail at once instead of
         # each paying a request to learn the same thing.
@@ -225,7 +217,7 @@ class Submitter:
                 try:
                     adopted = await self._adopt(unit, key, since)
                 finally:
-                    self._reserved -= reserved  # booked now, or nothing was made
+                    self._purse.release(reserved)  # booked now, or nothing was made
                     reserved = 0.0
                 if adopted is not None:
                     return adopted
@@ -237,7 +229,6 @@ class Submitter:
             if cost is None:
                 raise SubmitStopped
             reserved = cost
-            self._reserved += reserved
             started = self._api.server_now()
             await self._record(
                 functools.partial(
@@ -276,27 +267,21 @@ class Submitter:
                             attempts -= 1
                         continue
                     case Action.STOP_SUBMITTING:
-                        self._reserved -= reserved
+                        self._purse.release(reserved)
                         await self._nothing_made(unit, exc)
-                        if not self._summary.out_of_credits:
-                            self._summary.out_of_credits = True
-                            log.warning(
-                                "out of creative units (%s): no more submissions; the jobs "
-                                "in flight finish",
-                                describe(exc),
-                            )
+                        self._purse.out_of_credits(describe(exc))
                         raise SubmitStopped from exc
                     case Action.FAIL_MODEL:
-                        self._reserved -= reserved
+                        self._purse.release(reserved)
                         self._refused_models[unit.model] = describe(exc)
                         raise UnitFailed(describe(exc), permanent=True) from exc
                     case Action.FAIL_FOR_GOOD:
-                        self._reserved -= reserved
+                        self._purse.release(reserved)
                         raise UnitFailed(describe(exc), permanent=True) from exc
                     case Action.STOP_RUN:
                         raise
                     case _:  # FAIL_UNIT, or RETRY with its attempts used up
-                        self._reserved -= reserved
+                        self._purse.release(reserved)
                         raise UnitFailed(describe(exc), permanent=False) from exc
             finally:
                 # Gone once none is posting it: a key a unit left behind would be kept
@@ -308,7 +293,7 @@ class Submitter:
             try:
                 return await self._submitted(unit, submission.job, submission.cost, False)
             finally:
-                self._reserved -= reserved  # the ledger has what was charged
+                self._purse.release(reserved)  # the ledger has what was charged
 
     async def _adopt(self, unit: Unit, key: str, since: datetime) -> Submitted | None:
         """The job a lost POST of ``key`` at ``since`` made, adopted, if it made one."""
@@ -357,31 +342,12 @@ class Submitter:
         await self._record(functools.partial(self._journal.nothing_made, unit.id, describe(error)))
 
     async def _within_budget(self, unit: Unit, body: dict[str, Any]) -> float | None:
-        """The cost to reserve for this unit's next job, or None if it would pass the
-        budget (and submitting stops).  Without a budget nothing is reserved."""
+        """The cost reserved for this unit's next job, or None if it would pass the
+        budget (and submitting stops).  Without a budget nothing is priced."""
         if self._summary.submitting_stopped:
             return None
-        if self._budget is None:
-            return 0.0
-        cost = await self.cost_of(unit.model, body)
-        # No await from here on: checking and reserving are one step.
-        spent = self._summary.spent_before + self._journal.run_spent
-        if spent + self._reserved + cost > self._budget:
-            if not self._summary.over_budget:
-                self._summary.over_budget = True
-                log.warning(
-                    "budget: %g CU spent, %g reserved for jobs being submitted, the next "
-                    "job costs about %g (estimated), %s is %g (%g left): no more "
-                    "submissions; the jobs in flight finish",
-                    spent,
-                    self._reserved,
-                    cost,
-                    self._summary.budget_option,
-                    self._budget,
-                    max(self._budget - spent - self._reserved, 0.0),
-                )
-            return None
-        return cost
+        cost = 0.0 if self._purse.budget is None else await self.cost_of(unit.model, body)
+        return cost if self._purse.reserve(cost, "job") else None
 
     async def cost_of(self, model: str, body: dict[str, Any]) -> float:
         """What a job of this shape costs, from one dry run per shape."""

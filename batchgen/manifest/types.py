@@ -138,6 +138,11 @@ class QualityRule:
             return "fail"
         return verdict
 
+    @property
+    def regenerates(self) -> bool:
+        """Whether a verdict may make another job (to count the worst case)."""
+        return self.attempts > 0 and "regenerate" in (self.on_fail, self.on_warn)
+
     def again(self, verdict: str, score: float, attempt: int) -> bool:
         """Whether the unit makes another job after this verdict on attempt ``attempt``
         (0: its first job)."""

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from .png import make_png
 
 MAX_PAGE_SIZE = 100
 # The simulated quality gate's thresholds, by sensitivity (see Simulator.quality_of).
+DATA_URL = re.compile(r"data:image/[a-z.+-]+;base64,[A-Za-z0-9+/]+=*")
 QUALITY_FAIL_BELOW = {"low": 10, "medium": 20, "high": 35}
 QUALITY_WARN_BELOW = {"low": 20, "medium": 35, "high": 55}
 # What the limits say of parallel jobs when the simulator enforces none.
@@ -346,6 +348,8 @@ class Simulator:
     # tests use it to kill a client exactly in that window.
     on_job_created: Callable[[SimJob], None] | None = None
     on_upload_created: Callable[[SimUpload], None] | None = None
+    # Called with each image the gate scored (and charged), before it is answered.
+    on_gate_called: Callable[[SimAsset], None] | None = None
     # Called with the route of each request that arrives on a kept-alive connection:
     # True drops the connection unanswered, as a load balancer that closed it meanwhile.
     drop_reused: Callable[[str], bool] | None = None
@@ -1057,13 +1061,24 @@ class Simulator:
         """``POST /v1/generate/quality-gate``: the image scored, the verdict stored on
         the asset; a dry run prices it (269).  Its answer may be lost, as any POST's."""
         image = body.get("image") if isinstance(body, dict) else None
+        cost = self.config.gate_cost
+        priced = {"creativeUnitsCost": cost, "costDetails": {"quality-gate": cost}}
+        if isinstance(image, str) and image.startswith("data:"):
+            # To score one, the API uploads it as an asset first; the simulator only
+            # prices one (a batch's estimate, before any image of it exists).
+            if not DATA_URL.fullmatch(image):
+                return _error(400, "image is not a base64 data URL")
+            if query.get("dryRun"):
+                return SimAnswer(269, priced)
+            return _error(400, "the simulator scores assets only, not data URLs")
         asset = self.assets.get(str(image))
         if asset is None or self.jobs[asset.job_id].phase(self.clock())[0] != "success":
             return _error(404, f"Asset {image} not found")
-        cost = self.config.gate_cost
-        priced = {"creativeUnitsCost": cost, "costDetails": {"quality-gate": cost}}
         if query.get("dryRun"):
             return SimAnswer(269, priced)
+        credits = self.config.credits
+        if credits is not None and self.spent + cost > credits + self.config.one_shot_credits:
+            return _error(402, "Not enough creative units to run the quality gate")
         sensitivity = str(body.get("sensitivity") or "medium")
         score, verdict = self.quality_of(asset.content(), sensitivity)
         reasons = {"fail": ["the anatomy is wrong"], "warn": ["slight artefacts"]}
@@ -1078,6 +1093,8 @@ class Simulator:
         }
         self.gate_calls[asset.asset_id] += 1
         self.gate_charges.append(cost)
+        if self.on_gate_called is not None:
+            self.on_gate_called(asset)
         if self._rng.random() < self.config.lose_answer_rate:
             self.answers_lost += 1
             return SimAnswer(502, None, drop=True)

@@ -1,0 +1,67 @@
+"""The budget, shared by everything a run pays for: jobs and quality-gate calls.
+
+A payment is reserved before its request is sent (the API charges before it answers,
+and an answer may be lost) and released once the ledger has what was charged, or
+nothing was made.  Checking and reserving are one step, with no await between them, so
+payments made at once never pass the budget together.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..store.journal import Journal
+from .summary import Summary
+
+log = logging.getLogger(__name__)
+
+
+class Purse:
+    def __init__(self, summary: Summary, journal: Journal, budget: float | None) -> None:
+        self._summary = summary
+        self._journal = journal
+        self.budget = budget
+        # Creative units reserved by payments under way.
+        self.reserved = 0.0
+
+    def reserve(self, cost: float, what: str) -> bool:
+        """Reserve ``cost`` for the next ``what`` (a job, a gate call), or say no if it
+        would pass the budget: then nothing more is paid for this run, and the warning
+        is given once.  Always yes without a budget, once payments have not stopped."""
+        if self._summary.submitting_stopped:
+            return False
+        if self.budget is None:
+            return True
+        spent = self._summary.spent_before + self._journal.run_spent
+        if spent + self.reserved + cost > self.budget:
+            if not self._summary.over_budget:
+                self._summary.over_budget = True
+                log.warning(
+                    "budget: %g CU spent, %g reserved for payments under way, the next %s "
+                    "costs about %g (estimated), %s is %g (%g left): nothing more is paid "
+                    "for; the jobs in flight finish",
+                    spent,
+                    self.reserved,
+                    what,
+                    cost,
+                    self._summary.budget_option,
+                    self.budget,
+                    max(self.budget - spent - self.reserved, 0.0),
+                )
+            return False
+        self.reserved += cost
+        return True
+
+    def release(self, cost: float) -> None:
+        """The ledger has what a reserved payment charged, or nothing was made."""
+        self.reserved -= cost
+
+    def out_of_credits(self, why: str) -> None:
+        """The API said the account is out of creative units: nothing more is paid for
+        this run (said once); the jobs in flight finish."""
+        if not self._summary.out_of_credits:
+            self._summary.out_of_credits = True
+            log.warning(
+                "out of creative units (%s): no more submissions; the jobs in flight finish",
+                why,
+            )
