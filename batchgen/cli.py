@@ -243,6 +243,20 @@ def _add_export(commands: argparse._SubParsersAction[_Parser]) -> None:
         "chunk (as AUTOMATIC1111 writes it) and XMP with the IPTC AI-made source type; the "
         "pixels are not re-encoded",
     )
+    export.add_argument(
+        "--only-passed",
+        action="store_true",
+        help="only the images the quality gate passed (verdict pass)",
+    )
+    export.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="CONDITION",
+        help="only the images whose metadata column meets it: COLUMN OP VALUE, OP one of "
+        "== != >= <= > < in, not in (e.g. 'quality_score >= 60', 'model in a,b'); "
+        "repeat it for more, all must hold",
+    )
     add_arguments(export, "export")
     export.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(export)
@@ -794,6 +808,8 @@ def _export(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         embed_metadata=args.embed_metadata,
         storage_options=args.storage_options,
+        only_passed=args.only_passed,
+        where=args.where,
     )
     if args.json:
         _say(json.dumps(done.to_json()))
@@ -837,6 +853,12 @@ def _status(args: argparse.Namespace) -> int:
         _say(
             f"  {found.left} of the manifest's {plural(found.manifest_units or 0, 'unit')} "
             "left to do"
+        )
+    if found.quality:
+        counted = found.quality
+        _say(
+            f"  quality gate: {counted.get('pass', 0)} passed, {counted.get('warn', 0)} warned, "
+            f"{counted.get('fail', 0)} failed, {counted.get('regenerating', 0)} regenerating"
         )
     if found.missing_files or found.changed_files:
         _say(

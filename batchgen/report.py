@@ -143,6 +143,8 @@ class Status:
     # Given the manifest: its units, and how many of them are not done yet.
     manifest_units: int | None = None
     left: int | None = None
+    # The quality gate's tally: units kept as passed, warned, failed, and regenerating.
+    quality: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

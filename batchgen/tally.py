@@ -41,6 +41,7 @@ def tally(
 ) -> Status:
     """The journals of ``places``, each with how its files are checked, summed up."""
     counts: Counter[str] = Counter()
+    quality: Counter[str] = Counter()
     spend = Spend()
     failures: list[dict[str, Any]] = []
     missing = changed = manifest_units = left = 0
@@ -49,6 +50,7 @@ def tally(
         try:
             with storage_faults(journal.path):
                 counts.update(journal.counts())
+                quality.update(journal.quality_counts())
                 spend += journal.spend()
                 failures.extend(
                     {"id": unit_id, "error": error, "permanent": permanent, "job_id": job_id}
@@ -81,4 +83,5 @@ def tally(
         changed_files=changed,
         manifest_units=manifest_units if loaded is not None else None,
         left=left if loaded is not None else None,
+        quality=dict(quality),
     )

@@ -21,7 +21,7 @@ import itertools
 import json
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ from .store.gallery import GALLERY_DIR, Gallery, write_gallery
 from .store.journal import JOURNAL_NAME, Journal
 from .store.lock import OutputLock
 from .store.results import RESULTS_NAME
+from .store.select import Selection
 from .store.views import update_views
 
 log = logging.getLogger(__name__)
@@ -401,23 +402,27 @@ def export(
     shard_size: int = DEFAULT_SHARD_SIZE,
     embed_metadata: bool = False,
     storage_options: list[str] | dict[str, str] | None = None,
+    only_passed: bool = False,
+    where: Sequence[str] = (),
 ) -> Exported:
     """Write the images of an output directory (every shard's, from an output root) to
     ``dest``, a new directory, as ``webdataset``, ``parquet`` or ``imagefolder`` (see
-    :mod:`batchgen.store.export`).  Runs on the directory wait: the lock is held.
+    :mod:`batchgen.store.export`): those the quality gate passed with ``only_passed``,
+    those whose columns meet every ``where`` condition (see :mod:`batchgen.store.select`).
+    Runs on the directory wait: the lock is held.
     ``out`` may be a bucket URL: its checkpoints say what to export, and each image is
     read from the bucket as it is written out (checked against its sha256).  ``dest``
     may be one too (an empty prefix): each file goes there once complete, so that only
     a shard at a time is ever on local disk."""
+    selection = Selection.of(where, only_passed=only_passed)
     with _destination(dest, storage_options) as (local, written, shown):
+        how = Writing(format, shard_size, embed_metadata, written, selection)
         if isinstance(out, str) and is_bucket_url(out):
             url = BucketUrl.parse(out)
             assert url is not None
-            done = _export_bucket(
-                url, local, format, shard_size, embed_metadata, storage_options, written
-            )
+            done = _export_bucket(url, local, how, storage_options)
         else:
-            done = _export_directory(Path(out), local, format, shard_size, embed_metadata, written)
+            done = _export_directory(Path(out), local, how)
         return Exported(done.format, done.images, [shown(path) for path in done.files])
 
 
@@ -450,14 +455,31 @@ def _destination(
         yield staging, send, shown
 
 
-def _export_directory(
-    root: Path,
-    dest: Path,
-    format: str,
-    shard_size: int,
-    embed_metadata: bool,
-    written: Callable[[Path], None],
-) -> Exported:
+@dataclass(frozen=True, slots=True)
+class Writing:
+    """How an export writes: its format, its shards, what it keeps."""
+
+    format: str
+    shard_size: int
+    embed_metadata: bool
+    written: Callable[[Path], None]
+    selection: Selection
+
+    def write(self, sources: Callable[[], list[Source]], dest: Path, name: str) -> Exported:
+        with storage_faults(dest):
+            return write_export(
+                sources,
+                dest,
+                self.format,
+                name=name,
+                shard_size=self.shard_size,
+                embed_metadata=self.embed_metadata,
+                written=self.written,
+                selection=self.selection,
+            )
+
+
+def _export_directory(root: Path, dest: Path, how: Writing) -> Exported:
     found = places(root)
     with contextlib.ExitStack() as stack:
         journals: list[tuple[Path, str, Journal]] = []
@@ -467,26 +489,18 @@ def _export_directory(
             stack.callback(journal.close)
             prefix = "" if place == root else f"{place.relative_to(root).as_posix()}/"
             journals.append((place, prefix, journal))
-        with storage_faults(dest):
-            return write_export(
-                lambda: [Source(place, prefix, j.results(), root) for place, prefix, j in journals],
-                dest,
-                format,
-                name=root.resolve().name,
-                shard_size=shard_size,
-                embed_metadata=embed_metadata,
-                written=written,
-            )
+        return how.write(
+            lambda: [Source(place, prefix, j.results(), root) for place, prefix, j in journals],
+            dest,
+            root.resolve().name,
+        )
 
 
 def _export_bucket(
     url: BucketUrl,
     dest: Path,
-    format: str,
-    shard_size: int,
-    embed_metadata: bool,
+    how: Writing,
     storage_options: list[str] | dict[str, str] | None,
-    written: Callable[[Path], None],
 ) -> Exported:
     with tempfile.TemporaryDirectory() as temporary, contextlib.ExitStack() as stack:
         root = Path(temporary)
@@ -498,19 +512,14 @@ def _export_bucket(
             stack.callback(journal.close)
             prefix = f"{output.shard.directory}/" if output.shard is not None else ""
             sources.append((output.place, prefix, journal))
-        with storage_faults(dest):
-            return write_export(
-                lambda: [
-                    Source(place, prefix, j.results(), root, bucket.read_now)
-                    for place, prefix, j in sources
-                ],
-                dest,
-                format,
-                name=url.prefix.rsplit("/", 1)[-1] or url.bucket,
-                shard_size=shard_size,
-                embed_metadata=embed_metadata,
-                written=written,
-            )
+        return how.write(
+            lambda: [
+                Source(place, prefix, j.results(), root, bucket.read_now)
+                for place, prefix, j in sources
+            ],
+            dest,
+            url.prefix.rsplit("/", 1)[-1] or url.bucket,
+        )
 
 
 # ---------------------------------------------------------------------- gallery

@@ -114,3 +114,90 @@ def test_a_sharded_output_exports_as_one(write: Write, tmp_path: Path) -> None:
         world.run(manifest, shard=shard)
     exported = batchgen.export(world.out, tmp_path / "wds", "webdataset", shard_size=100)
     assert exported.images == IMAGES
+
+
+# 60 units at high sensitivity: fail below 35, warn below 55, so every verdict is
+# there (no warn among 60 has a chance of 0.8 ** 60, about one in a million).
+QUALITY_MANIFEST = (
+    "model: model_sim-fast\nwidth: 64\nheight: 48\n"
+    "quality: {on_fail: keep, sensitivity: high}\njobs:\n"
+    f"  - {{prompt: 'a {{n}}', vars: {{n: {list(range(60))}}}}}\n"
+)
+
+
+@pytest.fixture
+def gated(write: Write, tmp_path: Path) -> World:
+    world = World(tmp_path)
+    assert world.run(write("jobs.yaml", QUALITY_MANIFEST)).exit_code == 0
+    verdicts = {r["quality_verdict"] for r in world.results()}
+    assert verdicts == {"pass", "warn", "fail"}  # every kind, so a filter can be wrong
+    return world
+
+
+def passed_ids(world: World) -> set[str]:
+    return {str(r["id"]) for r in world.results() if r["quality_verdict"] == "pass"}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_only_passed_parquet_keeps_exactly_the_passing_images(gated: World, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets", reason="pip install -e '.[dataset-test]'")
+    pytest.importorskip("pyarrow")
+    exported = batchgen.export(gated.out, tmp_path / "pq", "parquet", only_passed=True)
+    loaded = datasets.load_dataset(
+        "parquet", data_files=exported.files, split="train", cache_dir=str(tmp_path / "hf")
+    )
+    assert {row["unit_id"] for row in loaded} == passed_ids(gated)
+    assert exported.images == len(passed_ids(gated))
+    assert {row["quality_verdict"] for row in loaded} == {"pass"}
+    assert all(isinstance(row["quality_score"], int | float) for row in loaded)
+    assert all(row["quality_attempt"] == 0 for row in loaded)
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_webdataset_rows_carry_the_verdict_and_where_filters_them(
+    gated: World, tmp_path: Path
+) -> None:
+    webdataset = pytest.importorskip("webdataset")
+    everything = batchgen.export(gated.out, tmp_path / "all", "webdataset")
+    rows = [s["json"] for s in webdataset.WebDataset(everything.files, shardshuffle=False).decode()]
+    assert len(rows) == 60
+    by_unit = {r["id"]: r for r in gated.results()}
+    for row in rows:
+        record = by_unit[row["unit_id"]]
+        assert (row["quality_verdict"], row["quality_score"]) == (
+            record["quality_verdict"],
+            record["quality_score"],
+        )
+        assert json.loads(row["quality_reasons"]) == record["quality_reasons"]
+    not_failed = batchgen.export(
+        gated.out, tmp_path / "nf", "webdataset", where=["quality_verdict != fail"]
+    )
+    kept = [s["json"] for s in webdataset.WebDataset(not_failed.files, shardshuffle=False).decode()]
+    expected = {u for u, r in by_unit.items() if r["quality_verdict"] != "fail"}
+    assert {row["unit_id"] for row in kept} == expected
+    scored = batchgen.export(
+        gated.out,
+        tmp_path / "s",
+        "webdataset",
+        where=["quality_score >= 50", "model in x,model_sim-fast"],
+    )
+    assert scored.images == sum(r["quality_score"] >= 50 for r in by_unit.values())
+    gc.collect()
+
+
+def test_a_selection_no_image_can_meet_is_refused(done: World, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="no quality: block"):
+        batchgen.export(done.out, tmp_path / "x", only_passed=True)
+    assert not (tmp_path / "x").exists()
+    assert main(["export", str(done.out), str(tmp_path / "y"), "--where", "score >>= 3"]) == 2
+    assert main(["export", str(done.out), str(tmp_path / "z"), "--where", "prompt == red mug"]) == 0
+    assert len(list((tmp_path / "z" / "images").rglob("*.png"))) == 2  # its two outputs
+
+
+def test_every_column_of_ours_has_its_one_type_in_parquet() -> None:
+    from batchgen.store.dataset import OWN_COLUMNS
+    from batchgen.store.export import OWN_DTYPES
+
+    assert list(OWN_DTYPES) == list(OWN_COLUMNS)

@@ -50,12 +50,13 @@ def ledger(out: Path) -> float:
 
 
 def test_images_the_gate_rejects_are_made_again_and_set_aside(write: Write, tmp_path: Path) -> None:
-    manifest = write("jobs.yaml", manifest_text(40, "{on_fail: regenerate, attempts: 2}"))
+    # A fifth fails: none among 60 is a chance of 0.8 ** 60, about one in a million.
+    manifest = write("jobs.yaml", manifest_text(60, "{on_fail: regenerate, attempts: 2}"))
     world = World(tmp_path, job_seconds=5)
     report = world.run(manifest)
     assert report.exit_code == 0
     results = world.results()
-    assert len(results) == 40
+    assert len(results) == 60
     for record in results:
         score, verdict = kept_verdict(world.sim, record)
         assert (record["quality_score"], record["quality_verdict"]) == (score, verdict)
@@ -64,10 +65,10 @@ def test_images_the_gate_rejects_are_made_again_and_set_aside(write: Write, tmp_
         assert verdict != "fail" or record["quality_attempt"] == 2
     regenerated = sum(r["quality_attempt"] for r in results)
     assert regenerated > 0 and report.regenerated == regenerated
-    assert world.sim.jobs_created == 40 + regenerated  # jobs = units + regenerations
+    assert world.sim.jobs_created == 60 + regenerated  # jobs = units + regenerations
     # Each image gated once; the rejected ones kept, never deleted.
     assert set(world.sim.gate_calls.values()) == {1}
-    assert len(world.sim.gate_calls) == 40 + regenerated
+    assert len(world.sim.gate_calls) == 60 + regenerated
     rejected = list((world.out / "images" / "_rejected").rglob("*.png"))
     assert len(rejected) == regenerated
     assert ledger(world.out) == world.sim.spent == report.spent_total
@@ -262,13 +263,15 @@ def test_the_estimate_counts_the_gate_and_the_worst_case_of_its_regenerations(
     """Each image's gate call priced by the gate's own dry run; the worst case every
     regeneration the rule allows, each with its images gated again; the run's real
     charge between the two."""
-    manifest = write("jobs.yaml", manifest_text(20, "{on_fail: regenerate, attempts: 2}"))
+    # At high sensitivity a third fails: 40 units with none failing is a 1e-7 chance.
+    rule = "{on_fail: regenerate, attempts: 2, sensitivity: high}"
+    manifest = write("jobs.yaml", manifest_text(40, rule))
     world = World(tmp_path, gate_cost=0.5)
     found = world.estimate(manifest)
     job = found.shapes[0].cost_each
-    assert (found.units, found.gate_calls, found.regenerations_at_most) == (20, 20, 40)
-    assert found.estimated_left == 20 * (job + 0.5)
-    assert found.worst_case == found.estimated_left + 40 * (job + 0.5)
+    assert (found.units, found.gate_calls, found.regenerations_at_most) == (40, 40, 80)
+    assert found.estimated_left == 40 * (job + 0.5)
+    assert found.worst_case == found.estimated_left + 80 * (job + 0.5)
     report = world.run(manifest)
     assert report.exit_code == 0 and report.regenerated > 0
     assert found.estimated_left < world.sim.spent <= found.worst_case
@@ -306,3 +309,36 @@ def test_a_unit_made_again_already_counts_only_the_regenerations_it_has_left(
     (counted,) = shapes.values()
     assert (counted.units, counted.gated, counted.regenerations) == (1, 2, 2)
     assert unit.quality == QualityRule(attempts=3)
+
+
+def test_status_counts_passed_warned_failed_and_regenerating(
+    write: Write, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A budget of one job a unit, gate calls free: submitting stops at the first
+    regeneration that does not fit; every image made is still gated after that, and
+    every unit the gate rejected is regenerating, its image set aside.  Run to the end,
+    the kept verdicts are those of results.jsonl."""
+    from batchgen.cli import main
+
+    manifest = write("jobs.yaml", manifest_text(60, "{on_fail: regenerate, attempts: 1}"))
+    world = World(tmp_path, gate_cost=0.0)
+    stopped = world.run(manifest, concurrency=60, budget=60)
+    assert stopped.exit_code == EXIT_STOPPED
+    assert sum(world.sim.gate_calls.values()) == world.sim.jobs_created  # each image gated
+    rejected = list((world.out / "images" / "_rejected").rglob("*.png"))
+    midway = batchgen.status(world.out)
+    failing = sum(
+        world.sim.quality_of(asset.content(), "medium")[1] == "fail"
+        for asset in world.sim.assets.values()
+    )
+    assert midway.quality["regenerating"] == len(rejected) == failing > 0
+    kept_midway = midway.quality["pass"] + midway.quality.get("warn", 0)
+    assert kept_midway == world.sim.jobs_created - failing
+    assert world.run(manifest).exit_code == 0
+    done = batchgen.status(world.out)
+    kept = [r["quality_verdict"] for r in world.results()]
+    assert done.quality == {v: kept.count(v) for v in set(kept)}
+    assert main(["status", str(world.out)]) == 0
+    said = capsys.readouterr().out
+    assert f"quality gate: {kept.count('pass')} passed, {kept.count('warn')} warned" in said
+    assert f"{kept.count('fail')} failed, 0 regenerating" in said

@@ -139,7 +139,7 @@ class Gate:
             if rule.sensitivity not in self._prices:
                 self._prices[rule.sensitivity] = await self._price(asset_id, rule) or 0.0
             price = self._prices[rule.sensitivity]
-        if not self._purse.reserve(price, "quality-gate call"):
+        if not self._purse.reserve(price, "quality-gate call", after_stop=True):
             raise GateStopped
         return price
 

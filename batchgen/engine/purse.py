@@ -24,11 +24,15 @@ class Purse:
         # Creative units reserved by payments under way.
         self.reserved = 0.0
 
-    def reserve(self, cost: float, what: str) -> bool:
+    def reserve(self, cost: float, what: str, *, after_stop: bool = False) -> bool:
         """Reserve ``cost`` for the next ``what`` (a job, a gate call), or say no if it
-        would pass the budget: then nothing more is paid for this run, and the warning
-        is given once.  Always yes without a budget, once payments have not stopped."""
-        if self._summary.submitting_stopped:
+        would pass the budget: then submitting stops for this run, and the warning is
+        given once.  ``after_stop``: a payment for what is already made (a gate call on
+        an image paid for) goes on while it fits, also once submitting has stopped for
+        the budget; never once the account is out of credits."""
+        if self._summary.out_of_credits:
+            return False
+        if self._summary.over_budget and not after_stop:
             return False
         if self.budget is None:
             return True
@@ -38,8 +42,8 @@ class Purse:
                 self._summary.over_budget = True
                 log.warning(
                     "budget: %g CU spent, %g reserved for payments under way, the next %s "
-                    "costs about %g (estimated), %s is %g (%g left): nothing more is paid "
-                    "for; the jobs in flight finish",
+                    "costs about %g (estimated), %s is %g (%g left): no more submissions; "
+                    "the jobs in flight finish",
                     spent,
                     self.reserved,
                     what,

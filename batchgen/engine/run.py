@@ -468,7 +468,7 @@ class Engine:
         judged = rule.judged(worst.verdict, worst.score)
         mark = {"verdict": judged, "score": worst.score, "reasons": list(worst.reasons)}
         result = dataclasses.replace(result, quality={**mark, "attempt": attempt})
-        if not rule.again(worst.verdict, worst.score, attempt) or self.summary.submitting_stopped:
+        if not rule.again(worst.verdict, worst.score, attempt):
             return result, False
         aside = await self._offload(
             _set_aside, self._settings.output_dir, [p for p, _ in result.files], attempt

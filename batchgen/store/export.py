@@ -36,9 +36,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .dataset import IMAGE_PATH_SUFFIXES, METADATA_NAME, Kinds, extra_kinds, image_rows, mixed
+from .dataset import (
+    IMAGE_PATH_SUFFIXES,
+    METADATA_NAME,
+    Kinds,
+    extra_kinds,
+    image_rows,
+    mixed,
+)
 from .embed import embed
 from .files import sha256_of
+from .select import EVERYTHING, Selection
 
 FORMATS = ("webdataset", "parquet", "imagefolder")
 DEFAULT_SHARD_SIZE = 1000
@@ -84,9 +92,11 @@ def export(
     shard_size: int = DEFAULT_SHARD_SIZE,
     embed_metadata: bool = False,
     written: Callable[[Path], None] = lambda path: None,
+    selection: Selection = EVERYTHING,
 ) -> Exported:
-    """Write the images of ``sources`` (called once a pass: the lines are read twice,
-    first for the columns' kinds) to ``dest`` as ``kind``.  ``written`` is told of each
+    """Write the images of ``sources`` that ``selection`` keeps (``sources`` is called
+    once a pass: the lines are read twice, first for the columns' kinds) to ``dest`` as
+    ``kind``.  ``written`` is told of each
     file of ``dest`` once it is complete (an export to a bucket sends it on, and
     removes it: only a shard at a time is ever on disk)."""
     if kind not in FORMATS:
@@ -94,8 +104,10 @@ def export(
     if dest.exists() and any(dest.iterdir()):
         raise ExportError(f"{dest}: not empty; export into a new directory")
     kinds = extra_kinds(json.loads(line) for source in sources() for line in source.lines)
+    if selection:
+        _check_columns(sources(), mixed(kinds), selection)
     dest.mkdir(parents=True, exist_ok=True)
-    samples = _samples(sources(), mixed(kinds), embed_metadata)
+    samples = _samples(sources(), mixed(kinds), embed_metadata, selection)
     if kind == "webdataset":
         files, images = _webdataset(samples, dest, name, shard_size, written)
     elif kind == "parquet":
@@ -129,7 +141,23 @@ class Sample:
             yield from value if isinstance(value, list) else [value]
 
 
-def _samples(sources: list[Source], as_text: set[str], embedded: bool) -> Iterator[Sample]:
+def _check_columns(sources: list[Source], as_text: set[str], selection: Selection) -> None:
+    """A selection on a column no image has is a mistake (a typo, or no quality gate
+    in the run), not an empty dataset."""
+    missing = set(selection.columns)
+    for source in sources:
+        for line in source.lines:
+            for row in image_rows(json.loads(line), source.prefix, as_text):
+                missing -= row.keys()
+                if not missing:
+                    return
+    hint = " (the run had no quality: block)" if any("quality" in c for c in missing) else ""
+    raise ExportError(f"no image has the column {', '.join(sorted(missing))}{hint}")
+
+
+def _samples(
+    sources: list[Source], as_text: set[str], embedded: bool, selection: Selection = EVERYTHING
+) -> Iterator[Sample]:
     now = int(time.time())
     for source in sources:
         root = source.root or source.place
@@ -137,6 +165,8 @@ def _samples(sources: list[Source], as_text: set[str], embedded: bool) -> Iterat
             result = json.loads(line)
             digests = result.get("sha256") or []
             for index, row in enumerate(image_rows(result, source.prefix, as_text)):
+                if not selection.keeps(row):
+                    continue
                 relative = result["files"][index]
                 digest = digests[index] if index < len(digests) else None
                 key = f"{result['id']}_{index}"
@@ -278,6 +308,10 @@ OWN_DTYPES = {
     "job_id": "string",
     "cost": "float64",
     "source": "string",
+    "quality_verdict": "string",
+    "quality_score": "float64",
+    "quality_reasons": "string",
+    "quality_attempt": "int64",
 }
 _EXTRA_DTYPES = {"number": "float64", "bool": "bool"}
 

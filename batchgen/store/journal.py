@@ -797,6 +797,24 @@ class Journal:
             )
         )
 
+    def quality_counts(self) -> dict[str, int]:
+        """The quality gate's tally: units kept by their verdict (``pass``, ``warn``,
+        ``fail``), and ``regenerating``: units whose image it rejected, their next job
+        not done yet.  Empty for an output with no gate."""
+        with self._lock:
+            kept = self._db.execute(
+                "SELECT json_extract(result, '$.quality_verdict') AS verdict, COUNT(*)"
+                " FROM units WHERE state = ? AND result IS NOT NULL AND verdict IS NOT NULL"
+                " GROUP BY verdict",
+                (State.DOWNLOADED,),
+            ).fetchall()
+            (again,) = self._db.execute(
+                "SELECT COUNT(*) FROM units WHERE state != ? AND quality_attempt > 0",
+                (State.DOWNLOADED,),
+            ).fetchone()
+        counts = {str(verdict): count for verdict, count in kept}
+        return counts | ({"regenerating": again} if again else {})
+
     def is_empty(self) -> bool:
         """Whether no unit has a row (a new journal, or one emptied)."""
         with self._lock:
