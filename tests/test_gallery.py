@@ -175,3 +175,70 @@ def test_a_gallery_of_ten_thousand_images_stays_bounded_in_the_browser(tmp_path:
             assert page.locator("#grid .card").count() == 1
         finally:
             launched.close()
+
+
+# At high sensitivity a third fails and a fifth warns: 80 units hold every verdict
+# (none of one kind is a chance of 0.8 ** 80, about one in fifty million).
+GATED = (
+    "model: model_sim-fast\nwidth: 64\nheight: 64\n"
+    "quality: {on_fail: keep, sensitivity: high}\njobs:\n"
+    f"  - {{prompt: 'a {{n}}', vars: {{n: {list(range(80))}}}}}\n"
+)
+
+
+@pytest.fixture
+def gated(write: Write, tmp_path: Path) -> World:
+    world = World(tmp_path)
+    assert world.run(write("jobs.yaml", GATED)).exit_code == 0
+    assert {r["quality_verdict"] for r in world.results()} == {"pass", "warn", "fail"}
+    return world
+
+
+def test_the_page_carries_each_units_verdict_and_reasons(gated: World) -> None:
+    data = page_data(batchgen.gallery(gated.out).page)
+    by_id = {r["id"]: r for r in gated.results()}
+    units = data["units"]
+    assert isinstance(units, list) and len(units) == 80
+    for unit in units:
+        record = by_id[unit["id"]]
+        assert (unit["verdict"], unit["score"], unit["reasons"]) == (
+            record["quality_verdict"],
+            record["quality_score"],
+            record["quality_reasons"],
+        )
+    kept = [r["quality_verdict"] for r in by_id.values()]
+    summary = data["summary"]
+    assert isinstance(summary, dict)
+    assert summary["verdicts"] == {v: kept.count(v) for v in set(kept)}
+
+
+@pytest.mark.slow
+def test_the_gallery_filters_by_verdict_and_shows_the_reasons_in_a_browser(
+    gated: World,
+) -> None:
+    playwright, chromium = browser()
+    page_path = batchgen.gallery(gated.out).page
+    kept = [r["quality_verdict"] for r in gated.results()]
+    with playwright.sync_playwright() as driver:  # type: ignore[attr-defined]
+        launched = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = launched.new_context(offline=True).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(page_path.as_uri())
+            assert page.locator("#grid .card").count() == 80
+            assert f"{kept.count('fail')} failed" in page.inner_text("#totals")
+            for verdict in ("pass", "warn", "fail"):
+                page.select_option("#verdict", verdict)
+                cards = page.locator("#grid .card")
+                assert cards.count() == kept.count(verdict)
+                shown = page.locator("#grid .card .verdict").all_inner_texts()
+                assert all(text.startswith(f"{verdict} · score") for text in shown)
+            page.select_option("#verdict", "fail")
+            reasons = page.locator("#grid .card .reasons").all_inner_texts()
+            assert len(reasons) == kept.count("fail") and "anatomy" in reasons[0]
+            page.select_option("#verdict", "")
+            assert page.locator("#grid .card").count() == 80
+            assert errors == []
+        finally:
+            launched.close()

@@ -116,6 +116,11 @@ def _unit(
         "cost": result.get("cost"),
         "error": result.get("error"),
         "permanent": bool(result.get("permanent")),
+        # The quality gate's verdict on the images kept ("" with no gate).
+        "verdict": result.get("quality_verdict") or "",
+        "score": result.get("quality_score"),
+        "reasons": list(result.get("quality_reasons") or []),
+        "attempt": result.get("quality_attempt"),
         "images": images,
         "fields": result,
     }
@@ -168,6 +173,7 @@ def _page(units: list[dict[str, Any]], name: str, spend: Spend) -> str:
         "spent": spend.in_all,
         "spent_words": f"{spend.in_all:g} CU spent{spend.caveats()}",
         "models": dict(models.most_common()),
+        "verdicts": dict(Counter(u["verdict"] for u in units if u["verdict"])),
     }
     # Inline JSON: "</" would end the script element early.
     data = json.dumps({"summary": summary, "units": units}, ensure_ascii=False)
