@@ -752,3 +752,80 @@ def test_a_long_checkpoint_never_delays_a_renewal_and_spaces_out_the_next() -> N
     assert gaps and max(gaps) == 30  # every 30 s, also while a copy goes on
     assert saved[0][0] == 60
     assert saved[1][0] - saved[0][1] == 1000  # ten times the 100 s the first took
+
+
+def test_the_quality_gate_sets_rejected_images_aside_in_the_bucket(
+    write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed as a regeneration's job is made, then run to the end: each rejected image
+    is under images/_rejected/ in the bucket (written there, then taken from its place,
+    never lost), each kept one where results.jsonl says, each image gated once."""
+    units = 40
+    words = ", ".join(str(n) for n in range(units))
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 32\nheight: 32\n"
+        "quality: {on_fail: regenerate, attempts: 2, sensitivity: high}\n"
+        f"jobs:\n  - {{prompt: 'unit {{n}}', vars: {{n: [{words}]}}}}\n",
+    )
+    world = World(tmp_path, job_seconds=5)
+    state = tmp_path / "state"
+
+    class Killed(BaseException):
+        pass
+
+    def die(job: Any) -> None:
+        if world.sim.jobs_created == units + 3:
+            raise Killed
+
+    world.sim.on_job_created = die
+    with pytest.raises((Killed, BaseExceptionGroup)):
+        killed_run(world, monkeypatch, manifest, url, state_dir=state, concurrency=8)
+    world.sim.on_job_created = None
+    report = world.run(manifest, out=url, state_dir=state, concurrency=8)
+    assert report.exit_code == 0
+    found = objects(url)
+    results = results_in(url)
+    assert len(results) == units
+    regenerated = sum(r["quality_attempt"] for r in results)
+    assert regenerated >= 3 and ours(world) == units + regenerated
+    rejected = {k for k in found if k.startswith("images/_rejected/")}
+    assert len(rejected) == regenerated
+    kept = {f for r in results for f in r["files"]}
+    assert {k for k in found if k.startswith("images/")} == kept | rejected
+    for record in results:
+        job = world.sim.jobs[record["job_id"]]
+        assert found[record["files"][0]] == world.sim.assets[job.asset_ids[0]].content()
+    served = {a.content() for a in world.sim.assets.values()}
+    assert all(found[k] in served for k in rejected)
+    assert max(world.sim.gate_calls.values()) == 1
+
+
+def test_rejected_images_still_in_the_spill_directory_go_aside_there_and_on_to_the_bucket(
+    write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    words = ", ".join(str(n) for n in range(30))
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\nwidth: 32\nheight: 32\n"
+        "quality: {on_fail: regenerate, attempts: 1, sensitivity: high}\n"
+        f"jobs:\n  - {{prompt: 'unit {{n}}', vars: {{n: [{words}]}}}}\n",
+    )
+    world = World(tmp_path, job_seconds=5)
+    state = tmp_path / "state"
+    with monkeypatch.context() as patch:
+        patch.setattr(Bucket, "_put", FlakyWrites(1.0, seed=1, only_images=True).method())
+        report = world.run(manifest, out=url, state_dir=state)
+    assert report.exit_code == 0 and report.regenerated > 0
+    waiting = list((state / "images" / "_rejected").rglob("*.png"))
+    assert len(waiting) == report.regenerated
+    assert all(p.with_name(f".{p.name}.attributes.json").is_file() for p in waiting)
+    again = world.run(manifest, out=url, state_dir=state)
+    assert again.exit_code == 0
+    assert not list((state / "images").rglob("*.png"))
+    found = objects(url)
+    rejected = [k for k in found if k.startswith("images/_rejected/")]
+    assert len(rejected) == report.regenerated
+    assert all(
+        attributes(url, k)["sha256"] == hashlib.sha256(found[k]).hexdigest() for k in rejected
+    )

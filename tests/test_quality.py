@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import batchgen
-from batchgen.errors import EXIT_STOPPED, ConfigError, ManifestError
+from batchgen.errors import EXIT_STOPPED, ManifestError
 from batchgen.manifest import load_manifest
 from batchgen.sim import Simulator
 from tests.helpers import World
@@ -147,12 +147,6 @@ def test_the_quality_block_is_checked_at_its_line(write: Write) -> None:
         assert caught.value.line == 4 and caught.value.field.startswith("quality")
         assert words in str(caught.value), (quality, str(caught.value))
         del field
-
-
-def test_an_output_in_a_bucket_refuses_the_gate_for_now(write: Write, tmp_path: Path) -> None:
-    manifest = write("jobs.yaml", manifest_text(2, "{attempts: 1}"))
-    with pytest.raises(ConfigError, match="quality: .* a bucket does not do yet"):
-        batchgen.run(manifest, out="memory://q-test/x", simulate=True)
 
 
 @pytest.mark.slow

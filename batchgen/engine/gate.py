@@ -15,8 +15,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import random
 from collections.abc import Awaitable, Callable
+from pathlib import Path, PurePath
 from typing import Any
 
 import anyio
@@ -26,6 +28,8 @@ from ..errors import AmbiguousSubmitError, ApiError
 from ..manifest.types import QualityRule
 from ..retry import Action, Request, decide, describe, with_retries
 from ..scenario.records import Verdict
+from ..store.faults import storage_faults
+from ..store.files import IMAGES_DIR, real_directory
 from ..store.journal import Journal
 from .ports import Api
 from .purse import Purse
@@ -163,3 +167,29 @@ class Gate:
         except ApiError as exc:
             log.info("image %s: no price for its gate call: %s", asset_id, exc)
             return None
+
+
+# Where images the quality gate rejected are kept, below images/.
+REJECTED_DIR = "_rejected"
+
+
+def rejected_name(relative: str, attempt: int) -> PurePath:
+    """Where a rejected attempt's image is kept: ``images/_rejected/`` under its own
+    path there, its attempt in its name."""
+    inside = PurePath(relative).relative_to(IMAGES_DIR)
+    name = f"{inside.stem}.attempt-{attempt}{inside.suffix}"
+    return PurePath(IMAGES_DIR, REJECTED_DIR, inside.parent, name)
+
+
+def set_aside(out_dir: Path, files: list[str], attempt: int) -> list[str]:
+    """A rejected attempt's images moved to ``images/_rejected/`` (never deleted).  A
+    file already moved (by a run killed before it noted so) is left where it is."""
+    moved = []
+    for relative in files:
+        target = rejected_name(relative, attempt)
+        with storage_faults(out_dir / target.parent):
+            real_directory(out_dir, target.parent)
+            if (out_dir / relative).exists() or not (out_dir / target).exists():
+                os.replace(out_dir / relative, out_dir / target)
+        moved.append(target.as_posix())
+    return moved

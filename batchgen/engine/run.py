@@ -32,7 +32,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import anyio
@@ -61,7 +61,7 @@ from ..store.files import (
 from ..store.journal import Journal, Resume, Row, resume_action
 from ..store.results import UnitResult, embed_into_files
 from .download import AssetResolver, download_job
-from .gate import Gate, GateFailed, GateStopped
+from .gate import Gate, GateFailed, GateStopped, set_aside
 from .poll import JobUnreadable, JobVanished, Poller
 from .ports import Api, Fetcher, Offload
 from .purse import Purse
@@ -125,6 +125,9 @@ class EngineSettings:
     # Keeps a copy of an input image (its path, its name below the output) elsewhere
     # than the output directory (a bucket).  None: copied into the output directory.
     keep_input: Callable[[Path, str], Awaitable[None]] | None = None
+    # Moves the images the quality gate rejected aside, elsewhere than the output
+    # directory (a bucket); gives their new names.  None: moved in the output directory.
+    set_aside: Callable[[list[str], int], Awaitable[list[str]]] | None = None
 
 
 class Plan(NamedTuple):
@@ -470,9 +473,11 @@ class Engine:
         result = dataclasses.replace(result, quality={**mark, "attempt": attempt})
         if not rule.again(worst.verdict, worst.score, attempt):
             return result, False
-        aside = await self._offload(
-            _set_aside, self._settings.output_dir, [p for p, _ in result.files], attempt
-        )
+        files = [path for path, _ in result.files]
+        if self._settings.set_aside is not None:  # an output in a bucket
+            aside = await self._settings.set_aside(files, attempt)
+        else:
+            aside = await self._offload(set_aside, self._settings.output_dir, files, attempt)
         why = f"quality gate: {judged} (score {worst.score:g}); made again, attempt {attempt + 1}"
         await self._commits(
             functools.partial(self._journal.regenerating, unit.id, attempt + 1, why)
@@ -691,23 +696,6 @@ def images_asked(unit: Unit, outputs: Mapping[str, int]) -> int:
 
 # The quality gate's verdicts, worst first.
 RANK = {"fail": 0, "warn": 1, "pass": 2}
-# Where images the quality gate rejected are kept, below images/.
-REJECTED_DIR = "_rejected"
-
-
-def _set_aside(out_dir: Path, files: list[str], attempt: int) -> list[str]:
-    """A rejected attempt's images moved to ``images/_rejected/`` (never deleted): each
-    under its own path there, its attempt in its name."""
-    moved = []
-    for relative in files:
-        inside = PurePath(relative).relative_to(IMAGES_DIR)
-        target = PurePath(IMAGES_DIR, REJECTED_DIR, inside.parent)
-        name = f"{inside.stem}.attempt-{attempt}{inside.suffix}"
-        with storage_faults(out_dir / target):
-            real_directory(out_dir, target)
-            os.replace(out_dir / relative, out_dir / target / name)
-        moved.append((target / name).as_posix())
-    return moved
 
 
 def _clear_leftovers(out_dir: Path) -> None:

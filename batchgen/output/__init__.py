@@ -89,11 +89,4 @@ def open_output(manifest: Manifest, options: RunOptions, shard: Shard | None) ->
         return FolderOutput(output_directory(manifest, options, shard), shard)
     from .bucket import BucketOutput
 
-    if any(entry.quality is not None for entry in manifest.entries):
-        from ..errors import ConfigError
-
-        raise ConfigError(
-            "quality: images the gate rejects are set aside in the output, which a bucket "
-            "does not do yet; run it to a local folder"
-        )
     return BucketOutput.for_run(target, options, shard)

@@ -208,6 +208,7 @@ class BucketOutput:
             stamp=images.stamp,
             reserve=taken.reserve,
             keep_input=images.keep_input,
+            set_aside=images.set_aside,
         )
         self.save = functools.partial(
             checkpoint,

@@ -38,11 +38,12 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from ..config import RetrySettings
+from ..engine.gate import rejected_name, set_aside
 from ..engine.pressure import InFlightCap
 from ..errors import ObjectStoreError
 from ..retry import Request, with_retries
@@ -61,6 +62,7 @@ from ..store.files import (
 from ..store.journal import JOURNAL_NAME, Journal
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # An image up to this size is written in one conditional PUT (read from the spool into
 # memory); a larger one in parts, from the file.
@@ -226,6 +228,32 @@ class BucketImages:
             log.warning("%s; kept in %s until it can be written", exc, self.root / relative)
         self.inputs_kept.add(relative)
 
+    async def set_aside(self, files: list[str], attempt: int) -> list[str]:
+        """Images the quality gate rejected moved to ``images/_rejected/`` in the bucket
+        (written there, then deleted from their place: never lost; again after a kill,
+        the name there already taken by the same image).  An image still in the spill
+        directory is moved there, and written to the bucket with the rest."""
+        moved = []
+        for relative in files:
+            target = rejected_name(relative, attempt).as_posix()
+            if await self.offload((self.root / relative).is_file):
+                await self.offload(set_aside, self.root, [relative], attempt)
+                await self.offload(_move_sidecar, self.root, relative, target)
+                moved.append(target)
+                continue
+            found = await self._retrying(self.bucket.read, relative)
+            if found is not None:
+                data, described = found
+                await self._retrying(self.bucket.create, target, data, described.attributes)
+                await self._retrying(self.bucket.delete, relative)
+            moved.append(target)
+        return moved
+
+    async def _retrying(self, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return await with_retries(
+            Request.STORE_WRITE, functools.partial(call, *args), self.retry, self.rng
+        )
+
     def stamp(self, out_dir: Path, relative: str) -> Stamp | None:
         """What the journal records of a file: an object's size (no local time), or a
         spilled file's local stamp."""
@@ -237,6 +265,13 @@ class BucketImages:
         except OSError:
             return None
         return status.st_size, status.st_mtime_ns
+
+
+def _move_sidecar(root: Path, relative: str, target: str) -> None:
+    """A spilled image's attributes follow it aside."""
+    sidecar = _sidecar(root / relative)
+    if sidecar.is_file():
+        os.replace(sidecar, _sidecar(root / target))
 
 
 def _sidecar(path: Path) -> Path:
