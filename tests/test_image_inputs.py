@@ -105,7 +105,7 @@ def test_a_run_killed_after_sending_an_upload_finds_its_asset(write: Write, tmp_
 
     from batchgen.engine.uploads import upload_name
     from batchgen.manifest.expand import hashed
-    from batchgen.sim.state import SimRequest
+    from batchgen.sim.records import SimRequest
     from batchgen.store.journal import Journal
 
     sketches(tmp_path, count=1)
@@ -225,7 +225,7 @@ def test_images_given_by_url_are_fetched_once_and_recorded_by_their_address(
 ) -> None:
     import base64
 
-    from batchgen.sim.state import SimRequest
+    from batchgen.sim.records import SimRequest
 
     world = World(tmp_path)
     headers = {"Authorization": world.sim._expected_auth.decode()}

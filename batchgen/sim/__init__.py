@@ -6,7 +6,8 @@ puts it behind real aiohttp servers on loopback (the API and an asset CDN), and
 engine's tests.  Counters on the simulator say what it saw.
 """
 
+from .records import INTERNET, Network, SimConfig
 from .server import serve
-from .state import INTERNET, Network, SimConfig, Simulator
+from .state import Simulator
 
 __all__ = ["INTERNET", "Network", "SimConfig", "Simulator", "serve"]

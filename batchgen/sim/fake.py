@@ -23,7 +23,8 @@ from ..scenario.download import Downloaded, Fetched, ImageCheck
 from ..scenario.transport import Answer, ConnectionDropped, MockTransport, Outgoing
 from ..store.faults import storage_error
 from ..store.files import PartFile
-from .state import SimConfig, SimRequest, Simulator
+from .records import SimConfig, SimRequest
+from .state import Simulator
 
 # The server's wall clock when the virtual clock reads 0 (2027-01-15T08:00:00Z).
 EPOCH = 1_800_000_000.0

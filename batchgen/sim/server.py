@@ -1,6 +1,6 @@
 """The simulator over HTTP: two aiohttp applications (the API and the CDN) on loopback,
 each request carried to :class:`~batchgen.sim.state.Simulator` and its answer back, as a
-network would carry it (:class:`~batchgen.sim.state.Network`: pieces, gzip, chunked
+network would carry it (:class:`~batchgen.sim.records.Network`: pieces, gzip, chunked
 encoding, latency, idle connections dropped)."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .state import Network, SimConfig, SimRequest, Simulator, _route
+from .records import Network, SimConfig, SimRequest
+from .state import Simulator, _route
 
 # An idle connection's mark once the "load balancer" has dropped it.
 DROPPED = -float("inf")
