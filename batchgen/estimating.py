@@ -15,7 +15,7 @@ from typing import Any, TypeVar, Unpack
 
 from .backend import Backend, open_backend
 from .engine import cost_shape
-from .engine.run import images_asked
+from .engine.deliver import images_asked
 from .engine.submit import request_for
 from .errors import PermanentApiError
 from .keywords import RunKeywords

@@ -226,7 +226,7 @@ def test_a_restore_looks_only_for_the_jobs_of_units_a_run_may_have_taken(
 ) -> None:
     """Runs record in the bucket how far into the manifest they may go before they go
     there: a restore reconciles the units before that mark, not every unit."""
-    monkeypatch.setattr("batchgen.engine.run.PLAN_CHUNK", 4)
+    monkeypatch.setattr("batchgen.engine.planner.PLAN_CHUNK", 4)
     monkeypatch.setattr("batchgen.output.bucket.RESERVE_AHEAD", 2)
     manifest = write("jobs.yaml", MANIFEST)
     world = World(tmp_path, job_seconds=8, jitter=0.2, seed=2, lose_answer_rate=0.3)

@@ -17,10 +17,19 @@ log = logging.getLogger(__name__)
 
 
 class Purse:
-    def __init__(self, summary: Summary, journal: Journal, budget: float | None) -> None:
+    def __init__(
+        self,
+        summary: Summary,
+        journal: Journal,
+        budget: float | None,
+        *,
+        warn_at: float | None = None,
+    ) -> None:
         self._summary = summary
         self._journal = journal
         self.budget = budget
+        # Spend at which to warn once (a fraction of the budget: --warn-at), if asked.
+        self._warn_at = warn_at * budget if warn_at is not None and budget is not None else None
         # Creative units reserved by payments under way.
         self.reserved = 0.0
 
@@ -69,3 +78,17 @@ class Purse:
                 "out of creative units (%s): no more submissions; the jobs in flight finish",
                 why,
             )
+
+    def warn_if_near(self) -> None:
+        """Said once, when the spend (as the summary has it) reaches ``--warn-at``."""
+        spent = self._summary.spent
+        if self._warn_at is None or spent < self._warn_at:
+            return
+        self._warn_at = None
+        log.warning(
+            "budget: %g CU spent, %.0f%% of %s %g (--warn-at)",
+            spent,
+            100 * spent / (self.budget or 1),
+            self._summary.budget_option,
+            self.budget,
+        )
