@@ -17,7 +17,7 @@ import random
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import anyio
 
@@ -193,15 +193,7 @@ class Submitter:
         the manifest asks for)."""
         if unit.model in self._refused_models:
             raise UnitFailed(self._refused_models[unit.model], permanent=True)
-        assets = None
-        if unit.inputs and self._uploads is not None:
-            assets = await self._uploads.assets_for(unit)  # each new image uploaded once
-        lists = self._image_lists.get(unit.model, frozenset())
-        body = request_for(unit, self._seeds.get(unit.model), assets, lists, attempt)
-        key = request_key(unit.model, body)
-        # What its job costs depends on, kept with it: --estimate counts the units done
-        # by shape from the journal, without making every unit again.
-        shape = cost_shape(unit.model, body)
+        body, key, shape = await self._request_of(unit, attempt)
         if lost_at is not None:
             # The lost POST's own request is what recognises its job.
             lost_key = lost_sent or request_key(unit.model, unit.request_body())
@@ -241,59 +233,73 @@ class Submitter:
                 ),
                 durable=True,
             )
-            self._reconciler.posting[key] += 1
             try:
-                submission = await with_retries(
-                    Request.SUBMIT,
-                    functools.partial(self._post, unit.model, body),
-                    self._retry,
-                    self._rng,
-                )
+                submission = await self._post_counted(unit.model, key, body)
             except ApiError as exc:
-                match decide(Request.SUBMIT, exc):
-                    case Action.RECONCILE:
-                        log.warning(
-                            "unit %s: %s; looking for the job it may have made", unit.id, exc
-                        )
-                        last_error, since = exc, started
-                        if not reserved:
-                            await self._note_possible_cost(unit, body)
-                        # A closed idle connection is not the server failing.
-                        dropped_now = (
-                            isinstance(exc, AmbiguousSubmitError) and exc.connection_dropped
-                        )
-                        dropped = dropped + 1 if dropped_now else 0
-                        if 0 < dropped <= STALE_CONNECTION_RETRIES:
-                            attempts -= 1
-                        continue
-                    case Action.STOP_SUBMITTING:
-                        self._purse.release(reserved)
-                        await self._nothing_made(unit, exc)
-                        self._purse.out_of_credits(describe(exc))
-                        raise SubmitStopped from exc
-                    case Action.FAIL_MODEL:
-                        self._purse.release(reserved)
-                        self._refused_models[unit.model] = describe(exc)
-                        raise UnitFailed(describe(exc), permanent=True) from exc
-                    case Action.FAIL_FOR_GOOD:
-                        self._purse.release(reserved)
-                        raise UnitFailed(describe(exc), permanent=True) from exc
-                    case Action.STOP_RUN:
-                        raise
-                    case _:  # FAIL_UNIT, or RETRY with its attempts used up
-                        self._purse.release(reserved)
-                        raise UnitFailed(describe(exc), permanent=False) from exc
-            finally:
-                # Gone once none is posting it: a key a unit left behind would be kept
-                # for the whole run, a million of them in a million-unit run.
-                self._reconciler.posting[key] -= 1
-                if self._reconciler.posting[key] <= 0:
-                    del self._reconciler.posting[key]
+                if decide(Request.SUBMIT, exc) is not Action.RECONCILE:
+                    await self._refused(unit, exc, reserved)
+                log.warning("unit %s: %s; looking for the job it may have made", unit.id, exc)
+                last_error, since = exc, started
+                if not reserved:
+                    await self._note_possible_cost(unit, body)
+                # A closed idle connection is not the server failing.
+                dropped_now = isinstance(exc, AmbiguousSubmitError) and exc.connection_dropped
+                dropped = dropped + 1 if dropped_now else 0
+                if 0 < dropped <= STALE_CONNECTION_RETRIES:
+                    attempts -= 1
+                continue
             self._claimed.add(submission.job.job_id)
             try:
                 return await self._submitted(unit, submission.job, submission.cost, False)
             finally:
                 self._purse.release(reserved)  # the ledger has what was charged
+
+    async def _request_of(self, unit: Unit, attempt: int) -> tuple[dict[str, Any], str, str]:
+        """The body a unit's job ``attempt`` sends (its new input images uploaded first,
+        each once), its key, and the shape its cost depends on (kept with it:
+        --estimate counts the units done by shape, without making every unit again)."""
+        assets = None
+        if unit.inputs and self._uploads is not None:
+            assets = await self._uploads.assets_for(unit)
+        lists = self._image_lists.get(unit.model, frozenset())
+        body = request_for(unit, self._seeds.get(unit.model), assets, lists, attempt)
+        return body, request_key(unit.model, body), cost_shape(unit.model, body)
+
+    async def _post_counted(self, model: str, key: str, body: dict[str, Any]) -> Submission:
+        """The POST (retried where the table says so), its request counted as being
+        posted meanwhile: the reconciler leaves a job of it to its own poster."""
+        self._reconciler.posting[key] += 1
+        try:
+            return await with_retries(
+                Request.SUBMIT, functools.partial(self._post, model, body), self._retry, self._rng
+            )
+        finally:
+            # Gone once none is posting it: a key a unit left behind would be kept
+            # for the whole run, a million of them in a million-unit run.
+            self._reconciler.posting[key] -= 1
+            if self._reconciler.posting[key] <= 0:
+                del self._reconciler.posting[key]
+
+    async def _refused(self, unit: Unit, exc: ApiError, reserved: float) -> NoReturn:
+        """A POST that made no job, as the retry table reads its error (a lost answer
+        aside, which the caller reconciles): the reservation released, and the unit
+        failed, its model refused, or submitting stopped."""
+        action = decide(Request.SUBMIT, exc)
+        if action is Action.STOP_RUN:
+            raise exc
+        self._purse.release(reserved)
+        match action:
+            case Action.STOP_SUBMITTING:
+                await self._nothing_made(unit, exc)
+                self._purse.out_of_credits(describe(exc))
+                raise SubmitStopped from exc
+            case Action.FAIL_MODEL:
+                self._refused_models[unit.model] = describe(exc)
+                raise UnitFailed(describe(exc), permanent=True) from exc
+            case Action.FAIL_FOR_GOOD:
+                raise UnitFailed(describe(exc), permanent=True) from exc
+            case _:  # FAIL_UNIT, or RETRY with its attempts used up
+                raise UnitFailed(describe(exc), permanent=False) from exc
 
     async def _adopt(self, unit: Unit, key: str, since: datetime) -> Submitted | None:
         """The job a lost POST of ``key`` at ``since`` made, adopted, if it made one."""

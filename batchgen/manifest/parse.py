@@ -229,6 +229,41 @@ def load_manifest(path: str | Path) -> Manifest:
     """Read and check a manifest's structure.  Prompts files are only checked to exist;
     their lines are checked by :func:`count_units` (or as :func:`iter_units` reaches them)."""
     path = Path(path)
+    text, root = _read_yaml(path)
+    reader = _Reader(path, text)
+    top = reader.mapping(root, "", TOP_LEVEL_KEYS)
+    defaults = _top_defaults(reader, top)
+    output, output_refused = _output_of(reader, top, path)
+    filename = DEFAULT_FILENAME
+    if "filename" in top:
+        template = reader.string(top["filename"], "filename")
+        try:
+            filename = parse_template(template)
+        except ConfigError as exc:
+            raise reader.fail(top["filename"], "filename", str(exc)) from exc
+    concurrency = None
+    if "concurrency" in top:
+        concurrency = reader.integer(
+            top["concurrency"], "concurrency", minimum=1, maximum=MAX_CONCURRENCY
+        )
+    if "jobs" not in top:
+        raise reader.fail(root, "jobs", "missing: the manifest must have a jobs: list")
+    job_nodes = reader.sequence(top["jobs"], "jobs")
+    if not job_nodes:
+        raise reader.fail(top["jobs"], "jobs", "must list at least one job")
+    return Manifest(
+        path=path,
+        entries=_entries(reader, job_nodes, defaults),
+        output=output,
+        output_refused=output_refused,
+        concurrency=concurrency,
+        filename=filename,
+    )
+
+
+def _read_yaml(path: Path) -> tuple[str, yaml.Node]:
+    """The manifest's text and its YAML tree (nodes keep their lines), checked to be
+    a shape that can be read (no aliases, not too deep)."""
     display = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -258,9 +293,12 @@ def load_manifest(path: str | Path) -> Manifest:
     if root is None:
         raise ManifestError(display, None, "jobs", "the manifest is empty")
     _check_shape(root, display)
-    reader = _Reader(path, text)
-    top = reader.mapping(root, "", TOP_LEVEL_KEYS)
+    return text, root
 
+
+def _top_defaults(reader: _Reader, top: dict[str, yaml.Node]) -> dict[str, Any]:
+    """What the top of the manifest gives every entry: model, size, params, quality,
+    a prompts file's columns."""
     defaults: dict[str, Any] = {}
     if "model" in top:
         defaults["model"] = reader.model_id(top["model"], "model")
@@ -281,7 +319,18 @@ def load_manifest(path: str | Path) -> Manifest:
     defaults["params"] = reader.params(top["params"], "params", places) if "params" in top else {}
     defaults["quality"] = _quality(reader, top["quality"], "quality") if "quality" in top else None
     defaults["param_places"] = places
-    output = None
+    for key in ("prompt_column", "columns"):
+        if key in top:
+            defaults[key] = (top[key], key)
+    return defaults
+
+
+def _output_of(
+    reader: _Reader, top: dict[str, yaml.Node], path: Path
+) -> tuple[Path | str | None, str | None]:
+    """``output:`` (a bucket URL as written, a directory relative to the manifest), and
+    why it is refused, if it is (outside the manifest's folder: only --out may say so)."""
+    output: Path | str | None = None
     output_refused = None
     if "output" in top:
         written = reader.string(top["output"], "output")
@@ -299,27 +348,12 @@ def load_manifest(path: str | Path) -> Manifest:
                     "below its own folder; give such a directory with --out",
                 )
             )
-    filename = DEFAULT_FILENAME
-    if "filename" in top:
-        template = reader.string(top["filename"], "filename")
-        try:
-            filename = parse_template(template)
-        except ConfigError as exc:
-            raise reader.fail(top["filename"], "filename", str(exc)) from exc
-    for key in ("prompt_column", "columns"):
-        if key in top:
-            defaults[key] = (top[key], key)
-    concurrency = None
-    if "concurrency" in top:
-        concurrency = reader.integer(
-            top["concurrency"], "concurrency", minimum=1, maximum=MAX_CONCURRENCY
-        )
-    if "jobs" not in top:
-        raise reader.fail(root, "jobs", "missing: the manifest must have a jobs: list")
-    job_nodes = reader.sequence(top["jobs"], "jobs")
-    if not job_nodes:
-        raise reader.fail(top["jobs"], "jobs", "must list at least one job")
+    return output, output_refused
 
+
+def _entries(
+    reader: _Reader, job_nodes: list[yaml.Node], defaults: dict[str, Any]
+) -> tuple[Entry, ...]:
     entries: list[Entry] = []
     explicit_ids: dict[str, int] = {}
     for index, node in enumerate(job_nodes):
@@ -333,34 +367,14 @@ def load_manifest(path: str | Path) -> Manifest:
                 )
             explicit_ids[entry.label] = entry.line
         entries.append(entry)
-    return Manifest(
-        path=path,
-        entries=tuple(entries),
-        output=output,
-        output_refused=output_refused,
-        concurrency=concurrency,
-        filename=filename,
-    )
+    return tuple(entries)
 
 
 def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[str, Any]) -> Entry:
     name = f"jobs[{index}]"
     items = reader.mapping(node, name, ENTRY_KEYS)
     line = node.start_mark.line + 1
-
-    label, explicit = name, False
-    if "id" in items:
-        raw = reader.value(items["id"], f"{name}.id")
-        if isinstance(raw, bool) or not isinstance(raw, str | int):
-            raise reader.fail(items["id"], f"{name}.id", f"must be a string, got {type_name(raw)}")
-        label, explicit = str(raw), True
-        if not ENTRY_ID_PATTERN.match(label):
-            raise reader.fail(
-                items["id"],
-                f"{name}.id",
-                "must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit",
-            )
-
+    label, explicit = _entry_label(reader, name, items)
     if ("prompt" in items) == ("prompts_file" in items):
         raise reader.fail(node, name, "give exactly one of prompt or prompts_file")
 
@@ -383,25 +397,7 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
     if "count" in items:
         count = reader.integer(items["count"], f"{name}.count", minimum=1, maximum=MAX_COUNT)
 
-    prompt: str | None = None
-    prompt_line = 0
-    prompts_file: Path | None = None
-    if "prompt" in items:
-        prompt = reader.string(items["prompt"], f"{name}.prompt")
-        prompt_line = items["prompt"].start_mark.line + 1
-    else:
-        file_node = items["prompts_file"]
-        relative = reader.string(file_node, f"{name}.prompts_file")
-        prompts_file = reader.path.parent / relative
-        if prompts_file.suffix.lower() not in PROMPT_FILE_SUFFIXES:
-            raise reader.fail(
-                file_node,
-                f"{name}.prompts_file",
-                f"must end in {', '.join(PROMPT_FILE_SUFFIXES)}, got {relative!r}",
-            )
-        if not prompts_file.is_file():
-            raise reader.fail(file_node, f"{name}.prompts_file", f"file not found: {relative}")
-
+    prompt, prompt_line, prompts_file = _entry_prompt(reader, name, items)
     prompt_column, columns = _column_choices(reader, name, items, defaults, prompts_file)
     images: tuple[Path | str, ...] = ()
     if "images" in items:
@@ -415,6 +411,78 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
             items["images"], f"{name}.images", f"{image_input!r} is given in inputs too"
         )
 
+    variables = _entry_variables(reader, name, items, prompt)
+    quality = defaults["quality"]
+    if "quality" in items:
+        quality = _quality(reader, items["quality"], f"{name}.quality")
+    return Entry(
+        quality=quality,
+        index=index,
+        line=line,
+        label=label,
+        explicit_id=explicit,
+        model=model,
+        sizes=tuple(sizes),
+        params=params,
+        count=count,
+        prompt=prompt,
+        prompt_line=prompt_line,
+        prompts_file=prompts_file,
+        variables=variables,
+        param_places=param_places,
+        model_line=model_line,
+        model_field=model_field,
+        prompt_column=prompt_column,
+        columns=columns,
+        images=images,
+        image_input=image_input,
+        images_line=items["images"].start_mark.line + 1 if "images" in items else 0,
+        inputs=inputs,
+    )
+
+
+def _entry_label(reader: _Reader, name: str, items: dict[str, yaml.Node]) -> tuple[str, bool]:
+    """The entry's label (its ``id``, else ``jobs[i]``) and whether it was given."""
+    if "id" not in items:
+        return name, False
+    raw = reader.value(items["id"], f"{name}.id")
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise reader.fail(items["id"], f"{name}.id", f"must be a string, got {type_name(raw)}")
+    if not ENTRY_ID_PATTERN.match(str(raw)):
+        raise reader.fail(
+            items["id"],
+            f"{name}.id",
+            "must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return str(raw), True
+
+
+def _entry_prompt(
+    reader: _Reader, name: str, items: dict[str, yaml.Node]
+) -> tuple[str | None, int, Path | None]:
+    """(prompt, its line, None) or (None, 0, its prompts file, checked to exist)."""
+    if "prompt" in items:
+        prompt = reader.string(items["prompt"], f"{name}.prompt")
+        return prompt, items["prompt"].start_mark.line + 1, None
+    file_node = items["prompts_file"]
+    relative = reader.string(file_node, f"{name}.prompts_file")
+    prompts_file = reader.path.parent / relative
+    if prompts_file.suffix.lower() not in PROMPT_FILE_SUFFIXES:
+        raise reader.fail(
+            file_node,
+            f"{name}.prompts_file",
+            f"must end in {', '.join(PROMPT_FILE_SUFFIXES)}, got {relative!r}",
+        )
+    if not prompts_file.is_file():
+        raise reader.fail(file_node, f"{name}.prompts_file", f"file not found: {relative}")
+    return None, 0, prompts_file
+
+
+def _entry_variables(
+    reader: _Reader, name: str, items: dict[str, yaml.Node], prompt: str | None
+) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """``vars:``, each used in the prompt; the prompt's placeholders each a var (braces
+    sent as they are would reach a paid API)."""
     variables: list[tuple[str, tuple[Any, ...]]] = []
     if "vars" in items:
         vars_node = items["vars"]
@@ -443,34 +511,7 @@ def _parse_entry(reader: _Reader, index: int, node: yaml.Node, defaults: dict[st
     elif prompt is not None:
         # "a {animal}" with no vars would send the braces to a paid API as they are.
         _check_template(reader, items["prompt"], f"{name}.prompt", prompt, set())
-
-    quality = defaults["quality"]
-    if "quality" in items:
-        quality = _quality(reader, items["quality"], f"{name}.quality")
-    return Entry(
-        quality=quality,
-        index=index,
-        line=line,
-        label=label,
-        explicit_id=explicit,
-        model=model,
-        sizes=tuple(sizes),
-        params=params,
-        count=count,
-        prompt=prompt,
-        prompt_line=prompt_line,
-        prompts_file=prompts_file,
-        variables=tuple(variables),
-        param_places=param_places,
-        model_line=model_line,
-        model_field=model_field,
-        prompt_column=prompt_column,
-        columns=columns,
-        images=images,
-        image_input=image_input,
-        images_line=items["images"].start_mark.line + 1 if "images" in items else 0,
-        inputs=inputs,
-    )
+    return tuple(variables)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")

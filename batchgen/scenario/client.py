@@ -108,6 +108,42 @@ def _api_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def refusal(
+    what: str, status: int, raw: bytes, retry_after: float | None, *, creates: bool
+) -> ApiError | CredentialsError:
+    """The error an answer other than a success is (pure): by its status and the
+    server's words, the kinds the retry table tells apart.  ``creates``: the request
+    may have made something (a submission), so a server error leaves it ambiguous."""
+    reason, name, details = _reason(raw)
+    message = f"{what}: HTTP {status}" + (f": {reason}" if reason else "")
+    if status == 401:
+        return CredentialsError(
+            "the API refused the credentials (HTTP 401): check SCENARIO_API_KEY and "
+            "SCENARIO_API_SECRET"
+        )
+    if status == 429:
+        limit = details.get("actionLimit") if isinstance(details, dict) else None
+        return RateLimitedError(
+            message,
+            reason=reason,
+            retry_after=retry_after,
+            action_limit=limit if isinstance(limit, int) and not isinstance(limit, bool) else None,
+        )
+    if status >= 500 or status in (408, 409):
+        # 408 and 409 are the server's "not now" (a timeout, a conflict in flight):
+        # like a 5xx, a read is tried again and a submission reconciled.
+        server_error: type[ApiError] = AmbiguousSubmitError if creates else TransientApiError
+        return server_error(message, status=status, reason=reason)
+    if status == 402 or (400 <= status < 500 and "creative unit" in reason.lower()):
+        # Not documented; Scenario's own plugins read these as an exhausted quota.
+        return OutOfCreditsError(message, status=status, reason=reason or f"HTTP {status}")
+    if 300 <= status < 400:
+        return PermanentApiError(f"{what}: unexpected redirect (HTTP {status})", status=status)
+    if status == 403 and name == "ModelAccessRestrictedError":
+        return ModelRestrictedError(message, status=status, reason=reason, name=name)
+    return PermanentApiError(message, status=status, reason=reason or f"HTTP {status}", name=name)
+
+
 class ScenarioClient:
     """A thin, typed adapter over the Scenario REST API."""
 
@@ -209,38 +245,7 @@ class ScenarioClient:
                     AmbiguousSubmitError if creates else MalformedResponseError
                 )
                 raise error_type(f"{what}: answered {status} with a body that is not JSON") from exc
-        reason, name, details = _reason(raw)
-        message = f"{what}: HTTP {status}" + (f": {reason}" if reason else "")
-        if status == 401:
-            raise CredentialsError(
-                "the API refused the credentials (HTTP 401): check SCENARIO_API_KEY and "
-                "SCENARIO_API_SECRET"
-            )
-        if status == 429:
-            limit = details.get("actionLimit") if isinstance(details, dict) else None
-            raise RateLimitedError(
-                message,
-                reason=reason,
-                retry_after=retry_after,
-                action_limit=limit
-                if isinstance(limit, int) and not isinstance(limit, bool)
-                else None,
-            )
-        if status >= 500 or status in (408, 409):
-            # 408 and 409 are the server's "not now" (a timeout, a conflict in flight):
-            # like a 5xx, a read is tried again and a submission reconciled.
-            server_error: type[ApiError] = AmbiguousSubmitError if creates else TransientApiError
-            raise server_error(message, status=status, reason=reason)
-        if status == 402 or (400 <= status < 500 and "creative unit" in reason.lower()):
-            # Not documented; Scenario's own plugins read these as an exhausted quota.
-            raise OutOfCreditsError(message, status=status, reason=reason or f"HTTP {status}")
-        if 300 <= status < 400:
-            raise PermanentApiError(f"{what}: unexpected redirect (HTTP {status})", status=status)
-        if status == 403 and name == "ModelAccessRestrictedError":
-            raise ModelRestrictedError(message, status=status, reason=reason, name=name)
-        raise PermanentApiError(
-            message, status=status, reason=reason or f"HTTP {status}", name=name
-        )
+        raise refusal(what, status, raw, retry_after, creates=creates)
 
     async def submit(self, model: str, body: dict[str, Any]) -> Submission:
         path = f"/v1/generate/custom/{_id(model, 'model')}"
