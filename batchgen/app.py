@@ -21,7 +21,6 @@ failures included, is in the returned :class:`Report`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import shutil
 import tempfile
@@ -30,28 +29,18 @@ from typing import Any, TypeVar, Unpack
 
 from . import config as defaults
 from .backend import open_backend, run_sync
-from .errors import (
-    ConfigError,
-)
 from .estimating import aestimate, priced
 from .keywords import RunKeywords
 from .manifest import count_units
 from .manifest.naming import FileNameTemplate
-from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
 from .options import RunOptions
-from .output.bucket import (
-    checkpointed,
-)
+from .output import open_kept
 from .plan import checked_manifest
 from .report import Estimate, Report, Status, Validation
 from .rerun import load
 from .retry import Request, with_retries
 from .running import arun_with, first_known
 from .scenario.inputs import ModelSpec
-from .store.bucket import BucketUrl, is_bucket_url
-from .store.files import files_not_as_written
-from .store.journal import JOURNAL_NAME
-from .store.lock import run_in_progress
 from .tally import tally
 from .team import Account, account_of, credits_refusal, read_limits
 
@@ -175,38 +164,18 @@ def status(
     also while a run goes on.  Given the manifest, also how much of it is left.  ``out``
     may be a bucket URL (``s3://…``): its checkpoints are read, its images listed."""
     loaded = load(manifest) if manifest is not None else None
-    if isinstance(out, str) and is_bucket_url(out):
-        url = BucketUrl.parse(out)
-        assert url is not None
-        with tempfile.TemporaryDirectory() as temporary:
-            found = run_sync(lambda: checkpointed(url, storage_options, Path(temporary)))
+
+    async def read() -> Status:
+        async with open_kept(out, storage_options) as kept:
             return tally(
-                str(url),
-                [(c.place, c.shard, c.present.problems) for c in found],
+                kept.shown,
+                [(place.journal_dir, place.shard, kept.file_check(place)) for place in kept.places],
                 loaded,
-                running=any(c.lease_held for c in found),
-                sharded=found[0].shard is not None,
+                running=kept.running(),
+                sharded=kept.sharded,
             )
-    root = Path(out)
-    places = [root] if (root / JOURNAL_NAME).is_file() else shard_directories(root)
-    places = [p for p in places if (p / JOURNAL_NAME).is_file()]
-    if not places:
-        raise ConfigError(f"{root}: no batchgen journal here (is it a run's output directory?)")
 
-    def shard_of(place: Path) -> Shard | None:
-        match = SHARD_DIRECTORY.match(place.name) if place != root else None
-        return Shard(int(match[1]), int(match[2])) if match else None
-
-    return tally(
-        str(root),
-        [
-            (place, shard_of(place), functools.partial(files_not_as_written, place))
-            for place in places
-        ],
-        loaded,
-        running=any(run_in_progress(place) for place in places),
-        sharded=places != [root],
-    )
+    return run_sync(read)
 
 
 # ---------------------------------------------------------------------- models

@@ -25,7 +25,6 @@ from typing import TextIO
 
 import anyio
 
-from . import __version__
 from . import config as defaults
 from .errors import (
     EXIT_FAILED_UNITS,
@@ -41,6 +40,7 @@ from .redact import printable, redact
 from .report import Estimate, Report
 from .store.export import DEFAULT_SHARD_SIZE, FORMATS
 from .ui.display import Display, Displays, LineDisplay
+from .version import __version__
 
 STATUS_FAILURES_SHOWN = 20
 # Failed units a run's summary shows each in a line when there are more: the rest are

@@ -16,7 +16,6 @@ import logging
 import os
 from pathlib import Path
 
-from . import __version__
 from . import config as defaults
 from .engine.summary import Summary
 from .errors import EXIT_OK, ConfigError
@@ -28,6 +27,7 @@ from .store.faults import storage_faults
 from .store.files import stamps_hold
 from .store.journal import JOURNAL_NAME, Journal
 from .store.lock import OutputLock
+from .version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -29,68 +29,33 @@ from typing import Any
 import anyio
 
 from .backend import open_backend, run_sync
-from .config import RetrySettings
 from .engine.download import fresh_each_time
-from .engine.ports import inline
 from .errors import ApiError, ConfigError, DownloadError
 from .manifest import iter_units
-from .manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
 from .options import RunOptions, from_keywords
-from .output.bucket import BucketOutput, checkpointed, leased, retrying_with
-from .output.bucket_files import checkpoint, put_files, restore_checkpoint
-from .output.lease import Lease
+from .output import Kept, Place, open_kept
 from .rerun import MANIFEST_KEY, load
 from .retry import Request, with_retries
 from .store.bucket import (
-    SHA256_ATTRIBUTE,
     Bucket,
     BucketUrl,
     is_bucket_url,
     parse_storage_options,
 )
-from .store.dataset import METADATA_NAME
 from .store.embed import embed
 from .store.export import DEFAULT_SHARD_SIZE, Exported, Source
 from .store.export import export as write_export
 from .store.faults import storage_faults
 from .store.files import (
-    IMAGES_DIR,
     open_regular,
-    sha256_of,
     stamp_of,
     write_bytes_atomically,
 )
-from .store.gallery import GALLERY_DIR, Gallery, write_gallery
-from .store.journal import JOURNAL_NAME, Journal
-from .store.lock import OutputLock
-from .store.results import RESULTS_NAME
+from .store.gallery import Gallery
+from .store.journal import Journal
 from .store.select import Selection
-from .store.views import update_views
 
 log = logging.getLogger(__name__)
-
-
-def _local_only(out: str | Path, command: str) -> None:
-    if isinstance(out, str) and is_bucket_url(out):
-        raise ConfigError(
-            f"{out}: batchgen {command} works on a local directory (status, verify, "
-            "prune and export also work on a bucket)"
-        )
-
-
-def places(out: Path) -> list[tuple[Path, Shard | None]]:
-    """The output directories under ``out`` that have a journal, each with its shard."""
-    if (out / JOURNAL_NAME).is_file():
-        match = SHARD_DIRECTORY.match(out.name)
-        return [(out, Shard(int(match[1]), int(match[2])) if match else None)]
-    found: list[tuple[Path, Shard | None]] = [
-        (place, Shard.parse(f"{m[1]}/{m[2]}"))
-        for place in shard_directories(out)
-        if (place / JOURNAL_NAME).is_file() and (m := SHARD_DIRECTORY.match(place.name))
-    ]
-    if not found:
-        raise ConfigError(f"{out}: no batchgen journal here (is it a run's output directory?)")
-    return found
 
 
 # ---------------------------------------------------------------------- prune
@@ -115,71 +80,30 @@ def prune(
     """Forget every unit the manifest (by default the one the last run used) no longer
     has: its journal row and its lines in the views go; with ``delete_files`` its
     images too.  The jobs it had stay recorded as its own, so no lost answer can ever
-    adopt one."""
-    if isinstance(out, str) and is_bucket_url(out):
-        url = BucketUrl.parse(out)
-        assert url is not None
-        return run_sync(lambda: _prune_bucket(url, manifest, delete_files, storage_options))
-    units = files = 0
-    for place, shard in places(Path(out)):
-        with OutputLock(place), storage_faults(place):
-            journal = Journal(place)
-            try:
-                loaded = load(manifest or _last_manifest(journal, place))
-                ids = (u.id for u in iter_units(loaded) if shard is None or shard.holds(u.id))
-                for _, recorded in journal.departed(ids):
-                    if delete_files:
-                        files += _delete(place, recorded)
-                units += journal.forget_departed()
-                update_views(journal, place, metadata=shard is None)
-            finally:
-                journal.close()
-    return Pruned(units, files)
+    adopt one.  Each place under its lock (a bucket's: its lease, and its checkpoint
+    written back with the views)."""
+    return run_sync(lambda: _prune(out, manifest, delete_files, storage_options))
 
 
-async def _prune_bucket(
-    url: BucketUrl,
+async def _prune(
+    out: str | Path,
     manifest: str | Path | None,
     delete_files: bool,
     storage_options: list[str] | dict[str, str] | None,
 ) -> Pruned:
-    """``prune`` of a bucket, shard by shard: under the shard's lease (no run writes
-    meanwhile), on its checkpoint, which is written back with the views.  A machine
-    whose local journal predates it sets that journal aside (see outputs.start)."""
     units = files = 0
-    retry = RetrySettings()
-    with tempfile.TemporaryDirectory() as temporary:
-        found = await checkpointed(url, storage_options, Path(temporary), blocking=False)
-        for output in found:
-            bucket = output.bucket
-            retrying = retrying_with(retry)
-            lease = Lease(bucket, retrying=retrying)
-            async with leased(BucketOutput(bucket, output.place, lease, retrying)):
-                # Read again under the lease: a run may have ended since.
-                await restore_checkpoint(bucket, output.place, inline)
-                journal = Journal(output.place)
-                try:
-                    loaded = load(manifest or _last_manifest(journal, output.place))
-                    ids = (
-                        u.id
-                        for u in iter_units(loaded)
-                        if output.shard is None or output.shard.holds(u.id)
-                    )
-                    departed = [recorded for _, recorded in journal.departed(ids)]
+    async with open_kept(out, storage_options) as kept:
+        for place in kept.places:
+            async with kept.holding(place) as journal:
+                loaded = load(manifest or _last_manifest(journal, place.journal_dir))
+                shard = place.shard
+                ids = (u.id for u in iter_units(loaded) if shard is None or shard.holds(u.id))
+                for _, recorded in journal.departed(ids):
                     if delete_files:
-                        for recorded in departed:
-                            for entry in json.loads(recorded or "[]"):
-                                if entry[0].startswith(f"{IMAGES_DIR}/"):
-                                    await bucket.delete(entry[0])
-                                    files += 1
-                    units += journal.forget_departed()
-                    update_views(journal, output.place, metadata=True)
-                    await put_files(
-                        bucket, output.place, (RESULTS_NAME, METADATA_NAME), retry, inline
-                    )
-                    await checkpoint(bucket, journal, None, retry, inline)
-                finally:
-                    journal.close()
+                        for entry in json.loads(recorded or "[]"):
+                            files += await kept.delete_image(place, entry[0])
+                units += journal.forget_departed()
+                await kept.saved(place, journal)
     return Pruned(units, files)
 
 
@@ -188,20 +112,6 @@ def _last_manifest(journal: Journal, place: Path) -> Path:
     if not recorded:
         raise ConfigError(f"{place}: no run has recorded its manifest here; name the manifest")
     return Path(recorded)
-
-
-def _delete(place: Path, recorded: str | None) -> int:
-    deleted = 0
-    for entry in json.loads(recorded or "[]"):
-        path = place / entry[0]
-        # Only ever an image below images/, as the journal recorded it.
-        if path.parent.resolve().is_relative_to((place / IMAGES_DIR).resolve()):
-            try:
-                path.unlink()
-                deleted += 1
-            except FileNotFoundError:
-                pass
-    return deleted
 
 
 # ---------------------------------------------------------------------- verify
@@ -238,95 +148,49 @@ def verify(out: str | Path, *, fix: bool = False, **options: Any) -> Verificatio
 
 
 async def averify(out: str | Path, *, fix: bool = False, **options: Any) -> Verification:
-    if isinstance(out, str) and is_bucket_url(out):
-        if fix:
-            raise ConfigError(
-                f"{out}: --fix works on a local directory; for a bucket, run batchgen run "
-                "with an empty --state-dir: it fetches again from their jobs the images "
-                "the bucket does not list"
-            )
-        return await _verify_bucket(out, options.get("storage_options"))
     found = Verification()
-    opts = from_keywords(options)
-    for place, _ in places(Path(out)):
-        with OutputLock(place), storage_faults(place):
-            journal = Journal(place)
-            try:
-                broken = _check(journal, place, found)
+    storage_options = options.get("storage_options")
+    async with open_kept(out, storage_options, doing="fix" if fix else None) as kept:
+        for place in kept.places:
+            async with kept.reading(place) as journal:
+                broken = await _check(kept, place, journal, found)
                 if fix and broken:
-                    await _fix(journal, place, broken, opts, found)
-            finally:
-                journal.close()
+                    await _fix(journal, place.journal_dir, broken, from_keywords(options), found)
     return found
 
 
-# Objects checked at once by ``verify`` of a bucket.
-HEADS_AT_ONCE = 64
-
-
-async def _verify_bucket(
-    out: str, storage_options: list[str] | dict[str, str] | None
-) -> Verification:
-    """Each image the checkpoints record, against its object's sha256 metadata (written
-    with it; an object replaced by another hand has other metadata, or none)."""
-    url = BucketUrl.parse(out)
-    assert url is not None
-    found = Verification()
-    limiter = anyio.CapacityLimiter(HEADS_AT_ONCE)
-
-    async def check(bucket: Bucket, shown: str, relative: str, digest: str) -> None:
-        async with limiter:
-            there = await bucket.head(relative)
-        if there is None:
-            found.missing.append(shown)
-        elif there.attributes.get(SHA256_ATTRIBUTE) != digest:
-            found.altered.append(shown)
-
-    with tempfile.TemporaryDirectory() as temporary:
-        for output in await checkpointed(url, storage_options, Path(temporary), blocking=False):
-            journal = Journal(output.place)
-            try:
-                prefix = f"{output.shard.directory}/" if output.shard is not None else ""
-                files = (
-                    entry
-                    for _, _, recorded, _ in journal.downloaded_units()
-                    for entry in json.loads(recorded or "[]")
-                )
-                # A chunk at a time: tasks for a million files at once would hold them all.
-                while chunk := list(itertools.islice(files, 1000)):
-                    found.checked += len(chunk)
-                    async with anyio.create_task_group() as checks:
-                        for entry in chunk:
-                            checks.start_soon(
-                                check, output.bucket, prefix + entry[0], entry[0], entry[1]
-                            )
-            finally:
-                journal.close()
-    return found
-
-
+# Files checked at once by ``verify`` (a bucket's are HEAD requests).
+CHECKS_AT_ONCE = 64
 # (unit id, job id, files as recorded, results line, how many of the files are bad)
 Broken = list[tuple[str, str, list[list[Any]], dict[str, Any], int]]
 
 
-def _check(journal: Journal, place: Path, found: Verification) -> Broken:
-    """The downloaded units with a file missing or altered (hashing every file)."""
+async def _check(kept: Kept, place: Place, journal: Journal, found: Verification) -> Broken:
+    """The downloaded units with a file missing or altered, a chunk of units at a time
+    (tasks for a million files at once would hold them all)."""
     broken: Broken = []
-    for unit_id, job_id, recorded, result in journal.downloaded_units():
+    limiter = anyio.CapacityLimiter(CHECKS_AT_ONCE)
+
+    async def check_unit(unit: tuple[str, str | None, str, str | None]) -> None:
+        unit_id, job_id, recorded, result = unit
         files = json.loads(recorded or "[]")
         bad = 0
         for entry in files:
             found.checked += 1
-            path = place / entry[0]
-            shown = path.relative_to(place.parent).as_posix()
-            if not path.is_file():
-                found.missing.append(shown)
-                bad += 1
-            elif sha256_of(path) != entry[1]:
-                found.altered.append(shown)
+            async with limiter:
+                problem = await kept.problem(place, entry[0], entry[1])
+            if problem is not None:
+                shown = kept.name_of(place, entry[0])
+                (found.missing if problem == "missing" else found.altered).append(shown)
                 bad += 1
         if bad and job_id and result:
             broken.append((unit_id, job_id, files, json.loads(result), bad))
+
+    units = journal.downloaded_units()
+    while chunk := list(itertools.islice(units, 1000)):
+        async with anyio.create_task_group() as checks:
+            for unit in chunk:
+                checks.start_soon(check_unit, unit)
     return broken
 
 
@@ -417,12 +281,7 @@ def export(
     selection = Selection.of(where, only_passed=only_passed)
     with _destination(dest, storage_options) as (local, written, shown):
         how = Writing(format, shard_size, embed_metadata, written, selection)
-        if isinstance(out, str) and is_bucket_url(out):
-            url = BucketUrl.parse(out)
-            assert url is not None
-            done = _export_bucket(url, local, how, storage_options)
-        else:
-            done = _export_directory(Path(out), local, how)
+        done = run_sync(lambda: _export(out, local, how, storage_options))
         return Exported(done.format, done.images, [shown(path) for path in done.files])
 
 
@@ -479,47 +338,27 @@ class Writing:
             )
 
 
-def _export_directory(root: Path, dest: Path, how: Writing) -> Exported:
-    found = places(root)
-    with contextlib.ExitStack() as stack:
-        journals: list[tuple[Path, str, Journal]] = []
-        for place, _ in found:
-            stack.enter_context(OutputLock(place))
-            journal = Journal(place)
-            stack.callback(journal.close)
-            prefix = "" if place == root else f"{place.relative_to(root).as_posix()}/"
-            journals.append((place, prefix, journal))
-        return how.write(
-            lambda: [Source(place, prefix, j.results(), root) for place, prefix, j in journals],
-            dest,
-            root.resolve().name,
-        )
-
-
-def _export_bucket(
-    url: BucketUrl,
+async def _export(
+    out: str | Path,
     dest: Path,
     how: Writing,
     storage_options: list[str] | dict[str, str] | None,
 ) -> Exported:
-    with tempfile.TemporaryDirectory() as temporary, contextlib.ExitStack() as stack:
-        root = Path(temporary)
-        found = run_sync(lambda: checkpointed(url, storage_options, root))
-        bucket = Bucket.open(url, parse_storage_options(storage_options), blocking=True)
-        sources: list[tuple[Path, str, Journal]] = []
-        for output in found:
-            journal = Journal(output.place)
-            stack.callback(journal.close)
-            prefix = f"{output.shard.directory}/" if output.shard is not None else ""
-            sources.append((output.place, prefix, journal))
-        return how.write(
-            lambda: [
-                Source(place, prefix, j.results(), root, bucket.read_now)
-                for place, prefix, j in sources
-            ],
-            dest,
-            url.prefix.rsplit("/", 1)[-1] or url.bucket,
-        )
+    """Every place's results, each journal held for the read, written out in a worker
+    thread (the formats' writers block)."""
+    async with open_kept(out, storage_options) as kept, contextlib.AsyncExitStack() as held:
+        journals = [
+            (place, await held.enter_async_context(kept.reading(place))) for place in kept.places
+        ]
+        root, read = kept.root_dir(), kept.reader()
+
+        def sources() -> list[Source]:
+            return [
+                Source(place.journal_dir, place.prefix, journal.results(), root, read)
+                for place, journal in journals
+            ]
+
+        return await anyio.to_thread.run_sync(how.write, sources, dest, kept.name)
 
 
 # ---------------------------------------------------------------------- gallery
@@ -529,14 +368,15 @@ def gallery(out: str | Path) -> Gallery:
     """Write ``OUT/gallery/index.html``, a page to review the run (every shard's, from
     an output root), with a thumbnail of each image (see :mod:`batchgen.store.gallery`).
     Also while a run goes on: it reads the journal as it stands."""
-    _local_only(out, "gallery")
-    root = Path(out)
-    found = places(root)
-    with contextlib.ExitStack() as stack:
-        journals = []
-        for place, _ in found:
-            journal = Journal(place)
-            stack.callback(journal.close)
-            journals.append((place, journal))
-        with storage_faults(root / GALLERY_DIR):
-            return write_gallery(root, journals)
+    return run_sync(lambda: _gallery(out))
+
+
+async def _gallery(out: str | Path) -> Gallery:
+    async with open_kept(out, doing="gallery") as kept:
+        with contextlib.ExitStack() as stack:
+            journals = []
+            for place in kept.places:
+                journal = Journal(place.journal_dir)  # no lock: a run may be going on
+                stack.callback(journal.close)
+                journals.append((place.journal_dir, journal))
+            return kept.gallery(journals)

@@ -10,71 +10,19 @@ Light to import: the command line's fast path reads the lease's length from here
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
+
+from .base import FileCheck, Kept, Output, Place, RunPlan
 
 if TYPE_CHECKING:
-    from ..backend import Backend
-    from ..engine import EngineSettings
-    from ..engine.ports import Fetcher
     from ..manifest import Manifest
     from ..manifest.shard import Shard
     from ..options import RunOptions
-    from ..report import Report
-    from ..store.journal import Journal
 
-
-@dataclass(slots=True)
-class RunPlan:
-    """What an output is told of the run it holds."""
-
-    manifest: Manifest
-    shard: Shard | None
-    options: RunOptions
-    settings: EngineSettings
-    backend: Backend
-    fingerprint: str
-    # Each model's inputs as checked (JSON), kept in the journal for the next run.
-    specs: dict[str, str]
-
-
-class Output(Protocol):
-    """An output of a run, whatever holds it."""
-
-    # Where the journal lives (the engine's output directory), and what the log and
-    # the report call the output.
-    state_dir: Path
-
-    @property
-    def shown(self) -> str: ...
-
-    def finished(self, manifest: Manifest, shard: Shard | None) -> Report | None:
-        """The report of a batch finished and unchanged, known cheaply; else None."""
-
-    def siblings(self, shard: Shard | None) -> tuple[Path, ...]:
-        """The journals of the other shards of the output (for their uploads)."""
-
-    def fresh(self) -> None:
-        """``--fresh``: the output as it is, moved aside."""
-
-    async def open(
-        self, held: AsyncExitStack, run: RunPlan
-    ) -> tuple[Journal, EngineSettings, Fetcher]:
-        """Held for the run (lock, lease: released by ``held``): its journal, the
-        engine's settings and the fetcher images reach the output through."""
-
-    def alongside(self, run: RunPlan) -> Callable[[], Coroutine[Any, Any, None]] | None:
-        """What runs beside the engine while it runs (a bucket's lease and checkpoints)."""
-
-    async def close(self, journal: Journal, run: RunPlan) -> None:
-        """At the run's end, however it ended: the views (and what else the output
-        keeps) brought up to date with the journal."""
-
-    async def gallery(self, run: RunPlan) -> None:
-        """``--gallery``: the output's page written."""
+__all__ = ["FileCheck", "Kept", "Output", "Place", "RunPlan", "open_kept", "open_output"]
 
 
 def open_output(manifest: Manifest, options: RunOptions, shard: Shard | None) -> Output:
@@ -90,3 +38,28 @@ def open_output(manifest: Manifest, options: RunOptions, shard: Shard | None) ->
     from .bucket import BucketOutput
 
     return BucketOutput.for_run(target, options, shard)
+
+
+@asynccontextmanager
+async def open_kept(
+    out: str | Path,
+    storage_options: list[str] | dict[str, str] | None = None,
+    *,
+    doing: str | None = None,
+) -> AsyncIterator[Kept]:
+    """The output at ``out``: a bucket (``s3://``, ``gs://``, …), or a folder; what it
+    cannot do (``doing``: ``fix``, ``gallery``) refused before it is even read."""
+    from ..store.bucket import BucketUrl
+
+    url = BucketUrl.parse(str(out)) if isinstance(out, str) else None
+    if url is None:
+        from .local_kept import KeptFolder
+
+        yield KeptFolder.at(Path(out))
+        return
+    from .bucket_kept import KeptBucket
+
+    if doing is not None:
+        KeptBucket.refuse_for(url, doing)
+    async with KeptBucket.at(url, storage_options) as kept:
+        yield kept

@@ -50,7 +50,7 @@ from ..store.files import IMAGES_DIR
 from ..store.journal import Journal, State
 from ..store.lock import OutputLock
 from ..store.results import RESULTS_NAME
-from . import RunPlan
+from .base import RunPlan
 from .bucket_files import (
     CHECKPOINT_ETAG_KEY,
     CHECKPOINT_KEY,

@@ -33,7 +33,7 @@ from ..store.journal import JOURNAL_NAME, Journal
 from ..store.lock import OutputLock
 from ..store.rebuild import Rebuilt, earlier_work, rebuild
 from ..store.views import update_views
-from . import RunPlan
+from .base import RunPlan
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,0 +1,137 @@
+"""A bucket between runs (see :mod:`batchgen.output.kept`): each output's (or shard's)
+journal restored from its checkpoint into a local directory of its own; a change made
+under the output's lease and written back with its views and a new checkpoint."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import RetrySettings
+from ..engine.ports import inline
+from ..errors import ConfigError
+from ..store.bucket import SHA256_ATTRIBUTE, Bucket, BucketUrl, parse_storage_options
+from ..store.dataset import METADATA_NAME
+from ..store.files import IMAGES_DIR
+from ..store.gallery import Gallery
+from ..store.journal import Journal
+from ..store.results import RESULTS_NAME
+from ..store.views import update_views
+from .base import FileCheck, Place
+from .bucket import BucketOutput, Checkpointed, checkpointed, leased, retrying_with
+from .bucket_files import checkpoint, put_files, restore_checkpoint
+from .lease import Lease
+
+# What a bucket cannot do between runs, and what to do instead.
+REFUSED = {
+    "fix": "--fix works on a local directory; for a bucket, run batchgen run with an empty "
+    "--state-dir: it fetches again from their jobs the images the bucket does not list",
+    "gallery": "batchgen gallery works on a local directory (its page links the images "
+    "beside it); export the bucket to a folder first",
+}
+
+
+@dataclass(slots=True)
+class KeptBucket:
+    url: BucketUrl
+    found: dict[Path, Checkpointed]
+    places: list[Place]
+    # The whole output's prefix, read without an event loop (an export's rows).
+    root: Bucket
+    staging: Path
+    retry: RetrySettings
+
+    @classmethod
+    @asynccontextmanager
+    async def at(
+        cls, url: BucketUrl, storage_options: list[str] | dict[str, str] | None
+    ) -> AsyncIterator[KeptBucket]:
+        with tempfile.TemporaryDirectory() as temporary:
+            staging = Path(temporary)
+            found = await checkpointed(url, storage_options, staging, blocking=False)
+            places = [
+                Place(c.place, c.shard, f"{c.shard.directory}/" if c.shard else "") for c in found
+            ]
+            root = Bucket.open(url, parse_storage_options(storage_options), blocking=True)
+            yield cls(url, {c.place: c for c in found}, places, root, staging, RetrySettings())
+
+    @property
+    def shown(self) -> str:
+        return str(self.url)
+
+    @property
+    def name(self) -> str:
+        return self.url.prefix.rsplit("/", 1)[-1] or self.url.bucket
+
+    @property
+    def sharded(self) -> bool:
+        return self.places[0].shard is not None
+
+    def running(self) -> bool:
+        return any(c.lease_held for c in self.found.values())
+
+    def file_check(self, place: Place) -> FileCheck:
+        return self.found[place.journal_dir].present.problems
+
+    @asynccontextmanager
+    async def reading(self, place: Place) -> AsyncIterator[Journal]:
+        journal = Journal(place.journal_dir)  # the checkpoint's copy: nothing to lock
+        try:
+            yield journal
+        finally:
+            journal.close()
+
+    @asynccontextmanager
+    async def holding(self, place: Place) -> AsyncIterator[Journal]:
+        bucket = self.found[place.journal_dir].bucket
+        retrying = retrying_with(self.retry)
+        lease = Lease(bucket, retrying=retrying)
+        async with leased(BucketOutput(bucket, place.journal_dir, lease, retrying)):
+            # Read again under the lease: a run may have ended since.
+            await restore_checkpoint(bucket, place.journal_dir, inline)
+            journal = Journal(place.journal_dir)
+            try:
+                yield journal
+            finally:
+                journal.close()
+
+    async def saved(self, place: Place, journal: Journal) -> None:
+        bucket = self.found[place.journal_dir].bucket
+        update_views(journal, place.journal_dir, metadata=True)
+        names = (RESULTS_NAME, METADATA_NAME)
+        await put_files(bucket, place.journal_dir, names, self.retry, inline)
+        await checkpoint(bucket, journal, None, self.retry, inline)
+
+    async def problem(self, place: Place, relative: str, sha256: str) -> str | None:
+        # An object replaced by another hand has other metadata, or none.
+        there = await self.found[place.journal_dir].bucket.head(relative)
+        if there is None:
+            return "missing"
+        return "altered" if there.attributes.get(SHA256_ATTRIBUTE) != sha256 else None
+
+    def name_of(self, place: Place, relative: str) -> str:
+        return place.prefix + relative
+
+    async def delete_image(self, place: Place, relative: str) -> bool:
+        if not relative.startswith(f"{IMAGES_DIR}/"):
+            return False
+        await self.found[place.journal_dir].bucket.delete(relative)
+        return True
+
+    def reader(self) -> Callable[[str], bytes | None] | None:
+        return self.root.read_now
+
+    def root_dir(self) -> Path:
+        return self.staging
+
+    @staticmethod
+    def refuse_for(url: BucketUrl, doing: str) -> None:
+        if doing in REFUSED:
+            raise ConfigError(f"{url}: {REFUSED[doing]}")
+
+    def gallery(self, journals: list[tuple[Path, Journal]]) -> Gallery:
+        self.refuse_for(self.url, "gallery")
+        raise AssertionError("refused above")
