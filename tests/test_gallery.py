@@ -105,7 +105,7 @@ def test_the_page_in_a_real_browser_offline(run: World, tmp_path: Path) -> None:
             assert rows.count() == 1 + 4  # a header, and a row for each prompt made
             page.locator("#compare img").first.click()
             assert page.locator("#modal.open").count() == 1
-            page.screenshot(path=str(artifacts / "gallery.png"), full_page=True)
+            page.screenshot(path=str(artifacts / "gallery-modal.png"), full_page=True)
             assert errors == []
         finally:
             launched.close()
@@ -214,9 +214,11 @@ def test_the_page_carries_each_units_verdict_and_reasons(gated: World) -> None:
 
 @pytest.mark.slow
 def test_the_gallery_filters_by_verdict_and_shows_the_reasons_in_a_browser(
-    gated: World,
+    gated: World, tmp_path: Path
 ) -> None:
+    """Also the README's picture: BATCHGEN_TEST_ARTIFACTS=docs/images writes it."""
     playwright, chromium = browser()
+    artifacts = Path(os.environ.get("BATCHGEN_TEST_ARTIFACTS", tmp_path))
     page_path = batchgen.gallery(gated.out).page
     kept = [r["quality_verdict"] for r in gated.results()]
     with playwright.sync_playwright() as driver:  # type: ignore[attr-defined]
@@ -239,6 +241,8 @@ def test_the_gallery_filters_by_verdict_and_shows_the_reasons_in_a_browser(
             assert len(reasons) == kept.count("fail") and "anatomy" in reasons[0]
             page.select_option("#verdict", "")
             assert page.locator("#grid .card").count() == 80
+            page.wait_for_function("() => [...document.images].every(i => i.complete)")
+            page.screenshot(path=str(artifacts / "gallery.png"))
             assert errors == []
         finally:
             launched.close()

@@ -15,7 +15,7 @@ OTHERS = {"boto3", "s3fs", "playwright", "build", "pip"}
 
 
 def texts() -> dict[str, str]:
-    files = [ROOT / "README.md", ROOT / ".ci" / "run"]
+    files = [ROOT / "README.md", ROOT / ".ci" / "run", *sorted((ROOT / "docs").glob("*.md"))]
     for folder in ("batchgen", "tests", "bench"):
         files += sorted((ROOT / folder).rglob("*.py"))
     return {str(path.relative_to(ROOT)): path.read_text("utf-8") for path in files}

@@ -296,10 +296,10 @@ def test_an_image_batch_killed_during_uploads_with_lost_answers_uploads_each_ima
     assert not world.sim.contract_refusals
 
 
-def test_the_readme_lists_every_endpoint_and_parameter_batchgen_sends() -> None:
-    """The README's table ("What batchgen sends") names each endpoint the simulator
-    serves, the SDK type that checks it, and only parameters that type has."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text("utf-8")
+def test_the_docs_list_every_endpoint_and_parameter_batchgen_sends() -> None:
+    """The docs' table ("What batchgen sends", docs/running.md) names each endpoint the
+    simulator serves, the SDK type that checks it, and only parameters that type has."""
+    readme = (Path(__file__).parents[1] / "docs" / "running.md").read_text("utf-8")
     rows = re.findall(r"^\| `(GET|POST) (/v1/[^`]+)` \| ([^|]+) \| `(\w+)` \|$", readme, re.M)
     assert {f"{method} {path}" for method, path, _, _ in rows} == {
         endpoint.name for endpoint in contract.simulated()
