@@ -85,27 +85,19 @@ class Journal(JournalReads, SideTables):
         the request as sent (``sent``: JSON of [model, body]), what its job is expected
         to cost, and its cost shape (what that cost depends on, for ``--estimate``);
         inside a batch, the batch must be ``durable``."""
-        with self._lock:
-            synced = not self._in_batch
-            if synced:
-                self._db.execute("PRAGMA synchronous=FULL")
-            try:
-                self._write(
-                    (
-                        "INSERT INTO units (id, state, submit_started, sent, cost, updated, shape)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
-                        " state = excluded.state, job_id = NULL, job_status = NULL,"
-                        " submit_started = excluded.submit_started, sent = excluded.sent,"
-                        " cost = excluded.cost, error = NULL, result = NULL,"
-                        f" result_seq = CASE WHEN result IS NULL THEN result_seq ELSE {_NEXT_SEQ}"
-                        " END,"
-                        " updated = excluded.updated, shape = excluded.shape",
-                        (unit_id, State.SUBMITTING, started, sent, cost, time.time(), shape),
-                    )
-                )
-            finally:
-                if synced:
-                    self._db.execute("PRAGMA synchronous=NORMAL")
+        self._write_durably(
+            (
+                "INSERT INTO units (id, state, submit_started, sent, cost, updated, shape)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " state = excluded.state, job_id = NULL, job_status = NULL,"
+                " submit_started = excluded.submit_started, sent = excluded.sent,"
+                " cost = excluded.cost, error = NULL, result = NULL,"
+                f" result_seq = CASE WHEN result IS NULL THEN result_seq ELSE {_NEXT_SEQ}"
+                " END,"
+                " updated = excluded.updated, shape = excluded.shape",
+                (unit_id, State.SUBMITTING, started, sent, cost, time.time(), shape),
+            )
+        )
 
     def submitted(
         self,

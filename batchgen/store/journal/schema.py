@@ -366,6 +366,20 @@ class JournalBase:
                 raise
             self._commit()
 
+    def _write_durably(self, *steps: Step) -> None:
+        """Steps committed and fsynced before what they record is sent (it is paid for:
+        a job, a gate call, an upload): alone, with ``synchronous=FULL``; inside a batch,
+        the batch must be ``durable``."""
+        with self._lock:
+            synced = not self._in_batch
+            if synced:
+                self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._write(*steps)
+            finally:
+                if synced:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+
     def _do(self, steps: Iterable[Step]) -> None:
         for step in steps:
             if isinstance(step, tuple):

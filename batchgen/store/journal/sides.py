@@ -24,20 +24,12 @@ class SideTables(JournalBase):
 
     def gating(self, unit_id: str, asset_id: str, attempt: int) -> None:
         """Before a gate call is sent (fsynced, as a submission is: it is paid)."""
-        with self._lock:
-            synced = not self._in_batch
-            if synced:
-                self._db.execute("PRAGMA synchronous=FULL")
-            try:
-                self._write(
-                    (
-                        "INSERT OR IGNORE INTO gates (asset_id, unit_id, attempt) VALUES (?, ?, ?)",
-                        (asset_id, unit_id, attempt),
-                    )
-                )
-            finally:
-                if synced:
-                    self._db.execute("PRAGMA synchronous=NORMAL")
+        self._write_durably(
+            (
+                "INSERT OR IGNORE INTO gates (asset_id, unit_id, attempt) VALUES (?, ?, ?)",
+                (asset_id, unit_id, attempt),
+            )
+        )
 
     def gated(
         self,
@@ -81,21 +73,13 @@ class SideTables(JournalBase):
 
     def uploading(self, sha256: str, name: str, started: str, size: int) -> None:
         """Before an image's upload is sent (fsynced, as ``submitting`` is)."""
-        with self._lock:
-            synced = not self._in_batch
-            if synced:
-                self._db.execute("PRAGMA synchronous=FULL")
-            try:
-                self._write(
-                    (
-                        "INSERT INTO uploads (sha256, name, size, started) VALUES (?, ?, ?, ?)"
-                        " ON CONFLICT (sha256) DO UPDATE SET started = excluded.started",
-                        (sha256, name, size, started),
-                    )
-                )
-            finally:
-                if synced:
-                    self._db.execute("PRAGMA synchronous=NORMAL")
+        self._write_durably(
+            (
+                "INSERT INTO uploads (sha256, name, size, started) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (sha256) DO UPDATE SET started = excluded.started",
+                (sha256, name, size, started),
+            )
+        )
 
     def uploaded(self, sha256: str, asset_id: str) -> None:
         self._write(
