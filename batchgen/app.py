@@ -29,6 +29,7 @@ from typing import Any, TypeVar, Unpack
 
 from . import config as defaults
 from .backend import open_backend, run_sync
+from .errors import known_error
 from .estimating import aestimate, priced
 from .keywords import RunKeywords
 from .manifest import count_units
@@ -39,7 +40,7 @@ from .plan import checked_manifest
 from .report import Estimate, Report, Status, Validation
 from .rerun import load
 from .retry import Request, with_retries
-from .running import arun_with, first_known
+from .running import arun_with
 from .scenario.inputs import ModelSpec
 from .tally import tally
 from .team import Account, account_of, credits_refusal, read_limits
@@ -145,7 +146,7 @@ async def arun(manifest: str | Path, **options: Unpack[RunKeywords]) -> Report:
     except BaseExceptionGroup as group:
         # The task groups a run is made of gather errors; the caller gets the one that
         # says why the run stopped, as the command line shows it.
-        known = first_known(group)
+        known = known_error(group)
         if known is None:
             raise
         raise known from None

@@ -31,8 +31,8 @@ from .errors import (
     EXIT_INTERRUPTED,
     EXIT_MEANINGS,
     EXIT_OK,
-    BatchgenError,
     ConfigError,
+    known_error,
 )
 from .ledger import plural
 from .options import add_arguments, chosen, output_place, positive_float, positive_int
@@ -508,7 +508,7 @@ def _main(argv: Sequence[str] | None) -> int:
             _say(json.dumps({"error": "interrupted", "exit_code": EXIT_INTERRUPTED}))
         return EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
-        known = _known_error(exc)
+        known = known_error(exc)
         if known is None:
             raise
         if not _log_files():  # refused before the log was opened: opened for this
@@ -556,18 +556,6 @@ def _early_log_file(given: list[str]) -> None:
             )
             log.addHandler(handler)
             return
-
-
-def _known_error(exc: BaseException) -> BatchgenError | None:
-    """The error to show: ours, also when a task group wrapped it."""
-    if isinstance(exc, BatchgenError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _known_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 def _account(args: argparse.Namespace) -> int:

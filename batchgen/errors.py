@@ -211,3 +211,15 @@ class DownloadError(BatchgenError):
     def __init__(self, message: str, *, transient: bool = True) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+def known_error(error: BaseException) -> BatchgenError | None:
+    """The error to show: ours, also when a task group wrapped it (the first found)."""
+    if isinstance(error, BatchgenError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = known_error(inner)
+            if found is not None:
+                return found
+    return None

@@ -30,7 +30,6 @@ from .errors import (
     EXIT_OK,
     EXIT_OUT_OF_TIME,
     EXIT_STOPPED,
-    BatchgenError,
     ConfigError,
 )
 from .estimating import priced
@@ -59,17 +58,6 @@ from .ui.progress import RateMeter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def first_known(error: BaseException) -> BatchgenError | None:
-    if isinstance(error, BatchgenError):
-        return error
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            found = first_known(inner)
-            if found is not None:
-                return found
-    return None
 
 
 async def arun_with(manifest: str | Path, options: Mapping[str, Any]) -> Report:
