@@ -54,20 +54,7 @@ class AssetRoutes(SimCore):
     def upload_json(self, upload: SimUpload) -> dict[str, Any]:
         made = _iso(upload.created_wall)
         return {
-            "id": upload.asset_id,
-            "url": self.signed_url(upload.asset_id),
-            "mimeType": "image/png",
-            "kind": "image",
-            "status": "success",
-            "source": "uploaded",
-            "privacy": "private",
-            "authorId": "sim-user",
-            "ownerId": "sim-team",
-            "collectionIds": [],
-            "editCapabilities": [],
-            "tags": [],
-            "createdAt": made,
-            "updatedAt": made,
+            **self.asset_fields(upload.asset_id, "uploaded", made),
             "properties": {"size": len(upload.content)},
             "metadata": {"kind": "image", "type": "uploaded", "name": upload.name},
         }

@@ -265,20 +265,7 @@ class SimCore:
         job = self.jobs[asset.job_id]
         made = _iso(job.created_wall + job.duration)
         return {
-            "id": asset.asset_id,
-            "url": self.signed_url(asset.asset_id),
-            "mimeType": "image/png",
-            "kind": "image",
-            "status": "success",
-            "source": "inference-txt",
-            "privacy": "private",
-            "authorId": "sim-user",
-            "ownerId": "sim-team",
-            "collectionIds": [],
-            "editCapabilities": [],
-            "tags": [],
-            "createdAt": made,
-            "updatedAt": made,
+            **self.asset_fields(asset.asset_id, "inference-txt", made),
             "properties": {
                 "width": asset.width,
                 "height": asset.height,
@@ -294,6 +281,25 @@ class SimCore:
                 "outputIndex": asset.index,
             },
             **({"qualityGate": asset.quality} if asset.quality else {}),
+        }
+
+    def asset_fields(self, asset_id: str, source: str, made: str) -> dict[str, Any]:
+        """What every asset's record says, made or uploaded."""
+        return {
+            "id": asset_id,
+            "url": self.signed_url(asset_id),
+            "mimeType": "image/png",
+            "kind": "image",
+            "status": "success",
+            "source": source,
+            "privacy": "private",
+            "authorId": "sim-user",
+            "ownerId": "sim-team",
+            "collectionIds": [],
+            "editCapabilities": [],
+            "tags": [],
+            "createdAt": made,
+            "updatedAt": made,
         }
 
     def _index(self, job: SimJob) -> None:
