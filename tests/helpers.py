@@ -162,3 +162,21 @@ def fast_run(manifest: Path, out: str | Path, sim: Simulator, *extra: str) -> li
         "-v",
         *extra,
     ]
+
+
+def quality_manifest(units: int, quality: str, *, height: int = 64) -> str:
+    """A manifest of ``units`` units of one entry (``a 0``, ``a 1``, ...), their images
+    scored by the quality gate as ``quality`` (a flow mapping) says."""
+    words = ", ".join(f"w{n}" for n in range(units))
+    return (
+        f"model: model_sim-fast\nwidth: 64\nheight: {height}\nquality: {quality}\n"
+        f"jobs:\n  - {{prompt: 'a {{w}}', vars: {{w: [{words}]}}}}\n"
+    )
+
+
+def every_verdict(world: World, manifest: Path) -> World:
+    """``world`` once ``manifest`` ran, checked to hold every verdict (so that a filter
+    by verdict can be wrong)."""
+    assert world.run(manifest).exit_code == 0
+    assert {r["quality_verdict"] for r in world.results()} == {"pass", "warn", "fail"}
+    return world

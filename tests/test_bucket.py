@@ -32,7 +32,7 @@ from batchgen.store.bucket import (
     parse_storage_options,
     store_config,
 )
-from tests.helpers import World
+from tests.helpers import World, quality_manifest
 
 Write = Callable[[str, str], Path]
 MANIFEST = (
@@ -761,13 +761,8 @@ def test_the_quality_gate_sets_rejected_images_aside_in_the_bucket(
     is under images/_rejected/ in the bucket (written there, then taken from its place,
     never lost), each kept one where results.jsonl says, each image gated once."""
     units = 40
-    words = ", ".join(str(n) for n in range(units))
-    manifest = write(
-        "jobs.yaml",
-        "model: model_sim-fast\nwidth: 32\nheight: 32\n"
-        "quality: {on_fail: regenerate, attempts: 2, sensitivity: high}\n"
-        f"jobs:\n  - {{prompt: 'unit {{n}}', vars: {{n: [{words}]}}}}\n",
-    )
+    rule = "{on_fail: regenerate, attempts: 2, sensitivity: high}"
+    manifest = write("jobs.yaml", quality_manifest(units, rule))
     world = World(tmp_path, job_seconds=5)
     state = tmp_path / "state"
 
@@ -804,13 +799,8 @@ def test_the_quality_gate_sets_rejected_images_aside_in_the_bucket(
 def test_rejected_images_still_in_the_spill_directory_go_aside_there_and_on_to_the_bucket(
     write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    words = ", ".join(str(n) for n in range(30))
-    manifest = write(
-        "jobs.yaml",
-        "model: model_sim-fast\nwidth: 32\nheight: 32\n"
-        "quality: {on_fail: regenerate, attempts: 1, sensitivity: high}\n"
-        f"jobs:\n  - {{prompt: 'unit {{n}}', vars: {{n: [{words}]}}}}\n",
-    )
+    rule = "{on_fail: regenerate, attempts: 1, sensitivity: high}"
+    manifest = write("jobs.yaml", quality_manifest(30, rule))
     world = World(tmp_path, job_seconds=5)
     state = tmp_path / "state"
     with monkeypatch.context() as patch:

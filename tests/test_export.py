@@ -13,7 +13,7 @@ import pytest
 import batchgen
 from batchgen.cli import main
 from batchgen.store.export import ExportError
-from tests.helpers import World
+from tests.helpers import World, every_verdict, quality_manifest
 
 Write = Callable[[str, str], Path]
 
@@ -116,22 +116,12 @@ def test_a_sharded_output_exports_as_one(write: Write, tmp_path: Path) -> None:
     assert exported.images == IMAGES
 
 
-# 60 units at high sensitivity: fail below 35, warn below 55, so every verdict is
-# there (no warn among 60 has a chance of 0.8 ** 60, about one in a million).
-QUALITY_MANIFEST = (
-    "model: model_sim-fast\nwidth: 64\nheight: 48\n"
-    "quality: {on_fail: keep, sensitivity: high}\njobs:\n"
-    f"  - {{prompt: 'a {{n}}', vars: {{n: {list(range(60))}}}}}\n"
-)
-
-
 @pytest.fixture
 def gated(write: Write, tmp_path: Path) -> World:
-    world = World(tmp_path)
-    assert world.run(write("jobs.yaml", QUALITY_MANIFEST)).exit_code == 0
-    verdicts = {r["quality_verdict"] for r in world.results()}
-    assert verdicts == {"pass", "warn", "fail"}  # every kind, so a filter can be wrong
-    return world
+    """60 units at high sensitivity (fail below 35, warn below 55): no warn among them
+    is a chance of 0.8 ** 60, about one in a million."""
+    manifest = quality_manifest(60, "{on_fail: keep, sensitivity: high}", height=48)
+    return every_verdict(World(tmp_path), write("jobs.yaml", manifest))
 
 
 def passed_ids(world: World) -> set[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import batchgen
-from tests.helpers import World
+from tests.helpers import World, every_verdict, quality_manifest
 
 Write = Callable[[str, str], Path]
 
@@ -177,21 +177,12 @@ def test_a_gallery_of_ten_thousand_images_stays_bounded_in_the_browser(tmp_path:
             launched.close()
 
 
-# At high sensitivity a third fails and a fifth warns: 80 units hold every verdict
-# (none of one kind is a chance of 0.8 ** 80, about one in fifty million).
-GATED = (
-    "model: model_sim-fast\nwidth: 64\nheight: 64\n"
-    "quality: {on_fail: keep, sensitivity: high}\njobs:\n"
-    f"  - {{prompt: 'a {{n}}', vars: {{n: {list(range(80))}}}}}\n"
-)
-
-
 @pytest.fixture
 def gated(write: Write, tmp_path: Path) -> World:
-    world = World(tmp_path)
-    assert world.run(write("jobs.yaml", GATED)).exit_code == 0
-    assert {r["quality_verdict"] for r in world.results()} == {"pass", "warn", "fail"}
-    return world
+    """80 units at high sensitivity (a third fails, a fifth warns): none of one kind is
+    a chance of 0.8 ** 80, about one in fifty million."""
+    manifest = quality_manifest(80, "{on_fail: keep, sensitivity: high}")
+    return every_verdict(World(tmp_path), write("jobs.yaml", manifest))
 
 
 def test_the_page_carries_each_units_verdict_and_reasons(gated: World) -> None:

@@ -22,17 +22,9 @@ import batchgen
 from batchgen.errors import EXIT_STOPPED, ManifestError
 from batchgen.manifest import load_manifest
 from batchgen.sim import Simulator
-from tests.helpers import World
+from tests.helpers import World, quality_manifest
 
 Write = Callable[[str, str], Path]
-
-
-def manifest_text(units: int, quality: str) -> str:
-    words = ", ".join(f"w{n}" for n in range(units))
-    return (
-        f"model: model_sim-fast\nwidth: 64\nheight: 64\nquality: {quality}\n"
-        f"jobs:\n  - {{prompt: 'a {{w}}', vars: {{w: [{words}]}}}}\n"
-    )
 
 
 def kept_verdict(sim: Simulator, record: dict[str, Any]) -> tuple[int, str]:
@@ -51,7 +43,7 @@ def ledger(out: Path) -> float:
 
 def test_images_the_gate_rejects_are_made_again_and_set_aside(write: Write, tmp_path: Path) -> None:
     # A fifth fails: none among 60 is a chance of 0.8 ** 60, about one in a million.
-    manifest = write("jobs.yaml", manifest_text(60, "{on_fail: regenerate, attempts: 2}"))
+    manifest = write("jobs.yaml", quality_manifest(60, "{on_fail: regenerate, attempts: 2}"))
     world = World(tmp_path, job_seconds=5)
     report = world.run(manifest)
     assert report.exit_code == 0
@@ -78,7 +70,7 @@ def test_images_the_gate_rejects_are_made_again_and_set_aside(write: Write, tmp_
 
 
 def test_keep_marks_a_failed_image_and_makes_nothing_again(write: Write, tmp_path: Path) -> None:
-    manifest = write("jobs.yaml", manifest_text(30, "{on_fail: keep, min_score: 50}"))
+    manifest = write("jobs.yaml", quality_manifest(30, "{on_fail: keep, min_score: 50}"))
     world = World(tmp_path)
     report = world.run(manifest)
     assert report.exit_code == 0 and world.sim.jobs_created == 30
@@ -94,7 +86,7 @@ def test_killed_anywhere_and_answers_lost_nothing_is_gated_or_made_twice(
     """Runs killed where a job is made and its answer never read, gate answers lost: in
     the end every unit passed or failed for good after its attempts, each image gated
     once, jobs = units + regenerations, the ledger the simulator's charge."""
-    manifest = write("jobs.yaml", manifest_text(60, "{on_fail: regenerate, attempts: 2}"))
+    manifest = write("jobs.yaml", quality_manifest(60, "{on_fail: regenerate, attempts: 2}"))
     world = World(tmp_path, lose_answer_rate=0.15, seed=5, job_seconds=3)
     rng = random.Random(7)
 
@@ -141,7 +133,7 @@ def test_the_quality_block_is_checked_at_its_line(write: Write) -> None:
         ("{min_score: 120}", "quality.min_score", "from 0 to 100"),
         ("{speed: 1}", "quality", "unknown key"),
     ]:
-        path = write("bad.yaml", manifest_text(2, quality))
+        path = write("bad.yaml", quality_manifest(2, quality))
         with pytest.raises(ManifestError) as caught:
             load_manifest(path)
         assert caught.value.line == 4 and caught.value.field.startswith("quality")
@@ -163,7 +155,7 @@ def test_200_units_killed_with_sigkill_anywhere_end_gated_once_and_paid_once(
     from tests.helpers import fast_run, start_batchgen
 
     units = 200
-    manifest = write("jobs.yaml", manifest_text(units, "{on_fail: regenerate, attempts: 2}"))
+    manifest = write("jobs.yaml", quality_manifest(units, "{on_fail: regenerate, attempts: 2}"))
     out = tmp_path / "out"
     sim = start_simulator(job_seconds=0.1, jitter=0.5, lose_answer_rate=0.1, seed=11)
     rng = random.Random(31)
@@ -221,7 +213,7 @@ def test_the_budget_bounds_gate_calls_and_regenerations_together(
     """Gate calls are paid like jobs: a run stops paying before the budget is passed,
     whether the next payment is a job or a gate call, and a later run with more budget
     finishes without paying anything twice."""
-    manifest = write("jobs.yaml", manifest_text(30, "{on_fail: regenerate, attempts: 2}"))
+    manifest = write("jobs.yaml", quality_manifest(30, "{on_fail: regenerate, attempts: 2}"))
     world = World(tmp_path, gate_cost=3.0)
     first = world.run(manifest, budget=40)
     assert first.exit_code == EXIT_STOPPED  # the budget, nothing failed
@@ -236,7 +228,7 @@ def test_the_budget_bounds_gate_calls_and_regenerations_together(
 def test_out_of_credits_at_the_gate_stops_paying_and_keeps_the_image(
     write: Write, tmp_path: Path
 ) -> None:
-    manifest = write("jobs.yaml", manifest_text(12, "{on_fail: keep}"))
+    manifest = write("jobs.yaml", quality_manifest(12, "{on_fail: keep}"))
     world = World(tmp_path, gate_cost=5.0, credits=12 * 1.0 + 2 * 5.0)
     first = world.run(manifest, allow_partial=True)
     assert first.exit_code == EXIT_STOPPED
@@ -259,7 +251,7 @@ def test_the_estimate_counts_the_gate_and_the_worst_case_of_its_regenerations(
     charge between the two."""
     # At high sensitivity a third fails: 40 units with none failing is a 1e-7 chance.
     rule = "{on_fail: regenerate, attempts: 2, sensitivity: high}"
-    manifest = write("jobs.yaml", manifest_text(40, rule))
+    manifest = write("jobs.yaml", quality_manifest(40, rule))
     world = World(tmp_path, gate_cost=0.5)
     found = world.estimate(manifest)
     job = found.shapes[0].cost_each
@@ -279,7 +271,7 @@ def test_run_estimate_and_validate_say_the_worst_case(
 ) -> None:
     from batchgen.cli import main
 
-    manifest = write("jobs.yaml", manifest_text(5, "{on_fail: regenerate, attempts: 3}"))
+    manifest = write("jobs.yaml", quality_manifest(5, "{on_fail: regenerate, attempts: 3}"))
     assert (
         main(["run", str(manifest), "--out", str(tmp_path / "o"), "--simulate", "--estimate"]) == 0
     )
@@ -297,7 +289,7 @@ def test_a_unit_made_again_already_counts_only_the_regenerations_it_has_left(
     from batchgen.manifest import iter_units
     from batchgen.manifest.types import QualityRule
 
-    (unit,) = list(iter_units(load_manifest(write("j.yaml", manifest_text(1, "{attempts: 3}")))))
+    (unit,) = list(iter_units(load_manifest(write("j.yaml", quality_manifest(1, "{attempts: 3}")))))
     shapes: dict[str, Any] = {}
     _count(shapes, unit, {"prompt": "x"}, 1, {"model_sim-fast": 2}, regenerated=1)
     (counted,) = shapes.values()
@@ -314,7 +306,7 @@ def test_status_counts_passed_warned_failed_and_regenerating(
     the kept verdicts are those of results.jsonl."""
     from batchgen.cli import main
 
-    manifest = write("jobs.yaml", manifest_text(60, "{on_fail: regenerate, attempts: 1}"))
+    manifest = write("jobs.yaml", quality_manifest(60, "{on_fail: regenerate, attempts: 1}"))
     world = World(tmp_path, gate_cost=0.0)
     stopped = world.run(manifest, concurrency=60, budget=60)
     assert stopped.exit_code == EXIT_STOPPED
