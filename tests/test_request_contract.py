@@ -225,13 +225,18 @@ def test_the_judge_catches_a_wrong_request_the_code_swallowed() -> None:
     assert "the SDK knows no such endpoint" in second
 
 
+def sketches(tmp_path: Path, count: int) -> None:
+    """``count`` distinct images in ``tmp_path/in/``, for an image-to-image manifest."""
+    (tmp_path / "in").mkdir()
+    for n in range(count):
+        (tmp_path / "in" / f"s{n}.png").write_bytes(make_png(16, 16, f"sketch {n}"))
+
+
 def test_a_whole_run_sends_only_what_the_api_takes(write: Write, tmp_path: Path) -> None:
     """Not vacuous: the judge sees a run's every request, uploads, lost answers and their
     reconciliation among them, and finds nothing wrong."""
     judge = sdk_contract.RequestJudge()
-    (tmp_path / "in").mkdir()
-    for n in range(3):
-        (tmp_path / "in" / f"s{n}.png").write_bytes(make_png(16, 16, f"s{n}"))
+    sketches(tmp_path, 3)
     manifest = write(
         "jobs.yaml",
         "model: model_sim-img2img\nwidth: 64\nheight: 64\njobs:\n"
@@ -261,9 +266,7 @@ def test_an_image_batch_killed_during_uploads_with_lost_answers_uploads_each_ima
     again and again, then run to the end: one upload per distinct image, one job per
     unit, against the strict simulator (the lost answers are found by listing the
     uploads, which the real API takes only with sortBy=createdAt)."""
-    (tmp_path / "in").mkdir()
-    for n in range(6):
-        (tmp_path / "in" / f"s{n}.png").write_bytes(make_png(16, 16, f"sketch {n}"))
+    sketches(tmp_path, 6)
     manifest = write(
         "jobs.yaml",
         "model: model_sim-img2img\nwidth: 64\nheight: 64\njobs:\n"
