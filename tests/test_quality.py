@@ -328,3 +328,20 @@ def test_status_counts_passed_warned_failed_and_regenerating(
     said = capsys.readouterr().out
     assert f"quality gate: {kept.count('pass')} passed, {kept.count('warn')} warned" in said
     assert f"{kept.count('fail')} failed, 0 regenerating" in said
+
+
+def test_a_rejected_image_deleted_under_the_run_leaves_nothing_to_set_aside(
+    tmp_path: Path,
+) -> None:
+    """Moved aside once; deleted by another hand, or already moved by a run killed
+    before it noted so: nothing to move, and no error that would stop the run."""
+    from batchgen.engine.gate import set_aside
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "u1_0.png").write_bytes(b"first")
+    files = ["images/u1_0.png", "images/gone_0.png"]
+    moved = set_aside(tmp_path, files, 0)
+    assert moved == ["images/_rejected/u1_0.attempt-0.png", "images/_rejected/gone_0.attempt-0.png"]
+    assert (tmp_path / moved[0]).read_bytes() == b"first"
+    assert set_aside(tmp_path, files, 0) == moved  # again after a kill: kept, not lost
+    assert (tmp_path / moved[0]).read_bytes() == b"first"

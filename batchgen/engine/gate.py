@@ -182,14 +182,17 @@ def rejected_name(relative: str, attempt: int) -> PurePath:
 
 
 def set_aside(out_dir: Path, files: list[str], attempt: int) -> list[str]:
-    """A rejected attempt's images moved to ``images/_rejected/`` (never deleted).  A
-    file already moved (by a run killed before it noted so) is left where it is."""
+    """A rejected attempt's images moved to ``images/_rejected/`` (never deleted), and
+    where each is kept now.  A file no longer at its place (moved by a run killed before
+    it noted so, or deleted by another hand) has nothing to move: the unit goes on."""
     moved = []
     for relative in files:
         target = rejected_name(relative, attempt)
         with storage_faults(out_dir / target.parent):
             real_directory(out_dir, target.parent)
-            if (out_dir / relative).exists() or not (out_dir / target).exists():
+            try:
                 os.replace(out_dir / relative, out_dir / target)
+            except FileNotFoundError:
+                log.info("%s: not there to set aside", relative)
         moved.append(target.as_posix())
     return moved

@@ -269,6 +269,8 @@ class JournalReads(JournalBase):
         ``fail``), and ``regenerating``: units whose image it rejected, their next job
         not done yet.  Empty for an output with no gate."""
         with self._lock:
+            if self._db.execute("SELECT 1 FROM gates LIMIT 1").fetchone() is None:
+                return {}  # never gated: no results line to read
             kept = self._db.execute(
                 "SELECT json_extract(result, '$.quality_verdict') AS verdict, COUNT(*)"
                 " FROM units WHERE state = ? AND result IS NOT NULL AND verdict IS NOT NULL"
