@@ -270,8 +270,14 @@ def _add_gallery(commands: argparse._SubParsersAction[_Parser]) -> None:
         epilog="example: batchgen gallery output/jobs --open",
     )
     gallery.add_argument("out", type=output_place, metavar="OUT")
-    gallery.add_argument("--open", action="store_true", help="open it in the default browser")
+    gallery.add_argument(
+        "--open",
+        action="store_true",
+        help="open it in the default browser (a local one: a page in a bucket is read "
+        "where the bucket is served, or from a copy)",
+    )
     gallery.add_argument("--json", action="store_true", help="print one JSON object")
+    add_arguments(gallery, "gallery")
     _add_verbosity(gallery)
 
 
@@ -812,7 +818,9 @@ def _export(args: argparse.Namespace) -> int:
 def _gallery(args: argparse.Namespace) -> int:
     from . import upkeep  # loaded when used: a rerun of a finished batch needs none
 
-    made = upkeep.gallery(args.out)
+    if args.open and not isinstance(args.out, Path):
+        raise ConfigError(f"{args.out}: --open opens a local page; this one would be in a bucket")
+    made = upkeep.gallery(args.out, storage_options=args.storage_options)
     if args.json:
         _say(json.dumps(made.to_json()))
     else:
@@ -820,7 +828,7 @@ def _gallery(args: argparse.Namespace) -> int:
     if args.open:
         import webbrowser  # loaded only when used
 
-        webbrowser.open(made.page.resolve().as_uri())
+        webbrowser.open(Path(made.page).resolve().as_uri())
     return EXIT_OK
 
 

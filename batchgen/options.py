@@ -106,7 +106,7 @@ def output_place(text: str) -> str | Path:
 RUN = ("run",)
 # The commands that talk to the API, and those that take an output with its store.
 API = ("run", "validate", "models", "verify", "account")
-STORE = ("run", "status", "prune", "verify", "export")
+STORE = ("run", "status", "prune", "verify", "export", "gallery")
 BUCKET_GROUP = "an output in a bucket"
 
 

@@ -23,7 +23,7 @@ from anyio import CancelScope
 from . import config as defaults
 from .backend import Backend, open_backend
 from .engine import Engine, EngineSettings, Summary
-from .engine.ports import Fetcher
+from .engine.ports import Fetcher, inline
 from .errors import (
     EXIT_FAILED_UNITS,
     EXIT_INTERRUPTED,
@@ -31,12 +31,13 @@ from .errors import (
     EXIT_OUT_OF_TIME,
     EXIT_STOPPED,
     ConfigError,
+    StorageError,
 )
 from .estimating import priced
 from .manifest import Manifest
 from .manifest.shard import Shard
 from .options import RunOptions, from_keywords
-from .output import Output, RunPlan, open_output
+from .output import Output, RunPlan, make_gallery, open_output
 from .plan import (
     MODEL_KEY,
     checked_manifest,
@@ -77,13 +78,26 @@ async def arun_with(manifest: str | Path, options: Mapping[str, Any]) -> Report:
             output.fresh()
         summary = await held_run(output, run, total)
         if opts.gallery:
-            await output.gallery(run)
+            await gallery_of_run(output, opts, backend)
     return Report(
         **summary.to_json(),
         output=output.shown,
         exit_code=exit_code(summary, total),
         line=summary.line(),
     )
+
+
+async def gallery_of_run(output: Output, options: RunOptions, backend: Backend) -> None:
+    """``--gallery``: the output's page (every shard's), or a warning: a page that could
+    not be made must not fail a run that did its work."""
+    try:
+        made = await make_gallery(
+            output.whole, options.storage_options, blocking=backend.offload is inline
+        )
+    except StorageError as exc:
+        log.warning("the gallery was not made: %s", exc)
+        return
+    log.info("gallery: %s", made.page)
 
 
 def engine_settings(manifest: Manifest, options: RunOptions, state_dir: Path) -> EngineSettings:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import itertools
 import json
 import logging
@@ -33,7 +32,7 @@ from .engine.download import fresh_each_time
 from .errors import ApiError, ConfigError, DownloadError
 from .manifest import iter_units
 from .options import RunOptions, from_keywords
-from .output import Kept, Place, open_kept
+from .output import Kept, Place, make_gallery, open_kept
 from .rerun import MANIFEST_KEY, load
 from .retry import Request, with_retries
 from .store.bucket import (
@@ -42,17 +41,13 @@ from .store.bucket import (
     is_bucket_url,
     parse_storage_options,
 )
-from .store.embed import embed
 from .store.export import DEFAULT_SHARD_SIZE, Exported, Source
 from .store.export import export as write_export
 from .store.faults import storage_faults
-from .store.files import (
-    open_regular,
-    stamp_of,
-    write_bytes_atomically,
-)
+from .store.files import stamp_of
 from .store.gallery import Gallery
 from .store.journal import Journal
+from .store.results import rewrite_file, story_of
 from .store.select import Selection
 
 log = logging.getLogger(__name__)
@@ -231,7 +226,9 @@ async def _fix(
                     if served:  # the file had its story written in: written in again
                         if got.sha256 != served[index]:
                             raise DownloadError("the job's image is not the one recorded")
-                        digest = await anyio.to_thread.run_sync(_embed_again, destination, result)
+                        digest = await anyio.to_thread.run_sync(
+                            rewrite_file, destination, story_of(result)
+                        )
                     else:
                         digest = got.sha256
                     if digest != entry[1]:
@@ -243,16 +240,6 @@ async def _fix(
             stamps = [stamp_of(place / path) for path, _ in fetched]
             journal.downloaded(unit_id, fetched, result, stamps)
             found.fixed += bad
-
-
-def _embed_again(path: Path, result: dict[str, Any]) -> str:
-    """Write a fetched image's story in again, as the run did; its new sha256."""
-    size = next((s for s in result.get("sizes") or [] if s), None)
-    row = {**result, **({"width": size[0], "height": size[1]} if size else {})}
-    with open_regular(path) as image:
-        written = embed(image.read(), row)
-    write_bytes_atomically(path, written)
-    return hashlib.sha256(written).hexdigest()
 
 
 # ---------------------------------------------------------------------- export
@@ -364,19 +351,11 @@ async def _export(
 # ---------------------------------------------------------------------- gallery
 
 
-def gallery(out: str | Path) -> Gallery:
+def gallery(
+    out: str | Path, *, storage_options: list[str] | dict[str, str] | None = None
+) -> Gallery:
     """Write ``OUT/gallery/index.html``, a page to review the run (every shard's, from
     an output root), with a thumbnail of each image (see :mod:`batchgen.store.gallery`).
-    Also while a run goes on: it reads the journal as it stands."""
-    return run_sync(lambda: _gallery(out))
-
-
-async def _gallery(out: str | Path) -> Gallery:
-    async with open_kept(out, doing="gallery") as kept:
-        with contextlib.ExitStack() as stack:
-            journals = []
-            for place in kept.places:
-                journal = Journal(place.journal_dir)  # no lock: a run may be going on
-                stack.callback(journal.close)
-                journals.append((place.journal_dir, journal))
-            return kept.gallery(journals)
+    Also while a run goes on: it reads the journal as it stands.  In a bucket, the page
+    and its thumbnails are written into it, beside the images they link."""
+    return run_sync(lambda: make_gallery(out, storage_options))

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib.util
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -62,7 +61,7 @@ def _every_request_as_the_api_takes_it(request: pytest.FixtureRequest) -> Iterat
     SDK's contract (tests/sdk_contract.py): one the real API would refuse fails the test,
     with the code that sent it, even where the test itself would not notice.  A test
     that sends wrong requests on purpose is marked ``bad_requests``."""
-    if request.node.get_closest_marker("bad_requests") or not _sdk_installed():
+    if request.node.get_closest_marker("bad_requests"):
         yield
         return
     judge = _judge()
@@ -77,15 +76,11 @@ def _every_request_as_the_api_takes_it(request: pytest.FixtureRequest) -> Iterat
         pytest.fail(f"requests the real API refuses (scenario-sdk's contract):\n{shown}")
 
 
-def _sdk_installed() -> bool:
-    return importlib.util.find_spec("scenario_sdk") is not None
-
-
 @functools.cache
 def _judge() -> Any:
     from tests.sdk_contract import RequestJudge
 
-    return RequestJudge()
+    return RequestJudge(contract.simulated())
 
 
 @pytest.fixture(autouse=True)

@@ -518,8 +518,42 @@ def test_a_store_error_is_one_line_saying_whether_trying_again_may_help(
 
 
 def test_bucket_only_options_are_refused_with_a_reason() -> None:
-    with pytest.raises(ConfigError, match="--embed-metadata writes into local files"):
-        outputs.refuse_local_only({"embed_metadata": True})
+    with pytest.raises(ConfigError, match="--fresh moves a local directory aside"):
+        outputs.refuse_local_only({"fresh": True})
+
+
+@pytest.mark.parametrize("spilled", [False, True])
+def test_a_bucket_run_writes_the_story_into_each_image_and_records_what_it_wrote(
+    write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch, spilled: bool
+) -> None:
+    """--embed-metadata on a bucket: each object rewritten with its story and its
+    sha256 attribute; an image the store refused is changed where it waits, and
+    written so by the next run.  verify finds each as recorded; nothing is redone."""
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    state = tmp_path / "state"
+    with monkeypatch.context() as patch:
+        if spilled:
+            patch.setattr(Bucket, "_put", FlakyWrites(1.0, seed=1, only_images=True).method())
+        report = world.run(manifest, out=url, state_dir=state, embed_metadata=True)
+    assert report.exit_code == 0 and report.succeeded == 24
+    if spilled:
+        assert len(list((state / "images").rglob("*.png"))) == 24
+        assert world.run(manifest, out=url, state_dir=state).exit_code == 0
+    found = objects(url)
+    results = results_in(url)
+    for result in results:
+        (relative,) = result["files"]
+        data = found[relative]
+        assert b"parameters\x00" in data and result["prompt"].encode() in data
+        assert [hashlib.sha256(data).hexdigest()] == result["sha256"]
+        assert attributes(url, relative)["sha256"] == result["sha256"][0]
+        asset_id = world.sim.jobs[result["job_id"]].asset_ids[0]
+        assert result["served_sha256"] == [world.sim.served_sha256[asset_id]]
+        assert result["served_sha256"] != result["sha256"]
+    checked = batchgen.verify(url)
+    assert checked.checked == 24 and checked.intact
+    assert world.run(manifest, out=url, state_dir=state, embed_metadata=True).already_done == 24
 
 
 def test_status_and_verify_read_a_bucket_and_every_shard_under_it(
@@ -560,8 +594,49 @@ def test_status_and_verify_read_a_bucket_and_every_shard_under_it(
     assert checked.missing == [gone] and checked.altered == [replaced]
     with pytest.raises(ConfigError, match="--fix works on a local directory"):
         batchgen.verify(url, fix=True)
-    with pytest.raises(ConfigError, match="batchgen gallery works on a local directory"):
-        batchgen.gallery(url)
+
+
+def test_the_gallery_of_a_bucket_is_written_into_it_beside_the_images_it_links(
+    write: Write, tmp_path: Path, url: str
+) -> None:
+    """Every shard's units on one page at the root, linking each image and its
+    thumbnail by the paths a folder has; an image gone has no thumbnail; made again,
+    nothing is made twice."""
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    for index in range(2):
+        report = world.run(
+            manifest, out=url, shard=f"{index + 1}/2", state_dir=tmp_path / "s", gallery=True
+        )
+        assert report.exit_code == 0
+    found = objects(url)
+    page = found["gallery/index.html"].decode()
+    data = json.loads(
+        re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S)[1]
+    )  # type: ignore[index]
+    assert data["summary"]["units"] == 24 and data["summary"]["done"] == 24
+    linked = [image for unit in data["units"] for image in unit["images"]]
+    assert len(linked) == 24
+    for image in linked:
+        assert image["file"].startswith("../shard-")
+        assert image["file"][3:] in found  # the link resolves from gallery/
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        return
+    for image in linked:
+        assert found[f"gallery/{image['thumb']}"][:4] == b"RIFF"  # WebP
+    gone = linked[0]["file"][3:]
+    parsed = BucketUrl.parse(url)
+    assert parsed is not None
+    obstore.delete(bucket_module._memory_stores[parsed.bucket], parsed.key(gone))
+    obstore.delete(
+        bucket_module._memory_stores[parsed.bucket], parsed.key(f"gallery/{linked[0]['thumb']}")
+    )
+    again = batchgen.gallery(url)
+    assert again.page == f"{url}/gallery/index.html"
+    assert (again.units, again.images, again.thumbnails_made) == (24, 24, 0)
+    assert f"gallery/{linked[0]['thumb']}" not in objects(url)
 
 
 @pytest.mark.parametrize("kind", ["webdataset", "imagefolder"])

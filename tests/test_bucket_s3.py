@@ -372,3 +372,52 @@ def test_the_buckets_requests_go_through_the_proxy_the_environment_names(
     assert code == 0, stderr
     assert any(f"/{BUCKET}/proxied/images/" in head for head in s3.front.heads)
     assert_every_image_once_as_served(s3, "proxied", sim)
+
+
+def test_a_run_on_s3_embeds_each_images_story_and_writes_its_gallery_into_the_bucket(
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    start_simulator: Callable[..., Simulator],
+    s3: S3,
+) -> None:
+    """--embed-metadata and --gallery on a real S3 server: each object rewritten with
+    its story and its sha256 metadata; the page and a thumbnail of each image under the
+    prefix's gallery/, linking the images by their paths; made again by the command,
+    nothing is made twice."""
+    manifest = write("jobs.yaml", MANIFEST)
+    sim = start_simulator(job_seconds=0.2)
+    out = f"s3://{BUCKET}/shared/run"
+    first = run_command(manifest, out, tmp_path / "state", sim, s3, "--embed-metadata", "--gallery")
+    code, stderr = finish(first)
+    assert code == 0, stderr
+    found = s3.objects("shared/run")
+    results = [json.loads(line) for line in found["results.jsonl"].decode().splitlines()]
+    assert len(results) == UNITS
+    page = found["gallery/index.html"].decode()
+    images = 0
+    for record in results:
+        digests = [hashlib.sha256(found[relative]).hexdigest() for relative in record["files"]]
+        assert digests == record["sha256"] and not set(digests) & set(record["served_sha256"])
+        for relative, digest in zip(record["files"], digests, strict=True):
+            assert b"parameters\x00" in found[relative]
+            assert s3.metadata(f"shared/run/{relative}")["sha256"] == digest
+            assert f'"../{relative}"' in page
+            images += 1
+    thumbs = [k for k in found if k.startswith("gallery/thumbs/")]
+    assert len(thumbs) == images and all(found[k][:4] == b"RIFF" for k in thumbs)
+    again = start_batchgen(
+        [
+            "gallery",
+            out,
+            "--json",
+            "--storage-option",
+            f"endpoint_url={s3.endpoint}",
+            "--storage-option",
+            "region_name=us-east-1",
+        ],
+        {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY},
+    )
+    stdout, stderr = again.communicate(timeout=120)
+    assert again.returncode == 0, stderr
+    made = json.loads(stdout)
+    assert made["page"] == f"{out}/gallery/index.html" and made["thumbnails_made"] == 0

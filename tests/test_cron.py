@@ -149,6 +149,7 @@ def test_a_cron_like_run_with_only_the_credentials_file(
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow  # real processes, on real time
 def test_a_simulated_run_cut_short_resumes_as_a_real_one(
     write: Write, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -189,6 +190,7 @@ def cron(args: list[str], cwd: Path, log: Path) -> tuple[int, str, str, list[str
     return done.returncode, done.stdout, done.stderr, lines
 
 
+@pytest.mark.slow  # real processes, on real time
 def test_a_cron_night_is_told_by_the_log_alone(write: Write, tmp_path: Path) -> None:
     """A run that succeeds prints nothing, every night; an unreachable API and a bad
     manifest each have their own exit code; each log ends saying how the run ended."""

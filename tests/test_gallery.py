@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import batchgen
+from batchgen.store.gallery import thumbnail_work
 from tests.helpers import World, every_verdict, quality_manifest
 
 Write = Callable[[str, str], Path]
@@ -52,19 +53,56 @@ def test_the_page_holds_every_unit_and_a_thumbnail_of_each_image(run: World) -> 
     except ImportError:
         thumbnails = 0  # the page shows the images themselves
     assert (made.units, made.images, made.thumbnails_made) == (9, 8, thumbnails)
-    data = page_data(made.page)
+    page = Path(made.page)
+    data = page_data(page)
     units = data["units"]
     assert isinstance(units, list)
     refused = [u for u in units if u["status"] == "failure"]
     assert len(refused) == 1 and "moderation" in refused[0]["error"] and refused[0]["permanent"]
     for unit in units:
         for image in unit["images"]:
-            assert (made.page.parent / image["thumb"]).is_file()
-            assert (made.page.parent / image["file"]).resolve().is_file()
+            assert (page.parent / image["thumb"]).is_file()
+            assert (page.parent / image["file"]).resolve().is_file()
     # No server, no network: nothing is fetched from anywhere but beside the page.
-    assert not re.search(r"""(src|href)=["']?https?:""", made.page.read_text())
+    assert not re.search(r"""(src|href)=["']?https?:""", page.read_text())
     # Made again with nothing new: no thumbnail made twice.
     assert batchgen.gallery(run.out).thumbnails_made == 0
+
+
+@pytest.mark.parametrize(
+    ("wanted", "present", "make", "stale"),
+    [
+        ({"a_0_11.webp": "images/a.png"}, set(), ["a_0_11.webp"], []),
+        ({"a_0_11.webp": "images/a.png"}, {"a_0_11.webp"}, [], []),
+        # The image was made again (other bytes): a thumbnail of its own, the old one gone.
+        ({"a_0_22.webp": "images/a.png"}, {"a_0_11.webp"}, ["a_0_22.webp"], ["a_0_11.webp"]),
+        # A file of another kind in thumbs/ is not the gallery's to remove.
+        ({}, {"notes.txt", "a_0.webp"}, [], ["a_0.webp"]),
+    ],
+)
+def test_the_names_there_say_which_thumbnails_to_make_and_remove(
+    wanted: dict[str, str], present: set[str], make: list[str], stale: list[str]
+) -> None:
+    assert thumbnail_work(wanted, present) == (make, stale)
+
+
+def test_a_thumbnail_no_image_wants_is_removed_and_each_is_named_by_its_image(
+    run: World,
+) -> None:
+    pytest.importorskip("PIL", reason="the thumbnails need Pillow (the dataset extra)")
+    thumbs = run.out / "gallery" / "thumbs"
+    thumbs.mkdir(parents=True)
+    (thumbs / "gone_0.webp").write_bytes(b"a thumbnail of an earlier version")
+    (thumbs / "notes.txt").write_text("the user's")
+    batchgen.gallery(run.out)
+    names = set(os.listdir(thumbs))
+    assert "gone_0.webp" not in names and "notes.txt" in names
+    expected = {
+        f"{r['id']}_{index}_{digest[:16]}.webp"
+        for r in run.results()
+        for index, digest in enumerate(r.get("sha256") or [])
+    }
+    assert names - {"notes.txt"} == expected and len(expected) == 8
 
 
 def browser() -> tuple[object, str]:
@@ -78,7 +116,7 @@ def browser() -> tuple[object, str]:
 @pytest.mark.slow
 def test_the_page_in_a_real_browser_offline(run: World, tmp_path: Path) -> None:
     playwright, chromium = browser()
-    page_path = batchgen.gallery(run.out).page
+    page_path = Path(batchgen.gallery(run.out).page)
     artifacts = Path(os.environ.get("BATCHGEN_TEST_ARTIFACTS", tmp_path))
     with playwright.sync_playwright() as driver:  # type: ignore[attr-defined]
         launched = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
@@ -157,7 +195,7 @@ def test_a_gallery_of_ten_thousand_images_stays_bounded_in_the_browser(tmp_path:
                 journal.downloaded(unit.id, files, result.to_json(), [stamp_of(out / relative)])
     finally:
         journal.close()
-    page_path = batchgen.gallery(out).page
+    page_path = Path(batchgen.gallery(out).page)
     with playwright.sync_playwright() as driver:  # type: ignore[attr-defined]
         launched = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
@@ -186,7 +224,7 @@ def gated(write: Write, tmp_path: Path) -> World:
 
 
 def test_the_page_carries_each_units_verdict_and_reasons(gated: World) -> None:
-    data = page_data(batchgen.gallery(gated.out).page)
+    data = page_data(Path(batchgen.gallery(gated.out).page))
     by_id = {r["id"]: r for r in gated.results()}
     units = data["units"]
     assert isinstance(units, list) and len(units) == 80
@@ -210,7 +248,7 @@ def test_the_gallery_filters_by_verdict_and_shows_the_reasons_in_a_browser(
     """Also the README's picture: BATCHGEN_TEST_ARTIFACTS=docs/images writes it."""
     playwright, chromium = browser()
     artifacts = Path(os.environ.get("BATCHGEN_TEST_ARTIFACTS", tmp_path))
-    page_path = batchgen.gallery(gated.out).page
+    page_path = Path(batchgen.gallery(gated.out).page)
     kept = [r["quality_verdict"] for r in gated.results()]
     with playwright.sync_playwright() as driver:  # type: ignore[attr-defined]
         launched = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])

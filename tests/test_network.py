@@ -313,6 +313,7 @@ def start_proxy() -> Iterator[Callable[[], ConnectProxy]]:
         yield start
 
 
+@pytest.mark.slow  # real TLS over loopback, end to end
 @pytest.mark.parametrize("through_proxy", [False, True], ids=["direct", "through-a-proxy"])
 def test_the_example_runs_over_tls_through_a_proxy_named_only_by_the_environment(
     through_proxy: bool,

@@ -610,12 +610,12 @@ def test_shards_run_apart_make_exactly_the_whole_set(write: Write, tmp_path: Pat
 def test_a_chaotic_run_loses_nothing_pays_nothing_twice_and_leaks_nothing(
     write: Write, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    units = 700
+    units = 350
     manifest = write(
         "jobs.yaml",
         "model: model_sim-fast\nwidth: 32\nheight: 32\njobs:\n"
-        "  - prompt: same body\n    count: 100\n"
-        "  - prompt: 'unit {n}'\n    vars: {n: [" + ", ".join(map(str, range(600))) + "]}\n",
+        "  - prompt: same body\n    count: 50\n"
+        "  - prompt: 'unit {n}'\n    vars: {n: [" + ", ".join(map(str, range(300))) + "]}\n",
     )
     world = World(
         tmp_path,

@@ -24,7 +24,7 @@ from ..store.commits import GroupCommit
 from ..store.faults import storage_faults
 from ..store.files import INPUTS_DIR, keep_copy, real_directory, stamp_of
 from ..store.journal import Journal
-from ..store.results import UnitResult, embed_into_files
+from ..store.results import UnitResult, embed_into_files, story_of, with_story
 from .download import AssetResolver, download_job
 from .gate import Gate, set_aside
 from .ports import Api, Fetcher, Offload
@@ -109,8 +109,22 @@ class Delivery:
         if got.not_kept:
             result = dataclasses.replace(result, not_kept=got.not_kept)
         if self._settings.embed_metadata:
-            result = await self._offload(embed_into_files, result, self._settings.output_dir)
+            result = await self._with_story(result)
         return result
+
+    async def _with_story(self, result: UnitResult) -> UnitResult:
+        """``--embed-metadata``: the unit's files rewritten with their story in."""
+        if self._settings.rewrite is None:  # in the output directory
+            told: UnitResult = await self._offload(
+                embed_into_files, result, self._settings.output_dir
+            )
+            return told
+        change = story_of(result.to_json())
+        files = [
+            (relative, await self._settings.rewrite(relative, change))
+            for relative, _ in result.files
+        ]
+        return with_story(result, files)
 
     def asked(self, unit: Unit) -> int:
         return images_asked(unit, self._settings.outputs)

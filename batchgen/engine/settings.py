@@ -50,3 +50,7 @@ class EngineSettings:
     # Moves the images the quality gate rejected aside, elsewhere than the output
     # directory (a bucket); gives their new names.  None: moved in the output directory.
     set_aside: Callable[[list[str], int], Awaitable[list[str]]] | None = None
+    # Replaces an image (its name below the output) with a change of its bytes,
+    # elsewhere than the output directory (a bucket); gives its new sha256 (for
+    # --embed-metadata).  None: rewritten in the output directory.
+    rewrite: Callable[[str, Callable[[bytes], bytes]], Awaitable[str]] | None = None

@@ -21,8 +21,18 @@ if TYPE_CHECKING:
     from ..manifest import Manifest
     from ..manifest.shard import Shard
     from ..options import RunOptions
+    from ..store.gallery import Gallery
 
-__all__ = ["FileCheck", "Kept", "Output", "Place", "RunPlan", "open_kept", "open_output"]
+__all__ = [
+    "FileCheck",
+    "Kept",
+    "Output",
+    "Place",
+    "RunPlan",
+    "make_gallery",
+    "open_kept",
+    "open_output",
+]
 
 
 def open_output(manifest: Manifest, options: RunOptions, shard: Shard | None) -> Output:
@@ -46,9 +56,11 @@ async def open_kept(
     storage_options: list[str] | dict[str, str] | None = None,
     *,
     doing: str | None = None,
+    blocking: bool = False,
 ) -> AsyncIterator[Kept]:
     """The output at ``out``: a bucket (``s3://``, ``gs://``, …), or a folder; what it
-    cannot do (``doing``: ``fix``, ``gallery``) refused before it is even read."""
+    cannot do (``doing``: ``fix``) refused before it is even read.  ``blocking``: a
+    bucket read with the calling thread (a run on virtual time)."""
     from ..store.bucket import BucketUrl
 
     url = BucketUrl.parse(str(out)) if isinstance(out, str) else None
@@ -61,5 +73,22 @@ async def open_kept(
 
     if doing is not None:
         KeptBucket.refuse_for(url, doing)
-    async with KeptBucket.at(url, storage_options) as kept:
+    async with KeptBucket.at(url, storage_options, blocking=blocking) as kept:
         yield kept
+
+
+async def make_gallery(
+    out: str | Path,
+    storage_options: list[str] | dict[str, str] | None = None,
+    *,
+    blocking: bool = False,
+) -> Gallery:
+    """The review page of the output at ``out`` written into it (every shard's, from
+    its root), from the journals as they stand; in a worker thread, unless
+    ``blocking`` (a run on virtual time: everything with the calling thread)."""
+    async with open_kept(out, storage_options, blocking=blocking) as kept:
+        if blocking:
+            return kept.gallery()
+        import anyio.to_thread
+
+        return await anyio.to_thread.run_sync(kept.gallery)

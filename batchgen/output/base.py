@@ -6,6 +6,7 @@ kinds implement, apart from the functions that choose one."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
@@ -70,8 +71,9 @@ class Output(Protocol):
         """At the run's end, however it ended: the views (and what else the output
         keeps) brought up to date with the journal."""
 
-    async def gallery(self, run: RunPlan) -> None:
-        """``--gallery``: the output's page written."""
+    @property
+    def whole(self) -> str | Path:
+        """The whole output (a sharded one's root), as :func:`open_kept` takes it."""
 
 
 # How a place's recorded files are checked cheaply (size and time, no hashing): each
@@ -138,5 +140,21 @@ class Kept(Protocol):
     def root_dir(self) -> Path:
         """The directory the places' paths are relative to (for an export's rows)."""
 
-    def gallery(self, journals: list[tuple[Path, Journal]]) -> Gallery:
-        """The review page written."""
+    def gallery(self) -> Gallery:
+        """The review page written, from every place's journal as it stands (a run may
+        be going on: it is read, not held).  Blocking."""
+
+
+@contextlib.contextmanager
+def opened_journals(places: Iterable[Place]) -> Iterator[list[tuple[str, Journal]]]:
+    """Each place's journal open for reading, without its lock, closed at the end:
+    (its path from the output's root, the journal)."""
+    from ..store.journal import Journal
+
+    with contextlib.ExitStack() as stack:
+        journals = []
+        for place in places:
+            journal = Journal(place.journal_dir)
+            stack.callback(journal.close)
+            journals.append((place.prefix, journal))
+        yield journals

@@ -82,8 +82,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_LOOKBACK = timedelta(hours=1)
 # Options a run to a bucket does not take (yet), with why.
 LOCAL_ONLY = {
-    "embed_metadata": "--embed-metadata writes into local files",
-    "gallery": "--gallery makes a page of local files",
     "fresh": "--fresh moves a local directory aside (use a new prefix)",
     "rebuild_journal": "--rebuild-journal reads a local directory (the bucket's "
     "checkpoint is restored by itself)",
@@ -151,6 +149,8 @@ class BucketOutput:
     # Copies the journal to the bucket (once the run's journal is open).
     save: Save | None = None
     checkpoint_interval: float = CHECKPOINT_SECONDS
+    # The whole output (a sharded one's root), as open_kept takes it.
+    whole: str = ""
 
     @classmethod
     def for_run(cls, url: BucketUrl, options: RunOptions, shard: Shard | None) -> BucketOutput:
@@ -209,6 +209,7 @@ class BucketOutput:
             reserve=taken.reserve,
             keep_input=images.keep_input,
             set_aside=images.set_aside,
+            rewrite=images.rewrite,
         )
         self.save = functools.partial(
             checkpoint,
@@ -234,9 +235,6 @@ class BucketOutput:
         assert self.save is not None
         await finish(self, self.save, run.backend.settings.retry, run.backend.offload)
 
-    async def gallery(self, run: RunPlan) -> None:
-        raise ConfigError(LOCAL_ONLY["gallery"])  # refused by for_run already
-
     @classmethod
     def at(
         cls,
@@ -255,7 +253,8 @@ class BucketOutput:
         if shard is not None:
             bucket, state = bucket.child(shard.directory), state / shard.directory
         retrying = retrying_with(retry or RetrySettings())
-        return cls(bucket, state, Lease(bucket, lease_seconds, retrying), retrying)
+        lease = Lease(bucket, lease_seconds, retrying)
+        return cls(bucket, state, lease, retrying, whole=str(url))
 
 
 def refuse_local_only(chosen: dict[str, bool]) -> None:

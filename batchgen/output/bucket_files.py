@@ -60,6 +60,7 @@ from ..store.files import (
     write_lines_atomically,
 )
 from ..store.journal import JOURNAL_NAME, Journal
+from ..store.results import rewrite_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -249,6 +250,34 @@ class BucketImages:
             moved.append(target)
         return moved
 
+    async def rewrite(self, relative: str, change: Callable[[bytes], bytes]) -> str:
+        """An image written this run replaced by ``change`` of its bytes (its story
+        written in), its sha256 attribute with it; its new sha256.  One still in the
+        spill directory is changed there; one the store keeps refusing goes there."""
+        if await self.offload((self.root / relative).is_file):
+            rewritten: str = await self.offload(_rewrite_spilled, self.root, relative, change)
+            return rewritten
+        found = await self._retrying(self.bucket.read, relative)
+        if found is None:  # the next run fetches it again: it was not recorded
+            where = self.bucket.location(relative)
+            raise ObjectStoreError(f"{where}: gone since it was written", transient=False)
+        data, described = found
+        written = await self.offload(change, data)
+        sha256 = hashlib.sha256(written).hexdigest()
+        attributes = {**described.attributes, SHA256_ATTRIBUTE: sha256}
+        try:
+            await self._retrying(self.bucket.put, relative, written, attributes)
+        except ObjectStoreError as exc:
+            if not exc.transient:
+                raise
+            self.written.pop(relative, None)
+            await self.offload(_write_file, self.root, relative, written, sha256, attributes)
+            self.spilled += 1
+            log.warning("%s; kept in %s until it can be written", exc, self.root / relative)
+        else:
+            self.written[relative] = len(written)
+        return sha256
+
     async def _retrying(self, call: Callable[..., Awaitable[T]], *args: Any) -> T:
         return await with_retries(
             Request.STORE_WRITE, functools.partial(call, *args), self.retry, self.rng
@@ -265,6 +294,19 @@ class BucketImages:
         except OSError:
             return None
         return status.st_size, status.st_mtime_ns
+
+
+def _rewrite_spilled(root: Path, relative: str, change: Callable[[bytes], bytes]) -> str:
+    """A spilled image changed where it waits, its attributes with it."""
+    try:
+        sha256 = rewrite_file(root / relative, change)
+        sidecar = _sidecar(root / relative)
+        attributes = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        attributes[SHA256_ATTRIBUTE] = sha256
+        write_lines_atomically(sidecar, [json.dumps(attributes)])
+    except OSError as exc:
+        raise storage_error(exc, root / relative) from exc
+    return sha256
 
 
 def _move_sidecar(root: Path, relative: str, target: str) -> None:

@@ -4,11 +4,14 @@ under the output's lease and written back with its views and a new checkpoint.""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..config import RetrySettings
 from ..engine.ports import inline
@@ -16,11 +19,11 @@ from ..errors import ConfigError
 from ..store.bucket import SHA256_ATTRIBUTE, Bucket, BucketUrl, parse_storage_options
 from ..store.dataset import METADATA_NAME
 from ..store.files import IMAGES_DIR
-from ..store.gallery import Gallery
+from ..store.gallery import THUMBS, Gallery, write_gallery
 from ..store.journal import Journal
 from ..store.results import RESULTS_NAME
 from ..store.views import update_views
-from .base import FileCheck, Place
+from .base import FileCheck, Place, opened_journals
 from .bucket import BucketOutput, Checkpointed, checkpointed, leased, retrying_with
 from .bucket_files import checkpoint, put_files, restore_checkpoint
 from .lease import Lease
@@ -29,8 +32,6 @@ from .lease import Lease
 REFUSED = {
     "fix": "--fix works on a local directory; for a bucket, run batchgen run with an empty "
     "--state-dir: it fetches again from their jobs the images the bucket does not list",
-    "gallery": "batchgen gallery works on a local directory (its page links the images "
-    "beside it); export the bucket to a folder first",
 }
 
 
@@ -47,11 +48,15 @@ class KeptBucket:
     @classmethod
     @asynccontextmanager
     async def at(
-        cls, url: BucketUrl, storage_options: list[str] | dict[str, str] | None
+        cls,
+        url: BucketUrl,
+        storage_options: list[str] | dict[str, str] | None,
+        *,
+        blocking: bool = False,
     ) -> AsyncIterator[KeptBucket]:
         with tempfile.TemporaryDirectory() as temporary:
             staging = Path(temporary)
-            found = await checkpointed(url, storage_options, staging, blocking=False)
+            found = await checkpointed(url, storage_options, staging, blocking=blocking)
             places = [
                 Place(c.place, c.shard, f"{c.shard.directory}/" if c.shard else "") for c in found
             ]
@@ -132,6 +137,33 @@ class KeptBucket:
         if doing in REFUSED:
             raise ConfigError(f"{url}: {REFUSED[doing]}")
 
-    def gallery(self, journals: list[tuple[Path, Journal]]) -> Gallery:
-        self.refuse_for(self.url, "gallery")
-        raise AssertionError("refused above")
+    def gallery(self) -> Gallery:
+        with opened_journals(self.places) as journals:
+            return write_gallery(journals, BucketGallery(self.root), self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class BucketGallery:
+    """A gallery's files in a bucket: the page links the images by the paths a folder
+    has, so it is read where the bucket is served (or from a copy of it)."""
+
+    bucket: Bucket
+
+    @contextlib.contextmanager
+    def open_image(self, relative: str) -> Iterator[BinaryIO]:
+        data = self.bucket.read_now(relative)
+        if data is None:
+            raise FileNotFoundError(self.bucket.location(relative))
+        yield io.BytesIO(data)
+
+    def thumbnails(self) -> set[str]:
+        return self.bucket.names_now(THUMBS)
+
+    def write(self, relative: str, data: bytes) -> None:
+        self.bucket.put_now(relative, data)
+
+    def remove(self, relative: str) -> None:
+        self.bucket.delete_now(relative)
+
+    def where(self, relative: str) -> str:
+        return self.bucket.location(relative)

@@ -28,7 +28,6 @@ from ..report import Report
 from ..rerun import finished_already
 from ..store.dataset import write_metadata
 from ..store.faults import storage_faults
-from ..store.gallery import write_gallery
 from ..store.journal import JOURNAL_NAME, Journal
 from ..store.lock import OutputLock
 from ..store.rebuild import Rebuilt, earlier_work, rebuild
@@ -118,26 +117,6 @@ def write_views_if_possible(journal: Journal, out_dir: Path, shard: Shard | None
         log.warning("results.jsonl and metadata.jsonl not rewritten: %s", exc)
 
 
-def write_gallery_of(root: Path, sharded: bool) -> None:
-    """The gallery of the output (of every shard, for a shard's run), or a warning: a
-    page that could not be made must not fail a run that did its work."""
-    places = shard_directories(root) if sharded else [root]
-    with contextlib.ExitStack() as stack:
-        journals = []
-        for place in places:
-            if (place / JOURNAL_NAME).is_file():
-                journal = Journal(place)
-                stack.callback(journal.close)
-                journals.append((place, journal))
-        try:
-            with storage_faults(root):
-                made = write_gallery(root, journals)
-        except StorageError as exc:
-            log.warning("the gallery was not made: %s", exc)
-            return
-    log.info("gallery: %s", made.page)
-
-
 def write_views(journal: Journal, out_dir: Path, shard: Shard | None) -> None:
     update_views(journal, out_dir, metadata=shard is None)
     if shard is not None:  # one metadata.jsonl at the root, for every shard
@@ -179,6 +158,10 @@ class FolderOutput:
     def shown(self) -> str:
         return str(self.state_dir)
 
+    @property
+    def whole(self) -> Path:
+        return self.state_dir.parent if self.shard is not None else self.state_dir
+
     def finished(self, manifest: Manifest, shard: Shard | None) -> Report | None:
         return finished_already(manifest, shard, self.state_dir)
 
@@ -212,7 +195,3 @@ class FolderOutput:
 
     async def close(self, journal: Journal, run: RunPlan) -> None:
         await run.backend.offload(write_views_if_possible, journal, self.state_dir, self.shard)
-
-    async def gallery(self, run: RunPlan) -> None:
-        root = self.state_dir.parent if self.shard is not None else self.state_dir
-        await run.backend.offload(write_gallery_of, root, self.shard is not None)

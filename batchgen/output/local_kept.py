@@ -3,21 +3,31 @@ on disk, held by their output lock."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import ConfigError
 from ..manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
 from ..store.faults import storage_faults
-from ..store.files import IMAGES_DIR, files_not_as_written, sha256_of
-from ..store.gallery import GALLERY_DIR, Gallery, write_gallery
+from ..store.files import (
+    IMAGES_DIR,
+    files_not_as_written,
+    open_regular,
+    real_directory,
+    sha256_of,
+    write_bytes_atomically,
+)
+from ..store.gallery import GALLERY_DIR, THUMBS, Gallery, folder_path, write_gallery
 from ..store.journal import JOURNAL_NAME, Journal
 from ..store.lock import OutputLock, run_in_progress
 from ..store.views import update_views
-from .base import FileCheck, Place
+from .base import FileCheck, Place, opened_journals
 
 
 def journal_places(root: Path) -> list[Place]:
@@ -107,6 +117,32 @@ class KeptFolder:
     def root_dir(self) -> Path:
         return self.root
 
-    def gallery(self, journals: list[tuple[Path, Journal]]) -> Gallery:
-        with storage_faults(self.root / GALLERY_DIR):
-            return write_gallery(self.root, journals)
+    def gallery(self) -> Gallery:
+        with storage_faults(self.root / GALLERY_DIR), opened_journals(self.places) as journals:
+            real_directory(self.root, THUMBS)  # the output's own, no link
+            return write_gallery(journals, FolderGallery(self.root), self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderGallery:
+    """A gallery's files in a folder: images read, thumbnails and the page written,
+    never through a link."""
+
+    root: Path
+
+    @contextlib.contextmanager
+    def open_image(self, relative: str) -> Iterator[BinaryIO]:
+        with open_regular(self.root / folder_path(relative)) as image:
+            yield image
+
+    def thumbnails(self) -> set[str]:
+        return set(os.listdir(self.root / THUMBS))
+
+    def write(self, relative: str, data: bytes) -> None:
+        write_bytes_atomically(self.root / folder_path(relative), data)
+
+    def remove(self, relative: str) -> None:
+        (self.root / folder_path(relative)).unlink(missing_ok=True)
+
+    def where(self, relative: str) -> str:
+        return str(self.root / relative)

@@ -498,6 +498,30 @@ class Bucket:
         except Exception as exc:
             raise self._converted(exc, relative, "write") from exc
 
+    def put_now(self, relative: str, data: bytes) -> None:
+        """Write (or overwrite) a small object, with the calling thread (a gallery)."""
+        try:
+            self._obstore.put(self._store, self.url.key(relative), data)
+        except Exception as exc:
+            raise self._converted(exc, relative, "write") from exc
+
+    def delete_now(self, relative: str) -> None:
+        try:
+            self._obstore.delete(self._store, self.url.key(relative))
+        except self._obstore.exceptions.NotFoundError:
+            return
+        except Exception as exc:
+            raise self._converted(exc, relative, "delete") from exc
+
+    def names_now(self, relative: str) -> set[str]:
+        """The names of the objects right under ``relative`` (with the calling thread)."""
+        prefix = self.url.key(relative)
+        try:
+            found = self._obstore.list_with_delimiter(self._store, prefix)
+        except Exception as exc:
+            raise self._converted(exc, relative, "list") from exc
+        return {str(meta["path"]).rsplit("/", 1)[-1] for meta in found["objects"]}
+
     def is_empty_now(self) -> bool:
         """Whether nothing is under the prefix (with the calling thread)."""
         try:

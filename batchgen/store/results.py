@@ -9,8 +9,9 @@ no longer in the manifest.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,24 +141,37 @@ class UnitResult:
         }
 
 
-def embed_into_files(result: UnitResult, out_dir: Path) -> UnitResult:
-    """The result, its files with their story written in (:mod:`.embed`; blocking):
-    each file replaced in one rename, its new sha256 recorded, the served one kept."""
-    row = result.to_json()
-    files = []
-    for relative, _ in result.files:
-        path = out_dir / relative
-        with open_regular(path) as image:
-            written = embed(image.read(), {**row, **_first_size(result)})
-        write_bytes_atomically(path, written)
-        files.append((relative, hashlib.sha256(written).hexdigest()))
+def story_of(row: Mapping[str, Any]) -> Callable[[bytes], bytes]:
+    """How each image of a unit (``row``: its results line) gets its story written in
+    (:mod:`.embed`): the size told is its first image's."""
+    size = next((s for s in row.get("sizes") or [] if s), None)
+    told = {**row, **({"width": size[0], "height": size[1]} if size else {})}
+    return functools.partial(embed, row=told)
+
+
+def rewrite_file(path: Path, change: Callable[[bytes], bytes]) -> str:
+    """A file replaced by ``change`` of its bytes, in one rename (blocking); its new
+    sha256."""
+    with open_regular(path) as image:
+        written = change(image.read())
+    write_bytes_atomically(path, written)
+    return hashlib.sha256(written).hexdigest()
+
+
+def with_story(result: UnitResult, files: Iterable[tuple[str, str]]) -> UnitResult:
+    """The result, its files as rewritten with their story (their new sha256), the
+    served ones' kept."""
     as_served = tuple(digest for _, digest in result.files)
     return dataclasses.replace(result, files=tuple(files), served_sha256=as_served)
 
 
-def _first_size(result: UnitResult) -> dict[str, Any]:
-    size = next((s for s in result.sizes if s), None)
-    return {"width": size[0], "height": size[1]} if size else {}
+def embed_into_files(result: UnitResult, out_dir: Path) -> UnitResult:
+    """The result, its files in ``out_dir`` with their story written in (blocking)."""
+    change = story_of(result.to_json())
+    return with_story(
+        result,
+        [(relative, rewrite_file(out_dir / relative, change)) for relative, _ in result.files],
+    )
 
 
 def write_results(lines: Iterable[str], out_dir: Path) -> Path:
