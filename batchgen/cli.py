@@ -818,17 +818,17 @@ def _export(args: argparse.Namespace) -> int:
 def _gallery(args: argparse.Namespace) -> int:
     from . import upkeep  # loaded when used: a rerun of a finished batch needs none
 
-    if args.open and not isinstance(args.out, Path):
-        raise ConfigError(f"{args.out}: --open opens a local page; this one would be in a bucket")
     made = upkeep.gallery(args.out, storage_options=args.storage_options)
     if args.json:
         _say(json.dumps(made.to_json()))
     else:
         _say(made.page)
-    if args.open:
+    if args.open and made.file is None:
+        log.warning("--open: the page is in a bucket; read it where the bucket is served")
+    elif args.open and made.file is not None:
         import webbrowser  # loaded only when used
 
-        webbrowser.open(Path(made.page).resolve().as_uri())
+        webbrowser.open(made.file.resolve().as_uri())
     return EXIT_OK
 
 

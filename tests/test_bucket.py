@@ -20,6 +20,7 @@ import obstore
 import pytest
 
 import batchgen
+from batchgen.cli import main
 from batchgen.errors import ConfigError, ObjectStoreError, OutputLockedError
 from batchgen.output import bucket as outputs
 from batchgen.output.bucket_files import CHECKPOINT_NAME
@@ -597,7 +598,11 @@ def test_status_and_verify_read_a_bucket_and_every_shard_under_it(
 
 
 def test_the_gallery_of_a_bucket_is_written_into_it_beside_the_images_it_links(
-    write: Write, tmp_path: Path, url: str
+    write: Write,
+    tmp_path: Path,
+    url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Every shard's units on one page at the root, linking each image and its
     thumbnail by the paths a folder has; an image gone has no thumbnail; made again,
@@ -634,9 +639,16 @@ def test_the_gallery_of_a_bucket_is_written_into_it_beside_the_images_it_links(
         bucket_module._memory_stores[parsed.bucket], parsed.key(f"gallery/{linked[0]['thumb']}")
     )
     again = batchgen.gallery(url)
-    assert again.page == f"{url}/gallery/index.html"
+    assert again.page == f"{url}/gallery/index.html" and again.file is None
     assert (again.units, again.images, again.thumbnails_made) == (24, 24, 0)
     assert f"gallery/{linked[0]['thumb']}" not in objects(url)
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    capsys.readouterr()
+    assert main(["gallery", url, "--open"]) == 0
+    said = capsys.readouterr()
+    assert said.out.strip() == again.page and "the page is in a bucket" in said.err
+    assert opened == []
 
 
 @pytest.mark.parametrize("kind", ["webdataset", "imagefolder"])

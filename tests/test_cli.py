@@ -104,7 +104,6 @@ def test_run_against_the_simulator_with_api_url(
         ),
         (["run", "{manifest}", "--out", "s3://b/p", "--fresh"], "--fresh moves a local"),
         (["run", "{manifest}", "--lease-seconds", "0"], "--lease-seconds"),
-        (["gallery", "s3://b/p", "--open"], "--open opens a local page"),
     ],
 )
 def test_invalid_input_exits_2_with_one_line_and_writes_nothing(

@@ -167,3 +167,6 @@ class BucketGallery:
 
     def where(self, relative: str) -> str:
         return self.bucket.location(relative)
+
+    def local(self, relative: str) -> Path | None:
+        return None

@@ -146,3 +146,6 @@ class FolderGallery:
 
     def where(self, relative: str) -> str:
         return str(self.root / relative)
+
+    def local(self, relative: str) -> Path | None:
+        return self.root / relative

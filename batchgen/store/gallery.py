@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 
 from ..ledger import Spend
@@ -64,6 +64,9 @@ class GalleryFiles(Protocol):
     def where(self, relative: str) -> str:
         """The file as messages show it: a path, or the bucket's URL."""
 
+    def local(self, relative: str) -> Path | None:
+        """The file on this machine's disk (None: in a bucket)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Gallery:
@@ -72,6 +75,8 @@ class Gallery:
     units: int
     images: int
     thumbnails_made: int
+    # The page as a local file a browser opens (None: in a bucket).
+    file: Path | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,7 +109,7 @@ def write_gallery(
                 image["thumb"] = image["file"]
         made = 0
     files.write(PAGE_NAME, _page(units, name, spend).encode("utf-8"))
-    return Gallery(files.where(PAGE_NAME), len(units), len(wanted), made)
+    return Gallery(files.where(PAGE_NAME), len(units), len(wanted), made, files.local(PAGE_NAME))
 
 
 def _unit(result: dict[str, Any], prefix: str, wanted: dict[str, str]) -> dict[str, Any] | None:
