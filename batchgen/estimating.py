@@ -94,7 +94,7 @@ async def aestimate(manifest: str | Path, **options: Unpack[RunKeywords]) -> Est
     opts = from_keywords(options)
     loaded = load(manifest, opts.filename)
     shard = _shard(opts.shard, opts.shards)
-    out_dir = output_directory(loaded, opts, shard)
+    out_dir = output_directory(loaded, opts.out, opts.state_dir, shard)
     async with open_backend(opts) as backend:
         saved = await backend.offload(saved_specs, out_dir)
         loaded = await fetch_remote_images(loaded, backend.downloader, backend.settings.retry)

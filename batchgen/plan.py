@@ -24,7 +24,6 @@ from .errors import (
 )
 from .manifest import Manifest, Unit, iter_units
 from .manifest.shard import Shard
-from .options import RunOptions
 from .rerun import local_output
 from .retry import Request, with_retries
 from .scenario.inputs import ModelSpec, model_from_json
@@ -42,19 +41,22 @@ MODEL_KEY = "model:"
 UNITS_CHUNK = 500
 
 
-def output_directory(manifest: Manifest, options: RunOptions, shard: Shard | None) -> Path:
-    """The local output directory; for an output in a bucket, its state directory."""
-    target = output_url(manifest, options)
+def output_directory(
+    manifest: Manifest, where: str | Path | None, state_dir: str | Path | None, shard: Shard | None
+) -> Path:
+    """The local output directory (``where``: --out); for an output in a bucket, its
+    state directory (``state_dir``: --state-dir)."""
+    target = output_url(manifest, where)
     if target is not None:
-        state = Path(options.state_dir) if options.state_dir else default_state_root()
-        state = state if options.state_dir else state / state_key(target)
+        state = Path(state_dir) if state_dir else default_state_root()
+        state = state if state_dir else state / state_key(target)
         return state / shard.directory if shard is not None else state
-    return local_output(manifest, options.out, shard)
+    return local_output(manifest, where, shard)
 
 
-def output_url(manifest: Manifest, options: RunOptions) -> BucketUrl | None:
+def output_url(manifest: Manifest, where: str | Path | None) -> BucketUrl | None:
     """The bucket the output goes to, if it goes to one (``--out`` or ``output:``)."""
-    given = options.out if options.out is not None else manifest.output
+    given = where if where is not None else manifest.output
     return BucketUrl.parse(given) if isinstance(given, str) and is_bucket_url(given) else None
 
 

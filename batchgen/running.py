@@ -37,7 +37,7 @@ from .estimating import priced
 from .manifest import Manifest
 from .manifest.shard import Shard
 from .options import RunOptions, from_keywords
-from .output import Output, RunPlan, make_gallery, open_output
+from .output import Output, RunPlan, Target, make_gallery, open_output
 from .plan import (
     MODEL_KEY,
     checked_manifest,
@@ -64,21 +64,26 @@ T = TypeVar("T")
 async def arun_with(manifest: str | Path, options: Mapping[str, Any]) -> Report:
     """A run, from its keywords to its report."""
     opts = from_keywords(options)
+    target = output_target(opts)
     loaded = load(manifest, opts.filename)
     shard = _shard(opts.shard, opts.shards)
-    output = open_output(loaded, opts, shard)
+    output = open_output(loaded, target, shard)
     settings = engine_settings(loaded, opts, output.state_dir)
     if not (opts.fresh or opts.rebuild_journal or opts.gallery):
         finished = output.finished(loaded, shard)
         if finished is not None:
             return finished
     async with open_backend(opts, output.state_dir) as backend:
-        run, total = await planned(loaded, shard, opts, settings, backend, output)
+        loaded, total, specs, settings = await planned(
+            loaded, shard, opts, settings, backend, output
+        )
+        fingerprint = await backend.offload(_fingerprint, loaded, shard)
+        run = RunPlan(loaded, shard, target, settings, backend, fingerprint, specs)
         if opts.fresh:
             output.fresh()
-        summary = await held_run(output, run, total)
+        summary = await held_run(output, run, opts, total)
         if opts.gallery:
-            await gallery_of_run(output, opts, backend)
+            await gallery_of_run(output, target, backend)
     return Report(
         **summary.to_json(),
         output=output.shown,
@@ -87,12 +92,27 @@ async def arun_with(manifest: str | Path, options: Mapping[str, Any]) -> Report:
     )
 
 
-async def gallery_of_run(output: Output, options: RunOptions, backend: Backend) -> None:
+def output_target(options: RunOptions) -> Target:
+    """What the output takes of the run's options."""
+    return Target(
+        where=options.out,
+        state_dir=options.state_dir,
+        storage_options=options.storage_options,
+        lease_seconds=options.lease_seconds,
+        checkpoint_interval=options.checkpoint_interval,
+        retries=options.retries,
+        job_attempts=options.job_attempts,
+        fresh=options.fresh,
+        rebuild_journal=options.rebuild_journal,
+    )
+
+
+async def gallery_of_run(output: Output, target: Target, backend: Backend) -> None:
     """``--gallery``: the output's page (every shard's), or a warning: a page that could
     not be made must not fail a run that did its work."""
     try:
         made = await make_gallery(
-            output.whole, options.storage_options, blocking=backend.offload is inline
+            output.whole, target.storage_options, blocking=backend.offload is inline
         )
     except StorageError as exc:
         log.warning("the gallery was not made: %s", exc)
@@ -124,9 +144,10 @@ async def planned(
     settings: EngineSettings,
     backend: Backend,
     output: Output,
-) -> tuple[RunPlan, int]:
+) -> tuple[Manifest, int, dict[str, str], EngineSettings]:
     """Before the output is touched: the credentials, the models and every unit
-    checked; the run's plan, and how many units it has."""
+    checked.  The manifest (its remote images fetched), how many units it has, each
+    model's inputs as checked (JSON), and the engine's settings as the account allows."""
     saved = await backend.offload(saved_specs, output.state_dir)
     manifest = await fetch_remote_images(manifest, backend.downloader, backend.settings.retry)
     total, specs, prompts = await checked_manifest(manifest, backend, saved, options.max_units)
@@ -149,10 +170,8 @@ async def planned(
         output.shown,
         settings.concurrency,
     )
-    fingerprint = await backend.offload(_fingerprint, manifest, shard)
     specs_json = {model: json.dumps(spec.to_json()) for model, spec in specs.items()}
-    run = RunPlan(manifest, shard, options, settings, backend, fingerprint, specs_json)
-    return run, total
+    return manifest, total, specs_json, settings
 
 
 async def by_the_account(
@@ -186,7 +205,7 @@ async def by_the_account(
     return settings
 
 
-async def held_run(output: Output, run: RunPlan, total: int) -> Summary:
+async def held_run(output: Output, run: RunPlan, options: RunOptions, total: int) -> Summary:
     """The run while its output is held: journal opened, engine run, views closed."""
     backend = run.backend
     async with contextlib.AsyncExitStack() as held:
@@ -201,6 +220,7 @@ async def held_run(output: Output, run: RunPlan, total: int) -> Summary:
             else:
                 summary = await run_engine(
                     dataclasses.replace(run, settings=settings),
+                    options,
                     total,
                     journal,
                     fetcher,
@@ -254,6 +274,7 @@ def note_rows_of(journal: Journal, fingerprint: str) -> None:
 
 async def run_engine(
     run: RunPlan,
+    options: RunOptions,
     total: int,
     journal: Journal,
     fetcher: Fetcher,
@@ -261,7 +282,7 @@ async def run_engine(
 ) -> Summary:
     """The engine over the run's units, beside what watches it: the display, the
     signals, the output's own work (a bucket's lease and checkpoints), the deadline."""
-    options, backend = run.options, run.backend
+    backend = run.backend
     # What this run learns about money is booked to it from here on.
     await backend.offload(journal.begin_run)
     # The directory's budget, or this run's if it is the nearer of the two.

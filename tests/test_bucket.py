@@ -519,8 +519,12 @@ def test_a_store_error_is_one_line_saying_whether_trying_again_may_help(
 
 
 def test_bucket_only_options_are_refused_with_a_reason() -> None:
-    with pytest.raises(ConfigError, match="--fresh moves a local directory aside"):
-        outputs.refuse_local_only({"fresh": True})
+    from batchgen.options import from_keywords
+    from batchgen.running import output_target
+
+    for chosen, says in [("fresh", "--fresh moves a local"), ("rebuild_journal", "reads a local")]:
+        with pytest.raises(ConfigError, match=says):
+            outputs.refuse_local_only(output_target(from_keywords({chosen: True})))
 
 
 @pytest.mark.parametrize("spilled", [False, True])

@@ -15,12 +15,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import FileCheck, Kept, Output, Place, RunPlan
+from .base import FileCheck, Kept, Output, Place, RunPlan, Target
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
     from ..manifest.shard import Shard
-    from ..options import RunOptions
     from ..store.gallery import Gallery
 
 __all__ = [
@@ -29,25 +28,26 @@ __all__ = [
     "Output",
     "Place",
     "RunPlan",
+    "Target",
     "make_gallery",
     "open_kept",
     "open_output",
 ]
 
 
-def open_output(manifest: Manifest, options: RunOptions, shard: Shard | None) -> Output:
-    """The output the options and the manifest name: a bucket (``s3://``, ``gs://``), or
+def open_output(manifest: Manifest, target: Target, shard: Shard | None) -> Output:
+    """The output the target and the manifest name: a bucket (``s3://``, ``gs://``), or
     a folder.  What a kind of output cannot do is refused here, before anything."""
     from ..plan import output_directory, output_url
 
-    target = output_url(manifest, options)
-    if target is None:
+    url = output_url(manifest, target.where)
+    if url is None:
         from .local import FolderOutput
 
-        return FolderOutput(output_directory(manifest, options, shard), shard)
+        return FolderOutput(output_directory(manifest, target.where, None, shard), shard)
     from .bucket import BucketOutput
 
-    return BucketOutput.for_run(target, options, shard)
+    return BucketOutput.for_run(url, target, shard)
 
 
 @asynccontextmanager

@@ -19,10 +19,27 @@ if TYPE_CHECKING:
     from ..engine.ports import Fetcher
     from ..manifest import Manifest
     from ..manifest.shard import Shard
-    from ..options import RunOptions
     from ..report import Report
     from ..store.gallery import Gallery
     from ..store.journal import Journal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """What the output takes of a run's options: where it is, and how it is held (the
+    rest of the options are not the output's business)."""
+
+    # --out (None: the manifest's output, else output/<manifest name>).
+    where: str | Path | None
+    state_dir: str | Path | None
+    storage_options: list[str] | dict[str, str] | None
+    lease_seconds: float
+    checkpoint_interval: float
+    retries: int
+    # Each unit's failed jobs the journal keeps (--job-attempts).
+    job_attempts: int
+    fresh: bool
+    rebuild_journal: bool
 
 
 @dataclass(slots=True)
@@ -31,7 +48,7 @@ class RunPlan:
 
     manifest: Manifest
     shard: Shard | None
-    options: RunOptions
+    target: Target
     settings: EngineSettings
     backend: Backend
     fingerprint: str

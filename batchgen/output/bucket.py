@@ -39,7 +39,6 @@ from ..engine.ports import Fetcher, Offload, inline
 from ..errors import ConfigError, JournalMissingError
 from ..manifest import Manifest, Unit
 from ..manifest.shard import SHARD_DIRECTORY, Shard
-from ..options import RunOptions
 from ..plan import sent_for, units_of
 from ..report import Report
 from ..rerun import COMPLETE_KEY
@@ -50,7 +49,7 @@ from ..store.files import IMAGES_DIR
 from ..store.journal import Journal, State
 from ..store.lock import OutputLock
 from ..store.results import RESULTS_NAME
-from .base import RunPlan
+from .base import RunPlan, Target
 from .bucket_files import (
     CHECKPOINT_ETAG_KEY,
     CHECKPOINT_KEY,
@@ -153,19 +152,19 @@ class BucketOutput:
     whole: str = ""
 
     @classmethod
-    def for_run(cls, url: BucketUrl, options: RunOptions, shard: Shard | None) -> BucketOutput:
+    def for_run(cls, url: BucketUrl, target: Target, shard: Shard | None) -> BucketOutput:
         """A run's output at ``url``; what a bucket cannot do is refused here."""
-        refuse_local_only(dataclasses.asdict(options))
+        refuse_local_only(target)
         output = cls.at(
             url,
-            options.storage_options,
-            options.state_dir,
+            target.storage_options,
+            target.state_dir,
             shard,
             blocking=False,
-            lease_seconds=options.lease_seconds,
-            retry=RetrySettings(max_attempts=options.retries),
+            lease_seconds=target.lease_seconds,
+            retry=RetrySettings(max_attempts=target.retries),
         )
-        output.checkpoint_interval = options.checkpoint_interval
+        output.checkpoint_interval = target.checkpoint_interval
         return output
 
     @property
@@ -192,7 +191,7 @@ class BucketOutput:
         taken = Taken(self.bucket, run.fingerprint, self.retrying)
         journal, present = await start(
             self,
-            lambda: Journal(self.state_dir, failed_job_limit=run.options.job_attempts),
+            lambda: Journal(self.state_dir, failed_job_limit=run.target.job_attempts),
             lambda: units_of(run.manifest, run.shard),
             sent_for(run.settings),
             backend.offload,
@@ -257,9 +256,9 @@ class BucketOutput:
         return cls(bucket, state, lease, retrying, whole=str(url))
 
 
-def refuse_local_only(chosen: dict[str, bool]) -> None:
+def refuse_local_only(target: Target) -> None:
     for name, why in LOCAL_ONLY.items():
-        if chosen.get(name):
+        if getattr(target, name):
             raise ConfigError(f"{why}; it is not available with an output in a bucket")
 
 

@@ -22,7 +22,6 @@ from ..errors import (
 )
 from ..manifest import Manifest
 from ..manifest.shard import Shard, shard_directories
-from ..options import RunOptions
 from ..plan import sent_for, units_of
 from ..report import Report
 from ..rerun import finished_already
@@ -42,14 +41,14 @@ async def journal_or_rebuild(
     journal: Journal,
     manifest: Manifest,
     shard: Shard | None,
-    options: RunOptions,
+    rebuild_asked: bool,
     settings: EngineSettings,
     backend: Backend,
 ) -> None:
     """Refuse to start from nothing over earlier work; rebuild the journal if asked."""
     out_dir = settings.output_dir
     empty = await backend.offload(journal.is_empty)
-    if options.rebuild_journal:
+    if rebuild_asked:
         if not empty:
             raise ConfigError(
                 f"--rebuild-journal: {journal.path} holds units; it is for a directory "
@@ -178,12 +177,17 @@ class FolderOutput:
         self, held: contextlib.AsyncExitStack, run: RunPlan
     ) -> tuple[Journal, EngineSettings, Fetcher]:
         held.enter_context(OutputLock(self.state_dir))
-        journal = Journal(self.state_dir, failed_job_limit=run.options.job_attempts)
+        journal = Journal(self.state_dir, failed_job_limit=run.target.job_attempts)
         try:
             # Before the views are touched: over a lost journal they would be
             # rewritten from nothing.
             await journal_or_rebuild(
-                journal, run.manifest, run.shard, run.options, run.settings, run.backend
+                journal,
+                run.manifest,
+                run.shard,
+                run.target.rebuild_journal,
+                run.settings,
+                run.backend,
             )
         except BaseException:
             journal.close()
