@@ -44,10 +44,9 @@ from .store.bucket import (
 from .store.export import DEFAULT_SHARD_SIZE, Exported, Source
 from .store.export import export as write_export
 from .store.faults import storage_faults
-from .store.files import stamp_of
 from .store.gallery import Gallery
 from .store.journal import Journal
-from .store.results import rewrite_file, story_of
+from .store.results import story_of
 from .store.select import Selection
 
 log = logging.getLogger(__name__)
@@ -145,12 +144,14 @@ def verify(out: str | Path, *, fix: bool = False, **options: Any) -> Verificatio
 async def averify(out: str | Path, *, fix: bool = False, **options: Any) -> Verification:
     found = Verification()
     storage_options = options.get("storage_options")
-    async with open_kept(out, storage_options, doing="fix" if fix else None) as kept:
+    async with open_kept(out, storage_options) as kept:
         for place in kept.places:
-            async with kept.reading(place) as journal:
+            # Fixing changes the place: held (its lock, or its lease), then saved.
+            async with (kept.holding if fix else kept.reading)(place) as journal:
                 broken = await _check(kept, place, journal, found)
                 if fix and broken:
-                    await _fix(journal, place.journal_dir, broken, from_keywords(options), found)
+                    await _fix(kept, place, journal, broken, from_keywords(options), found)
+                    await kept.saved(place, journal)
     return found
 
 
@@ -190,10 +191,17 @@ async def _check(kept: Kept, place: Place, journal: Journal, found: Verification
 
 
 async def _fix(
-    journal: Journal, place: Path, broken: Broken, options: RunOptions, found: Verification
+    kept: Kept,
+    place: Place,
+    journal: Journal,
+    broken: Broken,
+    options: RunOptions,
+    found: Verification,
 ) -> None:
-    async with open_backend(options, place) as backend:
+    async with open_backend(options, place.journal_dir) as backend:
         retry = backend.settings.retry
+        refetch = kept.refetch(place, backend)
+        fixed: list[tuple[str, list[tuple[str, str]], dict[str, Any], int]] = []
         for unit_id, job_id, files, result, bad in broken:
             try:
                 job = await with_retries(
@@ -209,12 +217,12 @@ async def _fix(
                 fetched: list[tuple[str, str]] = []
                 served = result.get("served_sha256") or []
                 for index, (asset, entry) in enumerate(zip(assets, files, strict=True)):
-                    destination = place / entry[0]
+                    destination = place.journal_dir / entry[0]
                     got = await with_retries(
                         Request.DOWNLOAD,
                         fresh_each_time(
                             backend.client,
-                            backend.downloader,
+                            refetch.fetcher,
                             asset,
                             destination,
                             None,
@@ -226,9 +234,7 @@ async def _fix(
                     if served:  # the file had its story written in: written in again
                         if got.sha256 != served[index]:
                             raise DownloadError("the job's image is not the one recorded")
-                        digest = await anyio.to_thread.run_sync(
-                            rewrite_file, destination, story_of(result)
-                        )
+                        digest = await refetch.rewrite(entry[0], story_of(result))
                     else:
                         digest = got.sha256
                     if digest != entry[1]:
@@ -237,7 +243,11 @@ async def _fix(
             except (DownloadError, ApiError) as exc:  # reported per unit; the rest go on
                 found.not_fixed.append(f"{unit_id}: {exc}")
                 continue
-            stamps = [stamp_of(place / path) for path, _ in fetched]
+            fixed.append((unit_id, fetched, result, bad))
+        await refetch.finish()  # before anything is recorded: it may still fail
+        for unit_id, fetched, result, bad in fixed:
+            found_stamps = [refetch.stamp(path) for path, _ in fetched]
+            stamps = None if None in found_stamps else [s for s in found_stamps if s is not None]
             journal.downloaded(unit_id, fetched, result, stamps)
             found.fixed += bad
 

@@ -597,8 +597,54 @@ def test_status_and_verify_read_a_bucket_and_every_shard_under_it(
     checked = batchgen.verify(url)
     assert checked.checked == 24
     assert checked.missing == [gone] and checked.altered == [replaced]
-    with pytest.raises(ConfigError, match="--fix works on a local directory"):
-        batchgen.verify(url, fix=True)
+
+
+def test_verify_fix_fetches_a_buckets_missing_and_altered_images_again_under_its_lease(
+    write: Write, tmp_path: Path, url: str
+) -> None:
+    """Each shard's broken images fetched again from their jobs (no job bought) and
+    written to the bucket with their sha256; the checkpoint and views saved, so that
+    status and a new machine see them; a fix while a run holds the lease is refused."""
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    for index in range(2):
+        report = world.run(manifest, out=url, shard=f"{index + 1}/2", state_dir=tmp_path / "s")
+        assert report.exit_code == 0
+    parsed = BucketUrl.parse(url)
+    assert parsed is not None
+    store = bucket_module._memory_stores[parsed.bucket]
+    found = objects(url)
+    gone, replaced = (
+        "shard-1-of-2/"
+        + next(k.split("/", 1)[1] for k in found if k.startswith("shard-1-of-2/images/")),
+        next(k for k in found if k.startswith("shard-2-of-2/images/")),
+    )
+    original = found[replaced]
+    obstore.delete(store, parsed.key(gone))
+    obstore.put(store, parsed.key(replaced), b"\x89PNG\r\n\x1a\nnot the image written")
+    jobs = world.sim.jobs_created
+    running = Lease(Bucket.open(parsed.child("shard-1-of-2"), blocking=True), seconds=600)
+    world.call(running.acquire)
+    with pytest.raises(OutputLockedError):
+        world.call(lambda: batchgen.averify(url, fix=True, backend=world.backend))
+    world.call(running.release)
+
+    fixed = world.call(lambda: batchgen.averify(url, fix=True, backend=world.backend))
+    assert fixed.fixed == 2 and fixed.intact and not fixed.not_fixed
+    assert world.sim.jobs_created == jobs  # fetched again, never bought
+    assert objects(url)[replaced] == original
+    for relative in (gone, replaced):
+        assert (
+            attributes(url, relative)["sha256"]
+            == hashlib.sha256(objects(url)[relative]).hexdigest()
+        )
+    assert batchgen.verify(url).intact
+    status = batchgen.status(url, manifest)
+    assert (status.missing_files, status.changed_files, status.running) == (0, 0, False)
+    # A new machine (no state directory) has nothing to do: the checkpoint has it all.
+    again = world.run(manifest, out=url, shard="1/2", state_dir=tmp_path / "new")
+    assert again.exit_code == 0 and again.already_done == again.total > 0
+    assert world.sim.jobs_created == jobs
 
 
 def test_the_gallery_of_a_bucket_is_written_into_it_beside_the_images_it_links(

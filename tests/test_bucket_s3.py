@@ -405,19 +405,20 @@ def test_a_run_on_s3_embeds_each_images_story_and_writes_its_gallery_into_the_bu
             images += 1
     thumbs = [k for k in found if k.startswith("gallery/thumbs/")]
     assert len(thumbs) == images and all(found[k][:4] == b"RIFF" for k in thumbs)
-    again = start_batchgen(
-        [
-            "gallery",
-            out,
-            "--json",
-            "--storage-option",
-            f"endpoint_url={s3.endpoint}",
-            "--storage-option",
-            "region_name=us-east-1",
-        ],
-        {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY},
-    )
+    store = ["--storage-option", f"endpoint_url={s3.endpoint}"]
+    store += ["--storage-option", "region_name=us-east-1"]
+    keys = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    again = start_batchgen(["gallery", out, "--json", *store], keys)
     stdout, stderr = again.communicate(timeout=120)
     assert again.returncode == 0, stderr
     made = json.loads(stdout)
     assert made["page"] == f"{out}/gallery/index.html" and made["thumbnails_made"] == 0
+
+    # An image deleted: verify --fix fetches it again from its job, its story in.
+    lost = results[0]["files"][0]
+    s3.client.delete_object(Bucket=BUCKET, Key=f"shared/run/{lost}")
+    jobs = sim.jobs_created
+    fix = start_batchgen(["verify", out, "--fix", "--api-url", sim.api_url, *store], keys)
+    _, stderr = fix.communicate(timeout=120)
+    assert fix.returncode == 0, stderr
+    assert s3.objects("shared/run")[lost] == found[lost] and sim.jobs_created == jobs

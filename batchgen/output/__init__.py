@@ -1,9 +1,11 @@
 """Where a run's images, views and journal go: a folder (:mod:`.local`) or a bucket
-(:mod:`.bucket`), behind one interface (:class:`Output`).  A run asks its output for
-what it needs (its lock or lease, its journal, how images reach it, its views at the
-end) and never which kind it is; what a bucket cannot do is refused in one place
-(:func:`open_output`).  A third kind of output is a third module here, and one line of
-:func:`open_output`.
+(:mod:`.bucket`), behind one interface (:class:`Output`, told of the run by a
+:class:`Target`, not the run's options); between runs, :class:`Kept` (status, verify
+and its fix, prune, export, the gallery).  A command asks its output for what it needs
+(its lock or lease, its journal, how images reach it, its views at the end) and never
+which kind it is; what a bucket cannot do (``--fresh``, ``--rebuild-journal``) is
+refused in one place (``BucketOutput.for_run``).  A third kind of output is a module or
+two here, and one line each of :func:`open_output` and :func:`open_kept`.
 
 Light to import: the command line's fast path reads the lease's length from here.
 """
@@ -55,25 +57,18 @@ async def open_kept(
     out: str | Path,
     storage_options: list[str] | dict[str, str] | None = None,
     *,
-    doing: str | None = None,
-    blocking: bool = False,
+    blocking: bool | None = None,
 ) -> AsyncIterator[Kept]:
-    """The output at ``out``: a bucket (``s3://``, ``gs://``, …), or a folder; what it
-    cannot do (``doing``: ``fix``) refused before it is even read.  ``blocking``: a
-    bucket read with the calling thread (a run on virtual time)."""
-    from ..store.bucket import BucketUrl
-
-    url = BucketUrl.parse(str(out)) if isinstance(out, str) else None
-    if url is None:
+    """The output at ``out``: a bucket (``s3://``, ``gs://``, …), or a folder.
+    ``blocking``: a bucket read with the calling thread (by default, off asyncio)."""
+    if isinstance(out, Path) or "://" not in out:
         from .local_kept import KeptFolder
 
         yield KeptFolder.at(Path(out))
         return
     from .bucket_kept import KeptBucket
 
-    if doing is not None:
-        KeptBucket.refuse_for(url, doing)
-    async with KeptBucket.at(url, storage_options, blocking=blocking) as kept:
+    async with KeptBucket.at(out, storage_options, blocking=blocking) as kept:
         yield kept
 
 

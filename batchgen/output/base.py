@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..manifest import Manifest
     from ..manifest.shard import Shard
     from ..report import Report
+    from ..store.files import Stamp
     from ..store.gallery import Gallery
     from ..store.journal import Journal
 
@@ -160,6 +161,28 @@ class Kept(Protocol):
     def gallery(self) -> Gallery:
         """The review page written, from every place's journal as it stands (a run may
         be going on: it is read, not held).  Blocking."""
+
+    def refetch(self, place: Place, backend: Backend) -> Refetch:
+        """How ``verify --fix`` puts the images it fetches again into the place."""
+
+
+class Refetch(Protocol):
+    """Images fetched again (``verify --fix``) into one place of an output: where they
+    are written, their story written in again, what the journal records of each."""
+
+    @property
+    def fetcher(self) -> Fetcher:
+        """Fetches an image to ``place.journal_dir / relative`` (as the run's does)."""
+
+    async def rewrite(self, relative: str, change: Callable[[bytes], bytes]) -> str:
+        """The image replaced by ``change`` of its bytes; its new sha256."""
+
+    def stamp(self, relative: str) -> Stamp | None:
+        """What the journal records of a file written."""
+
+    async def finish(self) -> None:
+        """Everything fetched is where it belongs (a bucket's spill written), or an
+        error: nothing may be recorded that is not there."""
 
 
 @contextlib.contextmanager

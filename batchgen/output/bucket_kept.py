@@ -4,6 +4,7 @@ under the output's lease and written back with its views and a new checkpoint.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import tempfile
@@ -11,11 +12,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..config import RetrySettings
 from ..engine.ports import inline
-from ..errors import ConfigError
+from ..errors import ConfigError, ObjectStoreError
 from ..store.bucket import SHA256_ATTRIBUTE, Bucket, BucketUrl, parse_storage_options
 from ..store.dataset import METADATA_NAME
 from ..store.files import IMAGES_DIR
@@ -25,14 +26,12 @@ from ..store.results import RESULTS_NAME
 from ..store.views import update_views
 from .base import FileCheck, Place, opened_journals
 from .bucket import BucketOutput, Checkpointed, checkpointed, leased, retrying_with
-from .bucket_files import checkpoint, put_files, restore_checkpoint
+from .bucket_files import BucketImages, checkpoint, flush_spilled, put_files, restore_checkpoint
 from .lease import Lease
 
-# What a bucket cannot do between runs, and what to do instead.
-REFUSED = {
-    "fix": "--fix works on a local directory; for a bucket, run batchgen run with an empty "
-    "--state-dir: it fetches again from their jobs the images the bucket does not list",
-}
+if TYPE_CHECKING:
+    from ..backend import Backend
+    from ..store.files import Stamp
 
 
 @dataclass(slots=True)
@@ -49,11 +48,19 @@ class KeptBucket:
     @asynccontextmanager
     async def at(
         cls,
-        url: BucketUrl,
+        out: str,
         storage_options: list[str] | dict[str, str] | None,
         *,
-        blocking: bool = False,
+        blocking: bool | None = None,
     ) -> AsyncIterator[KeptBucket]:
+        """The bucket at ``out`` (a URL: an unknown scheme is refused in one line).
+        ``blocking``: the store called with the calling thread (by default, unless the
+        event loop is asyncio's: obstore's own calls need it)."""
+        url = BucketUrl.parse(out)
+        if url is None:
+            raise ConfigError(f"{out}: not a bucket URL (s3://BUCKET/PREFIX, gs://…)")
+        if blocking is None:
+            blocking = not _on_asyncio()
         with tempfile.TemporaryDirectory() as temporary:
             staging = Path(temporary)
             found = await checkpointed(url, storage_options, staging, blocking=blocking)
@@ -132,14 +139,46 @@ class KeptBucket:
     def root_dir(self) -> Path:
         return self.staging
 
-    @staticmethod
-    def refuse_for(url: BucketUrl, doing: str) -> None:
-        if doing in REFUSED:
-            raise ConfigError(f"{url}: {REFUSED[doing]}")
+    def refetch(self, place: Place, backend: Backend) -> BucketRefetch:
+        bucket = self.found[place.journal_dir].bucket
+        images = BucketImages(
+            backend.downloader, bucket, place.journal_dir, self.retry, backend.offload
+        )
+        return BucketRefetch(images, place.journal_dir)
 
     def gallery(self) -> Gallery:
         with opened_journals(self.places) as journals:
             return write_gallery(journals, BucketGallery(self.root), self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class BucketRefetch:
+    """Images fetched again into a bucket, as a run writes them: straight to it (a
+    write the store keeps refusing waits in the spill directory, written before the
+    journal is saved: else the fix fails, and nothing is recorded)."""
+
+    images: BucketImages
+    root: Path
+
+    @property
+    def fetcher(self) -> BucketImages:
+        return self.images
+
+    async def rewrite(self, relative: str, change: Callable[[bytes], bytes]) -> str:
+        return await self.images.rewrite(relative, change)
+
+    def stamp(self, relative: str) -> Stamp | None:
+        return self.images.stamp(self.root, relative)
+
+    async def finish(self) -> None:
+        images = self.images
+        flushed = await flush_spilled(images.bucket, self.root, images.retry, images.offload)
+        if flushed.kept:
+            raise ObjectStoreError(
+                f"{images.bucket.url}: {flushed.kept} images fetched again could not be "
+                "written; nothing was recorded (run verify --fix again)",
+                transient=True,
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,3 +209,12 @@ class BucketGallery:
 
     def local(self, relative: str) -> Path | None:
         return None
+
+
+def _on_asyncio() -> bool:
+    """Whether the calling task runs on asyncio's loop (not trio's)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

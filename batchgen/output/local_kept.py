@@ -10,24 +10,31 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import ConfigError
 from ..manifest.shard import SHARD_DIRECTORY, Shard, shard_directories
 from ..store.faults import storage_faults
 from ..store.files import (
     IMAGES_DIR,
+    Stamp,
     files_not_as_written,
     open_regular,
     real_directory,
     sha256_of,
+    stamp_of,
     write_bytes_atomically,
 )
 from ..store.gallery import GALLERY_DIR, THUMBS, Gallery, folder_path, write_gallery
 from ..store.journal import JOURNAL_NAME, Journal
 from ..store.lock import OutputLock, run_in_progress
+from ..store.results import rewrite_file
 from ..store.views import update_views
 from .base import FileCheck, Place, opened_journals
+
+if TYPE_CHECKING:
+    from ..backend import Backend
+    from ..engine.ports import Fetcher, Offload
 
 
 def journal_places(root: Path) -> list[Place]:
@@ -117,10 +124,32 @@ class KeptFolder:
     def root_dir(self) -> Path:
         return self.root
 
+    def refetch(self, place: Place, backend: Backend) -> FolderRefetch:
+        return FolderRefetch(place.journal_dir, backend.downloader, backend.offload)
+
     def gallery(self) -> Gallery:
         with storage_faults(self.root / GALLERY_DIR), opened_journals(self.places) as journals:
             real_directory(self.root, THUMBS)  # the output's own, no link
             return write_gallery(journals, FolderGallery(self.root), self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderRefetch:
+    """Images fetched again into a folder: written where the run writes them."""
+
+    place: Path
+    fetcher: Fetcher
+    offload: Offload
+
+    async def rewrite(self, relative: str, change: Callable[[bytes], bytes]) -> str:
+        rewritten: str = await self.offload(rewrite_file, self.place / relative, change)
+        return rewritten
+
+    def stamp(self, relative: str) -> Stamp | None:
+        return stamp_of(self.place / relative)
+
+    async def finish(self) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)
