@@ -36,6 +36,7 @@ from .output import Kept, Place, make_gallery, open_kept
 from .rerun import MANIFEST_KEY, load
 from .retry import Request, with_retries
 from .store.bucket import (
+    BLOCKING_RETRIES,
     Bucket,
     BucketUrl,
     is_bucket_url,
@@ -293,9 +294,8 @@ def _destination(
         return
     url = BucketUrl.parse(dest)
     assert url is not None
-    bucket = Bucket.open(
-        url, parse_storage_options(storage_options), blocking=True, store_retries=10
-    )
+    options = parse_storage_options(storage_options)
+    bucket = Bucket.open(url, options, blocking=True, store_retries=BLOCKING_RETRIES)
     if not bucket.is_empty_now():
         raise ConfigError(f"{url}: not empty; export into a new prefix")
     with tempfile.TemporaryDirectory() as temporary:

@@ -42,17 +42,20 @@ UNITS = 36
 
 @dataclass
 class Front:
-    """Forwards to moto; fails ``put_failure_rate`` of object PUTs with 503 SlowDown;
+    """Forwards to moto; fails ``put_failure_rate`` of object PUTs (and
+    ``get_failure_rate`` of object GETs) with 503 SlowDown;
     refuses requests signed with another access key (403 InvalidAccessKeyId).  Asked
     as a proxy (a request for an absolute URL), it forwards there: to moto, checked as
     above, or anywhere else (the API) as it is."""
 
     upstream: str
     put_failure_rate: float = 0.0
+    get_failure_rate: float = 0.0
     rng: random.Random = field(default_factory=lambda: random.Random(11))
     url: str = ""
     puts: int = 0
     failed_puts: int = 0
+    failed_gets: int = 0
     heads: list[str] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -72,6 +75,10 @@ class Front:
             if self.rng.random() < self.put_failure_rate:
                 self.failed_puts += 1
                 return _s3_error(503, "SlowDown")
+        object_get = request.method == "GET" and request.path.count("/") >= 2
+        if object_get and self.rng.random() < self.get_failure_rate:
+            self.failed_gets += 1
+            return _s3_error(503, "SlowDown")
         return await self._forward(request, target, body)
 
     async def _forward(self, request: web.Request, target: str, body: bytes) -> web.Response:
@@ -413,6 +420,17 @@ def test_a_run_on_s3_embeds_each_images_story_and_writes_its_gallery_into_the_bu
     assert again.returncode == 0, stderr
     made = json.loads(stdout)
     assert made["page"] == f"{out}/gallery/index.html" and made["thumbnails_made"] == 0
+
+    # Made anew while the store answers a fifth of its reads and writes with 503.
+    for key in thumbs:
+        s3.client.delete_object(Bucket=BUCKET, Key=f"shared/run/{key}")
+    s3.front.put_failure_rate = s3.front.get_failure_rate = 0.2
+    anew = start_batchgen(["gallery", out, "--json", *store], keys)
+    stdout, stderr = anew.communicate(timeout=120)
+    s3.front.put_failure_rate = s3.front.get_failure_rate = 0.0
+    assert anew.returncode == 0, stderr
+    assert json.loads(stdout)["thumbnails_made"] == images
+    assert s3.front.failed_puts > 0 and s3.front.failed_gets > 0
 
     # An image deleted: verify --fix fetches it again from its job, its story in.
     lost = results[0]["files"][0]

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, BinaryIO
 from ..config import RetrySettings
 from ..engine.ports import inline
 from ..errors import ConfigError, ObjectStoreError
-from ..store.bucket import SHA256_ATTRIBUTE, Bucket, BucketUrl, parse_storage_options
+from ..store.bucket import (
+    BLOCKING_RETRIES,
+    SHA256_ATTRIBUTE,
+    Bucket,
+    BucketUrl,
+    parse_storage_options,
+)
 from ..store.dataset import METADATA_NAME
 from ..store.files import IMAGES_DIR
 from ..store.gallery import THUMBS, Gallery, write_gallery
@@ -67,7 +73,10 @@ class KeptBucket:
             places = [
                 Place(c.place, c.shard, f"{c.shard.directory}/" if c.shard else "") for c in found
             ]
-            root = Bucket.open(url, parse_storage_options(storage_options), blocking=True)
+            options = parse_storage_options(storage_options)
+            # Read and written with the calling thread (an export's rows, the gallery):
+            # the store retries by itself.
+            root = Bucket.open(url, options, blocking=True, store_retries=BLOCKING_RETRIES)
             yield cls(url, {c.place: c for c in found}, places, root, staging, RetrySettings())
 
     @property

@@ -203,6 +203,11 @@ def _obstore() -> Any:
     return obstore
 
 
+# How often blocking code (an export, a gallery: no retry table of their own around
+# each call) lets the store retry a request that failed and may pass.
+BLOCKING_RETRIES = 10
+
+
 def open_store(url: BucketUrl, options: Mapping[str, str], *, store_retries: int = 0) -> Any:
     """The obstore store of ``url``'s bucket (its prefix is applied by :class:`Bucket`).
     Credentials not given as options come from the store's standard chain.  A run
