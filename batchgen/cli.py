@@ -676,6 +676,8 @@ def estimate_lines(found: Estimate) -> list[str]:
     for shape in found.shapes:
         cost = shape.cost_each if shape.cost_each is not None else "?"
         line = f"  {shape.units} x {shape.model} {shape.size}: {cost} CU each (estimated)"
+        if not shape.units:  # only images to gate, of jobs paid for already
+            line = f"  {shape.model} {shape.size}: jobs paid for"
         if shape.gate_calls:
             gate = shape.gate_cost_each if shape.gate_cost_each is not None else "?"
             line += f"; {plural(shape.gate_calls, 'image')} gated at {gate} CU each"

@@ -75,9 +75,12 @@ def _count(
     units: int,
     outputs: Mapping[str, int],
     regenerated: int = 0,
+    *,
+    paid: int = 0,
 ) -> None:
     """``units`` units like ``unit`` counted in, ``regenerated`` of their regenerations
-    already made."""
+    already made; and ``paid`` units whose job is paid for already (watched again),
+    their images still to be gated."""
     counted = shapes.setdefault(_shape_key(unit, body), Counted(unit.model, body))
     counted.units += units
     rule = unit.quality
@@ -85,9 +88,9 @@ def _count(
         return
     counted.images_per_job = images_asked(unit, outputs)
     counted.sensitivity = rule.sensitivity
-    counted.gated += units * counted.images_per_job
+    counted.gated += (units + paid) * counted.images_per_job
     if rule.regenerates:
-        counted.regenerations += max(0, units * rule.attempts - regenerated)
+        counted.regenerations += max(0, (units + paid) * rule.attempts - regenerated)
 
 
 async def aestimate(manifest: str | Path, **options: Unpack[RunKeywords]) -> Estimate:
@@ -275,11 +278,15 @@ def _shapes_of_units(
                 retry_failed=options.retry_failed,
                 resubmit_abandoned=options.resubmit_abandoned,
             )
-            if action not in (Resume.SUBMIT, Resume.RECONCILE):
+            to_submit = action in (Resume.SUBMIT, Resume.RECONCILE)
+            # A job paid for and watched again (a budget stop can leave one made but
+            # not gated): its images are still to be gated, and may be made again.
+            to_gate = action is Resume.REATTACH and unit.quality is not None
+            if not (to_submit or to_gate):
                 continue  # done, or its job is already paid for
             body = request_for(unit, None, lists=lists.get(unit.model, ()))
             regenerated = row.quality_attempt if row is not None else 0
-            _count(shapes, unit, body, 1, outputs, regenerated)
+            _count(shapes, unit, body, int(to_submit), outputs, regenerated, paid=int(to_gate))
     return shapes
 
 

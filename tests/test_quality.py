@@ -266,6 +266,29 @@ def test_the_estimate_counts_the_gate_and_the_worst_case_of_its_regenerations(
     assert world.estimate(manifest).units == 0
 
 
+def test_the_estimate_after_a_budget_stop_counts_the_gate_calls_of_images_paid_for(
+    write: Write, tmp_path: Path
+) -> None:
+    """A budget stop can leave jobs paid for whose images are not gated yet (the gate
+    call did not fit): the next run gates them, so the estimate counts those calls (and
+    not their jobs again), and it is what the rest of the batch costs, to the unit."""
+    manifest = write("jobs.yaml", quality_manifest(30, "{on_fail: keep}"))
+    world = World(tmp_path, gate_cost=3.0)
+    assert world.run(manifest, budget=40).exit_code == EXIT_STOPPED
+    gated = sum(world.sim.gate_calls.values())
+    found = world.estimate(manifest)
+    assert found.gate_calls == 30 - gated
+    assert found.gate_calls > found.units  # some of them for jobs already paid for
+    from batchgen.cli import estimate_lines
+
+    said = "\n".join(estimate_lines(found))
+    assert f"jobs paid for; {found.gate_calls} images gated at 3.0 CU each" in said
+    before = world.sim.spent
+    assert world.run(manifest).exit_code == 0
+    assert world.sim.spent - before == found.estimated_left == found.worst_case
+    assert world.sim.jobs_created == 30
+
+
 def test_run_estimate_and_validate_say_the_worst_case(
     write: Write, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
