@@ -956,3 +956,16 @@ def test_rejected_images_still_in_the_spill_directory_go_aside_there_and_on_to_t
     assert all(
         attributes(url, k)["sha256"] == hashlib.sha256(found[k]).hexdigest() for k in rejected
     )
+
+
+def test_a_copy_within_the_store_keeps_the_metadata_and_says_when_there_is_nothing(
+    url: str,
+) -> None:
+    parsed = BucketUrl.parse(url)
+    assert parsed is not None
+    bucket = Bucket.open(parsed, blocking=True)
+    anyio.run(bucket.put, "images/a.png", b"bytes of a", {"sha256": "s", "unit": "u"})
+    assert anyio.run(bucket.copy, "images/a.png", "images/_rejected/a.attempt-1.png")
+    assert objects(url)["images/_rejected/a.attempt-1.png"] == b"bytes of a"
+    assert attributes(url, "images/_rejected/a.attempt-1.png") == {"sha256": "s", "unit": "u"}
+    assert not anyio.run(bucket.copy, "images/gone.png", "images/_rejected/gone.png")

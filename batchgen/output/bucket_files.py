@@ -231,9 +231,10 @@ class BucketImages:
 
     async def set_aside(self, files: list[str], attempt: int) -> list[str]:
         """Images the quality gate rejected moved to ``images/_rejected/`` in the bucket
-        (written there, then deleted from their place: never lost; again after a kill,
-        the name there already taken by the same image).  An image still in the spill
-        directory is moved there, and written to the bucket with the rest."""
+        (copied there within the store, metadata and all, then deleted from their place:
+        never lost, and never downloaded; again after a kill, copied over the same
+        image).  An image still in the spill directory is moved there, and written to
+        the bucket with the rest."""
         moved = []
         for relative in files:
             target = rejected_name(relative, attempt).as_posix()
@@ -242,10 +243,7 @@ class BucketImages:
                 await self.offload(_move_sidecar, self.root, relative, target)
                 moved.append(target)
                 continue
-            found = await self._retrying(self.bucket.read, relative)
-            if found is not None:
-                data, described = found
-                await self._retrying(self.bucket.create, target, data, described.attributes)
+            if await self._retrying(self.bucket.copy, relative, target):
                 await self._retrying(self.bucket.delete, relative)
             moved.append(target)
         return moved

@@ -425,6 +425,21 @@ class Bucket:
         e_tag = result.get("e_tag")
         return str(e_tag) if e_tag is not None else None
 
+    async def copy(self, relative: str, to: str) -> bool:
+        """The object copied within the store (its bytes never leave it; its metadata
+        goes with it), replacing whatever ``to`` holds; False if there is none."""
+        source, target = self.url.key(relative), self.url.key(to)
+        try:
+            if self.blocking:
+                self._obstore.copy(self._store, source, target, overwrite=True)
+            else:
+                await self._obstore.copy_async(self._store, source, target, overwrite=True)
+        except (FileNotFoundError, self._obstore.exceptions.NotFoundError):
+            return False
+        except Exception as exc:
+            raise self._converted(exc, relative, "copy") from exc
+        return True
+
     async def delete(self, relative: str) -> None:
         key = self.url.key(relative)
         try:
