@@ -440,3 +440,25 @@ def test_a_run_on_s3_embeds_each_images_story_and_writes_its_gallery_into_the_bu
     _, stderr = fix.communicate(timeout=120)
     assert fix.returncode == 0, stderr
     assert s3.objects("shared/run")[lost] == found[lost] and sim.jobs_created == jobs
+
+
+def test_a_copy_within_s3_keeps_the_images_metadata(s3: S3) -> None:
+    """How a rejected image is set aside in a bucket: S3's CopyObject, metadata and all."""
+    import anyio
+
+    from batchgen.store.bucket import Bucket, BucketUrl
+
+    url = BucketUrl.parse(f"s3://{BUCKET}/copied")
+    assert url is not None
+    options = {
+        "endpoint_url": s3.endpoint,
+        "region_name": "us-east-1",
+        "access_key_id": ACCESS_KEY,
+        "secret_access_key": SECRET_KEY,
+    }
+    bucket = Bucket.open(url, options, blocking=True)
+    anyio.run(bucket.put, "images/a.png", b"bytes of a", {"sha256": "s", "unit": "u"})
+    assert anyio.run(bucket.copy, "images/a.png", "images/_rejected/a.attempt-1.png")
+    assert s3.objects("copied")["images/_rejected/a.attempt-1.png"] == b"bytes of a"
+    assert s3.metadata("copied/images/_rejected/a.attempt-1.png") == {"sha256": "s", "unit": "u"}
+    assert not anyio.run(bucket.copy, "images/gone.png", "images/_rejected/gone.png")
