@@ -179,6 +179,36 @@ def test_images_larger_than_one_put_stream_from_the_spool_in_parts(
     assert not list((state / ".spool").iterdir())  # each removed once in the store
 
 
+def test_large_spilled_images_go_to_the_store_in_parts_from_the_file(
+    write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What waited in the spill directory is written as a download is: an image past
+    one PUT's size in parts from its file (never read whole), its name checked free."""
+    from batchgen.output import bucket_files as engine_bucket
+
+    manifest = write("jobs.yaml", MANIFEST)
+    world = World(tmp_path, job_seconds=5)
+    state = tmp_path / "state"
+    with monkeypatch.context() as patch:
+        patch.setattr(Bucket, "_put", FlakyWrites(1.0, seed=1, only_images=True).method())
+        assert world.run(manifest, out=url, state_dir=state).exit_code == 0
+    spilled = sorted(p.relative_to(state).as_posix() for p in (state / "images").rglob("*.png"))
+    assert len(spilled) == 24
+    monkeypatch.setattr(engine_bucket, "WHOLE_PUT_BYTES", 64)  # every image is "large"
+    put_files: list[str] = []
+    original = Bucket.put_file
+
+    async def counted(self: Bucket, relative: str, path: Path, attributes: Any = None) -> Any:
+        put_files.append(relative)
+        return await original(self, relative, path, attributes)
+
+    monkeypatch.setattr(Bucket, "put_file", counted)
+    assert world.run(manifest, out=url, state_dir=state).exit_code == 0
+    assert sorted(p for p in put_files if p.startswith("images/")) == spilled
+    assert not list((state / "images").rglob("*.png"))
+    assert_bucket_holds_what_was_served(world, url)
+
+
 def test_the_manifests_output_may_be_a_bucket(write: Write, tmp_path: Path, url: str) -> None:
     manifest = write("jobs.yaml", f"output: {url}\n" + MANIFEST)
     world = World(tmp_path, job_seconds=5)

@@ -57,6 +57,7 @@ from ..store.files import (
     Stamp,
     parsed,
     real_directory,
+    sha256_of,
     write_lines_atomically,
 )
 from ..store.journal import JOURNAL_NAME, Journal
@@ -373,13 +374,12 @@ async def flush_spilled(
     await offload(_clear_spool, root)  # downloads a killed run left half-way
     for relative in await offload(_waiting, root):
         path = root / relative
-        data, attributes = await offload(_read_spilled, path)
-        sha256 = hashlib.sha256(data).hexdigest()
+        size, sha256, attributes = await offload(_spilled, path)
         attributes = {**attributes, **image_attributes(relative, sha256, None)}
         try:
             done = await with_retries(
                 Request.STORE_WRITE,
-                functools.partial(_write_once, bucket, relative, data, attributes),
+                functools.partial(_write_once, bucket, relative, (path, size), attributes, offload),
                 retry,
             )
         except ObjectStoreError as exc:
@@ -403,12 +403,15 @@ async def flush_spilled(
     return Flushed(written, kept)
 
 
-def _read_spilled(path: Path) -> tuple[bytes, dict[str, str]]:
+def _spilled(path: Path) -> tuple[int, str, dict[str, str]]:
+    """A spilled file's size, sha256 (read in chunks: a large one is never held
+    whole) and attributes."""
     try:
         attributes = json.loads(_sidecar(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         attributes = {}  # a file put there by hand: written with what can be known
-    return path.read_bytes(), {str(k): str(v) for k, v in dict(attributes).items()}
+    size = path.stat().st_size
+    return size, sha256_of(path), {str(k): str(v) for k, v in dict(attributes).items()}
 
 
 def _remove_spilled(path: Path) -> None:
@@ -417,11 +420,23 @@ def _remove_spilled(path: Path) -> None:
 
 
 async def _write_once(
-    bucket: Bucket, relative: str, data: bytes, attributes: dict[str, str]
+    bucket: Bucket,
+    relative: str,
+    file: tuple[Path, int],
+    attributes: dict[str, str],
+    offload: Offload,
 ) -> bool:
-    """Whether the bucket holds these bytes under ``relative`` now (written by this
-    call, or already there); False if it holds other bytes."""
-    if await bucket.create(relative, data, attributes) is not None:
+    """Whether the bucket holds the file's bytes under ``relative`` now (written by
+    this call, or already there); False if it holds other bytes.  Small: one
+    conditional PUT; large: in parts from the file, the name checked free first (the
+    lease says no other run writes here)."""
+    path, size = file
+    if size <= WHOLE_PUT_BYTES:
+        data = await offload(path.read_bytes)
+        if await bucket.create(relative, data, attributes) is not None:
+            return True
+    elif await bucket.head(relative) is None:
+        await bucket.put_file(relative, path, attributes)
         return True
     there = await bucket.head(relative)
     return there is not None and (
