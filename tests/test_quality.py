@@ -225,6 +225,23 @@ def test_the_budget_bounds_gate_calls_and_regenerations_together(
     assert ledger(world.out) == world.sim.spent
 
 
+def test_a_gate_price_no_dry_run_gives_is_learnt_from_the_first_charge(
+    write: Write, tmp_path: Path
+) -> None:
+    """With a budget and a gate whose dry run says no price, calls go one at a time
+    until one is charged, then are reserved at that: the budget is passed by one gate
+    call at most (it was passed by every call, each reserved at nothing)."""
+    manifest = write("jobs.yaml", quality_manifest(30, "{on_fail: keep}"))
+    world = World(tmp_path, gate_cost=3.0, gate_dry_run_priced=False)
+    first = world.run(manifest, budget=40, concurrency=30)
+    assert first.exit_code == EXIT_STOPPED
+    assert 0 < sum(world.sim.gate_calls.values()) < 30
+    assert world.sim.spent <= 40 + 3.0
+    assert ledger(world.out) == world.sim.spent
+    assert world.run(manifest).exit_code == 0
+    assert max(world.sim.gate_calls.values()) == 1 and len(world.sim.gate_calls) == 30
+
+
 def test_out_of_credits_at_the_gate_stops_paying_and_keeps_the_image(
     write: Write, tmp_path: Path
 ) -> None:

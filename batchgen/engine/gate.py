@@ -66,8 +66,12 @@ class Gate:
     ) -> None:
         self._api = api
         self._purse = purse
-        # A gate call's price by sensitivity (one dry run each), needed with a budget.
+        # A gate call's price by sensitivity (one dry run each), needed with a budget;
+        # one no dry run gives is learnt from the first call's charge, and until then
+        # its calls go one at a time (what a budget may be passed by: one call).
         self._prices: dict[str | None, float] = {}
+        self._dry_run_asked: set[str | None] = set()
+        self._learning: dict[str | None, anyio.Lock] = {}
         self._journal = journal
         self._record = record
         self._retry = retry
@@ -91,7 +95,7 @@ class Gate:
                     if stored is not None:
                         price = await self._price(asset_id, rule)
                         return await self._noted(unit_id, asset_id, stored, price)
-                reserved = await self._budgeted(asset_id, rule)
+                reserved, learning = await self._budgeted(asset_id, rule)
                 try:
                     await self._record(
                         functools.partial(self._journal.gating, unit_id, asset_id, attempt),
@@ -114,9 +118,13 @@ class Gate:
                             self._purse.out_of_credits(describe(exc))
                             raise GateStopped from exc
                         raise
+                    if found.cost is not None:  # what it costs, if no dry run said
+                        self._prices.setdefault(rule.sensitivity, found.cost)
                     return await self._noted(unit_id, asset_id, found, found.cost)
                 finally:
                     self._purse.release(reserved)
+                    if learning is not None:
+                        learning.release()
         raise GateFailed(f"image {asset_id}: the gate's answers kept being lost")
 
     async def _noted(
@@ -135,17 +143,30 @@ class Gate:
         )
         return verdict
 
-    async def _budgeted(self, asset_id: str, rule: QualityRule) -> float:
-        """The price reserved for this gate call (nothing without a budget), or
+    async def _budgeted(self, asset_id: str, rule: QualityRule) -> tuple[float, anyio.Lock | None]:
+        """The price reserved for this gate call (nothing without a budget), and the
+        lock held while its price is still to be learnt (released after the call); or
         :class:`GateStopped` if it would pass the budget."""
-        price = 0.0
+        price, learning = 0.0, None
+        sensitivity = rule.sensitivity
         if self._purse.budget is not None:
-            if rule.sensitivity not in self._prices:
-                self._prices[rule.sensitivity] = await self._price(asset_id, rule) or 0.0
-            price = self._prices[rule.sensitivity]
+            if sensitivity not in self._prices and sensitivity not in self._dry_run_asked:
+                self._dry_run_asked.add(sensitivity)
+                dry_run = await self._price(asset_id, rule)
+                if dry_run is not None:
+                    self._prices[sensitivity] = dry_run
+            if sensitivity not in self._prices:
+                learning = self._learning.setdefault(sensitivity, anyio.Lock())
+                await learning.acquire()
+                if sensitivity in self._prices:  # learnt while this call waited
+                    learning.release()
+                    learning = None
+            price = self._prices.get(sensitivity, 0.0)
         if not self._purse.reserve(price, "quality-gate call", after_stop=True):
+            if learning is not None:
+                learning.release()
             raise GateStopped
-        return price
+        return price, learning
 
     async def _stored(self, asset_id: str) -> Verdict | None:
         return await with_retries(

@@ -116,19 +116,20 @@ class AssetRoutes(SimCore):
         image = body.get("image") if isinstance(body, dict) else None
         cost = self.config.gate_cost
         priced = {"creativeUnitsCost": cost, "costDetails": {"quality-gate": cost}}
+        dry_run = SimAnswer(269, priced if self.config.gate_dry_run_priced else {})
         if isinstance(image, str) and image.startswith("data:"):
             # To score one, the API uploads it as an asset first; the simulator only
             # prices one (a batch's estimate, before any image of it exists).
             if not DATA_URL.fullmatch(image):
                 return _error(400, "image is not a base64 data URL")
             if query.get("dryRun"):
-                return SimAnswer(269, priced)
+                return dry_run
             return _error(400, "the simulator scores assets only, not data URLs")
         asset = self.assets.get(str(image))
         if asset is None or self.jobs[asset.job_id].phase(self.clock())[0] != "success":
             return _error(404, f"Asset {image} not found")
         if query.get("dryRun"):
-            return SimAnswer(269, priced)
+            return dry_run
         credits = self.config.credits
         if credits is not None and self.spent + cost > credits + self.config.one_shot_credits:
             return _error(402, "Not enough creative units to run the quality gate")

@@ -144,6 +144,9 @@ class SimConfig:
     # bytes (so a test knows which images fail): a score of 0-100 from their sha256,
     # failing below QUALITY_FAIL_BELOW[sensitivity], warning below QUALITY_WARN_BELOW.
     gate_cost: float = 1.0
+    # Whether the gate's dry run says its price (else a 269 with no creativeUnitsCost:
+    # a client learns it from the first call's charge).
+    gate_dry_run_priced: bool = True
     # Broken answers about single jobs (GET /v1/jobs/{id}), as a broken or hostile
     # server gives them: "huge" pads each with this many bytes of nothing; "bad-status"
     # gives a status that is not a string.
