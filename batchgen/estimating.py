@@ -22,7 +22,8 @@ from .keywords import RunKeywords
 from .manifest import Manifest, Unit, iter_units
 from .manifest.shard import Shard
 from .options import RunOptions, from_keywords
-from .plan import UNITS_CHUNK, checked_manifest, output_directory, saved_specs, units_of
+from .output import output_directory
+from .plan import UNITS_CHUNK, checked_manifest, saved_specs, units_of
 from .report import Estimate, Shape
 from .rerun import ROWS_OF_KEY, load
 from .rerun import fingerprint as _fingerprint

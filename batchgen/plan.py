@@ -1,6 +1,5 @@
 """What a run is made of, checked before anything is sent: the manifest against each
-model's inputs, its units (a shard's), where its output goes, and the request a unit
-would send."""
+model's inputs, its units (a shard's), and the request a unit would send."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from typing import TypeVar
 
 from . import config as defaults
 from .backend import Backend
-from .config import default_state_root
 from .engine import EngineSettings
 from .engine.submit import request_for, request_key
 from .errors import (
@@ -24,11 +22,9 @@ from .errors import (
 )
 from .manifest import Manifest, Unit, iter_units
 from .manifest.shard import Shard
-from .rerun import local_output
 from .retry import Request, with_retries
 from .scenario.inputs import ModelSpec, model_from_json
 from .scenario.preflight import Problem, Prompts, check_manifest, read_prompts
-from .store.bucket import BucketUrl, is_bucket_url, state_key
 from .store.journal import JOURNAL_NAME, Journal
 
 log = logging.getLogger(__name__)
@@ -39,25 +35,6 @@ T = TypeVar("T")
 MODEL_KEY = "model:"
 # Units looked up in a journal together.
 UNITS_CHUNK = 500
-
-
-def output_directory(
-    manifest: Manifest, where: str | Path | None, state_dir: str | Path | None, shard: Shard | None
-) -> Path:
-    """The local output directory (``where``: --out); for an output in a bucket, its
-    state directory (``state_dir``: --state-dir)."""
-    target = output_url(manifest, where)
-    if target is not None:
-        state = Path(state_dir) if state_dir else default_state_root()
-        state = state if state_dir else state / state_key(target)
-        return state / shard.directory if shard is not None else state
-    return local_output(manifest, where, shard)
-
-
-def output_url(manifest: Manifest, where: str | Path | None) -> BucketUrl | None:
-    """The bucket the output goes to, if it goes to one (``--out`` or ``output:``)."""
-    given = where if where is not None else manifest.output
-    return BucketUrl.parse(given) if isinstance(given, str) and is_bucket_url(given) else None
 
 
 def units_of(manifest: Manifest, shard: Shard | None) -> Iterator[Unit]:

@@ -5,6 +5,7 @@ outside ``batchgen/output/`` asking which kind of output it has."""
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,3 +124,23 @@ def test_nothing_outside_the_output_seam_asks_which_kind_of_output_it_has() -> N
         if not name.startswith("batchgen.output")
     }
     assert {name: found for name, found in askers.items() if found} == {}
+
+
+# Modules outside output/ that may tell a bucket URL from a path, and why.
+READS_BUCKET_URLS = {
+    "batchgen.options": "--out's argument kept as written: a URL, or made a Path",
+    "batchgen.upkeep": "an export's DEST, a folder or a bucket (not an output)",
+    "batchgen.store.bucket": "where BucketUrl is",
+}
+
+
+def test_only_the_output_seam_tells_a_bucket_from_a_folder() -> None:
+    """Which kind an output is, is told in ``batchgen/output/`` alone: elsewhere only
+    the modules named above (each with its reason) read a bucket URL."""
+    readers = {
+        name
+        for name, path in modules().items()
+        if not name.startswith("batchgen.output")
+        and re.search(r"\b(BucketUrl|is_bucket_url)\b", path.read_text("utf-8"))
+    }
+    assert readers == set(READS_BUCKET_URLS)

@@ -22,6 +22,7 @@ from .base import FileCheck, Kept, Output, Place, RunPlan, Target
 if TYPE_CHECKING:
     from ..manifest import Manifest
     from ..manifest.shard import Shard
+    from ..store.bucket import BucketUrl
     from ..store.gallery import Gallery
 
 __all__ = [
@@ -34,15 +35,14 @@ __all__ = [
     "make_gallery",
     "open_kept",
     "open_output",
+    "output_directory",
 ]
 
 
 def open_output(manifest: Manifest, target: Target, shard: Shard | None) -> Output:
     """The output the target and the manifest name: a bucket (``s3://``, ``gs://``), or
     a folder.  What a kind of output cannot do is refused here, before anything."""
-    from ..plan import output_directory, output_url
-
-    url = output_url(manifest, target.where)
+    url = _bucket_of(manifest, target.where)
     if url is None:
         from .local import FolderOutput
 
@@ -50,6 +50,31 @@ def open_output(manifest: Manifest, target: Target, shard: Shard | None) -> Outp
     from .bucket import BucketOutput
 
     return BucketOutput.for_run(url, target, shard)
+
+
+def output_directory(
+    manifest: Manifest, where: str | Path | None, state_dir: str | Path | None, shard: Shard | None
+) -> Path:
+    """Where the run's journal is: the local output directory (``where``: --out, else
+    the manifest's), or for an output in a bucket, its state directory (``state_dir``:
+    --state-dir, else one of its own under the user's state directory)."""
+    from ..config import default_state_root
+    from ..rerun import local_output
+    from ..store.bucket import state_key
+
+    url = _bucket_of(manifest, where)
+    if url is not None:
+        state = Path(state_dir) if state_dir else default_state_root() / state_key(url)
+        return state / shard.directory if shard is not None else state
+    return local_output(manifest, where, shard)
+
+
+def _bucket_of(manifest: Manifest, where: str | Path | None) -> BucketUrl | None:
+    """The bucket the output goes to, if it goes to one (``--out`` or ``output:``)."""
+    from ..store.bucket import BucketUrl, is_bucket_url
+
+    given = where if where is not None else manifest.output
+    return BucketUrl.parse(given) if isinstance(given, str) and is_bucket_url(given) else None
 
 
 @asynccontextmanager
