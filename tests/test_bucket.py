@@ -141,6 +141,19 @@ def test_a_run_writes_each_image_to_the_bucket_once_and_keeps_none_locally(
     assert again.exit_code == 0 and again.already_done == 24 and ours(world) == 24
 
 
+def files_put_in_parts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names written in parts from a file (``Bucket.put_file``), as they are."""
+    put_files: list[str] = []
+    original = Bucket.put_file
+
+    async def counted(self: Bucket, relative: str, path: Path, attributes: Any = None) -> Any:
+        put_files.append(relative)
+        return await original(self, relative, path, attributes)
+
+    monkeypatch.setattr(Bucket, "put_file", counted)
+    return put_files
+
+
 def test_images_larger_than_one_put_stream_from_the_spool_in_parts(
     write: Write, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -159,14 +172,7 @@ def test_images_larger_than_one_put_stream_from_the_spool_in_parts(
         return await fetch(self, url, destination, *a, **k)
 
     monkeypatch.setattr(FakeFetcher, "fetch", to_a_file)
-    put_files: list[str] = []
-    original = Bucket.put_file
-
-    async def counted(self: Bucket, relative: str, path: Path, attributes: Any = None) -> Any:
-        put_files.append(relative)
-        return await original(self, relative, path, attributes)
-
-    monkeypatch.setattr(Bucket, "put_file", counted)
+    put_files = files_put_in_parts(monkeypatch)
     manifest = write("jobs.yaml", MANIFEST)
     world = World(tmp_path)
     state = tmp_path / "state"
@@ -195,14 +201,7 @@ def test_large_spilled_images_go_to_the_store_in_parts_from_the_file(
     spilled = sorted(p.relative_to(state).as_posix() for p in (state / "images").rglob("*.png"))
     assert len(spilled) == 24
     monkeypatch.setattr(engine_bucket, "WHOLE_PUT_BYTES", 64)  # every image is "large"
-    put_files: list[str] = []
-    original = Bucket.put_file
-
-    async def counted(self: Bucket, relative: str, path: Path, attributes: Any = None) -> Any:
-        put_files.append(relative)
-        return await original(self, relative, path, attributes)
-
-    monkeypatch.setattr(Bucket, "put_file", counted)
+    put_files = files_put_in_parts(monkeypatch)
     assert world.run(manifest, out=url, state_dir=state).exit_code == 0
     assert sorted(p for p in put_files if p.startswith("images/")) == spilled
     assert not list((state / "images").rglob("*.png"))
