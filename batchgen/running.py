@@ -114,7 +114,7 @@ async def gallery_of_run(output: Output, target: Target, backend: Backend) -> No
         made = await make_gallery(
             output.whole, target.storage_options, blocking=backend.offload is inline
         )
-    except StorageError as exc:
+    except (StorageError, ConfigError) as exc:
         log.warning("the gallery was not made: %s", exc)
         return
     log.info("gallery: %s", made.page)

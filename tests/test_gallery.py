@@ -275,3 +275,17 @@ def test_the_gallery_filters_by_verdict_and_shows_the_reasons_in_a_browser(
             assert errors == []
         finally:
             launched.close()
+
+
+def test_a_gallery_that_cannot_be_made_does_not_fail_the_run_that_did_its_work(
+    write: Write, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = World(tmp_path)
+    world.out.mkdir()
+    (world.out / "gallery").write_text("a file where the gallery's folder would be")
+    report = world.run(
+        write("jobs.yaml", "model: model_sim-fast\njobs: [{prompt: a kite}]\n"), gallery=True
+    )
+    assert report.exit_code == 0 and report.succeeded == 1
+    assert "the gallery was not made" in caplog.text
+    assert (world.out / "gallery").read_text().startswith("a file")
