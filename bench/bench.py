@@ -287,7 +287,7 @@ def startup_cpu(place: Path) -> float:
     """CPU seconds of starting batchgen and reading a one-line manifest: the fixed cost
     inside every per-job CPU figure."""
     manifest, _ = write_workload(place, 1, 1)
-    return min(run_child(batchgen("validate", str(manifest))).cpu for _ in range(3))
+    return min(run_child(batchgen("validate", str(manifest), "--offline")).cpu for _ in range(3))
 
 
 def fast(args: argparse.Namespace, place: Path) -> dict[str, float]:
@@ -315,7 +315,8 @@ def validate(args: argparse.Namespace, place: Path) -> dict[str, float]:
     ``validate`` against the same API (each asks for the model; the estimate adds one
     dry run)."""
     manifest, _ = write_workload(place, args.validate_lines, 8)
-    child = run_child(batchgen("validate", str(manifest)))
+    # Offline: the manifest alone (validate asks the API otherwise, as below).
+    child = run_child(batchgen("validate", str(manifest), "--offline"))
     if child.returncode != 0:
         sys.exit(f"validate failed:\n{child.output}")
     with simulator(seed=args.seed) as sim:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -222,3 +223,54 @@ def test_a_journal_kept_before_the_ledger_keeps_what_it_counted(tmp_path: Path) 
         assert journal.spend().this_run == 4.0  # booked to run 0, the last before any
     finally:
         journal.close()
+
+
+def test_no_statement_run_for_each_unit_scans_a_whole_table(
+    write: Callable[[str, str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's journal statements, traced: each one run once a unit or more must find
+    its rows by an index, never by reading a whole table (a scan per unit makes a run
+    of N units cost N² reads: a unit's cost read its jobs so until they had an index)."""
+    import sqlite3
+    from collections import Counter
+
+    from batchgen.store.journal import schema
+    from tests.helpers import World
+
+    statements: Counter[str] = Counter()
+    connect = sqlite3.connect
+
+    def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
+        db = connect(*args, **kwargs)  # type: ignore[arg-type]
+        db.set_trace_callback(lambda sql: statements.update([_shape(sql)]))
+        return db
+
+    monkeypatch.setattr(schema.sqlite3, "connect", traced)
+    units = 40
+    manifest = write(
+        "jobs.yaml",
+        "model: model_sim-fast\njobs:\n  - prompt: 'u {n}'\n    vars: {n: ["
+        + ", ".join(map(str, range(units)))
+        + "]}\n",
+    )
+    world = World(tmp_path, failure_rate=0.2, seed=5)
+    world.run(manifest)
+    monkeypatch.undo()
+    kinds = ("SELECT", "UPDATE", "DELETE", "INSERT")
+    per_unit = [s for s, count in statements.items() if count >= units and s.startswith(kinds)]
+    assert per_unit  # the trace saw the run's reads
+    scans = {}
+    with sqlite3.connect(world.out / "journal.sqlite3") as db:
+        for statement in per_unit:
+            query = f"EXPLAIN QUERY PLAN {statement}"
+            nulls = (None,) * statement.count("?")
+            plan = " / ".join(row[3] for row in db.execute(query, nulls))
+            if re.search(r"\bSCAN (units|jobs|ledger|gates|uploads)\b", plan):
+                scans[statement] = plan
+    assert scans == {}
+
+
+def _shape(sql: str) -> str:
+    """A traced statement with its values (which the trace writes in) made ``?``."""
+    sql = re.sub(r"'(?:[^']|'')*'", "?", sql)
+    return re.sub(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])", "?", sql)

@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, unit_id TEXT NOT NULL, cost REAL, status TEXT,
     refundable INTEGER NOT NULL DEFAULT 1
 );
+-- A unit's jobs, read for each results line (its cost): without it, a scan of every job.
+CREATE INDEX IF NOT EXISTS jobs_unit ON jobs (unit_id);
 -- The money (see batchgen.ledger): each change to what a job costs the account, in
 -- thousandths of a creative unit, booked to the run that learned it.
 CREATE TABLE IF NOT EXISTS ledger (
