@@ -125,15 +125,7 @@ async def priced(
     rows: list[Shape] = []
     gate_prices: dict[str | None, float | None] = {}
     for counted in shapes.values():
-        try:
-            cost = await with_retries(
-                Request.OTHER_READ,
-                lambda c=counted: backend.client.estimate(c.model, c.body),  # type: ignore[misc]
-                backend.settings.retry,
-            )
-        except PermanentApiError as exc:  # this body refused (moderation): unpriced
-            log.info("%s: no price for a shape of it: %s", counted.model, exc)
-            cost = None
+        cost = await _dry_run(backend, counted)
         gate = None
         if counted.gated:
             if counted.sensitivity not in gate_prices:
@@ -165,6 +157,40 @@ async def priced(
         worst_case=worst,
         unpriced_gate_calls=sum(row.gate_calls for row in rows if row.gate_cost_each is None),
     )
+
+
+async def _dry_run(backend: Backend, counted: Counted) -> float | None:
+    """What one job of a shape costs, by its dry run; None if the API gives no price."""
+    try:
+        cost: float | None = await with_retries(
+            Request.OTHER_READ,
+            lambda: backend.client.estimate(counted.model, counted.body),
+            backend.settings.retry,
+        )
+    except PermanentApiError as exc:  # this body refused (moderation): unpriced
+        log.info("%s: no price for a shape of it: %s", counted.model, exc)
+        return None
+    return cost
+
+
+async def cost_at_most(
+    manifest: Manifest,
+    backend: Backend,
+    specs: Mapping[str, ModelSpec],
+    prompts: list[Prompts],
+    units: int,
+) -> float | None:
+    """A bound on what is left to do, with no journal read: all ``units`` at the
+    dearest of the manifest's shapes (a dry run each, as the estimate makes).  The
+    estimate is never above it (a unit done only lowers it); None with a quality rule
+    (its gate calls and regenerations are the estimate's to count)."""
+    lists = {model: spec.image_lists for model, spec in specs.items()}
+    outputs = {model: spec.outputs_per_job for model, spec in specs.items()}
+    shapes = await backend.offload(_shapes_of_entries, manifest, prompts, lists, outputs)
+    if any("\n" in key for key in shapes):
+        return None
+    prices = [await _dry_run(backend, counted) for counted in shapes.values()]
+    return max((price for price in prices if price is not None), default=0.0) * units
 
 
 async def _gate_price(backend: Backend, sensitivity: str | None) -> float | None:
@@ -271,7 +297,7 @@ def _shapes_of_units(
     shapes: Shapes = {}
     units = units_of(manifest, shard)
     while chunk := list(itertools.islice(units, UNITS_CHUNK)):
-        rows = journal.get_many([unit.id for unit in chunk]) if journal else {}
+        rows = journal.states_of([unit.id for unit in chunk]) if journal else {}
         for unit in chunk:
             row = rows.get(unit.id)
             action = resume_action(

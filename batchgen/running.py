@@ -33,7 +33,7 @@ from .errors import (
     ConfigError,
     StorageError,
 )
-from .estimating import priced
+from .estimating import cost_at_most, priced
 from .manifest import Manifest
 from .manifest.shard import Shard
 from .options import RunOptions, from_keywords
@@ -158,11 +158,11 @@ async def planned(
         outputs={model: spec.outputs_per_job for model, spec in specs.items()},
         sibling_journals=output.siblings(shard),
     )
-    settings = await by_the_account(
-        manifest, shard, options, settings, backend, output, specs, prompts
-    )
     if shard is not None:
         total = await backend.offload(lambda: sum(1 for _ in units_of(manifest, shard)))
+    settings = await by_the_account(
+        manifest, shard, options, settings, backend, output, specs, (prompts, total)
+    )
     log.info(
         "%s: %d units, output in %s, %d in flight at most",
         manifest.path,
@@ -182,10 +182,12 @@ async def by_the_account(
     backend: Backend,
     output: Output,
     specs: Mapping[str, ModelSpec],
-    prompts: list[Prompts],
+    read: tuple[list[Prompts], int],
 ) -> EngineSettings:
     """What the account's limits say of the run: its concurrency, the wait after a
-    429, and whether its credits can finish the batch (else refused, nothing spent)."""
+    429, and whether its credits can finish the batch (else refused, nothing spent).
+    ``read``: the manifest's prompts, and how many units the run has."""
+    prompts, total = read
     limits = await read_limits(backend)
     if limits is None:
         return settings
@@ -198,10 +200,16 @@ async def by_the_account(
         retry = dataclasses.replace(backend.settings.retry, cooldown=cooldown)
         backend.settings = dataclasses.replace(backend.settings, retry=retry)
     if not options.allow_partial and limits.left(backend.client.server_now()) is not None:
-        found = await priced(manifest, shard, output.state_dir, options, backend, specs, prompts)
-        refusal = credits_refusal(found.estimated_left, limits, backend.client.server_now())
-        if refusal is not None:
-            raise NotEnoughCreditsError(refusal)
+        # Enough for every unit at the dearest price: no need to read the journal unit
+        # by unit (a resume of a large batch would, before its first submission).
+        bound = await cost_at_most(manifest, backend, specs, prompts, total)
+        if bound is None or credits_refusal(bound, limits, backend.client.server_now()):
+            found = await priced(
+                manifest, shard, output.state_dir, options, backend, specs, prompts
+            )
+            refusal = credits_refusal(found.estimated_left, limits, backend.client.server_now())
+            if refusal is not None:
+                raise NotEnoughCreditsError(refusal)
     return settings
 
 

@@ -352,9 +352,8 @@ def validate(args: argparse.Namespace, place: Path) -> dict[str, float]:
 def partial_journal(manifest: Path, out: Path, done: int) -> None:
     """A journal with the first ``done`` units downloaded, each with its cost shape,
     and every unit known to be the manifest's: what a run of it cut short leaves."""
-    from batchgen.app import ROWS_OF_KEY
     from batchgen.engine.submit import cost_shape, request_for
-    from batchgen.rerun import fingerprint
+    from batchgen.rerun import ROWS_OF_KEY, fingerprint
 
     loaded = load_manifest(manifest)
     journal = Journal(out)

@@ -117,6 +117,32 @@ def test_a_batch_the_credits_cannot_finish_is_refused_with_nothing_spent(
     assert code == 6 and sim.jobs_created == 25
 
 
+def test_credits_for_every_unit_at_its_dearest_spare_the_pass_over_the_journal(
+    write: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The credits check reads the journal unit by unit (the estimate) only when the
+    credits do not cover every unit at the dearest price: a resume of a large batch
+    with credits to spare starts submitting without that pass; short of it, the
+    estimate decides, to the unit."""
+    import batchgen.estimating as estimating
+
+    passes: list[int] = []
+    original = estimating._shapes_to_do
+
+    def counted(*args: Any) -> Any:
+        passes.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(estimating, "_shapes_to_do", counted)
+    manifest = many(write, 40)  # one creative unit each
+    world = World(tmp_path, credits=40)
+    first = world.run(manifest, budget=20)
+    assert first.exit_code == 6 and 0 < world.sim.spent <= 20 and passes == []  # 40 <= 40
+    # Less left than 40 units at most: the estimate counts those still to do, exactly.
+    assert world.run(manifest).exit_code == 0 and passes == [1]
+    assert world.sim.jobs_created == 40
+
+
 def test_account_shows_the_figures_and_what_it_cannot_see(
     write: Write,
     tmp_path: Path,
