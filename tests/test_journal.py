@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -260,7 +261,7 @@ def test_no_statement_run_for_each_unit_scans_a_whole_table(
     per_unit = [s for s, count in statements.items() if count >= units and s.startswith(kinds)]
     assert per_unit  # the trace saw the run's reads
     scans = {}
-    with sqlite3.connect(world.out / "journal.sqlite3") as db:
+    with contextlib.closing(sqlite3.connect(world.out / "journal.sqlite3")) as db:
         for statement in per_unit:
             query = f"EXPLAIN QUERY PLAN {statement}"
             nulls = (None,) * statement.count("?")
