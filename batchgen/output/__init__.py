@@ -3,7 +3,7 @@
 :class:`Target`, not the run's options); between runs, :class:`Kept` (status, verify
 and its fix, prune, export, the gallery).  A command asks its output for what it needs
 (its lock or lease, its journal, how images reach it, its views at the end) and never
-which kind it is; what a bucket cannot do (``--fresh``, ``--rebuild-journal``) is
+which kind it is; what a bucket cannot do (``--fresh``) is
 refused in one place (``BucketOutput.for_run``).  A third kind of output is a module or
 two here, and one line each of :func:`open_output` and :func:`open_kept`.
 

@@ -45,15 +45,17 @@ from ..rerun import COMPLETE_KEY
 from ..retry import Request, with_retries
 from ..store.bucket import STATE_PREFIX, Bucket, BucketUrl, parse_storage_options, state_key
 from ..store.dataset import METADATA_NAME
-from ..store.files import IMAGES_DIR
+from ..store.files import IMAGES_DIR, Stamp
 from ..store.journal import Journal, State
 from ..store.lock import OutputLock
+from ..store.rebuild import Rebuilt, rebuild
 from ..store.results import RESULTS_NAME
 from .base import RunPlan, Target
 from .bucket_files import (
     CHECKPOINT_ETAG_KEY,
     CHECKPOINT_KEY,
     CHECKPOINT_NAME,
+    OBJECT_MTIME,
     BucketImages,
     Present,
     WriteSlots,
@@ -82,8 +84,6 @@ CHECKPOINT_LOOKBACK = timedelta(hours=1)
 # Options a run to a bucket does not take (yet), with why.
 LOCAL_ONLY = {
     "fresh": "--fresh moves a local directory aside (use a new prefix)",
-    "rebuild_journal": "--rebuild-journal reads a local directory (the bucket's "
-    "checkpoint is restored by itself)",
 }
 
 
@@ -197,6 +197,7 @@ class BucketOutput:
             backend.offload,
             COMPLETE_KEY,
             taken,
+            run.target.rebuild_journal,
         )
         images = BucketImages(
             backend.downloader, self.bucket, self.state_dir, backend.settings.retry, backend.offload
@@ -270,11 +271,16 @@ async def start(
     offload: Offload,
     complete_key: str,
     taken: Taken,
+    rebuild: bool = False,
 ) -> tuple[Journal, Present | None]:
     """The run's journal: the state directory's, or the bucket's checkpoint restored
-    (with what it cannot prove marked so).  With a restored one, what the bucket lists."""
+    (with what it cannot prove marked so), or with ``rebuild`` (for a bucket whose
+    checkpoint is lost) one rebuilt from its ``results.jsonl`` and its listing.  With a
+    restored or rebuilt one, what the bucket lists."""
     journal = journal_opener()
     if not await offload(journal.is_empty):
+        if rebuild:
+            raise _rebuild_refused(journal, f"{journal.path} holds units (an empty --state-dir)")
         if await _still_latest(output.bucket, journal, offload):
             taken.upto = await taken.recorded() or 0
             return journal, None
@@ -292,41 +298,16 @@ async def start(
     written = await restore_checkpoint(output.bucket, output.state_dir, offload)
     journal = journal_opener()
     if written is None:
-        if await _has_images(output.bucket):
-            journal.close()
-            raise JournalMissingError(
-                f"{output.bucket.url}: images are there but no journal (not in "
-                f"{output.state_dir}, no checkpoint in the bucket): a run now would pay "
-                "for every unit again; use a new prefix"
-            )
+        present = await _without_checkpoint(output, journal, units, sent_for, offload, rebuild)
         taken.upto = await taken.recorded() or 0
-        return journal, None
+        return journal, present
+    if rebuild:
+        raise _rebuild_refused(journal, f"{output.bucket.url} has a checkpoint, restored")
     try:
-        # The API's time when the checkpoint was taken, else the store's.
-        recorded = (await offload(journal.recall, CHECKPOINT_KEY)).get("")
-        when = datetime.fromisoformat(recorded) if recorded else written
-        since = (when - CHECKPOINT_LOOKBACK).isoformat()
-
         # Units past the reservation were never taken, so never submitted.
         upto = await taken.recorded()
         taken.upto = upto or 0
-
-        def mark() -> int:
-            marked = 0
-            with journal.batch(durable=True):
-                # The finished batch it may record is proved again, object by object.
-                journal.remember(complete_key, "")
-                for position, unit in enumerate(units()):
-                    if upto is not None and position >= upto:
-                        break
-                    if journal.get(unit.id) is None:
-                        journal.restore(
-                            unit.id, State.SUBMITTING, started=since, sent=sent_for(unit)
-                        )
-                        marked += 1
-            return marked
-
-        marked = await offload(mark)
+        marked = await _mark_unknown(journal, written, units, sent_for, offload, complete_key, upto)
         present = await Present.listed(output.bucket)
     except BaseException:
         journal.close()
@@ -341,6 +322,68 @@ async def start(
         marked,
     )
     return journal, present
+
+
+def _rebuild_refused(journal: Journal, why: str) -> ConfigError:
+    journal.close()
+    return ConfigError(f"--rebuild-journal: {why}; it is for a bucket whose checkpoint is lost")
+
+
+async def _without_checkpoint(
+    output: BucketOutput,
+    journal: Journal,
+    units: Callable[[], Iterable[Unit]],
+    sent_for: Callable[[Unit], str],
+    offload: Offload,
+    rebuild: bool,
+) -> Present | None:
+    """A bucket with no checkpoint: a new output, or (its images there) one whose
+    journal is lost, rebuilt if asked and refused if not (a run would pay again)."""
+    if rebuild:
+        return await _rebuilt(output, journal, units, sent_for, offload)
+    if await _has_images(output.bucket):
+        journal.close()
+        raise JournalMissingError(
+            f"{output.bucket.url}: images are there but no journal (not in "
+            f"{output.state_dir}, no checkpoint in the bucket): a run now would pay "
+            "for every unit again. Run with --rebuild-journal to rebuild it from the "
+            "bucket's results.jsonl, its images and the account's jobs, or use a new "
+            "prefix"
+        )
+    return None
+
+
+async def _mark_unknown(
+    journal: Journal,
+    written: datetime,
+    units: Callable[[], Iterable[Unit]],
+    sent_for: Callable[[Unit], str],
+    offload: Offload,
+    complete_key: str,
+    upto: int | None,
+) -> int:
+    """Each unit a restored checkpoint does not know, before the reservation, marked
+    as maybe submitted since it was taken; how many."""
+    # The API's time when the checkpoint was taken, else the store's.
+    recorded = (await offload(journal.recall, CHECKPOINT_KEY)).get("")
+    when = datetime.fromisoformat(recorded) if recorded else written
+    since = (when - CHECKPOINT_LOOKBACK).isoformat()
+
+    def mark() -> int:
+        marked = 0
+        with journal.batch(durable=True):
+            # The finished batch it may record is proved again, object by object.
+            journal.remember(complete_key, "")
+            for position, unit in enumerate(units()):
+                if upto is not None and position >= upto:
+                    break
+                if journal.get(unit.id) is None:
+                    journal.restore(unit.id, State.SUBMITTING, started=since, sent=sent_for(unit))
+                    marked += 1
+        return marked
+
+    marked: int = await offload(mark)
+    return marked
 
 
 async def _still_latest(bucket: Bucket, journal: Journal, offload: Offload) -> bool:
@@ -363,10 +406,69 @@ def _set_aside(path: Path) -> Path:
     return aside
 
 
+async def _rebuilt(
+    output: BucketOutput,
+    journal: Journal,
+    units: Callable[[], Iterable[Unit]],
+    sent_for: Callable[[Unit], str],
+    offload: Offload,
+) -> Present:
+    """``--rebuild-journal`` on a bucket whose checkpoint is lost: its ``results.jsonl``
+    fetched into the state directory and rebuilt from (see :mod:`batchgen.store.rebuild`),
+    each file recorded as the bucket lists it; what the bucket lists."""
+    try:
+        listed = await BucketRemains.listed(output.bucket)
+        await output.bucket.download(RESULTS_NAME, output.state_dir / RESULTS_NAME)
+
+        def rebuild_all() -> Rebuilt:
+            with journal.batch(durable=True):
+                return rebuild(journal, output.state_dir, units(), sent_for, listed)
+
+        rebuilt = await offload(rebuild_all)
+    except BaseException:
+        journal.close()
+        raise
+    log.warning(
+        "%s: journal rebuilt from the bucket: %d units from results.jsonl; %d others may "
+        "have been submitted since %s and are looked for in the account's jobs first",
+        output.bucket.url,
+        rebuilt.restored,
+        rebuilt.uncertain,
+        rebuilt.since,
+    )
+    return listed.present
+
+
+@dataclass(slots=True)
+class BucketRemains:
+    """A bucket's images as listed once: a file is taken to hold its bytes while it is
+    listed (as after a checkpoint's restore), with its size as its stamp."""
+
+    present: Present
+    first_written: float
+
+    @classmethod
+    async def listed(cls, bucket: Bucket) -> BucketRemains:
+        present, first = Present(), datetime.now(UTC).timestamp()
+        async for page in bucket.listing(IMAGES_DIR + "/"):
+            for found in page:
+                present.sizes[bucket.relative(found.key)] = found.size
+                first = min(first, found.last_modified.timestamp())
+        return cls(present, first)
+
+    def stamp(self, relative: str, sha256: str) -> Stamp | None:
+        size = self.present.sizes.get(relative)
+        return None if size is None else (size, OBJECT_MTIME)
+
+    def oldest(self) -> float:
+        return self.first_written
+
+
 async def _has_images(bucket: Bucket) -> bool:
-    async for page in bucket.listing(IMAGES_DIR + "/"):
-        if page:
-            return True
+    async with contextlib.aclosing(bucket.listing(IMAGES_DIR + "/")) as pages:
+        async for page in pages:
+            if page:
+                return True
     return False
 
 

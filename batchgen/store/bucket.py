@@ -27,7 +27,7 @@ import hashlib
 import mimetypes
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -562,7 +562,7 @@ class Bucket:
         except Exception as exc:
             raise self._converted(exc, relative, "read") from exc
 
-    async def listing(self, relative: str = "") -> AsyncIterator[list[Found]]:
+    async def listing(self, relative: str = "") -> AsyncGenerator[list[Found], None]:
         """Every object under ``relative``, a page at a time."""
         key = self.url.key(relative) if relative else self.url.prefix
         pages = self._obstore.list(self._store, key or None, chunk_size=1000)

@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..manifest import Unit
-from .files import IMAGES_DIR, sha256_of, stamp_of
+from .files import IMAGES_DIR, Stamp, sha256_of, stamp_of
 from .journal import Journal, State
 from .results import RESULTS_NAME
 
@@ -59,41 +59,71 @@ def earlier_work(out_dir: Path) -> bool:
     return False
 
 
+class Remains(Protocol):
+    """What is left of the output's files: a folder's, or a bucket's as listed."""
+
+    def stamp(self, relative: str, sha256: str) -> Stamp | None:
+        """The file's stamp if it still holds its bytes (as far as can be told); None
+        if it is gone or another's: the run fetches it again from its job."""
+
+    def oldest(self) -> float:
+        """When the oldest thing the runs wrote was written (a POSIX time)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FolderRemains:
+    """A folder's files: each hashed once, its stamp taken."""
+
+    out_dir: Path
+
+    def stamp(self, relative: str, sha256: str) -> Stamp | None:
+        try:
+            if sha256_of(self.out_dir / relative) == sha256:
+                return stamp_of(self.out_dir / relative)
+        except OSError:
+            pass
+        return None
+
+    def oldest(self) -> float:
+        return _oldest_trace(self.out_dir)
+
+
 def rebuild(
     journal: Journal,
     out_dir: Path,
     units: Iterable[Unit],
     sent_for: Callable[[Unit], str],
+    remains: Remains | None = None,
 ) -> Rebuilt:
-    """Write a row for every unit of ``units`` and every line of ``results.jsonl``
-    (``sent_for`` gives the request a unit would send, as the journal keeps it)."""
+    """Write a row for every unit of ``units`` and every line of ``results.jsonl`` in
+    ``out_dir`` (``sent_for`` gives the request a unit would send, as the journal keeps
+    it; ``remains``: the files, the folder's unless given)."""
+    remains = remains or FolderRemains(out_dir)
     records = _read_results(out_dir / RESULTS_NAME)
-    since = datetime.fromtimestamp(_oldest_trace(out_dir) - LOOKBACK, UTC).isoformat()
+    since = datetime.fromtimestamp(remains.oldest() - LOOKBACK, UTC).isoformat()
     restored = uncertain = 0
     for unit in units:
         record = records.pop(unit.id, None)
         if record is None:
             journal.restore(unit.id, State.SUBMITTING, started=since, sent=sent_for(unit))
             uncertain += 1
-        elif _restore(journal, out_dir, record):
+        elif _restore(journal, remains, record):
             restored += 1
     for record in records.values():  # units no longer in the manifest keep their lines
-        restored += _restore(journal, out_dir, record)
+        restored += _restore(journal, remains, record)
     return Rebuilt(restored, uncertain, since)
 
 
-def _restore(journal: Journal, out_dir: Path, record: dict[str, Any]) -> bool:
+def _restore(journal: Journal, remains: Remains, record: dict[str, Any]) -> bool:
     unit_id, status, job_id = record["id"], record.get("status"), record.get("job_id")
     cost = record.get("cost")
     if status == "success":
         files: list[list[Any]] = []
         for path, digest in zip(record.get("files", []), record.get("sha256", []), strict=False):
             entry: list[Any] = [path, digest]
-            try:
-                if sha256_of(out_dir / path) == digest:
-                    entry.extend(stamp_of(out_dir / path))
-            except OSError:
-                pass  # gone: the run fetches it again from the job
+            stamp = remains.stamp(path, digest)
+            if stamp is not None:
+                entry.extend(stamp)
             files.append(entry)
         journal.restore(
             unit_id, State.DOWNLOADED, job_id=job_id, cost=cost, files=files, result=record
