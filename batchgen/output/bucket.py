@@ -439,29 +439,24 @@ async def _rebuilt(
     return listed.present
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class BucketRemains:
     """A bucket's images as listed once: a file is taken to hold its bytes while it is
     listed (as after a checkpoint's restore), with its size as its stamp."""
 
     present: Present
-    first_written: float
 
     @classmethod
     async def listed(cls, bucket: Bucket) -> BucketRemains:
-        present, first = Present(), datetime.now(UTC).timestamp()
-        async for page in bucket.listing(IMAGES_DIR + "/"):
-            for found in page:
-                present.sizes[bucket.relative(found.key)] = found.size
-                first = min(first, found.last_modified.timestamp())
-        return cls(present, first)
+        return cls(await Present.listed(bucket))
 
     def stamp(self, relative: str, sha256: str) -> Stamp | None:
         size = self.present.sizes.get(relative)
         return None if size is None else (size, OBJECT_MTIME)
 
     def oldest(self) -> float:
-        return self.first_written
+        first = self.present.first_written
+        return (first or datetime.now(UTC)).timestamp()
 
 
 async def _has_images(bucket: Bucket) -> bool:

@@ -536,6 +536,8 @@ class Present:
 
     def __init__(self) -> None:
         self.sizes: dict[str, int] = {}
+        # When the oldest image listed was written (the store's clock), if any was.
+        self.first_written: datetime | None = None
 
     @classmethod
     async def listed(cls, bucket: Bucket) -> Present:
@@ -543,6 +545,8 @@ class Present:
         async for page in bucket.listing(IMAGES_DIR + "/"):
             for found in page:
                 present.sizes[bucket.relative(found.key)] = found.size
+                if present.first_written is None or found.last_modified < present.first_written:
+                    present.first_written = found.last_modified
         return present
 
     def intact(self, files: Iterable[tuple[str, str]], stamps: Iterable[Stamp | None] = ()) -> bool:
